@@ -1,0 +1,321 @@
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import uotsel
+from uotsel import embedded
+from uotsel.cli import main
+
+
+@pytest.fixture
+def files(tmp_path, rng):
+    source = rng.normal(size=(150, 8)).astype(np.float32)
+    target = rng.normal(size=(5, 8)).astype(np.float32)
+    np.savez(
+        tmp_path / "source.npz",
+        means=source,
+        counts=np.arange(150) + 1,
+        names=np.array([f"unit{i}" for i in range(150)]),
+    )
+    np.savez(tmp_path / "target.npz", means=target)
+    return tmp_path, source, target
+
+
+def _run(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_select_writes_a_complete_selection_file(files, capsys):
+    tmp, source, target = files
+    out = tmp / "sel.json"
+    code, stdout, _ = _run(
+        [
+            "select",
+            "--source",
+            tmp / "source.npz",
+            "--target",
+            tmp / "target.npz",
+            "--top-k",
+            7,
+            "--out",
+            out,
+            "--names-out",
+            tmp / "names.txt",
+        ],
+        capsys,
+    )
+    assert code == 0 and "selected 7 of 150 units" in stdout
+    record = json.loads(out.read_text())
+    expected = uotsel.select(source, target, top_k=7)
+    assert record["format"] == "uotsel.selection/1" and record["strategy"] == "uot"
+    assert record["selected"] == expected.selected.tolist()
+    assert record["ranking"] == expected.ranking.tolist()
+    np.testing.assert_allclose(record["log_scores"], expected.log_scores)
+    np.testing.assert_allclose(record["scores"], expected.scores)
+    assert record["selected_names"] == [f"unit{i}" for i in expected.selected]
+    assert len(record["groups"]) == 10
+    assert record["settings"] == {
+        "cost": "cosine",
+        "eps_c": 0.01,
+        "eps": 1.0,
+        "tau_source": 1.0,
+        "tau_target": 100.0,
+        "source_weights": None,
+        "target_weights": None,
+        "threshold": 1e-5,
+        "max_iter": 1000,
+        "init": None,
+    }
+    assert record["solver"]["converged"] is True
+    digest = hashlib.sha256((tmp / "source.npz").read_bytes()).hexdigest()
+    assert record["inputs"]["source"]["sha256"] == digest
+    assert record["inputs"]["target"]["units"] == 5
+    assert (tmp / "names.txt").read_text().split("\n")[:7] == record["selected_names"]
+
+
+def test_select_from_features_and_labels_and_samples_out(tmp_path, rng, capsys):
+    features = rng.normal(size=(300, 6)).astype(np.float32)
+    labels = rng.integers(0, 12, size=300)
+    np.savez(tmp_path / "src.npz", features=features, labels=labels)
+    np.save(tmp_path / "tgt.npy", rng.normal(size=(3, 6)).astype(np.float32))
+    code, _, _ = _run(
+        [
+            "select",
+            "--source",
+            tmp_path / "src.npz",
+            "--target",
+            tmp_path / "tgt.npy",
+            "--strategy",
+            "greedy_ot",
+            "--top-k",
+            4,
+            "--out",
+            tmp_path / "s.json",
+            "--samples-out",
+            tmp_path / "idx.npy",
+        ],
+        capsys,
+    )
+    assert code == 0
+    record = json.loads((tmp_path / "s.json").read_text())
+    idx = np.load(tmp_path / "idx.npy")
+    np.testing.assert_array_equal(idx, np.flatnonzero(np.isin(labels, record["selected"])))
+    assert record["num_selected_samples"] == idx.size
+
+
+def test_centroids_then_select(tmp_path, rng, capsys):
+    features = rng.normal(size=(200, 5)).astype(np.float32)
+    labels = rng.integers(0, 6, size=200)
+    np.save(tmp_path / "f.npy", features)
+    np.save(tmp_path / "l.npy", labels)
+    (tmp_path / "names.txt").write_text("\n".join(f"class {i}" for i in range(6)) + "\n")
+    code, stdout, _ = _run(
+        [
+            "centroids",
+            "--features",
+            tmp_path / "f.npy",
+            "--labels",
+            tmp_path / "l.npy",
+            "--names",
+            tmp_path / "names.txt",
+            "--chunk-size",
+            17,
+            "--out",
+            tmp_path / "m.npz",
+        ],
+        capsys,
+    )
+    assert code == 0 and "6 class means" in stdout
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as m:
+        np.testing.assert_allclose(
+            m["means"], uotsel.class_means(features, labels).means, rtol=1e-6
+        )
+        assert m["names"].tolist()[0] == "class 0"
+    code, _, _ = _run(
+        [
+            "select",
+            "--source",
+            tmp_path / "m.npz",
+            "--strategy",
+            "random",
+            "--top-k",
+            2,
+            "--out",
+            tmp_path / "r.json",
+        ],
+        capsys,
+    )
+    assert code == 0
+
+
+def test_embedded_source(tmp_path, capsys):
+    code, _, _ = _run(
+        [
+            "select",
+            "--source",
+            "embedded:resnet18_supervised/imagenet",
+            "--target",
+            "embedded:resnet18_supervised/dogs",
+            "--out",
+            tmp_path / "dogs.json",
+        ],
+        capsys,
+    )
+    assert code == 0
+    record = json.loads((tmp_path / "dogs.json").read_text())
+    concept = embedded.imagenet_classes()["concept"]
+    # Stanford Dogs: nearly every selected ImageNet class is a dog class.
+    assert sum(concept[i] == "dog" for i in record["selected"]) >= 95
+    assert len(record["selected_names"]) == 100
+
+
+def test_label_strategy_from_the_command_line(files, capsys):
+    tmp, _, _ = files
+    code, _, _ = _run(
+        [
+            "select",
+            "--source",
+            tmp / "source.npz",
+            "--strategy",
+            "label",
+            "--matching",
+            "5,2,9",
+            "--out",
+            tmp / "l.json",
+        ],
+        capsys,
+    )
+    assert code == 0
+    assert json.loads((tmp / "l.json").read_text())["selected"] == [2, 5, 9]
+
+
+def _bad_cases(tmp):
+    src, tgt = tmp / "source.npz", tmp / "target.npz"
+    np.savez(tmp / "nan.npz", means=np.array([[1.0, np.nan]] * 3))
+    np.savez(tmp / "zero.npz", means=np.zeros((120, 8)))
+    np.savez(tmp / "dim.npz", means=np.ones((3, 4)))
+    np.savez(tmp / "empty.npz", means=np.ones((0, 8)))
+    np.savez(tmp / "nokey.npz", other=np.ones((3, 8)))
+    np.savez(tmp / "obj.npz", means=np.array([object()] * 3, dtype=object))
+    np.savez(tmp / "badlabels.npz", features=np.ones((4, 8)), labels=np.array([0, 1, 2, -1]))
+    (tmp / "garbage.npz").write_bytes(b"not a zip file")
+    base = ["select", "--source", src, "--target", tgt]
+    return [
+        (["select", "--source", tmp / "missing.npz", "--target", tgt], "--source: file not found"),
+        (["select", "--source", tmp / "nokey.npz", "--target", tgt], "--source: .* needs 'means'"),
+        (["select", "--source", tmp / "garbage.npz", "--target", tgt], "--source: cannot read"),
+        (["select", "--source", tmp / "obj.npz", "--target", tgt], "--source: key 'means'"),
+        (["select", "--source", tmp / "nan.npz", "--target", tgt], "--source: contains 3 NaN"),
+        (
+            ["select", "--source", tmp / "badlabels.npz", "--target", tgt],
+            "--source: .*labels: contains a negative class id",
+        ),
+        (
+            ["select", "--source", tmp / "zero.npz", "--target", tgt],
+            "--source: 120 row.s. have zero norm",
+        ),
+        (["select", "--source", src, "--target", tmp / "dim.npz"], "--target: feature dimension"),
+        (["select", "--source", src, "--target", tmp / "empty.npz"], "--target: .* are empty"),
+        (base + ["--top-k", 151], "--top-k: 151 is more than the 150 source units"),
+        (base + ["--top-k", 0], "argument --top-k: must be >= 1"),
+        (base + ["--eps", 0], "argument --eps: must be > 0"),
+        (base + ["--eps-c", -1], "argument --eps-c: must be > 0"),
+        (base + ["--tau-source", "nan"], "argument --tau-source: must be > 0"),
+        (base + ["--tau-target", 0], "argument --tau-target: must be > 0"),
+        (base + ["--strategy", "best"], "argument --strategy: invalid choice"),
+        (["select", "--source", src], "--target: required by strategy 'uot'"),
+        (["select", "--source", src, "--strategy", "label"], "--matching: required"),
+        (
+            ["select", "--source", src, "--strategy", "label", "--matching", "3,999"],
+            r"--matching: ids must be in \[0, 150\)",
+        ),
+        (base + ["--samples-out", tmp / "i.npy"], "--samples-out: the source file has no"),
+        (
+            ["select", "--source", "embedded:resnet18/imagenet", "--target", tgt],
+            "--source: unknown embedded data",
+        ),
+    ]
+
+
+def test_bad_input_exits_2_with_one_line_and_no_output(files, capsys):
+    tmp, _, _ = files
+    for args, pattern in _bad_cases(tmp):
+        out = tmp / "out.json"
+        code, _stdout, err = _run(args + ["--out", out], capsys)
+        assert code == 2, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, (args, err)
+        import re
+
+        assert re.search(pattern, lines[0]), (pattern, lines[0])
+        assert "Traceback" not in err
+        assert not out.exists()
+        assert not [p for p in os.listdir(tmp) if p.startswith(".uotsel-")]
+
+
+def test_argparse_errors_are_one_line(capsys):
+    assert main(["select", "--top-k", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "required" in err[0]
+
+
+def test_out_directory_must_exist(files, capsys):
+    tmp, _, _ = files
+    code, _, err = _run(
+        [
+            "select",
+            "--source",
+            tmp / "source.npz",
+            "--target",
+            tmp / "target.npz",
+            "--out",
+            tmp / "nope" / "s.json",
+        ],
+        capsys,
+    )
+    assert code == 2 and err.startswith("uotsel select: error: --out: directory does not exist")
+
+
+def test_centroids_bad_inputs(tmp_path, capsys):
+    np.save(tmp_path / "f.npy", np.ones((4, 3), np.float32))
+    np.save(tmp_path / "l.npy", np.array([0, 1, 1, 7]))
+    code, _, err = _run(
+        [
+            "centroids",
+            "--features",
+            tmp_path / "f.npy",
+            "--labels",
+            tmp_path / "l.npy",
+            "--num-classes",
+            3,
+            "--out",
+            tmp_path / "m.npz",
+        ],
+        capsys,
+    )
+    assert code == 2 and "--labels: class id 7 is out of range" in err
+    assert not (tmp_path / "m.npz").exists()
+    code, _, err = _run(
+        ["centroids", "--features", tmp_path / "f.npy", "--out", tmp_path / "m.npz"], capsys
+    )
+    assert code == 2 and "--labels: required" in err
+
+
+@pytest.mark.parametrize("command", [[], ["select"], ["centroids"], ["demo"]])
+def test_help(command, capsys):
+    assert main(command + ["--help"]) == 0
+    assert "usage: uotsel" in capsys.readouterr().out
+
+
+def test_console_module_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "uotsel", "--version"], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == f"uotsel {uotsel.__version__}"

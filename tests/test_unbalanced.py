@@ -1,0 +1,331 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import (
+    clustered_features,
+    cosine_cost64,
+    log_domain_marginals,
+    pot_marginals,
+    top_k_agrees,
+)
+
+import uotsel
+from uotsel import unbalanced
+
+
+def _check_against(out, ref_rows, ref_cols=None, rtol=1e-4, floor=1e-6):
+    rows = np.asarray(out.log_row_sums, np.float64)
+    keep = ref_rows >= floor * ref_rows.max()
+    rel = np.abs(np.expm1(rows - np.log(ref_rows)))
+    assert rel[keep].max() <= rtol, rel[keep].max()
+    if ref_cols is not None:
+        cols = np.asarray(out.log_col_sums, np.float64)
+        rel_c = np.abs(np.expm1(cols - np.log(ref_cols)))
+        assert rel_c.max() <= rtol, rel_c.max()
+
+
+@pytest.mark.parametrize("backbone", ["resnet18_supervised", "mocov2_resnet50"])
+def test_paper_features_match_pot_float64(paper_features, backbone):
+    source, target = paper_features[backbone]
+    cost64 = cosine_cost64(source, target)
+    ref_rows, ref_cols = pot_marginals(cost64)
+    out = uotsel.sinkhorn(uotsel.cosine_cost(source, target))
+    assert bool(out.converged)
+    _check_against(out, ref_rows, ref_cols)
+    assert top_k_agrees(out.log_row_sums, ref_rows, 100)
+
+
+@pytest.mark.parametrize("kind", ["random", "clustered"])
+def test_synthetic_costs_match_pot_float64(kind):
+    rng = np.random.default_rng(7)
+    if kind == "random":
+        source = rng.normal(size=(800, 32)).astype(np.float32)
+        target = rng.normal(size=(120, 32)).astype(np.float32)
+    else:
+        source, target = clustered_features(rng, 800, 120)
+    ref_rows, ref_cols = pot_marginals(cosine_cost64(source, target))
+    out = uotsel.sinkhorn(uotsel.cosine_cost(source, target))
+    assert bool(out.converged)
+    _check_against(out, ref_rows, ref_cols)
+    assert top_k_agrees(out.log_row_sums, ref_rows, 100)
+
+
+@pytest.mark.parametrize(
+    "tau_source, tau_target",
+    [
+        (1.0, 100.0),
+        (100.0, 100.0),
+        (10.0, 0.5),
+        (0.1, 0.1),
+        (math.inf, 10.0),
+        (10.0, math.inf),
+        (math.inf, math.inf),
+    ],
+)
+def test_tau_sweep_matches_pot(tau_source, tau_target):
+    rng = np.random.default_rng(3)
+    n = m = 40 if math.isinf(tau_source) and math.isinf(tau_target) else None
+    n, m = (n, m) if n else (150, 40)
+    cost = rng.uniform(0, 8, size=(n, m))
+    ref_rows, ref_cols = pot_marginals(cost, 1.0, tau_source, tau_target)
+    out = uotsel.sinkhorn(
+        cost.astype(np.float32),
+        tau_source=tau_source,
+        tau_target=tau_target,
+        threshold=1e-6,
+        max_iter=5000,
+    )
+    assert bool(out.converged), (int(out.n_iters), float(out.error))
+    _check_against(out, ref_rows, ref_cols, rtol=2e-5)
+
+
+def test_weights_match_pot_entropic_form():
+    rng = np.random.default_rng(5)
+    cost = rng.uniform(0, 6, size=(90, 30))
+    a = rng.uniform(0.2, 3.0, size=90)
+    b = rng.uniform(0.2, 3.0, size=30)
+    ref_rows, ref_cols = pot_marginals(cost, 0.7, 2.0, 50.0, a, b)
+    out = uotsel.sinkhorn(
+        cost.astype(np.float32),
+        eps=0.7,
+        tau_source=2.0,
+        tau_target=50.0,
+        source_weights=a,
+        target_weights=b,
+    )
+    _check_against(out, ref_rows, ref_cols)
+
+
+def test_float32_safe_for_huge_costs():
+    rng = np.random.default_rng(11)
+    cost = rng.uniform(0.0, 1e4, size=(200, 30))
+    out = uotsel.sinkhorn(cost.astype(np.float32), eps=1.0)
+    rows = np.asarray(out.log_row_sums, np.float64)
+    assert np.isfinite(rows).all() and np.isfinite(np.asarray(out.log_col_sums)).all()
+    # P 1 underflows in float32 for a third of the rows; its log is still accurate.
+    assert np.mean(np.exp(rows.astype(np.float32)) == 0) > 0.3
+    ref_rows, ref_cols = log_domain_marginals(cost)
+    np.testing.assert_allclose(rows, ref_rows, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(out.log_col_sums, np.float64), ref_cols, atol=1e-3)
+
+
+def test_paper_tail_log_scores_are_accurate(paper_features):
+    source, target = paper_features["mocov2_resnet50"]
+    ref_rows, _ = log_domain_marginals(cosine_cost64(source, target))
+    out = uotsel.sinkhorn(uotsel.cosine_cost(source, target))
+    # Every row, including the deep tail, within 1e-4 relative in P 1.
+    assert np.abs(np.asarray(out.log_row_sums, np.float64) - ref_rows).max() < 1e-4
+
+
+def test_certificate_bounds_true_error_float64():
+    rng = np.random.default_rng(2)
+    source, target = clustered_features(rng, 300, 60)
+    cost = cosine_cost64(source, target)
+    ref_rows, ref_cols = pot_marginals(cost)
+    with jax.enable_x64(True):
+        for threshold in (1e-2, 1e-4, 1e-6, 1e-8):
+            out = uotsel.sinkhorn(jnp.asarray(cost, jnp.float64), threshold=threshold)
+            assert out.log_row_sums.dtype == jnp.float64
+            err_rows = np.abs(np.expm1(np.asarray(out.log_row_sums) - np.log(ref_rows))).max()
+            err_cols = np.abs(np.expm1(np.asarray(out.log_col_sums) - np.log(ref_cols))).max()
+            assert max(err_rows, err_cols) <= float(out.error) + 1e-10
+            assert float(out.error) <= threshold
+
+
+def test_non_convergence_is_reported_as_data():
+    cost = np.random.default_rng(0).uniform(0, 50, size=(60, 20)).astype(np.float32)
+    out = uotsel.sinkhorn(cost, max_iter=2, threshold=1e-8)
+    assert int(out.n_iters) == 2
+    assert not bool(out.converged)
+    assert float(out.error) > 1e-8
+
+
+def test_jit_matches_eager():
+    rng = np.random.default_rng(4)
+    cost = rng.uniform(0, 20, size=(70, 15)).astype(np.float32)
+    args = (
+        jnp.asarray(cost),
+        jnp.zeros(70),
+        jnp.zeros(15),
+        jnp.ones(70, bool),
+        jnp.ones(15, bool),
+        jnp.zeros(70),
+        1.0,
+        1.0,
+        100.0,
+        1e-5,
+        jnp.int32(1000),
+    )
+    args = tuple(jnp.asarray(x, jnp.float32) if isinstance(x, float) else x for x in args)
+    jitted = unbalanced._solve_one(*args)
+    with jax.disable_jit():
+        eager = unbalanced._solve(*args)
+    assert int(jitted.n_iters) == int(eager.n_iters)
+    np.testing.assert_allclose(jitted.log_row_sums, eager.log_row_sums, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jitted.log_col_sums, eager.log_col_sums, rtol=1e-5, atol=1e-5)
+
+
+def test_no_recompilation_when_settings_change():
+    rng = np.random.default_rng(9)
+    source = rng.normal(size=(50, 8)).astype(np.float32)
+    target = rng.normal(size=(12, 8)).astype(np.float32)
+    uotsel.sinkhorn(uotsel.cosine_cost(source, target))
+    solve_before = unbalanced._solve_one._cache_size()
+    from uotsel import costs
+
+    cost_before = costs._blockwise._cache_size()
+    for eps_c, eps, tau_s, tau_t, thr in [
+        (0.02, 0.5, 2.0, 10.0, 1e-4),
+        (0.05, 2.0, math.inf, 100.0, 1e-3),
+        (0.1, 1.0, 1.0, math.inf, 1e-5),
+    ]:
+        c = uotsel.cosine_cost(source, target, eps_c)
+        uotsel.sinkhorn(c, eps=eps, tau_source=tau_s, tau_target=tau_t, threshold=thr, max_iter=500)
+        uotsel.sinkhorn(3.0 * c, eps=eps, tau_source=tau_s, tau_target=tau_t)
+    assert unbalanced._solve_one._cache_size() == solve_before
+    assert costs._blockwise._cache_size() == cost_before
+
+
+def test_batch_with_masks_equals_separate_solves():
+    rng = np.random.default_rng(6)
+    shapes = [(30, 5), (25, 9), (30, 9), (12, 3)]
+    n, m = 30, 9
+    costs_, masks_a, masks_b, eps = [], [], [], [1.0, 0.5, 2.0, 1.0]
+    singles = []
+    for (ni, mi), e in zip(shapes, eps, strict=False):
+        c = rng.uniform(0, 10, size=(ni, mi)).astype(np.float32)
+        singles.append(uotsel.sinkhorn(c, eps=e))
+        padded = np.full((n, m), 1e6, np.float32)  # padding values must not matter
+        padded[:ni, :mi] = c
+        costs_.append(padded)
+        masks_a.append(np.arange(n) < ni)
+        masks_b.append(np.arange(m) < mi)
+    out = uotsel.sinkhorn(
+        np.stack(costs_),
+        eps=np.array(eps),
+        source_mask=np.stack(masks_a),
+        target_mask=np.stack(masks_b),
+    )
+    assert out.log_row_sums.shape == (4, n)
+    for i, ((ni, mi), single) in enumerate(zip(shapes, singles, strict=False)):
+        np.testing.assert_allclose(
+            out.log_row_sums[i, :ni], single.log_row_sums, rtol=1e-5, atol=1e-5
+        )
+        np.testing.assert_allclose(
+            out.log_col_sums[i, :mi], single.log_col_sums, rtol=1e-5, atol=1e-5
+        )
+        assert np.all(np.isneginf(out.log_row_sums[i, ni:]))
+        assert int(out.n_iters[i]) == int(single.n_iters)
+        assert bool(out.converged[i])
+
+
+def test_warm_start_needs_fewer_iterations():
+    rng = np.random.default_rng(8)
+    source, target = clustered_features(rng, 400, 50)
+    cold = uotsel.sinkhorn(uotsel.cosine_cost(source, target, 0.010))
+    nearby = uotsel.cosine_cost(source, target, 0.0102)
+    fresh = uotsel.sinkhorn(nearby)
+    warm = uotsel.sinkhorn(nearby, init=cold)
+    assert int(warm.n_iters) < int(fresh.n_iters)
+    np.testing.assert_allclose(warm.log_row_sums, fresh.log_row_sums, atol=1e-4)
+
+
+def test_plan_marginals_match_outputs():
+    rng = np.random.default_rng(10)
+    cost = rng.uniform(0, 5, size=(40, 10)).astype(np.float32)
+    out = uotsel.sinkhorn(cost, threshold=1e-6)
+    plan = np.asarray(out.plan(cost), np.float64)
+    np.testing.assert_allclose(plan.sum(1), np.asarray(out.row_sums), rtol=1e-5)
+    np.testing.assert_allclose(plan.sum(0), np.asarray(out.col_sums), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(eps=0.0), "eps: must be > 0"),
+        (dict(eps=-1.0), "eps: must be > 0"),
+        (dict(eps=math.inf), "eps: must be finite"),
+        (dict(tau_source=0.0), "tau_source: must be > 0"),
+        (dict(tau_target=-2.0), "tau_target: must be > 0"),
+        (dict(tau_target=float("nan")), "tau_target: must be a positive number"),
+        (dict(threshold=0.0), "threshold: must be > 0"),
+        (dict(max_iter=0), "max_iter: must be >= 1"),
+        (dict(source_weights=np.ones(4)), r"source_weights: expected shape \[5\]"),
+        (dict(target_weights=-np.ones(3)), "target_weights: must be finite and > 0"),
+        (dict(source_mask=np.zeros(5, bool)), "source_mask: masks out every source unit"),
+        (dict(source_mask=np.ones(5)), "source_mask: expected a bool array"),
+        (dict(init=np.zeros(3)), r"init: expected shape \[5\]"),
+        (dict(tau_source=math.inf, tau_target=math.inf), "equal total mass"),
+    ],
+)
+def test_bad_arguments_raise_before_tracing(kwargs, match):
+    cost = np.ones((5, 3), np.float32)
+    with pytest.raises((ValueError, TypeError), match=match):
+        uotsel.sinkhorn(cost, **kwargs)
+
+
+def test_bad_costs():
+    with pytest.raises(ValueError, match="cost: contains 1 NaN"):
+        uotsel.sinkhorn(np.array([[0.0, np.nan]]))
+    with pytest.raises(ValueError, match="cost: expected a 2 or 3-d array"):
+        uotsel.sinkhorn(np.ones(3))
+    with pytest.raises(ValueError, match="cost: has no rows"):
+        uotsel.sinkhorn(np.ones((0, 3)))
+    with pytest.raises(TypeError, match="cost: expected a numeric array"):
+        uotsel.sinkhorn(np.array([["a", "b"]]))
+
+
+costs_strategy = st.integers(min_value=0, max_value=2**31 - 1).map(
+    lambda seed: np.random.default_rng(seed).uniform(0, 30, size=(12, 5)).astype(np.float32)
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(cost=costs_strategy, seed=st.integers(0, 1000))
+def test_property_permuting_rows_permutes_scores(cost, seed):
+    perm = np.random.default_rng(seed).permutation(cost.shape[0])
+    base = uotsel.sinkhorn(cost, threshold=1e-6)
+    permuted = uotsel.sinkhorn(cost[perm], threshold=1e-6)
+    np.testing.assert_allclose(
+        permuted.log_row_sums, np.asarray(base.log_row_sums)[perm], atol=2e-5
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(cost=costs_strategy, seed=st.integers(0, 1000))
+def test_property_permuting_columns_keeps_row_scores(cost, seed):
+    perm = np.random.default_rng(seed).permutation(cost.shape[1])
+    base = uotsel.sinkhorn(cost, threshold=1e-6)
+    permuted = uotsel.sinkhorn(cost[:, perm], threshold=1e-6)
+    np.testing.assert_allclose(permuted.log_row_sums, base.log_row_sums, atol=2e-5)
+    np.testing.assert_allclose(
+        permuted.log_col_sums, np.asarray(base.log_col_sums)[perm], atol=2e-5
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(cost=costs_strategy, scale=st.floats(0.1, 10.0))
+def test_property_scaling_cost_eps_and_tau_together_keeps_the_plan(cost, scale):
+    base = uotsel.sinkhorn(cost, eps=1.0, tau_source=1.0, tau_target=100.0, threshold=1e-6)
+    scaled = uotsel.sinkhorn(
+        cost * np.float32(scale),
+        eps=scale,
+        tau_source=scale,
+        tau_target=100.0 * scale,
+        threshold=1e-6,
+    )
+    np.testing.assert_allclose(scaled.log_row_sums, base.log_row_sums, atol=5e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(cost=costs_strategy, tau=st.floats(0.05, 50.0))
+def test_property_exact_target_side_holds_its_marginal(cost, tau):
+    out = uotsel.sinkhorn(cost, tau_source=tau, tau_target=math.inf, threshold=1e-6, max_iter=20000)
+    assert bool(out.converged)
+    np.testing.assert_allclose(np.asarray(out.col_sums), 1.0, rtol=1e-5)
+    assert np.all(np.isfinite(np.asarray(out.log_row_sums)))

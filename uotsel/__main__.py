@@ -1,0 +1,3 @@
+from uotsel.cli import entry
+
+entry()

@@ -1,0 +1,95 @@
+"""Argument checks shared by the public functions.
+
+Every public entry point validates its arguments here, once, before anything is traced, so that
+bad input raises a one-line ``ValueError``/``TypeError`` naming the argument instead of a NaN
+result or an error deep inside ``jit``. Values that are JAX tracers (the caller wrapped us in
+their own ``jit``) are checked for shape and dtype only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def is_concrete(x: Any) -> bool:
+    """True when ``x`` holds values we can inspect (not a tracer)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def as_float_array(x: Any, name: str, ndim: int | tuple[int, ...]) -> Any:
+    """Return ``x`` as a floating array of the given rank, or raise naming ``name``."""
+    if x is None:
+        raise TypeError(f"{name}: expected an array, got None")
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        try:
+            x = np.asarray(x)
+        except Exception as err:
+            raise TypeError(f"{name}: expected an array, got {type(x).__name__}") from err
+    ndims = (ndim,) if isinstance(ndim, int) else ndim
+    if x.ndim not in ndims:
+        want = " or ".join(str(d) for d in ndims)
+        raise ValueError(f"{name}: expected a {want}-d array, got shape {tuple(x.shape)}")
+    kind = np.dtype(x.dtype).kind
+    if kind not in "fiub":
+        raise TypeError(f"{name}: expected a numeric array, got dtype {x.dtype}")
+    if kind != "f":
+        x = x.astype(np.float32) if isinstance(x, np.ndarray) else x.astype("float32")
+    return x
+
+
+def check_finite(x: Any, name: str) -> None:
+    """Raise if a concrete array holds NaN or inf."""
+    if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(np.asarray(x))))
+        raise ValueError(f"{name}: contains {bad} NaN or infinite value(s)")
+
+
+def check_nonempty(x: Any, name: str, axis: int = 0, what: str = "rows") -> None:
+    if x.shape[axis] == 0:
+        raise ValueError(f"{name}: is empty (0 {what})")
+
+
+def check_positive_scalar(value: Any, name: str, allow_inf: bool = False) -> None:
+    """Raise unless ``value`` (scalar or array) is > 0 (and finite unless ``allow_inf``)."""
+    if not is_concrete(value):
+        return
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.dtype.kind not in "fiu" or np.isnan(arr).any():
+        raise ValueError(f"{name}: must be a positive number, got {value!r}")
+    if (arr <= 0).any():
+        raise ValueError(f"{name}: must be > 0, got {_show(value)}")
+    if not allow_inf and np.isinf(arr).any():
+        raise ValueError(f"{name}: must be finite, got {_show(value)}")
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_nonzero_rows(x: Any, name: str) -> None:
+    """Raise if a concrete ``[n, d]`` array has a row of zero norm (cosine is undefined)."""
+    if not is_concrete(x):
+        return
+    norms = np.linalg.norm(np.asarray(x, dtype=np.float64), axis=-1)
+    zero = np.flatnonzero(norms.reshape(-1) == 0)
+    if zero.size:
+        raise ValueError(
+            f"{name}: {zero.size} row(s) have zero norm (first: {int(zero[0])}); "
+            "the cosine cost is undefined for them"
+        )
+
+
+def _show(value: Any) -> str:
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        v = float(arr)
+        return "inf" if math.isinf(v) else repr(v)
+    return f"an array with min {float(arr.min())!r}"

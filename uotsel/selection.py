@@ -1,0 +1,200 @@
+"""Rank source units by a strategy's scores, take the top K, and expand units to samples.
+
+Ordering rule (deterministic, documented): units are sorted by decreasing score (by
+``log_scores`` when the strategy has them, so that units whose ``P 1`` underflows are still
+ordered), and units with exactly equal scores are ordered by increasing unit id.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from uotsel import _checks
+from uotsel.strategies import STRATEGIES, Scores
+
+__all__ = ["Selection", "expand_to_samples", "rank", "select", "split_groups"]
+
+
+class Selection(NamedTuple):
+    """Result of :func:`select`. Unit ids index the rows of ``source``.
+
+    Attributes:
+      strategy: the strategy's name.
+      selected: ``[top_k]`` int64 ids of the selected units, best first.
+      ranking: ``[K]`` int64 all unit ids, best first.
+      scores: ``[K]`` float64 score of each unit (indexed by unit id; higher = more similar).
+      log_scores: ``[K]`` float64 ``log(P 1)`` for ``uot``, else None.
+      groups: ``n_groups`` arrays of unit ids, best first, splitting ``ranking`` into groups of
+        equal size (sizes differ by at most one; the earlier groups take the extra units).
+      sample_indices: ``[S]`` int64 ascending indices of the samples whose unit is selected,
+        when per-sample ``unit_ids`` were given, else None.
+      settings: the strategy's settings as used (defaults filled in; arrays omitted).
+      diagnostics: solver figures for ``uot`` (``n_iters``, ``error``, ``converged``), else {}.
+    """
+
+    strategy: str
+    selected: np.ndarray
+    ranking: np.ndarray
+    scores: np.ndarray
+    log_scores: np.ndarray | None
+    groups: tuple[np.ndarray, ...]
+    sample_indices: np.ndarray | None
+    settings: dict[str, Any]
+    diagnostics: dict[str, Any]
+
+
+def rank(scores: Any) -> np.ndarray:
+    """Unit ids ``[K]`` by decreasing ``scores`` ``[K]``, equal scores by increasing id."""
+    scores = np.asarray(scores, np.float64)
+    if scores.ndim != 1:
+        raise ValueError(f"scores: expected a 1-d array, got shape {scores.shape}")
+    if np.isnan(scores).any():
+        raise ValueError("scores: contains NaN")
+    return np.lexsort((np.arange(scores.size), -scores)).astype(np.int64)
+
+
+def split_groups(ranking: Any, n_groups: int) -> tuple[np.ndarray, ...]:
+    """Split a ranking ``[K]`` into ``n_groups`` consecutive groups of (near) equal size."""
+    n_groups = _checks.check_positive_int(n_groups, "n_groups")
+    ranking = np.asarray(ranking)
+    if n_groups > ranking.size:
+        raise ValueError(f"n_groups: {n_groups} is more than the {ranking.size} units")
+    return tuple(np.array_split(ranking, n_groups))
+
+
+def expand_to_samples(selected: Any, unit_ids: Any, num_units: int | None = None) -> np.ndarray:
+    """Ascending indices of the samples whose unit id (``unit_ids`` ``[N]``) is in ``selected``."""
+    unit_ids = np.asarray(unit_ids)
+    if unit_ids.ndim != 1 or (unit_ids.size and unit_ids.dtype.kind not in "iu"):
+        raise ValueError("unit_ids: expected a 1-d array of integer unit ids, one per sample")
+    if (
+        num_units is not None
+        and unit_ids.size
+        and (unit_ids.min() < 0 or unit_ids.max() >= num_units)
+    ):
+        raise ValueError(
+            f"unit_ids: ids must be in [0, {num_units}), got range "
+            f"[{int(unit_ids.min())}, {int(unit_ids.max())}]"
+        )
+    return np.flatnonzero(np.isin(unit_ids, np.asarray(selected))).astype(np.int64)
+
+
+def select(
+    source: Any,
+    target: Any,
+    *,
+    strategy: str = "uot",
+    top_k: int | None = 100,
+    n_groups: int | None = None,
+    unit_ids: Any = None,
+    **settings: Any,
+) -> Selection:
+    """Choose the ``top_k`` source units most similar to the target units.
+
+    Args:
+      source: ``[K, D]`` source unit features (class means or cluster centroids of the
+        pre-training data).
+      target: ``[M, D]`` target unit features (class means of the fine-tuning data).
+      strategy: one of ``uot`` (default, the paper's), ``greedy_ot``, ``nearest``, ``random``,
+        ``label`` (see :mod:`uotsel.strategies`).
+      top_k: how many units to select; ``None`` selects every unit ``label`` matches (for the
+        other strategies ``None`` means all units).
+      n_groups: number of equal groups the ranking is split into; default ``min(10, K)`` (the
+        paper's domain-gap study uses 10).
+      unit_ids: optional ``[N]`` unit id of every pre-training sample; fills ``sample_indices``.
+      **settings: the strategy's settings; paper defaults for all of them. ``uot``: ``cost``
+        (``"cosine"``), ``eps_c`` (0.01), ``eps`` (1.0), ``tau_source`` (1.0), ``tau_target``
+        (100.0), ``source_weights``, ``target_weights`` (ones), ``threshold`` (1e-5),
+        ``max_iter`` (1000), ``init``. ``greedy_ot``: ``cost``, ``eps_c``, ``target_weights``.
+        ``nearest``: ``cost``, ``eps_c``. ``random``: ``seed`` (0). ``label``: ``matching``.
+
+    Returns:
+      A :class:`Selection`.
+
+    Raises:
+      ValueError, TypeError: for an unknown strategy or setting (the message lists the valid
+        ones) or any bad argument, before any computation.
+
+    Example:
+      >>> import numpy as np, uotsel
+      >>> rng = np.random.default_rng(0)
+      >>> target = rng.normal(size=(3, 8))
+      >>> source = np.concatenate([target + 0.01 * rng.normal(size=(3, 8)),
+      ...                          rng.normal(size=(5, 8))])
+      >>> sel = uotsel.select(source, target, top_k=3, n_groups=2)
+      >>> sorted(sel.selected.tolist())
+      [0, 1, 2]
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy: unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    spec = STRATEGIES[strategy]
+    unknown = sorted(set(settings) - set(spec.defaults))
+    if unknown:
+        raise TypeError(
+            f"{unknown[0]}: not a setting of strategy {strategy!r}; valid: "
+            f"{', '.join(spec.defaults) or 'none'}"
+        )
+    used = {**spec.defaults, **settings}
+
+    source = _checks.as_float_array(source, "source", 2)
+    _checks.check_nonempty(source, "source", 0, "units")
+    num_units = source.shape[0]
+    if spec.needs_target:
+        target = _checks.as_float_array(target, "target", 2)
+        _checks.check_nonempty(target, "target", 0, "units")
+    if top_k is not None:
+        top_k = _checks.check_positive_int(top_k, "top_k")
+        if top_k > num_units:
+            raise ValueError(f"top_k: {top_k} is more than the {num_units} source units")
+    n_groups = min(10, num_units) if n_groups is None else n_groups
+    n_groups = _checks.check_positive_int(n_groups, "n_groups")
+    if n_groups > num_units:
+        raise ValueError(f"n_groups: {n_groups} is more than the {num_units} source units")
+    if unit_ids is not None:
+        unit_ids = np.asarray(unit_ids)
+        expand_to_samples(np.zeros(0, np.int64), unit_ids, num_units)  # validates only
+
+    result: Scores = spec.fn(source, target, **used)
+    order_by = result.log_scores if result.log_scores is not None else result.scores
+    ranking = rank(order_by)
+    if top_k is None:
+        top_k = int(np.count_nonzero(result.scores > 0)) if strategy == "label" else num_units
+    elif strategy == "label" and top_k > np.count_nonzero(result.scores > 0):
+        raise ValueError(
+            f"top_k: {top_k} is more than the {int(np.count_nonzero(result.scores > 0))} "
+            "units listed in matching (use top_k=None to take them all)"
+        )
+    selected = ranking[:top_k]
+
+    diagnostics: dict[str, Any] = {}
+    if result.solver is not None:
+        diagnostics = {
+            "n_iters": int(result.solver.n_iters),
+            "error": float(result.solver.error),
+            "converged": bool(result.solver.converged),
+        }
+    return Selection(
+        strategy=strategy,
+        selected=selected,
+        ranking=ranking,
+        scores=np.asarray(result.scores, np.float64),
+        log_scores=result.log_scores,
+        groups=split_groups(ranking, n_groups),
+        sample_indices=None if unit_ids is None else expand_to_samples(selected, unit_ids),
+        settings={k: _plain(v) for k, v in used.items() if _plain(v) is not _OMIT},
+        diagnostics=diagnostics,
+    )
+
+
+_OMIT = object()
+
+
+def _plain(value: Any) -> Any:
+    """Settings as JSON-friendly scalars; arrays (weights, matching, init) are left out."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, np.generic) or (hasattr(value, "ndim") and value.ndim == 0):
+        return np.asarray(value).item()
+    return _OMIT

@@ -1,0 +1,159 @@
+"""Selection strategies: each scores every source unit; a higher score means more similar.
+
+All strategies share one signature, ``strategy(source, target, **settings) -> Scores``, and are
+looked up by name in :data:`STRATEGIES`:
+
+- ``uot`` (the paper's): solve the unbalanced OT problem between source and target units and
+  score each source unit by the mass it sends, ``P 1``; ``log_scores`` holds ``log(P 1)``,
+  which stays exact where ``P 1`` underflows.
+- ``greedy_ot`` (Cui et al., 2018): minus the (target-weighted) mean cost from the source unit
+  to all target units; with ``cost="l2"`` on raw means this is their setting.
+- ``nearest``: minus the smallest cost from the source unit to any target unit.
+- ``random``: a seeded uniform draw per unit (a uniform random subset of units).
+- ``label``: 1 for the source units listed in ``matching`` (e.g. the ImageNet bird classes for
+  a bird target), 0 for the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from uotsel import _checks
+from uotsel.costs import COSTS, cost_matrix
+from uotsel.unbalanced import SinkhornOutput, sinkhorn
+
+__all__ = ["STRATEGIES", "Scores", "Strategy"]
+
+
+class Scores(NamedTuple):
+    """Per-source-unit scores of one strategy.
+
+    Attributes:
+      scores: ``[K]`` float64, higher = more similar to the target.
+      log_scores: ``[K]`` float64 ``log(P 1)`` for ``uot``, else None. Rankings use it when
+        present.
+      solver: the :class:`~uotsel.SinkhornOutput` for ``uot``, else None.
+    """
+
+    scores: np.ndarray
+    log_scores: np.ndarray | None = None
+    solver: SinkhornOutput | None = None
+
+
+class Strategy(NamedTuple):
+    """A named scoring rule with its settings and their defaults."""
+
+    name: str
+    fn: Callable[..., Scores]
+    defaults: dict[str, Any]
+    needs_target: bool = True
+
+
+def _check_cost_name(cost: str) -> None:
+    if cost not in COSTS:
+        raise ValueError(f"cost: unknown cost {cost!r}; valid: {', '.join(COSTS)}")
+
+
+def _uot(
+    source,
+    target,
+    *,
+    cost,
+    eps_c,
+    eps,
+    tau_source,
+    tau_target,
+    source_weights,
+    target_weights,
+    threshold,
+    max_iter,
+    init,
+) -> Scores:
+    _check_cost_name(cost)
+    # Validate the solver settings before spending time on the cost matrix.
+    _checks.check_positive_scalar(eps, "eps")
+    _checks.check_positive_scalar(tau_source, "tau_source", allow_inf=True)
+    _checks.check_positive_scalar(tau_target, "tau_target", allow_inf=True)
+    c = cost_matrix(source, target, cost, eps_c=eps_c)
+    out = sinkhorn(
+        c,
+        eps=eps,
+        tau_source=tau_source,
+        tau_target=tau_target,
+        source_weights=source_weights,
+        target_weights=target_weights,
+        threshold=threshold,
+        max_iter=max_iter,
+        init=init,
+    )
+    log_scores = np.asarray(out.log_row_sums, np.float64)
+    return Scores(np.exp(log_scores), log_scores, out)
+
+
+def _greedy_ot(source, target, *, cost, eps_c, target_weights) -> Scores:
+    _check_cost_name(cost)
+    c = np.asarray(cost_matrix(source, target, cost, eps_c=eps_c), np.float64)
+    if target_weights is None:
+        w = np.full(c.shape[1], 1.0 / c.shape[1])
+    else:
+        w = np.asarray(_checks.as_float_array(target_weights, "target_weights", 1), np.float64)
+        if w.shape != (c.shape[1],):
+            raise ValueError(f"target_weights: expected shape [{c.shape[1]}], got {list(w.shape)}")
+        if not np.all(np.isfinite(w)) or np.any(w <= 0):
+            raise ValueError("target_weights: must be finite and > 0")
+        w = w / w.sum()
+    return Scores(-(c @ w))
+
+
+def _nearest(source, target, *, cost, eps_c) -> Scores:
+    _check_cost_name(cost)
+    c = np.asarray(cost_matrix(source, target, cost, eps_c=eps_c), np.float64)
+    return Scores(-c.min(axis=1))
+
+
+def _random(source, target, *, seed) -> Scores:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    return Scores(np.random.default_rng(int(seed)).random(source.shape[0]))
+
+
+def _label(source, target, *, matching) -> Scores:
+    n = source.shape[0]
+    if matching is None:
+        raise ValueError("matching: the label strategy needs the ids of the matching source units")
+    ids = np.asarray(matching)
+    if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+        raise ValueError("matching: expected a 1-d list of integer source unit ids")
+    if ids.size == 0:
+        raise ValueError("matching: is empty")
+    if ids.min() < 0 or ids.max() >= n:
+        raise ValueError(f"matching: ids must be in [0, {n}), got range [{ids.min()}, {ids.max()}]")
+    scores = np.zeros(n)
+    scores[ids] = 1.0
+    return Scores(scores)
+
+
+_SOLVER = dict(
+    eps=1.0,
+    tau_source=1.0,
+    tau_target=100.0,
+    source_weights=None,
+    target_weights=None,
+    threshold=1e-5,
+    max_iter=1000,
+    init=None,
+)
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in (
+        Strategy("uot", _uot, dict(cost="cosine", eps_c=0.01, **_SOLVER)),
+        Strategy("greedy_ot", _greedy_ot, dict(cost="cosine", eps_c=0.01, target_weights=None)),
+        Strategy("nearest", _nearest, dict(cost="cosine", eps_c=0.01)),
+        Strategy("random", _random, dict(seed=0), needs_target=False),
+        Strategy("label", _label, dict(matching=None), needs_target=False),
+    )
+}
