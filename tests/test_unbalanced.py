@@ -141,14 +141,18 @@ def test_stalling_at_the_float32_floor_stops_early():
     rng = np.random.default_rng(0)
     cost = ((1 - np.clip(rng.normal(size=(300, 50)) * 0.3, -1, 1)) / 0.05).astype(np.float32)
     # Potentials near 900: an ulp is 6e-5, so 1e-7 cannot be certified in float32.
-    out = uotsel.sinkhorn(cost, tau_source=1000.0, tau_target=1000.0, threshold=1e-7,
-                          max_iter=5000)
+    out = uotsel.sinkhorn(cost, tau_source=1000.0, tau_target=1000.0, threshold=1e-7, max_iter=5000)
     assert not bool(out.converged)
     assert int(out.n_iters) < 500
     assert 1e-7 < float(out.error) < 1e-3
     with jax.enable_x64(True):
-        out64 = uotsel.sinkhorn(jnp.asarray(cost, jnp.float64), tau_source=1000.0,
-                                tau_target=1000.0, threshold=1e-7, max_iter=5000)
+        out64 = uotsel.sinkhorn(
+            jnp.asarray(cost, jnp.float64),
+            tau_source=1000.0,
+            tau_target=1000.0,
+            threshold=1e-7,
+            max_iter=5000,
+        )
         assert bool(out64.converged)
 
 
