@@ -156,6 +156,56 @@ def test_stalling_at_the_float32_floor_stops_early():
         assert bool(out64.converged)
 
 
+def _hard_for_the_kernel():
+    # Rows 5-9 are near the second target unit only, whose scaling under a strongly relaxed
+    # target side (tau 0.05) is e^-95 of the first's: the absorbed kernel cannot carry it.
+    return np.array([[0.0, 200.0]] * 5 + [[300.0, 100.0]] * 5, np.float32)
+
+
+def test_kernel_hands_over_to_the_log_domain_when_out_of_range():
+    from uotsel import _iterations
+
+    cost = _hard_for_the_kernel()
+    p = _iterations.make_problem(
+        jnp.asarray(cost),
+        jnp.zeros(10),
+        jnp.zeros(2),
+        jnp.ones(10, bool),
+        jnp.ones(2, bool),
+        1.0,
+        1.0,
+        0.05,
+        1e-5,
+        1000,
+    )
+    f0 = jnp.zeros(10)
+    _, stuck, _ = _iterations.kernel_loop(p, f0, _iterations.start(p, f0))
+    assert bool(stuck)
+    auto = uotsel.sinkhorn(cost, tau_target=0.05)
+    ref_rows, ref_cols = log_domain_marginals(cost, 1.0, 1.0, 0.05)
+    assert bool(auto.converged)
+    np.testing.assert_allclose(auto.log_row_sums, ref_rows, atol=2e-5)
+    np.testing.assert_allclose(auto.log_col_sums, ref_cols, rtol=1e-5, atol=2e-5)
+    # In a batch, only the problem that needs it is finished in the log domain.
+    easy = np.array([[0.0, 2.0]] * 5 + [[3.0, 1.0]] * 5, np.float32)
+    batch = uotsel.sinkhorn(np.stack([easy, cost]), tau_target=np.array([0.05, 0.05]))
+    single = uotsel.sinkhorn(easy, tau_target=0.05)
+    np.testing.assert_allclose(batch.log_row_sums[0], single.log_row_sums, atol=1e-6)
+    np.testing.assert_allclose(batch.log_row_sums[1], auto.log_row_sums, atol=1e-6)
+    assert batch.n_iters.tolist() == [int(single.n_iters), int(auto.n_iters)]
+
+
+@pytest.mark.parametrize("backbone", ["resnet18_supervised", "mocov2_resnet50"])
+def test_methods_agree_on_paper_features(paper_features, backbone):
+    source, target = paper_features[backbone]
+    cost = uotsel.cosine_cost(source, target)
+    auto = uotsel.sinkhorn(cost, method="auto")
+    log = uotsel.sinkhorn(cost, method="log")
+    np.testing.assert_allclose(auto.log_row_sums, log.log_row_sums, atol=3e-5)
+    top = lambda out: set(np.argsort(-np.asarray(out.log_row_sums))[:100].tolist())  # noqa: E731
+    assert top(auto) == top(log)
+
+
 def test_non_convergence_is_reported_as_data():
     cost = np.random.default_rng(0).uniform(0, 50, size=(60, 20)).astype(np.float32)
     out = uotsel.sinkhorn(cost, max_iter=2, threshold=1e-8)
@@ -164,26 +214,13 @@ def test_non_convergence_is_reported_as_data():
     assert float(out.error) > 1e-8
 
 
-def test_jit_matches_eager():
+@pytest.mark.parametrize("method", uotsel.unbalanced.METHODS)
+def test_jit_matches_eager(method):
     rng = np.random.default_rng(4)
     cost = rng.uniform(0, 20, size=(70, 15)).astype(np.float32)
-    args = (
-        jnp.asarray(cost),
-        jnp.zeros(70),
-        jnp.zeros(15),
-        jnp.ones(70, bool),
-        jnp.ones(15, bool),
-        jnp.zeros(70),
-        1.0,
-        1.0,
-        100.0,
-        1e-5,
-        jnp.int32(1000),
-    )
-    args = tuple(jnp.asarray(x, jnp.float32) if isinstance(x, float) else x for x in args)
-    jitted = unbalanced._solve_one(*args)
+    jitted = uotsel.sinkhorn(cost, method=method)
     with jax.disable_jit():
-        eager = unbalanced._solve(*args)
+        eager = uotsel.sinkhorn(cost, method=method)
     assert int(jitted.n_iters) == int(eager.n_iters)
     np.testing.assert_allclose(jitted.log_row_sums, eager.log_row_sums, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(jitted.log_col_sums, eager.log_col_sums, rtol=1e-5, atol=1e-5)

@@ -9,10 +9,8 @@ with ``KL(x | y) = sum x log(x / y) - x + y``. ``tau = inf`` makes that side a h
 The paper's values are ``eps = 1``, ``tau_source = 1`` and ``tau_target = 100``.
 
 The solution is ``P = exp((f[:, None] + g[None, :] - C) / eps)`` for dual potentials ``f``, ``g``.
-Each iteration is one ``g`` update then one ``f`` update, both as log-sum-exp reductions over the
-cost, so no kernel entry ever under- or overflows in float32. Right after an ``f`` update the row
-sums are exactly ``P 1 = a * exp(-f / tau_source)``, so their logarithm is returned from ``f``
-itself and stays accurate where ``P 1`` would underflow.
+Right after an ``f`` update the row sums are exactly ``P 1 = a * exp(-f / tau_source)``, so their
+logarithm is returned from ``f`` itself and stays accurate where ``P 1`` would underflow.
 
 Stopping rule: the map ``f -> F(G(f))`` is a contraction in the sup norm with factor
 ``kappa = k_s * k_t``, ``k = tau / (tau + eps)``, because soft-min is 1-Lipschitz. Hence, with
@@ -21,17 +19,13 @@ Stopping rule: the map ``f -> F(G(f))`` is a contraction in the sup norm with fa
 relative error of both marginals of the returned plan (see :class:`SinkhornOutput`). A marginal
 test such as ``|P^T 1 - b|`` would never reach its threshold on a relaxed side.
 
-The iterate with the smallest certified error is returned; if ``STALL_PATIENCE`` iterations in
-a row bring no improvement (rounding has taken over before ``threshold`` was reached), the loop
-stops early and reports ``converged=False``.
-
-Between iterations the source potential is shifted by the optimal translation of the dual
-(Sejourne, Vialard and Peyre, 2022), which removes the slow mode that appears when the ``tau``
-are large; the certificate is computed on the plain step, so it is unaffected.
+The iterations themselves (an absorbed-kernel loop with a log-domain fallback, the optimal dual
+translation between iterations, stall detection) live in :mod:`uotsel._iterations`.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -39,14 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from uotsel import _checks
+from uotsel import _iterations as _it
 
-__all__ = ["STALL_PATIENCE", "SinkhornOutput", "sinkhorn"]
+__all__ = ["METHODS", "STALL_PATIENCE", "SinkhornOutput", "sinkhorn"]
 
 Array = jax.Array
-
-# Stop once this many iterations in a row have not lowered the error: the iteration has reached
-# the floating-point floor (about ulp(max |f|) / eps) above the requested threshold.
-STALL_PATIENCE = 50
+STALL_PATIENCE = _it.STALL_PATIENCE
+METHODS = ("auto", "log")
 
 
 class SinkhornOutput(NamedTuple):
@@ -110,6 +103,7 @@ def sinkhorn(
     threshold: Any = 1e-5,
     max_iter: int = 1000,
     init: Any = None,
+    method: str = "auto",
 ) -> SinkhornOutput:
     """Solve one or a batch of entropic unbalanced OT problems.
 
@@ -137,6 +131,11 @@ def sinkhorn(
         ``threshold``, is reported as ``converged=False``.
       init: optional warm start, the ``f`` ``[n]``/``[B, n]`` of an earlier output (or the
         whole :class:`SinkhornOutput`).
+      method: ``"auto"`` (default): scaling iterations on an absorbed, row-normalised kernel
+        (two matrix-vector products per iteration), handing over to log-domain iterations if
+        the kernel cannot be kept in the float range; ``"log"``: log-domain iterations only
+        (one ``exp`` pass over the matrix per half-iteration). Same fixed point, same stopping
+        rule and guarantee.
 
     Returns:
       A :class:`SinkhornOutput`; non-convergence is reported in it, never raised.
@@ -167,6 +166,8 @@ def sinkhorn(
     _checks.check_positive_scalar(tau_target, "tau_target", allow_inf=True)
     _checks.check_positive_scalar(threshold, "threshold")
     max_iter = _checks.check_positive_int(max_iter, "max_iter")
+    if method not in METHODS:
+        raise ValueError(f"method: unknown method {method!r}; valid: {', '.join(METHODS)}")
 
     scalars = {}
     for name, value in (
@@ -221,8 +222,8 @@ def sinkhorn(
         jnp.asarray(max_iter, jnp.int32),
     )
     if batched:
-        return _solve_batch(*args[:-1], jnp.broadcast_to(args[-1], lead))
-    return _solve_one(*args)
+        return _solve_batch(*args[:-1], jnp.broadcast_to(args[-1], lead), method=method)
+    return _solve_one(*args, method=method)
 
 
 def _vector(value: Any, name: str, lead: tuple[int, ...], size: int, dtype: Any, fill: Any):
@@ -256,85 +257,51 @@ def _check_balanced_masses(scalars, a, b, mask_a, mask_b) -> None:
         )
 
 
-def _masked_lse(z: Array, mask: Array, axis: int) -> Array:
-    """log-sum-exp of ``z`` over ``axis``, with ``mask`` (broadcast to ``z``) excluding entries."""
-    z = jnp.where(mask, z, -jnp.inf)
-    top = jnp.max(z, axis=axis, keepdims=True)
-    top = jnp.where(jnp.isfinite(top), top, 0.0)
-    total = jnp.sum(jnp.exp(z - top), axis=axis)
-    return jnp.squeeze(top, axis) + jnp.log(total)
-
-
-def _solve(cost, log_a, log_b, mask_a, mask_b, f0, eps, rho_a, rho_b, threshold, max_iter):
-    """One problem; every argument is an array (see :func:`sinkhorn` for meanings)."""
-    dtype = cost.dtype
-    inv_eps = 1.0 / eps
-    inv_rho_a = 1.0 / rho_a  # 0 for a side held exactly
-    inv_rho_b = 1.0 / rho_b
-    k_a = 1.0 / (1.0 + eps * inv_rho_a)  # rho / (rho + eps), 1 when rho = inf
-    k_b = 1.0 / (1.0 + eps * inv_rho_b)
-    kappa = k_a * k_b
-    finite_a, finite_b = inv_rho_a > 0, inv_rho_b > 0
-    # Multipliers turning delta = |f_new - f_old|_inf into bounds on the log marginals.
-    row_gain = jnp.where(finite_a, kappa / (1.0 - kappa) * inv_rho_a, 0.0)
-    col_gain = jnp.where(finite_b, k_b / (1.0 - kappa) * inv_rho_b, 0.0) + inv_eps
-    # Optimal translation of the dual; with one side exact this is the limit tau -> inf of the
-    # formula, and with both sides exact the problem is translation invariant (no shift).
-    shift_gain = jnp.where(finite_a | finite_b, 1.0 / (inv_rho_a + inv_rho_b), 0.0)
-    log_a = jnp.where(mask_a, log_a, 0.0)
-    log_b = jnp.where(mask_b, log_b, 0.0)
-    grid = mask_a[:, None] & mask_b[None, :]
-
-    def g_of(f):
-        lse = _masked_lse((f[:, None] - cost) * inv_eps, grid, axis=0)
-        return jnp.where(mask_b, k_b * eps * (log_b - lse), 0.0)
-
-    def f_of(g):
-        lse = _masked_lse((g[None, :] - cost) * inv_eps, grid, axis=1)
-        return jnp.where(mask_a, k_a * eps * (log_a - lse), 0.0)
-
-    def body(state):
-        it, f, best_f, best_g, best_error, since_best = state
-        g = g_of(f)
-        f_new = f_of(g)
-        delta = jnp.max(jnp.where(mask_a, jnp.abs(f_new - f), 0.0))
-        error = jnp.expm1(jnp.maximum(row_gain, col_gain) * delta)
-        mass_a = _masked_lse(log_a - f_new * inv_rho_a, mask_a, axis=0)
-        mass_b = _masked_lse(log_b - g * inv_rho_b, mask_b, axis=0)
-        shift = shift_gain * (mass_a - mass_b)
-        f_next = jnp.where(mask_a, f_new + shift, 0.0)
-        better = error < best_error
-        return (
-            it + 1,
-            f_next,
-            jnp.where(better, f_new, best_f),
-            jnp.where(better, g, best_g),
-            jnp.where(better, error, best_error),
-            jnp.where(better, 0, since_best + 1),
-        )
-
-    def cond(state):
-        it, _, _, _, best_error, since_best = state
-        return (it < max_iter) & (best_error > threshold) & (since_best < STALL_PATIENCE)
-
-    f0 = jnp.where(mask_a, f0, 0.0).astype(dtype)
-    init = (jnp.int32(0), f0, f0, jnp.zeros_like(log_b), jnp.asarray(jnp.inf, dtype), jnp.int32(0))
-    n_iters, _, f, g, error, _ = jax.lax.while_loop(cond, body, init)
-
-    log_rows = jnp.where(mask_a, log_a - f * inv_rho_a, -jnp.inf)
-    log_cols = _masked_lse((f[:, None] - cost) * inv_eps, grid, axis=0) + g * inv_eps
-    log_cols = jnp.where(mask_b, log_cols, -jnp.inf)
+def _finish(p: _it.Problem, progress: _it.Progress) -> SinkhornOutput:
+    f, g = progress.f, progress.g
+    log_rows = jnp.where(p.mask_a, p.log_a - f * p.inv_rho_a, -jnp.inf)
+    grid = p.mask_a[:, None] & p.mask_b[None, :]
+    log_cols = _it.masked_lse((f[:, None] - p.cost) / p.eps, grid, axis=0) + g / p.eps
     return SinkhornOutput(
         f=f,
         g=g,
         log_row_sums=log_rows,
-        log_col_sums=log_cols,
-        n_iters=n_iters,
-        error=error,
-        converged=error <= threshold,
-        eps=eps,
+        log_col_sums=jnp.where(p.mask_b, log_cols, -jnp.inf),
+        n_iters=progress.n_iters,
+        error=progress.error,
+        converged=progress.error <= p.threshold,
+        eps=p.eps,
     )
 
 
-_solve_one = jax.jit(_solve)
-_solve_batch = jax.jit(jax.vmap(_solve))
+def _solve(
+    cost, log_a, log_b, mask_a, mask_b, f0, eps, rho_a, rho_b, threshold, max_iter, *, method
+):
+    """A batch of problems: every argument has a leading batch axis."""
+    p = jax.vmap(_it.make_problem)(
+        cost, log_a, log_b, mask_a, mask_b, eps, rho_a, rho_b, threshold, max_iter
+    )
+    progress = jax.vmap(_it.start)(p, f0)
+    if method == "log":
+        progress = jax.vmap(_it.log_loop)(p, progress.f, progress)
+    else:
+        progress, stuck, f = jax.vmap(_it.kernel_loop)(p, progress.f, progress)
+
+        def fallback(progress):
+            finished = jax.vmap(_it.log_loop)(p, f, progress)
+            pick = lambda new, old: jnp.where(  # noqa: E731
+                jnp.reshape(stuck, stuck.shape + (1,) * (new.ndim - 1)), new, old
+            )
+            return jax.tree.map(pick, finished, progress)
+
+        progress = jax.lax.cond(jnp.any(stuck), fallback, lambda x: x, progress)
+    return jax.vmap(_finish)(p, progress)
+
+
+_solve_batch = jax.jit(_solve, static_argnames="method")
+
+
+@functools.partial(jax.jit, static_argnames="method")
+def _solve_one(*args, method):
+    out = _solve(*(jnp.expand_dims(x, 0) for x in args), method=method)
+    return jax.tree.map(lambda x: x[0], out)

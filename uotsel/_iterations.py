@@ -1,0 +1,247 @@
+"""The Sinkhorn iterations behind :func:`uotsel.sinkhorn` (one problem; batched with ``vmap``).
+
+Two loops compute the same fixed point and share the stopping rule (see ``docs/solver.md``):
+
+- ``kernel_loop``: scaling iterations on an *absorbed* kernel
+  ``K = exp((f_hat_i + g_hat_j - C_ij) / eps)``, normalised so that every row has maximum 1.
+  The current potentials are ``f = f_hat + eps * lu`` and ``g = g_hat + eps * lv``, with the
+  log-scalings ``lu``, ``lv`` kept in log form. One iteration is two matrix-vector products
+  plus O(n + m) work, so it costs a small fraction of a log-sum-exp pass. Products are
+  normalised by the largest scaling; if a row or column sum comes close to the float range
+  (where dropped underflowing terms could matter), the iteration is refused, the kernel is
+  absorbed again at the current potentials, and if that does not help either the problem is
+  handed to the log-domain loop.
+- ``log_loop``: log-sum-exp iterations over the cost itself: slower (an ``exp`` over the whole
+  matrix per half-iteration) but exact for any cost scale; the fallback and the reference.
+
+Both return the iterate with the smallest certified error and stop when the error is below the
+threshold, when ``max_iter`` is reached, or when ``STALL_PATIENCE`` iterations in a row have
+not lowered the error (rounding has taken over).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Stop once this many iterations in a row have not lowered the error: the iteration has reached
+# the floating-point floor (about ulp(max |f|) / eps) above the requested threshold.
+STALL_PATIENCE = 50
+
+
+class Problem(NamedTuple):
+    """One problem and the constants derived from its settings (all arrays)."""
+
+    cost: Array  # [n, m]
+    log_a: Array  # [n], 0 on masked rows
+    log_b: Array  # [m], 0 on masked columns
+    mask_a: Array  # [n] bool
+    mask_b: Array  # [m] bool
+    eps: Array
+    inv_rho_a: Array  # 1 / tau_source (0 for an exact side)
+    inv_rho_b: Array
+    k_a: Array  # tau / (tau + eps), 1 for an exact side
+    k_b: Array
+    row_gain: Array  # turns delta = |f_new - f_old|_inf into a log-marginal error bound
+    col_gain: Array
+    shift_gain: Array  # optimal dual translation per unit of log-mass difference
+    threshold: Array
+    max_iter: Array
+
+
+class Progress(NamedTuple):
+    """Best iterate so far and the loop's counters."""
+
+    n_iters: Array
+    f: Array  # best f (unshifted output of an f update)
+    g: Array  # the g it was computed from
+    error: Array  # its certified error
+    since_best: Array  # iterations since the error last improved
+
+
+def make_problem(cost, log_a, log_b, mask_a, mask_b, eps, rho_a, rho_b, threshold, max_iter):
+    inv_eps = 1.0 / eps
+    inv_rho_a, inv_rho_b = 1.0 / rho_a, 1.0 / rho_b
+    k_a = 1.0 / (1.0 + eps * inv_rho_a)
+    k_b = 1.0 / (1.0 + eps * inv_rho_b)
+    kappa = k_a * k_b
+    finite_a, finite_b = inv_rho_a > 0, inv_rho_b > 0
+    return Problem(
+        cost=cost,
+        log_a=jnp.where(mask_a, log_a, 0.0),
+        log_b=jnp.where(mask_b, log_b, 0.0),
+        mask_a=mask_a,
+        mask_b=mask_b,
+        eps=eps,
+        inv_rho_a=inv_rho_a,
+        inv_rho_b=inv_rho_b,
+        k_a=k_a,
+        k_b=k_b,
+        row_gain=jnp.where(finite_a, kappa / (1.0 - kappa) * inv_rho_a, 0.0),
+        col_gain=jnp.where(finite_b, k_b / (1.0 - kappa) * inv_rho_b, 0.0) + inv_eps,
+        # With one side exact this is the limit tau -> inf of the formula; with both exact
+        # the problem is translation invariant and needs no shift.
+        shift_gain=jnp.where(finite_a | finite_b, 1.0 / (inv_rho_a + inv_rho_b), 0.0),
+        threshold=threshold,
+        max_iter=max_iter,
+    )
+
+
+def masked_lse(z: Array, mask: Array, axis: int) -> Array:
+    """log-sum-exp of ``z`` over ``axis``, with ``mask`` (broadcast to ``z``) excluding entries."""
+    z = jnp.where(mask, z, -jnp.inf)
+    top = jnp.max(z, axis=axis, keepdims=True)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    total = jnp.sum(jnp.exp(z - top), axis=axis)
+    return jnp.squeeze(top, axis) + jnp.log(total)
+
+
+def _grid(p: Problem) -> Array:
+    return p.mask_a[:, None] & p.mask_b[None, :]
+
+
+def g_update(p: Problem, f: Array) -> Array:
+    lse = masked_lse((f[:, None] - p.cost) / p.eps, _grid(p), axis=0)
+    return jnp.where(p.mask_b, p.k_b * p.eps * (p.log_b - lse), 0.0)
+
+
+def f_update(p: Problem, g: Array) -> Array:
+    lse = masked_lse((g[None, :] - p.cost) / p.eps, _grid(p), axis=1)
+    return jnp.where(p.mask_a, p.k_a * p.eps * (p.log_a - lse), 0.0)
+
+
+def _step_error(p: Problem, step: Array) -> Array:
+    """Certified error bound from one plain step ``f_new - f_old``."""
+    delta = jnp.max(jnp.where(p.mask_a, jnp.abs(step), 0.0))
+    return jnp.expm1(jnp.maximum(p.row_gain, p.col_gain) * delta)
+
+
+def _shift(p: Problem, f_new: Array, g: Array) -> Array:
+    """Optimal translation of the dual at ``(f_new, g)``."""
+    mass_a = masked_lse(p.log_a - f_new * p.inv_rho_a, p.mask_a, axis=0)
+    mass_b = masked_lse(p.log_b - g * p.inv_rho_b, p.mask_b, axis=0)
+    return p.shift_gain * (mass_a - mass_b)
+
+
+def _record(progress: Progress, f_new: Array, g: Array, error: Array) -> Progress:
+    better = error < progress.error
+    return Progress(
+        n_iters=progress.n_iters + 1,
+        f=jnp.where(better, f_new, progress.f),
+        g=jnp.where(better, g, progress.g),
+        error=jnp.where(better, error, progress.error),
+        since_best=jnp.where(better, 0, progress.since_best + 1),
+    )
+
+
+def keep_going(p: Problem, progress: Progress) -> Array:
+    return (
+        (progress.n_iters < p.max_iter)
+        & (progress.error > p.threshold)
+        & (progress.since_best < STALL_PATIENCE)
+    )
+
+
+def start(p: Problem, f0: Array) -> Progress:
+    dtype = p.cost.dtype
+    return Progress(
+        n_iters=jnp.int32(0),
+        f=jnp.where(p.mask_a, f0, 0.0).astype(dtype),
+        g=jnp.zeros(p.log_b.shape, dtype),
+        error=jnp.asarray(jnp.inf, dtype),
+        since_best=jnp.int32(0),
+    )
+
+
+def log_loop(p: Problem, f: Array, progress: Progress) -> Progress:
+    """Log-domain iterations from the input potential ``f`` until the stopping rule fires."""
+
+    def body(state):
+        f, progress = state
+        g = g_update(p, f)
+        f_new = f_update(p, g)
+        progress = _record(progress, f_new, g, _step_error(p, f_new - f))
+        f_next = jnp.where(p.mask_a, f_new + _shift(p, f_new, g), 0.0)
+        return f_next, progress
+
+    _, progress = jax.lax.while_loop(lambda s: keep_going(p, s[1]), body, (f, progress))
+    return progress
+
+
+def kernel_loop(p: Problem, f: Array, progress: Progress) -> tuple[Progress, Array, Array]:
+    """Absorbed-kernel iterations from ``f``. Returns the progress, whether the problem must be
+    finished by :func:`log_loop` (the kernel could not be kept in range), and the potential to
+    continue from."""
+    dtype = p.cost.dtype
+    n, m = p.cost.shape
+    info = jnp.finfo(dtype)
+    # A row (column) sum of normalised products below this could be missing underflowed terms
+    # worth more than a rounding error: refuse the iteration.
+    tiny_rows = info.tiny * m / info.eps
+    tiny_cols = info.tiny * n / info.eps
+    grid = _grid(p)
+
+    def absorb(f, g):
+        z = jnp.where(grid, (f[:, None] + g[None, :] - p.cost) / p.eps, -jnp.inf)
+        r = jnp.where(p.mask_a, jnp.max(z, axis=1), 0.0)
+        kernel = jnp.exp(z - r[:, None])
+        return kernel, f - p.eps * r, r
+
+    def inner(kernel, f_hat, g_hat, lu, progress):
+        d = p.log_a - f_hat * p.inv_rho_a
+        c = p.log_b - g_hat * p.inv_rho_b
+
+        def body(state):
+            lu, lv_prev, progress, _ = state
+            top_u = jnp.max(jnp.where(p.mask_a, lu, -jnp.inf))
+            s = jnp.where(p.mask_a, jnp.exp(lu - top_u), 0.0) @ kernel
+            lv = jnp.where(p.mask_b, p.k_b * (c - jnp.log(s) - top_u), 0.0)
+            top_v = jnp.max(jnp.where(p.mask_b, lv, -jnp.inf))
+            r = kernel @ jnp.where(p.mask_b, jnp.exp(lv - top_v), 0.0)
+            lu_new = jnp.where(p.mask_a, p.k_a * (d - jnp.log(r) - top_v), 0.0)
+            bad = (
+                jnp.any(p.mask_b & ~(s >= tiny_cols))
+                | jnp.any(p.mask_a & ~(r >= tiny_rows))
+                | ~jnp.all(jnp.isfinite(lu_new))
+                | ~jnp.all(jnp.isfinite(lv))
+            )
+            f_new = f_hat + p.eps * lu_new
+            g = g_hat + p.eps * lv
+            updated = _record(progress, f_new, g, _step_error(p, p.eps * (lu_new - lu)))
+            lu_next = jnp.where(p.mask_a, lu_new + _shift(p, f_new, g) / p.eps, 0.0)
+            keep = lambda new, old: jnp.where(bad, old, new)  # noqa: E731
+            return (
+                keep(lu_next, lu),
+                keep(lv, lv_prev),
+                jax.tree.map(keep, updated, progress),
+                bad,
+            )
+
+        state = (lu, jnp.zeros_like(c), progress, jnp.bool_(False))
+        lu, lv, progress, bad = jax.lax.while_loop(
+            lambda s: keep_going(p, s[2]) & ~s[3], body, state
+        )
+        return lu, lv, progress, bad
+
+    def outer_body(state):
+        f, g, progress, _, _ = state
+        kernel, f_hat, lu = absorb(f, g)
+        before = progress.n_iters
+        lu, lv, progress, bad = inner(kernel, f_hat, g, lu, progress)
+        stuck = bad & (progress.n_iters == before)  # refused right after absorbing
+        f = jnp.where(p.mask_a, f_hat + p.eps * lu, 0.0)
+        g = jnp.where(p.mask_b, g + p.eps * lv, 0.0)
+        return f, g, progress, bad, stuck
+
+    # First absorption at the eps = 0 transform of f: every row and column of the kernel
+    # then has its maximum at 1.
+    g0 = jnp.where(p.mask_b, jnp.min(jnp.where(grid, p.cost - f[:, None], jnp.inf), axis=0), 0.0)
+    state = (f, g0, progress, jnp.bool_(True), jnp.bool_(False))
+    f, _, progress, _, stuck = jax.lax.while_loop(
+        lambda s: s[3] & ~s[4] & keep_going(p, s[2]), outer_body, state
+    )
+    return progress, stuck, f
