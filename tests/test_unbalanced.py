@@ -179,7 +179,7 @@ def test_kernel_hands_over_to_the_log_domain_when_out_of_range():
         1000,
     )
     f0 = jnp.zeros(10)
-    _, stuck, _ = _iterations.kernel_loop(p, f0, _iterations.start(p, f0))
+    _, stuck, *_ = _iterations.kernel_loop(p, f0, _iterations.start(p, f0))
     assert bool(stuck)
     auto = uotsel.sinkhorn(cost, tau_target=0.05)
     ref_rows, ref_cols = log_domain_marginals(cost, 1.0, 1.0, 0.05)

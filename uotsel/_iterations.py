@@ -157,6 +157,12 @@ def start(p: Problem, f0: Array) -> Progress:
     )
 
 
+def log_col_sums(p: Problem, progress: Progress) -> Array:
+    """``log(P^T 1)`` ``[m]`` of the plan of ``progress`` by a log-sum-exp pass over the cost."""
+    lse = masked_lse((progress.f[:, None] - p.cost) / p.eps, _grid(p), axis=0)
+    return lse + progress.g / p.eps
+
+
 def log_loop(p: Problem, f: Array, progress: Progress) -> Progress:
     """Log-domain iterations from the input potential ``f`` until the stopping rule fires."""
 
@@ -172,10 +178,14 @@ def log_loop(p: Problem, f: Array, progress: Progress) -> Progress:
     return progress
 
 
-def kernel_loop(p: Problem, f: Array, progress: Progress) -> tuple[Progress, Array, Array]:
-    """Absorbed-kernel iterations from ``f``. Returns the progress, whether the problem must be
-    finished by :func:`log_loop` (the kernel could not be kept in range), and the potential to
-    continue from."""
+def kernel_loop(p: Problem, f: Array, progress: Progress):
+    """Absorbed-kernel iterations from ``f``.
+
+    Returns:
+      ``(progress, stuck, f, log_cols, cols_ok)``: ``stuck`` says the problem must be finished
+      by :func:`log_loop` from the potential ``f`` (the kernel could not be kept in range);
+      ``log_cols`` ``[m]`` are the column sums of the best plan, valid where ``cols_ok``.
+    """
     dtype = p.cost.dtype
     n, m = p.cost.shape
     info = jnp.finfo(dtype)
@@ -225,23 +235,37 @@ def kernel_loop(p: Problem, f: Array, progress: Progress) -> tuple[Progress, Arr
         lu, lv, progress, bad = jax.lax.while_loop(
             lambda s: keep_going(p, s[2]) & ~s[3], body, state
         )
-        return lu, lv, progress, bad
+        # Column sums of the best plan, from this kernel: one more matrix-vector product.
+        lu_b = jnp.where(p.mask_a, (progress.f - f_hat) / p.eps, -jnp.inf)
+        top = jnp.max(lu_b)
+        s_b = jnp.exp(lu_b - top) @ kernel
+        log_cols = (progress.g - g_hat) / p.eps + jnp.log(s_b) + top
+        cols_ok = jnp.all(~p.mask_b | ((s_b >= tiny_cols) & jnp.isfinite(log_cols)))
+        return lu, lv, progress, bad, log_cols, cols_ok
 
     def outer_body(state):
-        f, g, progress, _, _ = state
+        f, g, progress, _, _, _, _ = state
         kernel, f_hat, lu = absorb(f, g)
         before = progress.n_iters
-        lu, lv, progress, bad = inner(kernel, f_hat, g, lu, progress)
+        lu, lv, progress, bad, log_cols, cols_ok = inner(kernel, f_hat, g, lu, progress)
         stuck = bad & (progress.n_iters == before)  # refused right after absorbing
         f = jnp.where(p.mask_a, f_hat + p.eps * lu, 0.0)
         g = jnp.where(p.mask_b, g + p.eps * lv, 0.0)
-        return f, g, progress, bad, stuck
+        return f, g, progress, bad, stuck, log_cols, cols_ok
 
     # First absorption at the eps = 0 transform of f: every row and column of the kernel
     # then has its maximum at 1.
     g0 = jnp.where(p.mask_b, jnp.min(jnp.where(grid, p.cost - f[:, None], jnp.inf), axis=0), 0.0)
-    state = (f, g0, progress, jnp.bool_(True), jnp.bool_(False))
-    f, _, progress, _, stuck = jax.lax.while_loop(
+    state = (
+        f,
+        g0,
+        progress,
+        jnp.bool_(True),
+        jnp.bool_(False),
+        jnp.zeros_like(g0),
+        jnp.bool_(False),
+    )
+    f, _, progress, _, stuck, log_cols, cols_ok = jax.lax.while_loop(
         lambda s: s[3] & ~s[4] & keep_going(p, s[2]), outer_body, state
     )
-    return progress, stuck, f
+    return progress, stuck, f, log_cols, cols_ok

@@ -1,4 +1,4 @@
-"""Entropic unbalanced optimal transport by a log-domain generalised Sinkhorn iteration.
+"""Entropic unbalanced optimal transport by a generalised Sinkhorn iteration, exact in float32.
 
 The problem, for a cost ``C`` of shape ``[n, m]`` (rows: source / pre-training units, columns:
 target units), source weights ``a`` ``[n]`` and target weights ``b`` ``[m]``::
@@ -152,6 +152,7 @@ def sinkhorn(
     """
     cost = _checks.as_float_array(cost, "cost", (2, 3))
     batched = cost.ndim == 3
+    lead = tuple(cost.shape[:-2])
     n, m = cost.shape[-2:]
     if n == 0:
         raise ValueError("cost: has no rows (no source units)")
@@ -159,7 +160,6 @@ def sinkhorn(
         raise ValueError("cost: has no columns (no target units)")
     _checks.check_finite(cost, "cost")
     dtype = jax.dtypes.canonicalize_dtype(cost.dtype)
-    lead = cost.shape[:-2]
 
     _checks.check_positive_scalar(eps, "eps")
     _checks.check_positive_scalar(tau_source, "tau_source", allow_inf=True)
@@ -168,104 +168,102 @@ def sinkhorn(
     max_iter = _checks.check_positive_int(max_iter, "max_iter")
     if method not in METHODS:
         raise ValueError(f"method: unknown method {method!r}; valid: {', '.join(METHODS)}")
-
-    scalars = {}
-    for name, value in (
-        ("eps", eps),
-        ("tau_source", tau_source),
-        ("tau_target", tau_target),
-        ("threshold", threshold),
-    ):
-        arr = jnp.asarray(value, dtype)
-        if arr.ndim > 1 or (arr.ndim == 1 and (not batched or arr.shape[0] != lead[0])):
-            want = "a scalar" + (f" or shape [{lead[0]}]" if batched else "")
-            raise ValueError(f"{name}: expected {want}, got shape {tuple(arr.shape)}")
-        scalars[name] = jnp.broadcast_to(arr, lead)
-
-    mask_a = _vector(source_mask, "source_mask", lead, n, jnp.bool_, True)
-    mask_b = _vector(target_mask, "target_mask", lead, m, jnp.bool_, True)
-    a = _vector(source_weights, "source_weights", lead, n, dtype, 1.0)
-    b = _vector(target_weights, "target_weights", lead, m, dtype, 1.0)
-    for name, w, msk in (("source_weights", a, mask_a), ("target_weights", b, mask_b)):
-        if _checks.is_concrete(w) and _checks.is_concrete(msk):
-            wn, mn = np.asarray(w), np.asarray(msk)
-            if not np.all(np.isfinite(wn[mn])) or np.any(wn[mn] <= 0):
-                raise ValueError(f"{name}: must be finite and > 0 on every unmasked unit")
-    if _checks.is_concrete(mask_a) and not np.asarray(mask_a).any(axis=-1).all():
-        raise ValueError("source_mask: masks out every source unit of a problem")
-    if _checks.is_concrete(mask_b) and not np.asarray(mask_b).any(axis=-1).all():
-        raise ValueError("target_mask: masks out every target unit of a problem")
-    _check_balanced_masses(scalars, a, b, mask_a, mask_b)
+    scalars = [
+        _scalar(value, name, lead, dtype)
+        for name, value in (
+            ("eps", eps),
+            ("tau_source", tau_source),
+            ("tau_target", tau_target),
+            ("threshold", threshold),
+        )
+    ]
+    mask_a = _vector(source_mask, "source_mask", lead, n, bool)
+    mask_b = _vector(target_mask, "target_mask", lead, m, bool)
+    a = _vector(source_weights, "source_weights", lead, n, dtype)
+    b = _vector(target_weights, "target_weights", lead, m, dtype)
+    _check_weights(a, mask_a, "source_weights")
+    _check_weights(b, mask_b, "target_weights")
+    for name, unit, mask in (("source_mask", "source", mask_a), ("target_mask", "target", mask_b)):
+        if mask is not None and _checks.is_concrete(mask) and not np.any(mask, axis=-1).all():
+            raise ValueError(f"{name}: masks out every {unit} unit of a problem")
+    _check_balanced_masses(scalars[1], scalars[2], a, b, mask_a, mask_b, n, m)
 
     if isinstance(init, SinkhornOutput):
         init = init.f
-    if init is None:
-        f0 = jnp.zeros(lead + (n,), dtype)
-    else:
+    f0 = None
+    if init is not None:
         f0 = _checks.as_float_array(init, "init", (1, 2))
         if tuple(f0.shape) != lead + (n,):
             raise ValueError(f"init: expected shape {list(lead + (n,))}, got {list(f0.shape)}")
         _checks.check_finite(f0, "init")
-        f0 = jnp.asarray(f0, dtype)
 
-    args = (
-        jnp.asarray(cost),
-        jnp.log(a),
-        jnp.log(b),
-        mask_a,
-        mask_b,
-        f0,
-        scalars["eps"],
-        scalars["tau_source"],
-        scalars["tau_target"],
-        scalars["threshold"],
-        jnp.asarray(max_iter, jnp.int32),
-    )
-    if batched:
-        return _solve_batch(*args[:-1], jnp.broadcast_to(args[-1], lead), method=method)
-    return _solve_one(*args, method=method)
+    solve = _solve_batch if batched else _solve_one
+    return solve(cost, a, b, mask_a, mask_b, f0, *scalars, np.int32(max_iter), method=method)
 
 
-def _vector(value: Any, name: str, lead: tuple[int, ...], size: int, dtype: Any, fill: Any):
+def _scalar(value: Any, name: str, lead: tuple[int, ...], dtype: Any) -> Any:
+    """A scalar setting as an array (traced, never static): scalar, or ``[B]`` when batched."""
+    if isinstance(value, jax.Array) or not _checks.is_concrete(value):
+        arr = jnp.asarray(value, dtype)
+    else:
+        arr = np.asarray(value, dtype)
+    if arr.ndim > 1 or (arr.ndim == 1 and (not lead or arr.shape[0] != lead[0])):
+        want = "a scalar" + (f" or shape [{lead[0]}]" if lead else "")
+        raise ValueError(f"{name}: expected {want}, got shape {tuple(arr.shape)}")
+    return arr
+
+
+def _vector(value: Any, name: str, lead: tuple[int, ...], size: int, dtype: Any) -> Any:
+    """A per-unit vector ``[size]`` or ``[B, size]``; None stays None (the default)."""
     if value is None:
-        return jnp.full(lead + (size,), fill, dtype)
-    arr = jnp.asarray(value)
-    if arr.shape not in ((size,), lead + (size,)):
+        return None
+    if not hasattr(value, "shape"):
+        value = np.asarray(value)
+    if tuple(value.shape) not in ((size,), lead + (size,)):
         shapes = f"[{size}]" + (f" or {list(lead + (size,))}" if lead else "")
-        raise ValueError(f"{name}: expected shape {shapes}, got {list(arr.shape)}")
-    if dtype == jnp.bool_ and arr.dtype != jnp.bool_:
-        raise TypeError(f"{name}: expected a bool array, got dtype {arr.dtype}")
-    if dtype != jnp.bool_:
-        _checks.check_finite(arr, name)
-    return jnp.broadcast_to(arr.astype(dtype), lead + (size,))
+        raise ValueError(f"{name}: expected shape {shapes}, got {list(value.shape)}")
+    if dtype is bool:
+        if value.dtype != np.bool_:
+            raise TypeError(f"{name}: expected a bool array, got dtype {value.dtype}")
+        return value
+    return _checks.as_float_array(value, name, value.ndim)
 
 
-def _check_balanced_masses(scalars, a, b, mask_a, mask_b) -> None:
-    """A problem held exactly on both sides needs equal total masses."""
-    taus = (scalars["tau_source"], scalars["tau_target"])
-    if not all(_checks.is_concrete(x) for x in (*taus, a, b, mask_a, mask_b)):
+def _check_weights(w: Any, mask: Any, name: str) -> None:
+    if w is None or not (_checks.is_concrete(w) and _checks.is_concrete(mask)):
         return
-    both = np.isinf(np.asarray(taus[0])) & np.isinf(np.asarray(taus[1]))
+    w = np.asarray(w)
+    keep = np.ones(w.shape, bool) if mask is None else np.broadcast_to(np.asarray(mask), w.shape)
+    if not np.all(np.isfinite(w[keep])) or np.any(w[keep] <= 0):
+        raise ValueError(f"{name}: must be finite and > 0 on every unmasked unit")
+
+
+def _check_balanced_masses(tau_a, tau_b, a, b, mask_a, mask_b, n, m) -> None:
+    """A problem held exactly on both sides needs equal total masses."""
+    if not all(_checks.is_concrete(x) for x in (tau_a, tau_b, a, b, mask_a, mask_b)):
+        return
+    both = np.isinf(np.asarray(tau_a)) & np.isinf(np.asarray(tau_b))
     if not both.any():
         return
-    mass_a = np.where(np.asarray(mask_a), np.asarray(a, np.float64), 0).sum(-1)
-    mass_b = np.where(np.asarray(mask_b), np.asarray(b, np.float64), 0).sum(-1)
-    if np.any(both & ~np.isclose(mass_a, mass_b, rtol=1e-5)):
+
+    def mass(w, mask, size):
+        w = np.ones(size) if w is None else np.asarray(w, np.float64)
+        mask = np.ones(size, bool) if mask is None else np.asarray(mask)
+        return np.where(mask, w, 0.0).sum(-1)
+
+    if np.any(both & ~np.isclose(mass(a, mask_a, n), mass(b, mask_b, m), rtol=1e-5)):
         raise ValueError(
             "tau_source, tau_target: both are inf (balanced), so the source and target "
             "weights must have equal total mass"
         )
 
 
-def _finish(p: _it.Problem, progress: _it.Progress) -> SinkhornOutput:
+def _finish(p: _it.Problem, progress: _it.Progress, log_cols: Array) -> SinkhornOutput:
     f, g = progress.f, progress.g
-    log_rows = jnp.where(p.mask_a, p.log_a - f * p.inv_rho_a, -jnp.inf)
-    grid = p.mask_a[:, None] & p.mask_b[None, :]
-    log_cols = _it.masked_lse((f[:, None] - p.cost) / p.eps, grid, axis=0) + g / p.eps
     return SinkhornOutput(
         f=f,
         g=g,
-        log_row_sums=log_rows,
+        log_row_sums=jnp.where(p.mask_a, p.log_a - f * p.inv_rho_a, -jnp.inf),
         log_col_sums=jnp.where(p.mask_b, log_cols, -jnp.inf),
         n_iters=progress.n_iters,
         error=progress.error,
@@ -274,34 +272,61 @@ def _finish(p: _it.Problem, progress: _it.Progress) -> SinkhornOutput:
     )
 
 
-def _solve(
-    cost, log_a, log_b, mask_a, mask_b, f0, eps, rho_a, rho_b, threshold, max_iter, *, method
-):
-    """A batch of problems: every argument has a leading batch axis."""
+def _solve(cost, a, b, mask_a, mask_b, f0, eps, rho_a, rho_b, threshold, max_iter, *, method):
+    """Solve a batch of problems: ``cost`` is ``[B, n, m]``; every other argument is ``[B, ...]``,
+    a scalar to broadcast, or None for its default (ones, all-True masks, a zero start)."""
+    batch, n, m = cost.shape
+    dtype = cost.dtype
+
+    def per_problem(x, size, fill, kind):
+        if x is None:
+            return jnp.full((batch, *size), fill, kind)
+        return jnp.broadcast_to(jnp.asarray(x, kind), (batch, *size))
+
     p = jax.vmap(_it.make_problem)(
-        cost, log_a, log_b, mask_a, mask_b, eps, rho_a, rho_b, threshold, max_iter
+        cost,
+        jnp.log(per_problem(a, (n,), 1.0, dtype)),
+        jnp.log(per_problem(b, (m,), 1.0, dtype)),
+        per_problem(mask_a, (n,), True, jnp.bool_),
+        per_problem(mask_b, (m,), True, jnp.bool_),
+        *(per_problem(x, (), 0.0, dtype) for x in (eps, rho_a, rho_b, threshold)),
+        per_problem(max_iter, (), 0, jnp.int32),
     )
-    progress = jax.vmap(_it.start)(p, f0)
+    every = lambda fn: jax.vmap(fn)  # noqa: E731
+    progress = every(_it.start)(p, per_problem(f0, (n,), 0.0, dtype))
     if method == "log":
-        progress = jax.vmap(_it.log_loop)(p, progress.f, progress)
-    else:
-        progress, stuck, f = jax.vmap(_it.kernel_loop)(p, progress.f, progress)
+        progress = every(_it.log_loop)(p, progress.f, progress)
+        log_cols = every(_it.log_col_sums)(p, progress)
+        return every(_finish)(p, progress, log_cols)
 
-        def fallback(progress):
-            finished = jax.vmap(_it.log_loop)(p, f, progress)
-            pick = lambda new, old: jnp.where(  # noqa: E731
-                jnp.reshape(stuck, stuck.shape + (1,) * (new.ndim - 1)), new, old
-            )
-            return jax.tree.map(pick, finished, progress)
+    progress, stuck, f, log_cols, cols_ok = every(_it.kernel_loop)(p, progress.f, progress)
 
-        progress = jax.lax.cond(jnp.any(stuck), fallback, lambda x: x, progress)
-    return jax.vmap(_finish)(p, progress)
+    def finish_in_log_domain(state):
+        progress, log_cols = state
+        done = every(_it.log_loop)(p, f, progress)
+        pick = lambda new, old: jnp.where(  # noqa: E731
+            jnp.reshape(stuck, stuck.shape + (1,) * (new.ndim - 1)), new, old
+        )
+        return jax.tree.map(pick, done, progress), log_cols
+
+    # Both hand-overs are taken only when some problem needs them (cond is not vmapped).
+    progress, log_cols = jax.lax.cond(
+        jnp.any(stuck), finish_in_log_domain, lambda s: s, (progress, log_cols)
+    )
+    exact_cols = stuck | ~cols_ok
+    log_cols = jax.lax.cond(
+        jnp.any(exact_cols),
+        lambda c: jnp.where(exact_cols[:, None], every(_it.log_col_sums)(p, progress), c),
+        lambda c: c,
+        log_cols,
+    )
+    return every(_finish)(p, progress, log_cols)
 
 
 _solve_batch = jax.jit(_solve, static_argnames="method")
 
 
 @functools.partial(jax.jit, static_argnames="method")
-def _solve_one(*args, method):
-    out = _solve(*(jnp.expand_dims(x, 0) for x in args), method=method)
+def _solve_one(cost, *args, method):
+    out = _solve(cost[None], *args, method=method)
     return jax.tree.map(lambda x: x[0], out)
