@@ -56,6 +56,12 @@ def test_cosine_is_scale_invariant_and_bounded(rng):
     assert c.min() >= 0.0 and c.max() <= 2.0 / 0.5
 
 
+def test_cosine_of_tiny_and_huge_rows_is_finite():
+    source = np.array([[1e-30, 1e-30], [1e30, 0.0], [3.0, 3.0]], np.float32)
+    c = np.asarray(uotsel.cosine_cost(source, np.array([[1.0, 1.0]], np.float32), 1.0))
+    np.testing.assert_allclose(c[:, 0], [0.0, 1 - np.sqrt(0.5), 0.0], atol=1e-6)
+
+
 def test_float64_inputs_keep_float64():
     import jax
 

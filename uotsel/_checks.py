@@ -75,11 +75,10 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
 
 
 def check_nonzero_rows(x: Any, name: str) -> None:
-    """Raise if a concrete ``[n, d]`` array has a row of zero norm (cosine is undefined)."""
+    """Raise if a concrete ``[n, d]`` array has an all-zero row (cosine is undefined)."""
     if not is_concrete(x):
         return
-    norms = np.linalg.norm(np.asarray(x, dtype=np.float64), axis=-1)
-    zero = np.flatnonzero(norms.reshape(-1) == 0)
+    zero = np.flatnonzero(~np.any(np.asarray(x) != 0, axis=-1).reshape(-1))
     if zero.size:
         raise ValueError(
             f"{name}: {zero.size} row(s) have zero norm (first: {int(zero[0])}); "

@@ -53,9 +53,15 @@ def _blockwise(block, source: Array, target: Array, scale: Array, chunk_size: in
     return out.reshape(-1, out.shape[-1])[:n]
 
 
+def _unit_rows(x: Array) -> Array:
+    # Scale by the largest entry first so that tiny (or huge) rows do not under- or overflow
+    # when squared.
+    x = x / jnp.max(jnp.abs(x), axis=1, keepdims=True)
+    return x / jnp.linalg.norm(x, axis=1, keepdims=True)
+
+
 def _cos_block(s: Array, t: Array) -> Array:
-    s = s / jnp.linalg.norm(s, axis=1, keepdims=True)
-    t = t / jnp.linalg.norm(t, axis=1, keepdims=True)
+    s, t = _unit_rows(s), _unit_rows(t)
     return 1.0 - jnp.clip(jnp.matmul(s, t.T, precision=_HIGHEST), -1.0, 1.0)
 
 
