@@ -234,7 +234,7 @@ def test_no_recompilation_when_settings_change():
     solve_before = unbalanced._solve_one._cache_size()
     from uotsel import costs
 
-    cost_before = costs._blockwise._cache_size()
+    cost_before = costs._pairwise._cache_size()
     for eps_c, eps, tau_s, tau_t, thr in [
         (0.02, 0.5, 2.0, 10.0, 1e-4),
         (0.05, 2.0, math.inf, 100.0, 1e-3),
@@ -244,7 +244,7 @@ def test_no_recompilation_when_settings_change():
         uotsel.sinkhorn(c, eps=eps, tau_source=tau_s, tau_target=tau_t, threshold=thr, max_iter=500)
         uotsel.sinkhorn(3.0 * c, eps=eps, tau_source=tau_s, tau_target=tau_t)
     assert unbalanced._solve_one._cache_size() == solve_before
-    assert costs._blockwise._cache_size() == cost_before
+    assert costs._pairwise._cache_size() == cost_before
 
 
 def test_batch_with_masks_equals_separate_solves():

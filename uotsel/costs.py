@@ -23,7 +23,7 @@ Array = jax.Array
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _prepare(source: Any, target: Any, cosine: bool):
+def _prepare(source: Any, target: Any):
     source = _checks.as_float_array(source, "source", 2)
     target = _checks.as_float_array(target, "target", 2)
     _checks.check_nonempty(source, "source", 0, "units")
@@ -32,44 +32,44 @@ def _prepare(source: Any, target: Any, cosine: bool):
         raise ValueError(
             f"target: feature dimension {target.shape[1]} does not match source's {source.shape[1]}"
         )
-    _checks.check_finite(source, "source")
-    _checks.check_finite(target, "target")
-    if cosine:
-        _checks.check_nonzero_rows(source, "source")
-        _checks.check_nonzero_rows(target, "target")
     dtype = jax.dtypes.canonicalize_dtype(np.result_type(source.dtype, target.dtype))
     return jnp.asarray(source, dtype), jnp.asarray(target, dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("block", "chunk_size"))
-def _blockwise(block, source: Array, target: Array, scale: Array, chunk_size: int) -> Array:
-    """``block(rows, target) / scale`` over row blocks of ``source``, stacked to ``[n, m]``."""
-    n = source.shape[0]
-    if chunk_size >= n:
-        return block(source, target) / scale
-    pad = (-n) % chunk_size
-    blocks = jnp.pad(source, ((0, pad), (0, 0))).reshape(-1, chunk_size, source.shape[1])
-    out = jax.lax.map(lambda rows: block(rows, target) / scale, blocks)
-    return out.reshape(-1, out.shape[-1])[:n]
+def _row_norms(x: Array) -> tuple[Array, Array]:
+    """Row norms ``[n]``, computed as max|x| * |x / max|x||| so that tiny or huge rows neither
+    under- nor overflow when squared, and whether every row is finite and non-zero."""
+    top = jnp.max(jnp.abs(x), axis=1)
+    safe_top = jnp.where(top > 0, top, 1.0)
+    norms = top * jnp.sqrt(jnp.sum(jnp.square(x / safe_top[:, None]), axis=1))
+    return norms, jnp.all(jnp.isfinite(norms) & (top > 0))
 
 
-def _unit_rows(x: Array) -> Array:
-    # Scale by the largest entry first so that tiny (or huge) rows do not under- or overflow
-    # when squared.
-    x = x / jnp.max(jnp.abs(x), axis=1, keepdims=True)
-    return x / jnp.linalg.norm(x, axis=1, keepdims=True)
+def _cos_block(rows: Array, row_norms: Array, target: Array, target_norms: Array) -> Array:
+    """``1 - cos`` ``[r, m]``; the dot products are scaled by the norms afterwards (no
+    normalised copies of the inputs), unless a norm is so extreme that they could overflow."""
+    lo, hi = 1e-18, 1e18
+    safe = jnp.all((row_norms > lo) & (row_norms < hi)) & jnp.all(
+        (target_norms > lo) & (target_norms < hi)
+    )
+
+    def scale_after(rows, target):
+        dots = jnp.matmul(rows, target.T, precision=_HIGHEST)
+        return dots / row_norms[:, None] / target_norms[None, :]
+
+    def scale_before(rows, target):
+        return jnp.matmul(
+            rows / row_norms[:, None], (target / target_norms[:, None]).T, precision=_HIGHEST
+        )
+
+    cos = jax.lax.cond(safe, scale_after, scale_before, rows, target)
+    return 1.0 - jnp.clip(cos, -1.0, 1.0)
 
 
-def _cos_block(s: Array, t: Array) -> Array:
-    s, t = _unit_rows(s), _unit_rows(t)
-    return 1.0 - jnp.clip(jnp.matmul(s, t.T, precision=_HIGHEST), -1.0, 1.0)
-
-
-def _sq_block(s: Array, t: Array) -> Array:
-    # Centre on the target mean first: the expansion |s|^2 + |t|^2 - 2 s.t loses digits when
-    # the points are far from the origin relative to their spread.
-    mu = jnp.mean(t, axis=0)
-    s, t = s - mu, t - mu
+def _sq_block(rows: Array, target: Array, mean: Array) -> Array:
+    # Centred on the target mean: the expansion |s|^2 + |t|^2 - 2 s.t loses digits when the
+    # points are far from the origin relative to their spread.
+    s, t = rows - mean, target - mean
     d2 = (
         jnp.sum(s * s, axis=1)[:, None]
         + jnp.sum(t * t, axis=1)[None, :]
@@ -78,11 +78,52 @@ def _sq_block(s: Array, t: Array) -> Array:
     return jnp.maximum(d2, 0.0)
 
 
-def _run(block, source, target, scale, chunk_size) -> Array:
+@functools.partial(jax.jit, static_argnames=("kind", "chunk_size"))
+def _pairwise(kind: str, source: Array, target: Array, scale: Array, chunk_size: int):
+    """The ``[n, m]`` cost of ``kind`` over row blocks of ``source``, and a validity flag per
+    input (finite, and for the cosine no all-zero row), computed in the same pass."""
+    n = source.shape[0]
+    if kind == "cosine":
+        source_norms, source_ok = _row_norms(source)
+        target_norms, target_ok = _row_norms(target)
+
+        def block(rows, norms):
+            return _cos_block(rows, norms, target, target_norms) / scale
+
+        extra = source_norms
+    else:
+        source_ok = jnp.all(jnp.isfinite(source))
+        target_ok = jnp.all(jnp.isfinite(target))
+        mean = jnp.mean(target, axis=0)
+
+        def block(rows, _):
+            d2 = _sq_block(rows, target, mean)
+            return jnp.sqrt(d2) if kind == "l2" else d2
+
+        extra = jnp.zeros(n, source.dtype)
+    flags = jnp.stack([source_ok, target_ok])
+    if chunk_size >= n:
+        return block(source, extra), flags
+    pad = (-n) % chunk_size
+    rows = jnp.pad(source, ((0, pad), (0, 0))).reshape(-1, chunk_size, source.shape[1])
+    extra = jnp.pad(extra, (0, pad), constant_values=1).reshape(-1, chunk_size)
+    out = jax.lax.map(lambda xs: block(*xs), (rows, extra))
+    return out.reshape(-1, out.shape[-1])[:n], flags
+
+
+def _run(kind: str, source: Any, target: Any, scale: Any, chunk_size: int | None) -> Array:
+    source, target = _prepare(source, target)
     if chunk_size is None:
         chunk_size = source.shape[0]
     chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
-    return _blockwise(block, source, target, jnp.asarray(scale, source.dtype), chunk_size)
+    cost, flags = _pairwise(kind, source, target, jnp.asarray(scale, source.dtype), chunk_size)
+    # The checks ran inside the computation; only a failure pays for the detailed message.
+    if _checks.is_concrete(flags) and not bool(np.all(flags)):
+        for x, name in ((source, "source"), (target, "target")):
+            _checks.check_finite(x, name)
+            if kind == "cosine":
+                _checks.check_nonzero_rows(x, name)
+    return cost
 
 
 def cosine_cost(
@@ -110,8 +151,7 @@ def cosine_cost(
       [[0.0], [2.0], [4.0]]
     """
     _checks.check_positive_scalar(eps_c, "eps_c")
-    source, target = _prepare(source, target, cosine=True)
-    return _run(_cos_block, source, target, eps_c, chunk_size)
+    return _run("cosine", source, target, eps_c, chunk_size)
 
 
 def sqeuclidean_cost(source: Any, target: Any, *, chunk_size: int | None = None) -> Array:
@@ -123,8 +163,7 @@ def sqeuclidean_cost(source: Any, target: Any, *, chunk_size: int | None = None)
     Returns:
       ``[n, m]`` non-negative costs.
     """
-    source, target = _prepare(source, target, cosine=False)
-    return _run(_sq_block, source, target, 1.0, chunk_size)
+    return _run("sqeuclidean", source, target, 1.0, chunk_size)
 
 
 def l2_cost(source: Any, target: Any, *, chunk_size: int | None = None) -> Array:
@@ -136,7 +175,7 @@ def l2_cost(source: Any, target: Any, *, chunk_size: int | None = None) -> Array
     Returns:
       ``[n, m]`` non-negative costs.
     """
-    return jnp.sqrt(sqeuclidean_cost(source, target, chunk_size=chunk_size))
+    return _run("l2", source, target, 1.0, chunk_size)
 
 
 COSTS = ("cosine", "l2", "sqeuclidean")

@@ -158,7 +158,6 @@ def sinkhorn(
         raise ValueError("cost: has no rows (no source units)")
     if m == 0:
         raise ValueError("cost: has no columns (no target units)")
-    _checks.check_finite(cost, "cost")
     dtype = jax.dtypes.canonicalize_dtype(cost.dtype)
 
     _checks.check_positive_scalar(eps, "eps")
@@ -198,7 +197,13 @@ def sinkhorn(
         _checks.check_finite(f0, "init")
 
     solve = _solve_batch if batched else _solve_one
-    return solve(cost, a, b, mask_a, mask_b, f0, *scalars, np.int32(max_iter), method=method)
+    out, cost_ok = solve(
+        cost, a, b, mask_a, mask_b, f0, *scalars, np.int32(max_iter), method=method
+    )
+    # The finiteness check ran inside the solve; only a failure pays for the detailed message.
+    if _checks.is_concrete(cost_ok) and not bool(cost_ok):
+        _checks.check_finite(cost, "cost")
+    return out
 
 
 def _scalar(value: Any, name: str, lead: tuple[int, ...], dtype: Any) -> Any:
@@ -277,6 +282,7 @@ def _solve(cost, a, b, mask_a, mask_b, f0, eps, rho_a, rho_b, threshold, max_ite
     a scalar to broadcast, or None for its default (ones, all-True masks, a zero start)."""
     batch, n, m = cost.shape
     dtype = cost.dtype
+    cost_ok = jnp.all(jnp.isfinite(cost))
 
     def per_problem(x, size, fill, kind):
         if x is None:
@@ -297,7 +303,7 @@ def _solve(cost, a, b, mask_a, mask_b, f0, eps, rho_a, rho_b, threshold, max_ite
     if method == "log":
         progress = every(_it.log_loop)(p, progress.f, progress)
         log_cols = every(_it.log_col_sums)(p, progress)
-        return every(_finish)(p, progress, log_cols)
+        return every(_finish)(p, progress, log_cols), cost_ok
 
     progress, stuck, f, log_cols, cols_ok = every(_it.kernel_loop)(p, progress.f, progress)
 
@@ -320,7 +326,7 @@ def _solve(cost, a, b, mask_a, mask_b, f0, eps, rho_a, rho_b, threshold, max_ite
         lambda c: c,
         log_cols,
     )
-    return every(_finish)(p, progress, log_cols)
+    return every(_finish)(p, progress, log_cols), cost_ok
 
 
 _solve_batch = jax.jit(_solve, static_argnames="method")
@@ -328,5 +334,5 @@ _solve_batch = jax.jit(_solve, static_argnames="method")
 
 @functools.partial(jax.jit, static_argnames="method")
 def _solve_one(cost, *args, method):
-    out = _solve(cost[None], *args, method=method)
-    return jax.tree.map(lambda x: x[0], out)
+    out, cost_ok = _solve(cost[None], *args, method=method)
+    return jax.tree.map(lambda x: x[0], out), cost_ok

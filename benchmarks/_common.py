@@ -1,0 +1,172 @@
+"""Shared benchmark plumbing: timing, machine description, problems, and result files.
+
+Every benchmark writes its figures twice: a Markdown section of ``docs/benchmarks.md`` (between
+``<!-- BEGIN name -->`` and ``<!-- END name -->`` markers, so scripts update their own part)
+and ``benchmarks/results/<name>.json`` with every number and the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(ROOT, "docs", "benchmarks.md")
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def block(x: Any) -> Any:
+    """Wait for JAX arrays inside ``x`` (no-op for numpy results)."""
+    import jax
+
+    return jax.block_until_ready(x)
+
+
+def timed(fn: Callable[[], Any], repeats: int = 20, warmup: int = 2) -> dict[str, float]:
+    """First-call time, then the median / min of ``repeats`` calls after ``warmup`` calls (s)."""
+    start = time.perf_counter()
+    block(fn())
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        block(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        block(fn())
+        times.append(time.perf_counter() - start)
+    return {"first_s": first, "median_s": statistics.median(times), "min_s": min(times),
+            "repeats": repeats}
+
+
+def machine() -> dict[str, Any]:
+    """What ran the benchmark: CPU, cores, memory, JAX device, package versions."""
+    import jax
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = re.findall(r"model name\s*:\s*(.*)", fh.read())
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        with open("/proc/meminfo") as fh:
+            mem_gb = round(int(re.search(r"MemTotal:\s*(\d+)", fh.read()).group(1)) / 2**20, 1)
+    except (OSError, AttributeError):
+        pass
+    versions = {}
+    for pkg in ("uotsel", "jax", "jaxlib", "numpy", "pot", "ott-jax", "scikit-learn",
+                "faiss-cpu"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    dev = jax.devices()[0]
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": mem_gb,
+        "python": platform.python_version(),
+        "jax_backend": jax.default_backend(),
+        "jax_device": getattr(dev, "device_kind", str(dev)),
+        "versions": versions,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    v = info["versions"]
+    return (
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; JAX "
+        f"{v.get('jax')} on {info['jax_backend']} ({info['jax_device']}); numpy "
+        f"{v.get('numpy')}, POT {v.get('pot', '-')}, ott-jax {v.get('ott-jax', '-')}; "
+        f"{info['date']}."
+    )
+
+
+def write_results(name: str, markdown: str, payload: dict[str, Any]) -> None:
+    """Replace section ``name`` of docs/benchmarks.md and write results/<name>.json."""
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, f"{name}.json"), "w") as fh:
+        json.dump(payload, fh, indent=1, default=float)
+        fh.write("\n")
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    text = open(DOC).read() if os.path.exists(DOC) else "# Benchmarks\n"
+    section = f"{begin}\n{markdown.strip()}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    with open(DOC, "w") as fh:
+        fh.write(text)
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(x: Any) -> str:
+        if isinstance(x, float):
+            return f"{x:.3g}"
+        return str(x)
+
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f}"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_isolated(module: str, *args: str) -> dict[str, Any]:
+    """Run ``python -m module args`` in a fresh process; it prints one JSON line last."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                         env=env, cwd=ROOT, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- problems -----------------------------------------------------------------------------
+
+
+def imagenet_clusters(n: int, seed: int = 0, backbone: str = "resnet18_supervised",
+                      spread: float = 0.35) -> np.ndarray:
+    """``n`` synthetic cluster centroids around the embedded ImageNet class means: each class
+    mean plus isotropic noise of ``spread`` times the typical class-mean norm / sqrt(D)."""
+    from uotsel import embedded
+
+    means = embedded.load(backbone, "imagenet").means.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    base = means[rng.integers(0, means.shape[0], size=n)]
+    scale = spread * np.median(np.linalg.norm(means, axis=1)) / np.sqrt(means.shape[1])
+    return (base + scale * rng.normal(size=base.shape)).astype(np.float32)
+
+
+def target_means(dataset: str = "cub", backbone: str = "resnet18_supervised") -> np.ndarray:
+    from uotsel import embedded
+
+    return embedded.load(backbone, dataset).means.astype(np.float32)
+
+
+def cosine64(source: np.ndarray, target: np.ndarray, eps_c: float = 0.01) -> np.ndarray:
+    s = source.astype(np.float64)
+    t = target.astype(np.float64)
+    s /= np.linalg.norm(s, axis=1, keepdims=True)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    return (1.0 - s @ t.T) / eps_c
