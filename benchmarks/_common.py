@@ -15,8 +15,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +45,12 @@ def timed(fn: Callable[[], Any], repeats: int = 20, warmup: int = 2) -> dict[str
         start = time.perf_counter()
         block(fn())
         times.append(time.perf_counter() - start)
-    return {"first_s": first, "median_s": statistics.median(times), "min_s": min(times),
-            "repeats": repeats}
+    return {
+        "first_s": first,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "repeats": repeats,
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -66,8 +71,7 @@ def machine() -> dict[str, Any]:
     except (OSError, AttributeError):
         pass
     versions = {}
-    for pkg in ("uotsel", "jax", "jaxlib", "numpy", "pot", "ott-jax", "scikit-learn",
-                "faiss-cpu"):
+    for pkg in ("uotsel", "jax", "jaxlib", "numpy", "pot", "ott-jax", "scikit-learn", "faiss-cpu"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -105,7 +109,7 @@ def write_results(name: str, markdown: str, payload: dict[str, Any]) -> None:
     text = open(DOC).read() if os.path.exists(DOC) else "# Benchmarks\n"
     section = f"{begin}\n{markdown.strip()}\n{end}"
     if begin in text and end in text:
-        text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     with open(DOC, "w") as fh:
@@ -137,16 +141,23 @@ def peak_rss_mb() -> float:
 def run_isolated(module: str, *args: str) -> dict[str, Any]:
     """Run ``python -m module args`` in a fresh process; it prints one JSON line last."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                         env=env, cwd=ROOT, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # --- problems -----------------------------------------------------------------------------
 
 
-def imagenet_clusters(n: int, seed: int = 0, backbone: str = "resnet18_supervised",
-                      spread: float = 0.35) -> np.ndarray:
+def imagenet_clusters(
+    n: int, seed: int = 0, backbone: str = "resnet18_supervised", spread: float = 0.35
+) -> np.ndarray:
     """``n`` synthetic cluster centroids around the embedded ImageNet class means: each class
     mean plus isotropic noise of ``spread`` times the typical class-mean norm / sqrt(D)."""
     from uotsel import embedded

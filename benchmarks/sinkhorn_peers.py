@@ -18,6 +18,7 @@ with the accelerator JAX runs on, for a GPU run).
 from __future__ import annotations
 
 import argparse
+import functools
 import warnings
 
 import jax
@@ -37,8 +38,10 @@ def problems():
     rng = np.random.default_rng(0)
     return {
         "clusters-2000x200": (C.imagenet_clusters(2000), C.target_means("cub")),
-        "random-2000x200": (rng.normal(size=(2000, 128)).astype(np.float32),
-                            rng.normal(size=(200, 128)).astype(np.float32)),
+        "random-2000x200": (
+            rng.normal(size=(2000, 128)).astype(np.float32),
+            rng.normal(size=(200, 128)).astype(np.float32),
+        ),
         "cub-1000x200": (C.target_means("imagenet"), C.target_means("cub")),
     }
 
@@ -88,7 +91,8 @@ def paper_numpy(src, tgt, n_iter=None):
     u = np.ones(cost.shape[0])
     v = np.ones(cost.shape[1])
     iters = 0
-    for iters in range(1, (n_iter or 1000) + 1):
+    for _ in range(n_iter or 1000):
+        iters += 1
         u_prev, v_prev = u, v
         u = (1.0 / (kernel @ v)) ** K_S
         v = (1.0 / (kernel.T @ u)) ** K_T
@@ -106,8 +110,9 @@ def _ott_solver(threshold, n_iter=None):
     from ott.solvers.linear import sinkhorn
 
     if n_iter:
-        solver = sinkhorn.Sinkhorn(threshold=0.0, inner_iterations=1, min_iterations=n_iter,
-                                   max_iterations=n_iter)
+        solver = sinkhorn.Sinkhorn(
+            threshold=0.0, inner_iterations=1, min_iterations=n_iter, max_iterations=n_iter
+        )
     else:
         solver = sinkhorn.Sinkhorn(threshold=threshold)
 
@@ -138,8 +143,15 @@ def uotsel_run(threshold=1e-5, method="auto", n_iter=None):
 
     def run(src, tgt):
         cost = uotsel.cosine_cost(src, tgt, EPS_C)
-        return uotsel.sinkhorn(cost, eps=EPS, tau_source=TAU_S, tau_target=TAU_T,
-                               threshold=thr, max_iter=cap, method=method)
+        return uotsel.sinkhorn(
+            cost,
+            eps=EPS,
+            tau_source=TAU_S,
+            tau_target=TAU_T,
+            threshold=thr,
+            max_iter=cap,
+            method=method,
+        )
 
     return run
 
@@ -178,8 +190,13 @@ def floor_ms(src, tgt, n_iters, repeats):
     t_mm = C.timed(lambda: mm(s, t), repeats)["median_s"]
     t_exp = C.timed(lambda: ex(cost), repeats)["median_s"]
     t_mv = C.timed(lambda: passes(kernel), repeats)["median_s"]
-    return {"matmul_s": t_mm, "exp_s": t_exp, "matvec_passes_s": t_mv, "iterations": n_iters,
-            "floor_s": t_mm + t_exp + t_mv}
+    return {
+        "matmul_s": t_mm,
+        "exp_s": t_exp,
+        "matvec_passes_s": t_mv,
+        "iterations": n_iters,
+        "floor_s": t_mm + t_exp + t_mv,
+    }
 
 
 def smallest_iterations(run_k, ref, target, limit=3000):
@@ -208,26 +225,34 @@ def bench_problem(name, src, tgt, repeats):
         jax.clear_caches()
         t = C.timed(fn, repeats)
         log_rows, iters = to_rows(fn())
-        rows.append({"peer": peer, **t, "iterations": iters,
-                     "rel_error": rel_error(log_rows, ref),
-                     "top100": top_agreement(log_rows, ref)})
+        rows.append(
+            {
+                "peer": peer,
+                **t,
+                "iterations": iters,
+                "rel_error": rel_error(log_rows, ref),
+                "top100": top_agreement(log_rows, ref),
+            }
+        )
         return rows[-1]
 
     as_pair = lambda out: out  # noqa: E731
     record("POT sinkhorn_knopp_unbalanced (f64)", lambda: pot_knopp(src, tgt), as_pair)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        record("POT sinkhorn_stabilized_unbalanced (f64)", lambda: pot_stabilized(src, tgt),
-               as_pair)
+        record(
+            "POT sinkhorn_stabilized_unbalanced (f64)", lambda: pot_stabilized(src, tgt), as_pair
+        )
     record("paper's scaling iterations, numpy (f64)", lambda: paper_numpy(src, tgt), as_pair)
 
     def ott_rows(out):
-        f, g, n_iters, converged = out
+        f, g, n_iters, _ = out
         return ott_log_rows(src, tgt, f, g), int(n_iters)
 
     ott_default = _ott_solver(1e-3)
-    rec = record("ott-jax Sinkhorn, threshold 1e-3 (f32)", lambda: ott_default(srcj, tgtj),
-                 ott_rows)
+    rec = record(
+        "ott-jax Sinkhorn, threshold 1e-3 (f32)", lambda: ott_default(srcj, tgtj), ott_rows
+    )
     rec["converged"] = bool(ott_default(srcj, tgtj)[3])
     tight = None
     for thr in (1e-5, 3e-5, 1e-4, 2e-4, 5e-4):
@@ -236,8 +261,11 @@ def bench_problem(name, src, tgt, repeats):
             break
     if tight is not None:
         ott_tight = _ott_solver(tight)
-        record(f"ott-jax Sinkhorn, threshold {tight:g} (f32, tightest reached)",
-               lambda: ott_tight(srcj, tgtj), ott_rows)
+        record(
+            f"ott-jax Sinkhorn, threshold {tight:g} (f32, tightest reached)",
+            lambda: ott_tight(srcj, tgtj),
+            ott_rows,
+        )
 
     def ours(out):
         return np.asarray(out.log_row_sums, np.float64), int(out.n_iters)
@@ -246,23 +274,32 @@ def bench_problem(name, src, tgt, repeats):
     rec_auto = record("uotsel sinkhorn (f32, certified 1e-5)", lambda: auto(srcj, tgtj), ours)
     rec_auto["reported_error"] = float(auto(srcj, tgtj).error)
     log_only = uotsel_run(method="log")
-    record("uotsel sinkhorn method='log' (f32, certified 1e-5)",
-           lambda: log_only(srcj, tgtj), ours)
+    record("uotsel sinkhorn method='log' (f32, certified 1e-5)", lambda: log_only(srcj, tgtj), ours)
 
     floor = floor_ms(src, tgt, rec_auto["iterations"], repeats)
     tta = time_to_accuracy(src, tgt, srcj, tgtj, ref, repeats)
-    return {"problem": name, "shape": list(cost64.shape), "dim": int(src.shape[1]),
-            "peers": rows, "floor": floor, "time_to_accuracy": tta}
+    return {
+        "problem": name,
+        "shape": list(cost64.shape),
+        "dim": int(src.shape[1]),
+        "peers": rows,
+        "floor": floor,
+        "time_to_accuracy": tta,
+    }
 
 
 def time_to_accuracy(src, tgt, srcj, tgtj, ref, repeats):
     out = []
     ott_rows = lambda o: ott_log_rows(src, tgt, o[0], o[1])  # noqa: E731
     peers = {
-        "POT knopp (f64)": (lambda k: pot_knopp(src, tgt, k)[0], lambda k: (
-            lambda: pot_knopp(src, tgt, k))),
-        "ott-jax (f32)": (lambda k: ott_rows(_ott_solver(0, k)(srcj, tgtj)),
-                          lambda k: (lambda f=_ott_solver(0, k): f(srcj, tgtj))),
+        "POT knopp (f64)": (
+            lambda k: pot_knopp(src, tgt, k)[0],
+            lambda k: lambda: pot_knopp(src, tgt, k),
+        ),
+        "ott-jax (f32)": (
+            lambda k: ott_rows(_ott_solver(0, k)(srcj, tgtj)),
+            lambda k: functools.partial(_ott_solver(0, k), srcj, tgtj),
+        ),
     }
     for target in (1e-4, 1e-6):
         for peer, (rows_at, runner) in peers.items():
@@ -275,64 +312,113 @@ def time_to_accuracy(src, tgt, srcj, tgtj, ref, repeats):
         if target >= 1e-5:
             run = uotsel_run(threshold=target)
             res = run(srcj, tgtj)
-            out.append({"target": target, "peer": "uotsel (f32, certified stop)",
-                        "iterations": int(res.n_iters),
-                        "achieved": rel_error(res.log_row_sums, ref),
-                        "median_s": C.timed(lambda: run(srcj, tgtj), repeats)["median_s"]})
+            out.append(
+                {
+                    "target": target,
+                    "peer": "uotsel (f32, certified stop)",
+                    "iterations": int(res.n_iters),
+                    "achieved": rel_error(res.log_row_sums, ref),
+                    "median_s": C.timed(functools.partial(run, srcj, tgtj), repeats)["median_s"],
+                }
+            )
         with jax.enable_x64(True):
             s64, t64 = jnp.asarray(src, jnp.float64), jnp.asarray(tgt, jnp.float64)
             run = uotsel_run(threshold=target)
             res = run(s64, t64)
-            out.append({"target": target, "peer": "uotsel (f64, certified stop)",
-                        "iterations": int(res.n_iters),
-                        "achieved": rel_error(res.log_row_sums, ref),
-                        "median_s": C.timed(lambda: run(s64, t64), repeats)["median_s"]})
+            out.append(
+                {
+                    "target": target,
+                    "peer": "uotsel (f64, certified stop)",
+                    "iterations": int(res.n_iters),
+                    "achieved": rel_error(res.log_row_sums, ref),
+                    "median_s": C.timed(functools.partial(run, s64, t64), repeats)["median_s"],
+                }
+            )
     return out
 
 
 def markdown(info, results, device_label):
-    lines = [f"## Unbalanced Sinkhorn, paper settings{device_label}", "",
-             C.machine_line(info), "",
-             "Cosine cost (`eps_c = 0.01`), `eps = 1`, `tau = (1, 100)`, unit weights; cost "
-             "computation included for every peer; steady state = median of "
-             f"{results[0]['peers'][0]['repeats']} runs after warm-up; error = largest relative "
-             "error of `P 1` over all rows against POT float64 converged to `1e-13`.", ""]
+    lines = [
+        f"## Unbalanced Sinkhorn, paper settings{device_label}",
+        "",
+        C.machine_line(info),
+        "",
+        "Cosine cost (`eps_c = 0.01`), `eps = 1`, `tau = (1, 100)`, unit weights; cost "
+        "computation included for every peer; steady state = median of "
+        f"{results[0]['peers'][0]['repeats']} runs after warm-up; error = largest relative "
+        "error of `P 1` over all rows against POT float64 converged to `1e-13`.",
+        "",
+    ]
     for res in results:
         peers = res["peers"]
         pot = next(p for p in peers if p["peer"].startswith("POT sinkhorn_knopp"))
         ott = next(p for p in peers if p["peer"].startswith("ott-jax Sinkhorn, threshold 1e-3"))
         ours = next(p for p in peers if p["peer"].startswith("uotsel sinkhorn (f32"))
-        rows = [[p["peer"], C.ms(p["first_s"]), C.ms(p["median_s"]),
-                 f"{p['median_s'] / ours['median_s']:.1f}", p["iterations"],
-                 f"{p['rel_error']:.1e}", p["top100"]] for p in peers]
+        rows = [
+            [
+                p["peer"],
+                C.ms(p["first_s"]),
+                C.ms(p["median_s"]),
+                f"{p['median_s'] / ours['median_s']:.1f}",
+                p["iterations"],
+                f"{p['rel_error']:.1e}",
+                p["top100"],
+            ]
+            for p in peers
+        ]
         fl = res["floor"]
-        lines += [f"### {res['problem']} (cost {res['shape'][0]} x {res['shape'][1]}, "
-                  f"D = {res['dim']})", "",
-                  C.table(["peer", "first call ms", "steady ms", "x uotsel", "iterations",
-                           "max rel. error P1", "top-100 overlap"], rows), "",
-                  f"uotsel is {pot['median_s'] / ours['median_s']:.1f}x faster than POT's "
-                  f"`sinkhorn_knopp_unbalanced` and {ott['median_s'] / ours['median_s']:.1f}x "
-                  f"faster than ott-jax at its default threshold; its reported certified error "
-                  f"was {ours.get('reported_error', float('nan')):.1e}.",
-                  f"Floor on this machine: cost matmul {C.ms(fl['matmul_s'])} ms + one exp pass "
-                  f"{C.ms(fl['exp_s'])} ms + {fl['iterations']} x 2 matrix-vector passes "
-                  f"{C.ms(fl['matvec_passes_s'])} ms = {C.ms(fl['floor_s'])} ms; uotsel is at "
-                  f"{ours['median_s'] / fl['floor_s']:.2f}x the floor.", ""]
-        tta = [[t["target"], t["peer"], t["iterations"] if t["iterations"] else "not reached",
+        lines += [
+            f"### {res['problem']} (cost {res['shape'][0]} x {res['shape'][1]}, D = {res['dim']})",
+            "",
+            C.table(
+                [
+                    "peer",
+                    "first call ms",
+                    "steady ms",
+                    "x uotsel",
+                    "iterations",
+                    "max rel. error P1",
+                    "top-100 overlap",
+                ],
+                rows,
+            ),
+            "",
+            f"uotsel is {pot['median_s'] / ours['median_s']:.1f}x faster than POT's "
+            f"`sinkhorn_knopp_unbalanced` and {ott['median_s'] / ours['median_s']:.1f}x "
+            f"faster than ott-jax at its default threshold; its reported certified error "
+            f"was {ours.get('reported_error', float('nan')):.1e}.",
+            f"Floor on this machine: cost matmul {C.ms(fl['matmul_s'])} ms + one exp pass "
+            f"{C.ms(fl['exp_s'])} ms + {fl['iterations']} x 2 matrix-vector passes "
+            f"{C.ms(fl['matvec_passes_s'])} ms = {C.ms(fl['floor_s'])} ms; uotsel is at "
+            f"{ours['median_s'] / fl['floor_s']:.2f}x the floor.",
+            "",
+        ]
+        tta = [
+            [
+                t["target"],
+                t["peer"],
+                t["iterations"] if t["iterations"] else "not reached",
                 C.ms(t["median_s"]) if "median_s" in t else "-",
-                f"{t['achieved']:.1e}" if "achieved" in t else "-"]
-               for t in res["time_to_accuracy"]]
-        lines += ["Time to accuracy (peers: the smallest iteration count that reaches the "
-                  "target, found with the reference; uotsel: its own certified stop):", "",
-                  C.table(["target", "peer", "iterations", "steady ms", "achieved"], tta), ""]
+                f"{t['achieved']:.1e}" if "achieved" in t else "-",
+            ]
+            for t in res["time_to_accuracy"]
+        ]
+        lines += [
+            "Time to accuracy (peers: the smallest iteration count that reaches the "
+            "target, found with the reference; uotsel: its own certified stop):",
+            "",
+            C.table(["target", "peer", "iterations", "steady ms", "achieved"], tta),
+            "",
+        ]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--device", action="store_true",
-                        help="label the results with the accelerator JAX runs on")
+    parser.add_argument(
+        "--device", action="store_true", help="label the results with the accelerator JAX runs on"
+    )
     parser.add_argument("--only", help="run one problem by name")
     args = parser.parse_args()
     info = C.machine()
@@ -344,11 +430,9 @@ def main() -> None:
         results.append(bench_problem(name, src, tgt, args.repeats))
     label = f" on {info['jax_device']}" if args.device else ""
     section = "sinkhorn_peers" + ("_device" if args.device else "")
-    C.write_results(section, markdown(info, results, label),
-                    {"machine": info, "results": results})
+    C.write_results(section, markdown(info, results, label), {"machine": info, "results": results})
     print(markdown(info, results, label))
 
 
 if __name__ == "__main__":
     main()
-

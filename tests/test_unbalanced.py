@@ -325,6 +325,23 @@ def test_bad_arguments_raise_before_tracing(kwargs, match):
         uotsel.sinkhorn(cost, **kwargs)
 
 
+def test_infinite_costs_forbid_pairs():
+    cost = np.array([[0.0, np.inf], [1.0, 0.5], [np.inf, 2.0]], np.float32)
+    out = uotsel.sinkhorn(cost, tau_target=math.inf)
+    plan = np.asarray(out.plan(np.where(np.isinf(cost), 1e30, cost)))
+    assert plan[0, 1] == 0 and plan[2, 0] == 0
+    np.testing.assert_allclose(out.col_sums, 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"cost: 1 row\(s\) and 0 column\(s\) have no finite"):
+        uotsel.sinkhorn(np.array([[0.0, 1.0], [np.inf, np.inf]], np.float32))
+    with pytest.raises(ValueError, match="cost: contains 0 NaN and 1 -inf"):
+        uotsel.sinkhorn(np.array([[0.0, -np.inf], [1.0, 1.0]], np.float32))
+    # A padded (masked) row may hold anything.
+    out = uotsel.sinkhorn(
+        np.array([[0.0, 1.0], [np.inf, np.inf]], np.float32), source_mask=np.array([True, False])
+    )
+    assert bool(out.converged)
+
+
 def test_bad_costs():
     with pytest.raises(ValueError, match="cost: contains 1 NaN"):
         uotsel.sinkhorn(np.array([[0.0, np.nan]]))

@@ -200,10 +200,29 @@ def sinkhorn(
     out, cost_ok = solve(
         cost, a, b, mask_a, mask_b, f0, *scalars, np.int32(max_iter), method=method
     )
-    # The finiteness check ran inside the solve; only a failure pays for the detailed message.
+    # A bad cost shows up as non-finite potentials; only then is the cost itself inspected.
     if _checks.is_concrete(cost_ok) and not bool(cost_ok):
-        _checks.check_finite(cost, "cost")
+        _diagnose_cost(cost, mask_a, mask_b)
     return out
+
+
+def _diagnose_cost(cost: Any, mask_a: Any, mask_b: Any) -> None:
+    """Raise the one-line error that explains non-finite potentials. ``+inf`` entries are
+    allowed (they forbid a pair) as long as every unit keeps a finite cost."""
+    c = np.asarray(cost)
+    nan, neg = int(np.isnan(c).sum()), int(np.isneginf(c).sum())
+    if nan or neg:
+        raise ValueError(f"cost: contains {nan} NaN and {neg} -inf value(s)")
+    finite = np.isfinite(c)
+    row_mask = np.ones(c.shape[:-1], bool) if mask_a is None else np.asarray(mask_a)
+    col_mask = np.ones(c.shape[:-2] + c.shape[-1:], bool) if mask_b is None else np.asarray(mask_b)
+    row_mask = np.broadcast_to(row_mask, c.shape[:-1])
+    col_mask = np.broadcast_to(col_mask, c.shape[:-2] + c.shape[-1:])
+    rows = np.flatnonzero(row_mask & ~(finite & col_mask[..., None, :]).any(axis=-1))
+    cols = np.flatnonzero(col_mask & ~(finite & row_mask[..., :, None]).any(axis=-2))
+    if rows.size or cols.size:
+        raise ValueError(f"cost: {rows.size} row(s) and {cols.size} column(s) have no finite entry")
+    raise FloatingPointError("sinkhorn: the potentials became non-finite")
 
 
 def _scalar(value: Any, name: str, lead: tuple[int, ...], dtype: Any) -> Any:
@@ -282,7 +301,6 @@ def _solve(cost, a, b, mask_a, mask_b, f0, eps, rho_a, rho_b, threshold, max_ite
     a scalar to broadcast, or None for its default (ones, all-True masks, a zero start)."""
     batch, n, m = cost.shape
     dtype = cost.dtype
-    cost_ok = jnp.all(jnp.isfinite(cost))
 
     def per_problem(x, size, fill, kind):
         if x is None:
@@ -303,7 +321,8 @@ def _solve(cost, a, b, mask_a, mask_b, f0, eps, rho_a, rho_b, threshold, max_ite
     if method == "log":
         progress = every(_it.log_loop)(p, progress.f, progress)
         log_cols = every(_it.log_col_sums)(p, progress)
-        return every(_finish)(p, progress, log_cols), cost_ok
+        out = every(_finish)(p, progress, log_cols)
+        return out, _outputs_finite(p, out)
 
     progress, stuck, f, log_cols, cols_ok = every(_it.kernel_loop)(p, progress.f, progress)
 
@@ -326,7 +345,19 @@ def _solve(cost, a, b, mask_a, mask_b, f0, eps, rho_a, rho_b, threshold, max_ite
         lambda c: c,
         log_cols,
     )
-    return every(_finish)(p, progress, log_cols), cost_ok
+    out = every(_finish)(p, progress, log_cols)
+    return out, _outputs_finite(p, out)
+
+
+def _outputs_finite(p: _it.Problem, out: SinkhornOutput) -> Array:
+    """False when NaN or -inf costs (or a row or column without any finite cost) made the
+    potentials or every step's error non-finite; checked here instead of by a separate pass
+    over the cost."""
+    return (
+        jnp.all(jnp.isfinite(out.error))
+        & jnp.all(jnp.isfinite(jnp.where(p.mask_a, out.f, 0.0)))
+        & jnp.all(jnp.isfinite(jnp.where(p.mask_b, out.g, 0.0)))
+    )
 
 
 _solve_batch = jax.jit(_solve, static_argnames="method")
