@@ -196,10 +196,12 @@ def sinkhorn(
             raise ValueError(f"init: expected shape {list(lead + (n,))}, got {list(f0.shape)}")
         _checks.check_finite(f0, "init")
 
-    solve = _solve_batch if batched else _solve_one
-    out, cost_ok = solve(
-        cost, a, b, mask_a, mask_b, f0, *scalars, np.int32(max_iter), method=method
-    )
+    args = (cost, a, b, mask_a, mask_b, f0, *scalars, np.int32(max_iter))
+    if batched:
+        lockstep = jax.default_backend() != "cpu"
+        out, cost_ok = _solve_batch(*args, method=method, lockstep=lockstep)
+    else:
+        out, cost_ok = _solve_one(*args, method=method)
     # A bad cost shows up as non-finite potentials; only then is the cost itself inspected.
     if _checks.is_concrete(cost_ok) and not bool(cost_ok):
         _diagnose_cost(cost, mask_a, mask_b)
@@ -296,57 +298,71 @@ def _finish(p: _it.Problem, progress: _it.Progress, log_cols: Array) -> Sinkhorn
     )
 
 
-def _solve(cost, a, b, mask_a, mask_b, f0, eps, rho_a, rho_b, threshold, max_iter, *, method):
-    """Solve a batch of problems: ``cost`` is ``[B, n, m]``; every other argument is ``[B, ...]``,
-    a scalar to broadcast, or None for its default (ones, all-True masks, a zero start)."""
-    batch, n, m = cost.shape
-    dtype = cost.dtype
+def _defaults(cost, a, b, mask_a, mask_b, f0, eps, rho_a, rho_b, threshold, max_iter):
+    """Fill in defaults and broadcast every argument to the leading shape of ``cost``."""
+    lead, (n, m), dtype = cost.shape[:-2], cost.shape[-2:], cost.dtype
 
-    def per_problem(x, size, fill, kind):
+    def full(x, size, fill, kind):
         if x is None:
-            return jnp.full((batch, *size), fill, kind)
-        return jnp.broadcast_to(jnp.asarray(x, kind), (batch, *size))
+            return jnp.full((*lead, *size), fill, kind)
+        return jnp.broadcast_to(jnp.asarray(x, kind), (*lead, *size))
 
-    p = jax.vmap(_it.make_problem)(
+    problem_args = (
         cost,
-        jnp.log(per_problem(a, (n,), 1.0, dtype)),
-        jnp.log(per_problem(b, (m,), 1.0, dtype)),
-        per_problem(mask_a, (n,), True, jnp.bool_),
-        per_problem(mask_b, (m,), True, jnp.bool_),
-        *(per_problem(x, (), 0.0, dtype) for x in (eps, rho_a, rho_b, threshold)),
-        per_problem(max_iter, (), 0, jnp.int32),
+        jnp.log(full(a, (n,), 1.0, dtype)),
+        jnp.log(full(b, (m,), 1.0, dtype)),
+        full(mask_a, (n,), True, jnp.bool_),
+        full(mask_b, (m,), True, jnp.bool_),
+        *(full(x, (), 0.0, dtype) for x in (eps, rho_a, rho_b, threshold)),
+        full(max_iter, (), 0, jnp.int32),
     )
-    every = lambda fn: jax.vmap(fn)  # noqa: E731
-    progress = every(_it.start)(p, per_problem(f0, (n,), 0.0, dtype))
+    return problem_args, full(f0, (n,), 0.0, dtype)
+
+
+def _solve_problem(p: _it.Problem, f0: Array, method: str):
+    """One problem, with real branches for the hand-overs. Returns (output, finite flag)."""
+    progress = _it.start(p, f0)
+    if method == "log":
+        progress = _it.log_loop(p, progress.f, progress)
+        log_cols = _it.log_col_sums(p, progress)
+    else:
+        progress, stuck, f, log_cols, cols_ok = _it.kernel_loop(p, progress.f, progress)
+        progress = jax.lax.cond(stuck, lambda pr: _it.log_loop(p, f, pr), lambda pr: pr, progress)
+        log_cols = jax.lax.cond(
+            stuck | ~cols_ok, lambda: _it.log_col_sums(p, progress), lambda: log_cols
+        )
+    out = _finish(p, progress, log_cols)
+    return out, _outputs_finite(p, out)
+
+
+def _solve_vmapped(p: _it.Problem, f0: Array, method: str):
+    """A batch solved in lock-step (accelerators): vmapped loops, and hand-overs taken by a
+    non-vmapped ``cond`` only when some problem needs them."""
+    every = jax.vmap
+    progress = every(_it.start)(p, f0)
     if method == "log":
         progress = every(_it.log_loop)(p, progress.f, progress)
         log_cols = every(_it.log_col_sums)(p, progress)
-        out = every(_finish)(p, progress, log_cols)
-        return out, _outputs_finite(p, out)
+    else:
+        progress, stuck, f, log_cols, cols_ok = every(_it.kernel_loop)(p, progress.f, progress)
 
-    progress, stuck, f, log_cols, cols_ok = every(_it.kernel_loop)(p, progress.f, progress)
+        def finish_in_log_domain(progress):
+            done = every(_it.log_loop)(p, f, progress)
+            pick = lambda new, old: jnp.where(  # noqa: E731
+                jnp.reshape(stuck, stuck.shape + (1,) * (new.ndim - 1)), new, old
+            )
+            return jax.tree.map(pick, done, progress)
 
-    def finish_in_log_domain(state):
-        progress, log_cols = state
-        done = every(_it.log_loop)(p, f, progress)
-        pick = lambda new, old: jnp.where(  # noqa: E731
-            jnp.reshape(stuck, stuck.shape + (1,) * (new.ndim - 1)), new, old
+        progress = jax.lax.cond(jnp.any(stuck), finish_in_log_domain, lambda x: x, progress)
+        exact_cols = stuck | ~cols_ok
+        log_cols = jax.lax.cond(
+            jnp.any(exact_cols),
+            lambda c: jnp.where(exact_cols[:, None], every(_it.log_col_sums)(p, progress), c),
+            lambda c: c,
+            log_cols,
         )
-        return jax.tree.map(pick, done, progress), log_cols
-
-    # Both hand-overs are taken only when some problem needs them (cond is not vmapped).
-    progress, log_cols = jax.lax.cond(
-        jnp.any(stuck), finish_in_log_domain, lambda s: s, (progress, log_cols)
-    )
-    exact_cols = stuck | ~cols_ok
-    log_cols = jax.lax.cond(
-        jnp.any(exact_cols),
-        lambda c: jnp.where(exact_cols[:, None], every(_it.log_col_sums)(p, progress), c),
-        lambda c: c,
-        log_cols,
-    )
     out = every(_finish)(p, progress, log_cols)
-    return out, _outputs_finite(p, out)
+    return out, jnp.all(every(_outputs_finite)(p, out))
 
 
 def _outputs_finite(p: _it.Problem, out: SinkhornOutput) -> Array:
@@ -354,16 +370,25 @@ def _outputs_finite(p: _it.Problem, out: SinkhornOutput) -> Array:
     potentials or every step's error non-finite; checked here instead of by a separate pass
     over the cost."""
     return (
-        jnp.all(jnp.isfinite(out.error))
+        jnp.isfinite(out.error)
         & jnp.all(jnp.isfinite(jnp.where(p.mask_a, out.f, 0.0)))
         & jnp.all(jnp.isfinite(jnp.where(p.mask_b, out.g, 0.0)))
     )
 
 
-_solve_batch = jax.jit(_solve, static_argnames="method")
+@functools.partial(jax.jit, static_argnames=("method", "lockstep"))
+def _solve_batch(cost, *args, method, lockstep):
+    """``cost`` ``[B, n, m]``. ``lockstep``: vmapped (accelerators); otherwise one problem after
+    another inside one program, each stopping on its own and keeping its kernel in cache."""
+    problem_args, f0 = _defaults(cost, *args)
+    p = jax.vmap(_it.make_problem)(*problem_args)
+    if lockstep:
+        return _solve_vmapped(p, f0, method)
+    out, ok = jax.lax.map(lambda x: _solve_problem(x[0], x[1], method), (p, f0))
+    return out, jnp.all(ok)
 
 
 @functools.partial(jax.jit, static_argnames="method")
 def _solve_one(cost, *args, method):
-    out, cost_ok = _solve(cost[None], *args, method=method)
-    return jax.tree.map(lambda x: x[0], out), cost_ok
+    problem_args, f0 = _defaults(cost, *args)
+    return _solve_problem(_it.make_problem(*problem_args), f0, method)
