@@ -21,12 +21,18 @@ not lowered the error (rounding has taken over).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+
+# Absorb the kernel again once the potentials have moved this far (in units of eps) from the
+# point of the last absorption: steps are measured on the deviation, whose rounding then stays
+# below ~ulp(REABSORB_AT), far under the float32 stopping floor.
+REABSORB_AT = 16.0
 
 # Stop once this many iterations in a row have not lowered the error: the iteration has reached
 # the floating-point floor (about ulp(max |f|) / eps) above the requested threshold.
@@ -121,10 +127,19 @@ def _step_error(p: Problem, step: Array) -> Array:
 
 
 def _shift(p: Problem, f_new: Array, g: Array) -> Array:
-    """Optimal translation of the dual at ``(f_new, g)``."""
+    """Optimal translation of the dual at ``(f_new, g)``, or 0 when the log-mass difference it
+    comes from is within rounding (the gain can be large, and a shift made of rounding noise
+    would keep the iteration from settling)."""
     mass_a = masked_lse(p.log_a - f_new * p.inv_rho_a, p.mask_a, axis=0)
     mass_b = masked_lse(p.log_b - g * p.inv_rho_b, p.mask_b, axis=0)
-    return p.shift_gain * (mass_a - mass_b)
+    diff = mass_a - mass_b
+    # Rounding of the two log-masses: a few ulps of each, plus the float sums over n and m
+    # terms (relative error ~ sqrt(terms) * eps).
+    terms = f_new.shape[0] + g.shape[0]
+    noise = jnp.finfo(diff.dtype).eps * (
+        4 * (jnp.abs(mass_a) + jnp.abs(mass_b) + 1.0) + 2 * math.sqrt(terms)
+    )
+    return jnp.where(jnp.abs(diff) > noise, p.shift_gain * diff, 0.0)
 
 
 def _record(progress: Progress, f_new: Array, g: Array, error: Array) -> Progress:
@@ -198,56 +213,63 @@ def kernel_loop(p: Problem, f: Array, progress: Progress):
     def absorb(f, g):
         z = jnp.where(grid, (f[:, None] + g[None, :] - p.cost) / p.eps, -jnp.inf)
         r = jnp.where(p.mask_a, jnp.max(z, axis=1), 0.0)
-        kernel = jnp.exp(z - r[:, None])
-        return kernel, f - p.eps * r, r
+        return jnp.exp(z - r[:, None]), r
 
-    def inner(kernel, f_hat, g_hat, lu, progress):
-        d = p.log_a - f_hat * p.inv_rho_a
-        c = p.log_b - g_hat * p.inv_rho_b
+    def inner(kernel, f, g, r, progress):
+        # Potentials are tracked as deviations from the absorption point: f + eps * w and
+        # g + eps * lv. The large per-row offsets r enter only through constants computed once
+        # here, so the step w_new - w carries no rounding of |f| (the stopping rule needs it).
+        top_r = jnp.max(jnp.where(p.mask_a, r, -jnp.inf))
+        rel_r = jnp.where(p.mask_a, r - top_r, -jnp.inf)
+        e = p.log_a - f * p.inv_rho_a - r
+        c = p.log_b - g * p.inv_rho_b - top_r
 
         def body(state):
-            lu, lv_prev, progress, _ = state
-            top_u = jnp.max(jnp.where(p.mask_a, lu, -jnp.inf))
-            s = jnp.where(p.mask_a, jnp.exp(lu - top_u), 0.0) @ kernel
+            w, lv_prev, progress, _, _ = state
+            z = rel_r + w
+            top_u = jnp.max(z)
+            s = jnp.exp(z - top_u) @ kernel
             lv = jnp.where(p.mask_b, p.k_b * (c - jnp.log(s) - top_u), 0.0)
             top_v = jnp.max(jnp.where(p.mask_b, lv, -jnp.inf))
-            r = kernel @ jnp.where(p.mask_b, jnp.exp(lv - top_v), 0.0)
-            lu_new = jnp.where(p.mask_a, p.k_a * (d - jnp.log(r) - top_v), 0.0)
+            rv = kernel @ jnp.where(p.mask_b, jnp.exp(lv - top_v), 0.0)
+            w_new = jnp.where(p.mask_a, p.k_a * (e - jnp.log(rv) - top_v), 0.0)
             # Sums in range (NaN fails the comparison) also make both logarithms finite.
-            bad = jnp.any(p.mask_b & ~(s >= tiny_cols)) | jnp.any(p.mask_a & ~(r >= tiny_rows))
-            f_new = f_hat + p.eps * lu_new
-            g = g_hat + p.eps * lv
-            updated = _record(progress, f_new, g, _step_error(p, p.eps * (lu_new - lu)))
-            lu_next = jnp.where(p.mask_a, lu_new + _shift(p, f_new, g) / p.eps, 0.0)
+            bad = jnp.any(p.mask_b & ~(s >= tiny_cols)) | jnp.any(p.mask_a & ~(rv >= tiny_rows))
+            f_new = f + p.eps * w_new
+            g_new = g + p.eps * lv
+            updated = _record(progress, f_new, g_new, _step_error(p, p.eps * (w_new - w)))
+            w_next = jnp.where(p.mask_a, w_new + _shift(p, f_new, g_new) / p.eps, 0.0)
             keep = lambda new, old: jnp.where(bad, old, new)  # noqa: E731
+            far = jnp.max(jnp.abs(w_next)) > REABSORB_AT
             return (
-                keep(lu_next, lu),
+                keep(w_next, w),
                 keep(lv, lv_prev),
                 jax.tree.map(keep, updated, progress),
                 bad,
+                far & ~bad,
             )
 
-        state = (lu, jnp.zeros_like(c), progress, jnp.bool_(False))
-        lu, lv, progress, bad = jax.lax.while_loop(
-            lambda s: keep_going(p, s[2]) & ~s[3], body, state
+        state = (jnp.zeros_like(f), jnp.zeros_like(g), progress, jnp.bool_(False), jnp.bool_(False))
+        w, lv, progress, bad, far = jax.lax.while_loop(
+            lambda s: keep_going(p, s[2]) & ~s[3] & ~s[4], body, state
         )
         # Column sums of the best plan, from this kernel: one more matrix-vector product.
-        lu_b = jnp.where(p.mask_a, (progress.f - f_hat) / p.eps, -jnp.inf)
-        top = jnp.max(lu_b)
-        s_b = jnp.exp(lu_b - top) @ kernel
-        log_cols = (progress.g - g_hat) / p.eps + jnp.log(s_b) + top
-        cols_ok = jnp.all(~p.mask_b | ((s_b >= tiny_cols) & jnp.isfinite(log_cols)))
-        return lu, lv, progress, bad, log_cols, cols_ok
+        z = jnp.where(p.mask_a, rel_r + (progress.f - f) / p.eps, -jnp.inf)
+        top = jnp.max(z)
+        s_best = jnp.exp(z - top) @ kernel
+        log_cols = (progress.g - g) / p.eps + jnp.log(s_best) + top + top_r
+        cols_ok = jnp.all(~p.mask_b | ((s_best >= tiny_cols) & jnp.isfinite(log_cols)))
+        f_next = jnp.where(p.mask_a, f + p.eps * w, 0.0)
+        g_next = jnp.where(p.mask_b, g + p.eps * lv, 0.0)
+        return f_next, g_next, progress, bad | far, bad, log_cols, cols_ok
 
     def outer_body(state):
         f, g, progress, _, _, _, _ = state
-        kernel, f_hat, lu = absorb(f, g)
+        kernel, r = absorb(f, g)
         before = progress.n_iters
-        lu, lv, progress, bad, log_cols, cols_ok = inner(kernel, f_hat, g, lu, progress)
+        f, g, progress, again, bad, log_cols, cols_ok = inner(kernel, f, g, r, progress)
         stuck = bad & (progress.n_iters == before)  # refused right after absorbing
-        f = jnp.where(p.mask_a, f_hat + p.eps * lu, 0.0)
-        g = jnp.where(p.mask_b, g + p.eps * lv, 0.0)
-        return f, g, progress, bad, stuck, log_cols, cols_ok
+        return f, g, progress, again, stuck, log_cols, cols_ok
 
     # First absorption at the eps = 0 transform of f: every row and column of the kernel
     # then has its maximum at 1.
