@@ -131,11 +131,24 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f}"
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MB)."""
-    import resource
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as fh:
+        return int(re.search(rf"{field}:\s*(\d+)", fh.read()).group(1)) / 1024
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def reset_peak_rss() -> float:
+    """Reset this process's peak resident memory to the current one (Linux); returns it (MB)."""
+    import gc
+
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since the last reset (MB)."""
+    return _status_mb("VmHWM")
 
 
 def run_isolated(module: str, *args: str) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def child(n: int, m: int, dtype: str, threshold: float, repeats: int) -> dict:
     src = jnp.asarray(C.imagenet_clusters(n, backbone="mocov2_resnet50"), dtype)
     tgt = jnp.asarray(rng.normal(size=(m, 128)), dtype)
     jax.block_until_ready((src, tgt))
-    baseline = C.peak_rss_mb()
+    baseline = C.reset_peak_rss()
 
     def run():
         cost = uotsel.cosine_cost(src, tgt, 0.01)

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+# The command line keeps a compilation cache in the user's cache folder; not from the tests.
+os.environ["UOTSEL_CACHE_DIR"] = ""
 
 from uotsel import embedded
 

@@ -314,6 +314,28 @@ def test_help(command, capsys):
     assert "usage: uotsel" in capsys.readouterr().out
 
 
+def test_compilation_cache_is_kept_between_runs(tmp_path):
+    cache = tmp_path / "cache"
+    env = dict(os.environ, UOTSEL_CACHE_DIR=str(cache))
+    args = [
+        sys.executable,
+        "-m",
+        "uotsel",
+        "select",
+        "--source",
+        "embedded:mocov2_resnet50/imagenet",
+        "--target",
+        "embedded:mocov2_resnet50/cub",
+        "--out",
+        str(tmp_path / "s.json"),
+    ]
+    subprocess.run(args, env=env, check=True, capture_output=True)
+    assert cache.is_dir() and any(cache.iterdir())
+    first = json.loads((tmp_path / "s.json").read_text())
+    subprocess.run(args, env=env, check=True, capture_output=True)
+    assert json.loads((tmp_path / "s.json").read_text())["selected"] == first["selected"]
+
+
 def test_console_module_runs():
     result = subprocess.run(
         [sys.executable, "-m", "uotsel", "--version"], capture_output=True, text=True, check=True

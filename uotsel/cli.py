@@ -227,6 +227,28 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _enable_compilation_cache() -> None:
+    """Keep compiled programs between runs (a second ``uotsel select`` skips compilation).
+
+    ``UOTSEL_CACHE_DIR`` chooses the folder; set it to an empty string to turn the cache off.
+    Default: ``$XDG_CACHE_HOME/uotsel/jax`` or ``~/.cache/uotsel/jax``.
+    """
+    folder = os.environ.get("UOTSEL_CACHE_DIR")
+    if folder is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "uotsel", "jax")
+    if not folder:
+        return
+    import jax
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return  # an unwritable cache only costs time
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def _check_out_path(path: str, flag: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -398,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # --help, --version, or a usage error already printed
         return int(done.code or 0)
     command = {"select": _cmd_select, "centroids": _cmd_centroids, "demo": _cmd_demo}
+    if args.command in ("select", "demo"):
+        _enable_compilation_cache()
     try:
         return command[args.command](args)
     except (UsageError, ValueError, TypeError) as err:
