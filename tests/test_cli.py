@@ -155,6 +155,77 @@ def test_centroids_then_select(tmp_path, rng, capsys):
     assert code == 0
 
 
+def test_kmeans_then_select_expands_to_sample_names(tmp_path, rng, capsys):
+    centres = rng.normal(size=(6, 8))
+    labels = rng.integers(0, 6, size=600)
+    features = (centres[labels] + 0.05 * rng.normal(size=(600, 8))).astype(np.float32)
+    np.save(tmp_path / "f.npy", features)
+    (tmp_path / "names.txt").write_text("".join(f"img{i:04d}.jpg\n" for i in range(600)))
+    np.savez(tmp_path / "t.npz", means=centres[:2].astype(np.float32))
+    code, out, err = _run(
+        [
+            "kmeans",
+            "--features",
+            tmp_path / "f.npy",
+            "--k",
+            6,
+            "--seed",
+            1,
+            "--sample-names",
+            tmp_path / "names.txt",
+            "--out",
+            tmp_path / "c.npz",
+        ],
+        capsys,
+    )
+    assert code == 0 and "6 clusters of 600 samples" in out and "iteration 1/50" in err
+    with np.load(tmp_path / "c.npz", allow_pickle=False) as c:
+        assert c["means"].shape == (6, 8) and c["assignment"].shape == (600,)
+        assignment = c["assignment"]
+    code, _, _ = _run(
+        [
+            "select",
+            "--source",
+            tmp_path / "c.npz",
+            "--target",
+            tmp_path / "t.npz",
+            "--top-k",
+            2,
+            "--out",
+            tmp_path / "s.json",
+            "--samples-out",
+            tmp_path / "picked.txt",
+        ],
+        capsys,
+    )
+    assert code == 0
+    selected = json.loads((tmp_path / "s.json").read_text())["selected"]
+    picked = (tmp_path / "picked.txt").read_text().split()
+    expected = [f"img{i:04d}.jpg" for i in np.flatnonzero(np.isin(assignment, selected))]
+    assert picked == expected
+    # The two selected clusters are the two planted clusters the target was made from.
+    assert set(labels[np.isin(assignment, selected)].tolist()) == {0, 1}
+
+
+def test_kmeans_bad_inputs(tmp_path, capsys):
+    np.save(tmp_path / "f.npy", np.ones((5, 3), np.float32))
+    for args, pattern in [
+        (["--k", 6], "--k: 6 clusters for only 5 samples"),
+        (["--k", 2, "--tol", "-1"], "--tol: must be a finite number"),
+        (["--k", 2, "--sample-names", tmp_path / "none.txt"], "--sample-names: file not found"),
+    ]:
+        code, _, err = _run(
+            ["kmeans", "--features", tmp_path / "f.npy", "--out", tmp_path / "c.npz", *args], capsys
+        )
+        assert code == 2 and pattern in err, err
+        assert not (tmp_path / "c.npz").exists()
+    np.save(tmp_path / "z.npy", np.zeros((5, 3), np.float32))
+    code, _, err = _run(
+        ["kmeans", "--features", tmp_path / "z.npy", "--k", 2, "--out", tmp_path / "c.npz"], capsys
+    )
+    assert code == 2 and "--features: row 0 is all zeros" in err
+
+
 def test_embedded_source(tmp_path, capsys):
     code, _, _ = _run(
         [
@@ -308,7 +379,7 @@ def test_centroids_bad_inputs(tmp_path, capsys):
     assert code == 2 and "--labels: required" in err
 
 
-@pytest.mark.parametrize("command", [[], ["select"], ["centroids"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["select"], ["centroids"], ["kmeans"], ["demo"]])
 def test_help(command, capsys):
     assert main(command + ["--help"]) == 0
     assert "usage: uotsel" in capsys.readouterr().out

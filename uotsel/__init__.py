@@ -16,6 +16,7 @@ Depends on jax and numpy only.
 
 from uotsel import embedded
 from uotsel.centroids import ClassMeanAccumulator, ClassMeans, class_means
+from uotsel.clustering import KMeansResult, kmeans
 from uotsel.costs import COSTS, cosine_cost, cost_matrix, l2_cost, sqeuclidean_cost
 from uotsel.selection import Selection, expand_to_samples, rank, select, split_groups
 from uotsel.strategies import STRATEGIES, Scores
@@ -28,6 +29,7 @@ __all__ = [
     "STRATEGIES",
     "ClassMeanAccumulator",
     "ClassMeans",
+    "KMeansResult",
     "Scores",
     "Selection",
     "SinkhornOutput",
@@ -36,6 +38,7 @@ __all__ = [
     "cost_matrix",
     "embedded",
     "expand_to_samples",
+    "kmeans",
     "l2_cost",
     "rank",
     "select",

@@ -39,6 +39,9 @@ _FLAGS = {
     "num_classes": "--num-classes",
     "chunk_size": "--chunk-size",
     "names": "--names",
+    "k": "--k",
+    "n_init": "--n-init",
+    "tol": "--tol",
 }
 
 
@@ -182,8 +185,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--names-out", help="also write the selected unit names (or ids), one a line")
     sel.add_argument(
         "--samples-out",
-        help="also write the indices of the selected units' samples (.npy); needs "
-        "per-sample unit ids in the source file ('labels' or 'assignment')",
+        help="also write the samples of the selected units: their indices (.npy) or, for any "
+        "other file name, one sample name (or index) a line; needs per-sample unit ids in the "
+        "source file ('labels' or 'assignment')",
     )
 
     cen = sub.add_parser(
@@ -210,6 +214,51 @@ def _build_parser() -> argparse.ArgumentParser:
         help="rows reduced at a time (default: 65536)",
     )
     cen.add_argument("--out", required=True, help=".npz to write (means, counts, assignment)")
+
+    km = sub.add_parser(
+        "kmeans",
+        help="cluster unlabelled features (spherical k-means) into selectable units",
+        description="Cluster per-sample features (.npy, memory-mapped, or .npz with "
+        "'features') with spherical k-means (cosine, the paper's choice) or Euclidean k-means, "
+        "and write an .npz that 'uotsel select --source' reads: the centroids as 'means', the "
+        "cluster sizes as 'counts', and every sample's cluster as 'assignment'.",
+    )
+    km.add_argument("--features", required=True, help="[N, D] features: .npy or .npz")
+    km.add_argument("--k", type=_positive_int, required=True, help="number of clusters")
+    km.add_argument(
+        "--euclidean",
+        action="store_true",
+        help="Euclidean k-means instead of spherical (cosine) k-means",
+    )
+    km.add_argument(
+        "--n-init",
+        type=_positive_int,
+        default=1,
+        help="seeded restarts; the lowest objective is kept (default: 1)",
+    )
+    km.add_argument(
+        "--max-iter",
+        type=_positive_int,
+        default=50,
+        help="Lloyd iterations per restart (default: 50)",
+    )
+    km.add_argument(
+        "--tol",
+        type=float,
+        default=1e-4,
+        help="stop when the objective improves by less than this, relative (default: 1e-4)",
+    )
+    km.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
+    km.add_argument(
+        "--chunk-size", type=_positive_int, help="rows per assignment block (default: automatic)"
+    )
+    km.add_argument(
+        "--sample-names",
+        help="text file with one name per sample, stored with the clusters so "
+        "that 'select --samples-out names.txt' can list them",
+    )
+    km.add_argument("--quiet", action="store_true", help="no progress lines")
+    km.add_argument("--out", required=True, help=".npz to write")
 
     demo = sub.add_parser(
         "demo",
@@ -335,10 +384,17 @@ def _cmd_select(args: argparse.Namespace) -> int:
             args.names_out, (names[i] if names is not None else int(i) for i in selection.selected)
         )
     if args.samples_out:
-        from uotsel.io import atomic_writer
+        if args.samples_out.endswith(".npy"):
+            from uotsel.io import atomic_writer
 
-        with atomic_writer(args.samples_out, "wb") as fh:
-            np.save(fh, selection.sample_indices)
+            with atomic_writer(args.samples_out, "wb") as fh:
+                np.save(fh, selection.sample_indices)
+        else:
+            names = source.sample_names
+            write_lines(
+                args.samples_out,
+                (names[i] if names is not None else int(i) for i in selection.sample_indices),
+            )
     diag = selection.diagnostics
     note = ""
     if diag:
@@ -398,6 +454,61 @@ def _cmd_centroids(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_names(path: str, flag: str, count: int | None = None) -> np.ndarray:
+    if not os.path.exists(path):
+        raise UsageError(f"{flag}: file not found: {path}")
+    with open(path) as fh:
+        names = np.asarray([line.rstrip("\n") for line in fh if line.strip()])
+    if count is not None and names.shape[0] != count:
+        raise UsageError(f"{flag}: {names.shape[0]} names for {count} samples")
+    return names
+
+
+def _cmd_kmeans(args: argparse.Namespace) -> int:
+    from uotsel.clustering import kmeans, print_progress
+    from uotsel.io import atomic_writer, read_array
+
+    _check_out_path(args.out, "--out")
+    if not (args.tol >= 0 and np.isfinite(args.tol)):
+        raise UsageError(f"--tol: must be a finite number >= 0, got {args.tol}")
+    key = "features" if args.features.endswith(".npz") else None
+    features = read_array(args.features, "--features", key=key)
+    names = None
+    if args.sample_names:
+        names = _read_names(args.sample_names, "--sample-names", features.shape[0])
+    result = kmeans(
+        features,
+        args.k,
+        spherical=not args.euclidean,
+        n_init=args.n_init,
+        max_iter=args.max_iter,
+        tol=args.tol,
+        seed=args.seed,
+        chunk_size=args.chunk_size,
+        progress=None if args.quiet else print_progress,
+    )
+    arrays = dict(
+        means=result.centroids,
+        counts=result.sizes,
+        assignment=result.assignment,
+        objective=np.float64(result.objective),
+        spherical=np.bool_(result.spherical),
+        n_iters=np.int64(result.n_iters),
+        converged=np.bool_(result.converged),
+        seed=np.int64(result.seed),
+    )
+    if names is not None:
+        arrays["sample_names"] = names
+    with atomic_writer(args.out, "wb") as fh:
+        np.savez(fh, **arrays)
+    state = "converged" if result.converged else "stopped at --max-iter"
+    print(
+        f"{args.k} clusters of {features.shape[0]} samples, objective {result.objective:.6g}, "
+        f"{result.n_iters} iterations ({state}) -> {args.out}"
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from uotsel.demo import run
 
@@ -419,8 +530,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, --version, or a usage error already printed
         return int(done.code or 0)
-    command = {"select": _cmd_select, "centroids": _cmd_centroids, "demo": _cmd_demo}
-    if args.command in ("select", "demo"):
+    command = {
+        "select": _cmd_select,
+        "centroids": _cmd_centroids,
+        "kmeans": _cmd_kmeans,
+        "demo": _cmd_demo,
+    }
+    if args.command in ("select", "kmeans", "demo"):
         _enable_compilation_cache()
     try:
         return command[args.command](args)

@@ -33,7 +33,14 @@ def _prepare(source: Any, target: Any):
             f"target: feature dimension {target.shape[1]} does not match source's {source.shape[1]}"
         )
     dtype = jax.dtypes.canonicalize_dtype(np.result_type(source.dtype, target.dtype))
-    return jnp.asarray(source, dtype), jnp.asarray(target, dtype)
+    return _to_device(source, dtype), _to_device(target, dtype)
+
+
+def _to_device(x: Any, dtype: Any) -> Any:
+    """Host arrays are copied once (``jax.device_put``); traced or device arrays are cast."""
+    if isinstance(x, np.ndarray):
+        return jax.device_put(np.asarray(x, dtype))
+    return jnp.asarray(x, dtype)
 
 
 def _row_norms(x: Array) -> tuple[Array, Array]:

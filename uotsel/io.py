@@ -49,6 +49,7 @@ class Units(NamedTuple):
       counts: ``[K]`` int64 samples per unit, or None.
       names: ``[K]`` str unit names, or None.
       unit_ids: ``[N]`` int64 unit id of every sample (labels or a cluster assignment), or None.
+      sample_names: ``[N]`` str name of every sample (``sample_names`` key), or None.
       source: the path or ``embedded:`` spec it came from.
       sha256: hex digest of the file's bytes.
     """
@@ -57,6 +58,7 @@ class Units(NamedTuple):
     counts: np.ndarray | None
     names: np.ndarray | None
     unit_ids: np.ndarray | None
+    sample_names: np.ndarray | None
     source: str
     sha256: str
 
@@ -122,7 +124,7 @@ def read_units(spec: str, arg: str = "source") -> Units:
         path, names = spec, None
     if not os.path.exists(path):
         raise ValueError(f"{arg}: file not found: {path}")
-    counts = unit_ids = None
+    counts = unit_ids = sample_names = None
     if path.endswith(".npy"):
         means = read_array(path, arg)
     else:
@@ -146,6 +148,8 @@ def read_units(spec: str, arg: str = "source") -> Units:
                 )
             if "names" in keys and names is None:
                 names = _get(archive, "names", path, arg)
+            if "sample_names" in keys:
+                sample_names = _get(archive, "sample_names", path, arg).astype(str)
     means = _check_means(means, path, arg)
     k = means.shape[0]
     if counts is not None:
@@ -164,7 +168,9 @@ def read_units(spec: str, arg: str = "source") -> Units:
         if unit_ids.size and (unit_ids.min() < 0 or unit_ids.max() >= k):
             raise ValueError(f"{arg}: per-sample unit ids in {path} are out of range [0, {k})")
         unit_ids = unit_ids.astype(np.int64)
-    return Units(means, counts, names, unit_ids, spec, sha256_file(path))
+    if sample_names is not None and (unit_ids is None or sample_names.shape != unit_ids.shape):
+        raise ValueError(f"{arg}: 'sample_names' in {path} must match the per-sample unit ids")
+    return Units(means, counts, names, unit_ids, sample_names, spec, sha256_file(path))
 
 
 def _check_means(means: np.ndarray, path: str, arg: str) -> np.ndarray:

@@ -1,0 +1,150 @@
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+import uotsel
+from uotsel import embedded
+from uotsel.clustering import kmeans
+
+
+def planted(rng, n_per=150, k=8, d=16, spread=0.05, spherical=True):
+    centres = rng.normal(size=(k, d))
+    if spherical:
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(k), n_per)
+    x = centres[labels] + spread * rng.normal(size=(k * n_per, d))
+    if spherical:
+        x *= rng.uniform(0.5, 3.0, size=(len(x), 1))  # scale must not matter
+    perm = rng.permutation(len(x))
+    return x[perm].astype(np.float32), labels[perm]
+
+
+@pytest.mark.parametrize("spherical", [True, False])
+def test_recovers_planted_clusters(spherical):
+    x, labels = planted(np.random.default_rng(0), spherical=spherical)
+    res = kmeans(x, 8, spherical=spherical, seed=0)
+    assert adjusted_rand_score(labels, res.assignment) >= 0.99
+    assert res.converged and res.sizes.sum() == len(x)
+    np.testing.assert_array_equal(res.sizes, np.bincount(res.assignment, minlength=8))
+
+
+def test_spherical_centroids_have_unit_norm_and_objective_is_cosine():
+    x, _ = planted(np.random.default_rng(1), spread=0.3)
+    res = kmeans(x, 8, seed=3)
+    np.testing.assert_allclose(np.linalg.norm(res.centroids, axis=1), 1.0, rtol=1e-5)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    cos = unit.astype(np.float64) @ res.centroids.T.astype(np.float64)
+    np.testing.assert_array_equal(res.assignment, np.argmax(cos, axis=1))
+    np.testing.assert_allclose(res.objective, np.sum(1 - cos.max(axis=1)), rtol=1e-4)
+
+
+def test_euclidean_objective_within_one_percent_of_sklearn():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(size=(2000, 10)), 3 + rng.normal(size=(1000, 10))])
+    x = x.astype(np.float32)
+    for seed in range(3):
+        ours = kmeans(x, 20, spherical=False, seed=seed, max_iter=100, n_init=2)
+        ref = KMeans(20, n_init=2, random_state=seed, max_iter=100).fit(x)
+        assert ours.objective <= 1.01 * ref.inertia_, (ours.objective, ref.inertia_)
+        d2 = ((x[:, None, :].astype(np.float64) - ours.centroids[None]) ** 2).sum(-1)
+        np.testing.assert_allclose(ours.objective, d2.min(1).sum(), rtol=1e-4)
+
+
+def test_spherical_objective_within_one_percent_of_sklearn_on_unit_vectors():
+    rng = np.random.default_rng(4)
+    x, _ = planted(rng, n_per=200, k=12, d=24, spread=0.4)
+    unit = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float64)
+    for seed in range(3):
+        ours = kmeans(x, 12, seed=seed, max_iter=100, n_init=2)
+        ref = KMeans(12, n_init=2, random_state=seed, max_iter=100).fit(unit)
+        centres = ref.cluster_centers_ / np.linalg.norm(ref.cluster_centers_, axis=1, keepdims=True)
+        ref_objective = np.sum(1 - (unit @ centres.T).max(axis=1))
+        assert ours.objective <= 1.01 * ref_objective, (ours.objective, ref_objective)
+
+
+def test_same_seed_same_result_and_chunking_does_not_matter():
+    x, _ = planted(np.random.default_rng(5), spread=0.3)
+    a = kmeans(x, 8, seed=11)
+    b = kmeans(x, 8, seed=11)
+    c = kmeans(x, 8, seed=11, chunk_size=77)
+    np.testing.assert_array_equal(a.assignment, b.assignment)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+    np.testing.assert_array_equal(a.assignment, c.assignment)
+    np.testing.assert_allclose(a.centroids, c.centroids, atol=1e-6)
+
+
+def test_restarts_keep_the_best():
+    x, _ = planted(np.random.default_rng(6), k=10, spread=0.5)
+    res = kmeans(x, 10, n_init=4, seed=0, max_iter=5)
+    assert len(res.restart_objectives) == 4
+    assert res.objective == pytest.approx(min(res.restart_objectives))
+    assert res.seed in range(4)
+
+
+def test_empty_clusters_are_reseeded():
+    from uotsel import clustering as km
+
+    rng = np.random.default_rng(7)
+    x = np.asarray(rng.normal(size=(300, 4)), np.float32)
+    import jax.numpy as jnp
+
+    xj = jnp.asarray(x)
+    # Three centroids far from every sample: all empty after the first assignment.
+    centroids = jnp.asarray(np.concatenate([x[:3], np.full((3, 4), 1e3, np.float32)]))
+    _, sums, counts, _, far = km._assign(xj, centroids, False, 64)
+    assert int(np.sum(np.asarray(counts) == 0)) == 3
+    new = km._update(xj, sums, counts, far, centroids, False)
+    _labels, _, counts, _, _ = km._assign(xj, new, False, 64)
+    assert np.all(np.asarray(counts) > 0)
+    # They were placed on the three samples farthest from their centroids.
+    d2 = ((x[:, None] - np.asarray(centroids)[None, :3]) ** 2).sum(-1).min(1)
+    np.testing.assert_allclose(
+        np.sort(np.asarray(new)[3:], axis=0), np.sort(x[np.argsort(-d2)[:3]], axis=0)
+    )
+
+
+def test_memory_mapped_features(tmp_path):
+    x, labels = planted(np.random.default_rng(8))
+    np.save(tmp_path / "x.npy", x)
+    res = kmeans(np.load(tmp_path / "x.npy", mmap_mode="r"), 8, seed=0)
+    assert adjusted_rand_score(labels, res.assignment) >= 0.99
+
+
+@pytest.mark.parametrize(
+    "x, k, kwargs, match",
+    [
+        (np.array([[1.0, np.nan], [1.0, 1.0]]), 1, {}, "features: row 0 contains NaN"),
+        (np.array([[1.0, 1.0], [0.0, 0.0]]), 1, {}, "features: row 1 is all zeros"),
+        (np.ones((3, 2)), 4, {}, "k: 4 clusters for only 3 samples"),
+        (np.ones((3, 2)), 0, {}, "k: must be >= 1"),
+        (np.ones((3, 2)), 2, {"n_init": 0}, "n_init: must be >= 1"),
+        (np.ones((3, 2)), 2, {"tol": -1.0}, "tol: must be a finite number"),
+        (np.ones(3), 1, {}, "features: expected a 2-d array"),
+    ],
+)
+def test_bad_inputs(x, k, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        kmeans(x, k, **kwargs)
+
+
+def test_zero_rows_are_fine_for_euclidean():
+    x = np.array([[0.0, 0.0], [0.0, 0.1], [5.0, 5.0], [5.0, 5.1]], np.float32)
+    res = kmeans(x, 2, spherical=False, seed=0)
+    assert res.assignment[0] == res.assignment[1] != res.assignment[2]
+
+
+def test_clusters_of_class_means_select_and_expand_to_classes():
+    """End to end on the embedded data: cluster the self-supervised ImageNet class means into
+    200 clusters, select clusters for CUB with uot, expand them to ImageNet class ids."""
+    source = embedded.load("mocov2_resnet50", "imagenet").means
+    target = embedded.load("mocov2_resnet50", "cub").means
+    clusters = kmeans(source, 200, seed=0)
+    sel = uotsel.select(clusters.centroids, target, top_k=20, unit_ids=clusters.assignment)
+    classes = sel.sample_indices  # samples here are the ImageNet classes
+    np.testing.assert_array_equal(
+        classes, np.flatnonzero(np.isin(clusters.assignment, sel.selected))
+    )
+    birds = embedded.imagenet_classes()["concept"][classes] == "bird"
+    # The selected clusters are mostly birds, and they hold most of the 59 bird classes.
+    assert birds.mean() > 0.5 and birds.sum() >= 40
