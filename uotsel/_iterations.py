@@ -1,20 +1,21 @@
-"""The Sinkhorn iterations behind :func:`uotsel.sinkhorn` (one problem; batched with ``vmap``).
+"""The Sinkhorn iterations behind :func:`uotsel.sinkhorn`, for one problem (batches map or
+``vmap`` over them).
 
 Two loops compute the same fixed point and share the stopping rule (see ``docs/solver.md``):
 
 - ``kernel_loop``: scaling iterations on an *absorbed* kernel
-  ``K = exp((f_hat_i + g_hat_j - C_ij) / eps)``, normalised so that every row has maximum 1.
-  The current potentials are ``f = f_hat + eps * lu`` and ``g = g_hat + eps * lv``, with the
-  log-scalings ``lu``, ``lv`` kept in log form. One iteration is two matrix-vector products
-  plus O(n + m) work, so it costs a small fraction of a log-sum-exp pass. Products are
-  normalised by the largest scaling; if a row or column sum comes close to the float range
-  (where dropped underflowing terms could matter), the iteration is refused, the kernel is
-  absorbed again at the current potentials, and if that does not help either the problem is
-  handed to the log-domain loop.
+  ``K = exp((f0_i + g0_j - C_ij) / eps - r_i)`` taken at potentials ``(f0, g0)``, with ``r``
+  the row maxima so that every row has its largest entry at 1. The potentials are tracked as
+  deviations ``f = f0 + eps * w``, ``g = g0 + eps * v``. One iteration is two matrix-vector
+  products plus O(n + m) work. Products are normalised by the largest scaling; an iteration
+  whose row or column sums come close to the float range (where dropped underflowing terms
+  could matter) is refused and the kernel absorbed again at the current potentials (also done
+  when the deviations grow past ``REABSORB_AT``); if an iteration is refused right after an
+  absorption, the problem is handed to the log-domain loop.
 - ``log_loop``: log-sum-exp iterations over the cost itself: slower (an ``exp`` over the whole
   matrix per half-iteration) but exact for any cost scale; the fallback and the reference.
 
-Both return the iterate with the smallest certified error and stop when the error is below the
+Both keep the iterate with the smallest certified error and stop when the error is below the
 threshold, when ``max_iter`` is reached, or when ``STALL_PATIENCE`` iterations in a row have
 not lowered the error (rounding has taken over).
 """
