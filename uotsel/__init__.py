@@ -18,6 +18,7 @@ from uotsel import embedded
 from uotsel.centroids import ClassMeanAccumulator, ClassMeans, class_means
 from uotsel.clustering import KMeansResult, kmeans
 from uotsel.costs import COSTS, cosine_cost, cost_matrix, l2_cost, sqeuclidean_cost
+from uotsel.feature_transport import transport
 from uotsel.selection import Selection, expand_to_samples, rank, select, split_groups
 from uotsel.strategies import STRATEGIES, Scores
 from uotsel.unbalanced import SinkhornOutput, sinkhorn
@@ -45,4 +46,5 @@ __all__ = [
     "sinkhorn",
     "split_groups",
     "sqeuclidean_cost",
+    "transport",
 ]

@@ -23,7 +23,8 @@ Array = jax.Array
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _prepare(source: Any, target: Any):
+def prepare(source: Any, target: Any):
+    """Check shapes and put both feature matrices on the device in a common float dtype."""
     source = _checks.as_float_array(source, "source", 2)
     target = _checks.as_float_array(target, "target", 2)
     _checks.check_nonempty(source, "source", 0, "units")
@@ -119,18 +120,23 @@ def _pairwise(kind: str, source: Array, target: Array, scale: Array, chunk_size:
 
 
 def _run(kind: str, source: Any, target: Any, scale: Any, chunk_size: int | None) -> Array:
-    source, target = _prepare(source, target)
+    source, target = prepare(source, target)
     if chunk_size is None:
         chunk_size = source.shape[0]
     chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
     cost, flags = _pairwise(kind, source, target, jnp.asarray(scale, source.dtype), chunk_size)
-    # The checks ran inside the computation; only a failure pays for the detailed message.
+    raise_if_flagged(flags, source, target, kind)
+    return cost
+
+
+def raise_if_flagged(flags: Any, source: Any, target: Any, kind: str) -> None:
+    """The checks ran inside the computation (``flags`` from ``_pairwise``); only a failure
+    pays for the detailed one-line message."""
     if _checks.is_concrete(flags) and not bool(np.all(flags)):
         for x, name in ((source, "source"), (target, "target")):
             _checks.check_finite(x, name)
             if kind == "cosine":
                 _checks.check_nonzero_rows(x, name)
-    return cost
 
 
 def cosine_cost(

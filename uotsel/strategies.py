@@ -23,7 +23,8 @@ import numpy as np
 
 from uotsel import _checks
 from uotsel.costs import COSTS, cost_matrix
-from uotsel.unbalanced import SinkhornOutput, sinkhorn
+from uotsel.feature_transport import transport
+from uotsel.unbalanced import SinkhornOutput
 
 __all__ = ["STRATEGIES", "Scores", "Strategy"]
 
@@ -72,14 +73,11 @@ def _uot(
     max_iter,
     init,
 ) -> Scores:
-    _check_cost_name(cost)
-    # Validate the solver settings before spending time on the cost matrix.
-    _checks.check_positive_scalar(eps, "eps")
-    _checks.check_positive_scalar(tau_source, "tau_source", allow_inf=True)
-    _checks.check_positive_scalar(tau_target, "tau_target", allow_inf=True)
-    c = cost_matrix(source, target, cost, eps_c=eps_c)
-    out = sinkhorn(
-        c,
+    out = transport(
+        source,
+        target,
+        cost=cost,
+        eps_c=eps_c,
         eps=eps,
         tau_source=tau_source,
         tau_target=tau_target,

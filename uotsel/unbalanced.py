@@ -158,8 +158,55 @@ def sinkhorn(
         raise ValueError("cost: has no rows (no source units)")
     if m == 0:
         raise ValueError("cost: has no columns (no target units)")
-    dtype = jax.dtypes.canonicalize_dtype(cost.dtype)
+    solver_args = prepare(
+        lead,
+        n,
+        m,
+        jax.dtypes.canonicalize_dtype(cost.dtype),
+        eps=eps,
+        tau_source=tau_source,
+        tau_target=tau_target,
+        source_weights=source_weights,
+        target_weights=target_weights,
+        source_mask=source_mask,
+        target_mask=target_mask,
+        threshold=threshold,
+        max_iter=max_iter,
+        init=init,
+        method=method,
+    )
+    if batched:
+        lockstep = jax.default_backend() != "cpu"
+        out, cost_ok = _solve_batch(cost, *solver_args, method=method, lockstep=lockstep)
+    else:
+        out, cost_ok = _solve_one(cost, *solver_args, method=method)
+    # A bad cost shows up as non-finite potentials; only then is the cost itself inspected.
+    if _checks.is_concrete(cost_ok) and not bool(cost_ok):
+        _diagnose_cost(cost, solver_args[2], solver_args[3])
+    return out
 
+
+def prepare(
+    lead: tuple[int, ...],
+    n: int,
+    m: int,
+    dtype: Any,
+    *,
+    eps,
+    tau_source,
+    tau_target,
+    source_weights,
+    target_weights,
+    source_mask,
+    target_mask,
+    threshold,
+    max_iter,
+    init,
+    method,
+) -> tuple:
+    """Validate the solver settings of :func:`sinkhorn` for problems of shape ``lead + [n, m]``
+    and return the solver's arguments after the cost: ``(a, b, mask_a, mask_b, f0, eps,
+    tau_source, tau_target, threshold, max_iter)`` (None for defaults)."""
     _checks.check_positive_scalar(eps, "eps")
     _checks.check_positive_scalar(tau_source, "tau_source", allow_inf=True)
     _checks.check_positive_scalar(tau_target, "tau_target", allow_inf=True)
@@ -195,17 +242,7 @@ def sinkhorn(
         if tuple(f0.shape) != lead + (n,):
             raise ValueError(f"init: expected shape {list(lead + (n,))}, got {list(f0.shape)}")
         _checks.check_finite(f0, "init")
-
-    args = (cost, a, b, mask_a, mask_b, f0, *scalars, np.int32(max_iter))
-    if batched:
-        lockstep = jax.default_backend() != "cpu"
-        out, cost_ok = _solve_batch(*args, method=method, lockstep=lockstep)
-    else:
-        out, cost_ok = _solve_one(*args, method=method)
-    # A bad cost shows up as non-finite potentials; only then is the cost itself inspected.
-    if _checks.is_concrete(cost_ok) and not bool(cost_ok):
-        _diagnose_cost(cost, mask_a, mask_b)
-    return out
+    return (a, b, mask_a, mask_b, f0, *scalars, np.int32(max_iter))
 
 
 def _diagnose_cost(cost: Any, mask_a: Any, mask_b: Any) -> None:
