@@ -1,7 +1,13 @@
 """uotsel_train: Flax fine-tuning that mixes uotsel's selected pre-training data into training.
 
-Installed with ``pip install uotsel[train]`` (flax, optax, tensorflow-datasets). The selection
-library ``uotsel`` never imports this package.
+Installed with ``pip install uotsel[train]`` (flax, optax, orbax-checkpoint,
+tensorflow-datasets). The selection library ``uotsel`` never imports this package.
+
+- :mod:`uotsel_train.models`: torchvision-compatible Flax ResNets (18, 34, 50, and a tiny one
+  for tests), MoCo-v2's projection head, and the fine-tuning classifier with target and
+  source heads.
+- :mod:`uotsel_train.convert`: torchvision and MoCo-v2 checkpoints to Flax variables
+  (``uotsel-train convert``).
 """
 
 __version__ = "0.1.0"
