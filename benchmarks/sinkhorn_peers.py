@@ -60,28 +60,19 @@ def reference_log_rows(cost64: np.ndarray) -> np.ndarray:
 # --- peers: each returns (log row sums float64, iterations) -------------------------------
 
 
-def pot_knopp(src, tgt, n_iter=None):
+def _pot(solver_name, src, tgt, n_iter=None):
     import ot
 
     cost = C.cosine64(src, tgt, EPS_C)
     n, m = cost.shape
     kw = {"numItermax": n_iter, "stopThr": 0.0} if n_iter else {}
-    plan, log = ot.unbalanced.sinkhorn_knopp_unbalanced(
-        np.ones(n), np.ones(m), cost, EPS, (TAU_S, TAU_T), log=True, **kw
-    )
+    solve = getattr(ot.unbalanced, solver_name)
+    plan, log = solve(np.ones(n), np.ones(m), cost, EPS, (TAU_S, TAU_T), log=True, **kw)
     return np.log(plan.sum(1)), len(log["err"])
 
 
-def pot_stabilized(src, tgt, n_iter=None):
-    import ot
-
-    cost = C.cosine64(src, tgt, EPS_C)
-    n, m = cost.shape
-    kw = {"numItermax": n_iter, "stopThr": 0.0} if n_iter else {}
-    plan, log = ot.unbalanced.sinkhorn_stabilized_unbalanced(
-        np.ones(n), np.ones(m), cost, EPS, (TAU_S, TAU_T), log=True, **kw
-    )
-    return np.log(plan.sum(1)), len(log["err"])
+pot_knopp = functools.partial(_pot, "sinkhorn_knopp_unbalanced")
+pot_stabilized = functools.partial(_pot, "sinkhorn_stabilized_unbalanced")
 
 
 def paper_numpy(src, tgt, n_iter=None):

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["main"]
+__all__ = ["OneLineParser", "main"]
 
 # Library argument names -> the flags that set them, for error messages.
 _FLAGS = {
@@ -49,8 +49,10 @@ class UsageError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage block
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (``prog: error: ...``), status 2."""
+
+    def error(self, message: str) -> None:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -71,24 +73,23 @@ def _finite_positive(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _int_at_least(minimum: int):
+    """An argparse type: an integer ``>= minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -96,13 +97,13 @@ def _build_parser() -> argparse.ArgumentParser:
     from uotsel.costs import COSTS
     from uotsel.strategies import STRATEGIES
 
-    parser = _Parser(
+    parser = OneLineParser(
         prog="uotsel",
         description="Choose which pre-training classes or clusters to reuse while fine-tuning, "
         "by unbalanced optimal transport (Liu et al., NeurIPS 2022).",
     )
     parser.add_argument("--version", action="version", version=f"uotsel {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
 
     sel = sub.add_parser(

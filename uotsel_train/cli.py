@@ -8,24 +8,21 @@ import os
 import sys
 from collections.abc import Sequence
 
+from uotsel.cli import OneLineParser
+
 __all__ = ["main"]
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _build_parser() -> argparse.ArgumentParser:
     from uotsel_train import __version__, models
 
-    parser = _Parser(
+    parser = OneLineParser(
         prog="uotsel-train",
         description="Fine-tuning with selected pre-training "
         "data (uotsel's training adapter, Flax).",
     )
     parser.add_argument("--version", action="version", version=f"uotsel-train {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
     conv = sub.add_parser(
         "convert",
