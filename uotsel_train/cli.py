@@ -34,7 +34,79 @@ def _build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--checkpoint", required=True, help=".npz, .pth or .pth.tar")
     conv.add_argument("--arch", required=True, choices=list(models.ARCHS))
     conv.add_argument("--out", required=True, help=".npz to write")
+    ext = sub.add_parser(
+        "extract",
+        help="class means (and per-sample features) of an image folder",
+        description="Run a backbone over root/<class>/<image> (evaluation transform, evaluation "
+        "mode) and write the per-class mean features and counts as the .npz that "
+        "'uotsel select' reads, and optionally every sample's features as .npy for "
+        "'uotsel kmeans'.",
+    )
+    ext.add_argument("--data", required=True, help="image folder root/<class>/<image>")
+    ext.add_argument("--arch", required=True, choices=list(models.ARCHS))
+    ext.add_argument("--weights", required=True, help="Flax weights from 'uotsel-train convert'")
+    ext.add_argument(
+        "--moco-head",
+        action="store_true",
+        help="use MoCo-v2's projection head output (128-d), as the paper does",
+    )
+    ext.add_argument("--image-size", type=int, default=224, help="crop size (default: 224)")
+    ext.add_argument("--batch-size", type=int, default=64, help="default: 64")
+    ext.add_argument("--workers", type=int, default=4, help="decoding threads (default: 4)")
+    ext.add_argument("--features-out", help="also write per-sample features (.npy)")
+    ext.add_argument("--quiet", action="store_true", help="no progress lines")
+    ext.add_argument("--out", required=True, help="class means .npz to write")
     return parser
+
+
+def _extract(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from uotsel.io import atomic_writer
+    from uotsel_train import convert, data, extract
+
+    for path, flag in ((args.out, "--out"), (args.features_out, "--features-out")):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise ValueError(f"{flag}: directory does not exist: {path}")
+    for value, flag in (
+        (args.image_size, "--image-size"),
+        (args.batch_size, "--batch-size"),
+        (args.workers, "--workers"),
+    ):
+        if value < 1:
+            raise ValueError(f"{flag}: must be >= 1, got {value}")
+    source = data.ImageFolder(args.data)
+    if not os.path.exists(args.weights):
+        raise ValueError(f"--weights: file not found: {args.weights}")
+    variables = convert.load_variables(args.weights)
+    result = extract.extract(
+        source,
+        variables,
+        args.arch,
+        moco_head=args.moco_head,
+        image_size=args.image_size,
+        resize=round(args.image_size * 256 / 224),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        keep_features=bool(args.features_out),
+        progress=None if args.quiet else lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    with atomic_writer(args.out, "wb") as fh:
+        np.savez(
+            fh,
+            means=result.means,
+            counts=result.counts,
+            names=np.asarray(source.classes),
+            assignment=source.labels,
+        )
+    if args.features_out:
+        with atomic_writer(args.features_out, "wb") as fh:
+            np.save(fh, result.features)
+    print(
+        f"{len(source.classes)} class means from {int(result.counts.sum())} images "
+        f"({len(result.skipped)} unreadable skipped) -> {args.out}"
+    )
+    return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -58,9 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:
         return int(done.code or 0)
     try:
-        return {"convert": _convert}[args.command](args)
+        return {"convert": _convert, "extract": _extract}[args.command](args)
     except ValueError as err:
-        message = " ".join(str(err).split()).replace("checkpoint:", "--checkpoint:", 1)
+        message = " ".join(str(err).split())
+        for name, flag in (
+            ("checkpoint:", "--checkpoint:"),
+            ("data:", "--data:"),
+            ("weights:", "--weights:"),
+        ):
+            if message.startswith(name):
+                message = flag + message[len(name) :]
         print(f"uotsel-train {args.command}: error: {message}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,130 @@
+"""Image folders, the paper's transforms, batching, and class-mean extraction, on images the
+tests draw themselves."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flax")
+PIL = pytest.importorskip("PIL")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from uotsel_train import convert, data, extract, models  # noqa: E402
+
+
+@pytest.fixture
+def folder(tmp_path):
+    rng = np.random.default_rng(0)
+    sizes = [(40, 30), (33, 47), (64, 64), (50, 21)]
+    for c, name in enumerate(["cat", "bird", "aardvark"]):
+        (tmp_path / name).mkdir()
+        for i, (w, h) in enumerate(sizes[: 2 + c]):
+            pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "bird" / "notes.txt").write_text("not an image")
+    return tmp_path
+
+
+def test_image_folder_orders_classes_and_files(folder):
+    src = data.ImageFolder(str(folder))
+    assert src.classes == ["aardvark", "bird", "cat"]
+    assert len(src) == 4 + 3 + 2
+    assert src.labels.tolist() == [0] * 4 + [1] * 3 + [2] * 2
+    img, label = src.load(4)
+    assert label == 1 and img.mode == "RGB" and src.paths[4].endswith("bird/0.png")
+    with pytest.raises(ValueError, match="data: image folder not found"):
+        data.ImageFolder(str(folder / "missing"))
+
+
+def test_eval_transform_is_resize_then_centre_crop():
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, size=(300, 400, 3), dtype=np.uint8))
+    out = data.eval_transform(img)
+    assert out.shape == (224, 224, 3) and out.dtype == np.float32
+    # Independent computation: shorter side 300 -> 256, i.e. 400 -> 341; crop at (58, 16).
+    ref = np.asarray(img.resize((341, 256), Image.BILINEAR), np.float32)[16:240, 58:282] / 255
+    np.testing.assert_allclose(out, (ref - data.IMAGENET_MEAN) / data.IMAGENET_STD, atol=1e-5)
+
+
+def test_train_transform_shapes_ranges_and_seeding():
+    img = Image.fromarray(np.full((120, 90, 3), 200, np.uint8))
+    a = data.train_transform(img, np.random.default_rng(3), size=64)
+    b = data.train_transform(img, np.random.default_rng(3), size=64)
+    assert a.shape == (64, 64, 3)
+    np.testing.assert_array_equal(a, b)
+    expected = (200 / 255 - data.IMAGENET_MEAN) / data.IMAGENET_STD
+    np.testing.assert_allclose(a, np.broadcast_to(expected, a.shape), atol=1e-5)
+    crops = {data.train_transform(Image.fromarray(
+        np.random.default_rng(0).integers(0, 256, (120, 90, 3), dtype=np.uint8)),
+        np.random.default_rng(s), size=32).tobytes() for s in range(5)}
+    assert len(crops) == 5
+
+
+def test_batches_keep_order_and_skip_unreadable_images(folder):
+    (folder / "cat" / "broken.png").write_bytes(b"not a png")
+    src = data.ImageFolder(str(folder))
+    skipped = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = list(data.batches(src, range(len(src)), lambda img, i: data.eval_transform(
+            img, size=16, resize=18), 4, workers=3, skipped=skipped))
+    broken = src.paths.index(str(folder / "cat" / "broken.png"))
+    assert skipped == [broken]
+    assert any("1 unreadable image(s) skipped" in str(w.message) for w in caught)
+    indices = np.concatenate([b.indices for b in out])
+    assert indices.tolist() == [i for i in range(len(src)) if i != broken]
+    assert np.concatenate([b.labels for b in out]).tolist() == src.labels[indices].tolist()
+    assert out[0].images.shape == (4, 16, 16, 3)
+
+
+def _tiny_variables(rng_seed=0):
+    model = models.backbone("tiny")
+    return {"backbone": model.init(jax.random.key(rng_seed), jnp.zeros((1, 32, 32, 3)))}
+
+
+def test_extracted_class_means_equal_direct_computation(folder):
+    src = data.ImageFolder(str(folder))
+    variables = _tiny_variables()
+    res = extract.extract(src, variables, "tiny", image_size=32, resize=36, batch_size=3,
+                          workers=2, keep_features=True)
+    model = models.backbone("tiny")
+    direct = np.stack([
+        np.asarray(model.apply(variables["backbone"], data.eval_transform(
+            src.load(i)[0], size=32, resize=36)[None], train=False))[0]
+        for i in range(len(src))
+    ])
+    np.testing.assert_allclose(res.features, direct, rtol=1e-5, atol=1e-6)
+    for c in range(3):
+        np.testing.assert_allclose(res.means[c], direct[src.labels == c].mean(0), rtol=1e-5,
+                                   atol=1e-6)
+    assert res.counts.tolist() == [4, 3, 2] and res.skipped == []
+
+
+def test_extract_command_writes_a_file_uotsel_select_reads(folder, tmp_path, capsys):
+    from uotsel.cli import main as uotsel_main
+    from uotsel_train.cli import main
+
+    variables = _tiny_variables()
+    convert.save_variables(variables, str(tmp_path / "w.npz"))
+    out = tmp_path / "means.npz"
+    code = main(["extract", "--data", str(folder), "--arch", "tiny", "--weights",
+                 str(tmp_path / "w.npz"), "--image-size", "32", "--batch-size", "4",
+                 "--features-out", str(tmp_path / "f.npy"), "--quiet", "--out", str(out)])
+    assert code == 0 and "3 class means from 9 images" in capsys.readouterr().out
+    with np.load(out, allow_pickle=False) as m:
+        assert m["means"].shape == (3, 16) and m["names"].tolist()[0] == "aardvark"
+    assert np.load(tmp_path / "f.npy").shape == (9, 16)
+    code = uotsel_main(["select", "--source", str(out), "--strategy", "random", "--top-k", "2",
+                        "--out", str(tmp_path / "s.json")])
+    assert code == 0
+    assert len(json.loads((tmp_path / "s.json").read_text())["selected_names"]) == 2
+    code = main(["extract", "--data", str(tmp_path / "nowhere"), "--arch", "tiny",
+                 "--weights", str(tmp_path / "w.npz"), "--out", str(tmp_path / "x.npz")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--data: image folder not found" in err[0]
+    assert not (tmp_path / "x.npz").exists()

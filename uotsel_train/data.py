@@ -1,0 +1,185 @@
+"""Host-side image data: sources, the paper's transforms, and batches decoded in worker threads.
+
+Sources give ``(PIL image, label)`` by index:
+
+- :class:`ImageFolder`: ``root/<class>/<image>`` (class ids = sorted class folder names), for
+  data TFDS lacks (FGVC-Aircraft) or a user's own data.
+
+Transforms follow the paper: training ``RandomResizedCrop(224, scale 0.08-1, ratio 3/4-4/3)``
+plus a horizontal flip; evaluation ``Resize(256 shorter side)`` + ``CenterCrop(224)``; both
+normalised with the ImageNet mean and standard deviation, laid out ``[H, W, 3]`` float32.
+
+:func:`batches` decodes and transforms in a thread pool (PIL releases the GIL while decoding),
+keeps the order of the indices it is given, and skips unreadable images with a counted warning
+instead of failing mid-epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Batch",
+    "ImageFolder",
+    "batches",
+    "eval_transform",
+    "train_transform",
+]
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class ImageFolder:
+    """Images under ``root/<class>/``; classes sorted by name, files sorted within a class.
+
+    Raises:
+      ValueError: when ``root`` is missing or holds no class folder with images.
+    """
+
+    def __init__(self, root: str):
+        if not os.path.isdir(root):
+            raise ValueError(f"data: image folder not found: {root}")
+        self.root = root
+        classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        paths, labels = [], []
+        for label, name in enumerate(classes):
+            files = sorted(
+                e.name
+                for e in os.scandir(os.path.join(root, name))
+                if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)
+            )
+            paths += [os.path.join(root, name, f) for f in files]
+            labels += [label] * len(files)
+        if not paths:
+            raise ValueError(f"data: no images under {root} (expected root/<class>/<image>)")
+        self.classes = classes
+        self.paths = paths
+        self.labels = np.asarray(labels, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        with Image.open(self.paths[index]) as img:
+            return img.convert("RGB"), int(self.labels[index])
+
+
+def _normalise(img: Image.Image) -> np.ndarray:
+    x = np.asarray(img, np.float32) / 255.0
+    return (x - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def eval_transform(img: Image.Image, size: int = 224, resize: int = 256) -> np.ndarray:
+    """Resize the shorter side to ``resize`` (bilinear) and centre-crop ``size``:
+    ``[size, size, 3]``."""
+    w, h = img.size
+    scale = resize / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((new_w, new_h), Image.BILINEAR)
+    left = round((new_w - size) / 2.0)
+    top = round((new_h - size) / 2.0)
+    return _normalise(img.crop((left, top, left + size, top + size)))
+
+
+def train_transform(
+    img: Image.Image,
+    rng: np.random.Generator,
+    size: int = 224,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> np.ndarray:
+    """Random resized crop (area ``scale``, aspect ``ratio``) to ``size`` and a random
+    horizontal flip, as torchvision does (10 tries, then a centre crop): ``[size, size, 3]``."""
+    w, h = img.size
+    area = w * h
+    box = None
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            box = (left, top, left + cw, top + ch)
+            break
+    if box is None:  # fall back to the largest centre crop within the ratio range
+        if w / h < ratio[0]:
+            cw, ch = w, round(w / ratio[0])
+        elif w / h > ratio[1]:
+            cw, ch = round(h * ratio[1]), h
+        else:
+            cw, ch = w, h
+        left, top = (w - cw) // 2, (h - ch) // 2
+        box = (left, top, left + cw, top + ch)
+    img = img.resize((size, size), Image.BILINEAR, box=box)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    return _normalise(img)
+
+
+class Batch(NamedTuple):
+    """``images`` ``[B, H, W, 3]`` float32, ``labels`` ``[B]`` int64, ``indices`` ``[B]`` int64
+    (positions in the source; unreadable images are left out)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+
+
+def batches(
+    source: Any,
+    indices: Sequence[int],
+    transform: Callable[[Image.Image, int], np.ndarray],
+    batch_size: int,
+    *,
+    workers: int = 4,
+    drop_last: bool = False,
+    skipped: list[int] | None = None,
+) -> Iterator[Batch]:
+    """Decode and transform ``source`` at ``indices`` in order, ``batch_size`` at a time.
+
+    ``transform(image, index)`` gets the position so that random transforms can be seeded per
+    sample (deterministic whatever the thread timing). Unreadable images are skipped with a
+    warning; their indices are appended to ``skipped`` when a list is given.
+    """
+
+    def load(i: int):
+        try:
+            img, label = source.load(int(i))
+            return transform(img, int(i)), label, int(i)
+        except (OSError, ValueError, SyntaxError) as err:
+            return err, None, int(i)
+
+    indices = list(indices)
+    lost = 0
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for lo in range(0, len(indices), batch_size):
+            chunk = indices[lo : lo + batch_size]
+            if drop_last and len(chunk) < batch_size:
+                break
+            items = list(pool.map(load, chunk))
+            good = [it for it in items if it[1] is not None]
+            for err, _, i in (it for it in items if it[1] is None):
+                lost += 1
+                if skipped is not None:
+                    skipped.append(i)
+                warnings.warn(f"skipping unreadable image {i}: {err}", stacklevel=2)
+            if good:
+                yield Batch(
+                    np.stack([g[0] for g in good]),
+                    np.asarray([g[1] for g in good], np.int64),
+                    np.asarray([g[2] for g in good], np.int64),
+                )
+    if lost:
+        warnings.warn(f"{lost} unreadable image(s) skipped", stacklevel=2)
