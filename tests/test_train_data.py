@@ -59,9 +59,16 @@ def test_train_transform_shapes_ranges_and_seeding():
     np.testing.assert_array_equal(a, b)
     expected = (200 / 255 - data.IMAGENET_MEAN) / data.IMAGENET_STD
     np.testing.assert_allclose(a, np.broadcast_to(expected, a.shape), atol=1e-5)
-    crops = {data.train_transform(Image.fromarray(
-        np.random.default_rng(0).integers(0, 256, (120, 90, 3), dtype=np.uint8)),
-        np.random.default_rng(s), size=32).tobytes() for s in range(5)}
+    crops = {
+        data.train_transform(
+            Image.fromarray(
+                np.random.default_rng(0).integers(0, 256, (120, 90, 3), dtype=np.uint8)
+            ),
+            np.random.default_rng(s),
+            size=32,
+        ).tobytes()
+        for s in range(5)
+    }
     assert len(crops) == 5
 
 
@@ -71,8 +78,16 @@ def test_batches_keep_order_and_skip_unreadable_images(folder):
     skipped = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = list(data.batches(src, range(len(src)), lambda img, i: data.eval_transform(
-            img, size=16, resize=18), 4, workers=3, skipped=skipped))
+        out = list(
+            data.batches(
+                src,
+                range(len(src)),
+                lambda img, i: data.eval_transform(img, size=16, resize=18),
+                4,
+                workers=3,
+                skipped=skipped,
+            )
+        )
     broken = src.paths.index(str(folder / "cat" / "broken.png"))
     assert skipped == [broken]
     assert any("1 unreadable image(s) skipped" in str(w.message) for w in caught)
@@ -90,18 +105,34 @@ def _tiny_variables(rng_seed=0):
 def test_extracted_class_means_equal_direct_computation(folder):
     src = data.ImageFolder(str(folder))
     variables = _tiny_variables()
-    res = extract.extract(src, variables, "tiny", image_size=32, resize=36, batch_size=3,
-                          workers=2, keep_features=True)
+    res = extract.extract(
+        src,
+        variables,
+        "tiny",
+        image_size=32,
+        resize=36,
+        batch_size=3,
+        workers=2,
+        keep_features=True,
+    )
     model = models.backbone("tiny")
-    direct = np.stack([
-        np.asarray(model.apply(variables["backbone"], data.eval_transform(
-            src.load(i)[0], size=32, resize=36)[None], train=False))[0]
-        for i in range(len(src))
-    ])
+    direct = np.stack(
+        [
+            np.asarray(
+                model.apply(
+                    variables["backbone"],
+                    data.eval_transform(src.load(i)[0], size=32, resize=36)[None],
+                    train=False,
+                )
+            )[0]
+            for i in range(len(src))
+        ]
+    )
     np.testing.assert_allclose(res.features, direct, rtol=1e-5, atol=1e-6)
     for c in range(3):
-        np.testing.assert_allclose(res.means[c], direct[src.labels == c].mean(0), rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            res.means[c], direct[src.labels == c].mean(0), rtol=1e-5, atol=1e-6
+        )
     assert res.counts.tolist() == [4, 3, 2] and res.skipped == []
 
 
@@ -112,19 +143,58 @@ def test_extract_command_writes_a_file_uotsel_select_reads(folder, tmp_path, cap
     variables = _tiny_variables()
     convert.save_variables(variables, str(tmp_path / "w.npz"))
     out = tmp_path / "means.npz"
-    code = main(["extract", "--data", str(folder), "--arch", "tiny", "--weights",
-                 str(tmp_path / "w.npz"), "--image-size", "32", "--batch-size", "4",
-                 "--features-out", str(tmp_path / "f.npy"), "--quiet", "--out", str(out)])
+    code = main(
+        [
+            "extract",
+            "--data",
+            str(folder),
+            "--arch",
+            "tiny",
+            "--weights",
+            str(tmp_path / "w.npz"),
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--features-out",
+            str(tmp_path / "f.npy"),
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0 and "3 class means from 9 images" in capsys.readouterr().out
     with np.load(out, allow_pickle=False) as m:
         assert m["means"].shape == (3, 16) and m["names"].tolist()[0] == "aardvark"
     assert np.load(tmp_path / "f.npy").shape == (9, 16)
-    code = uotsel_main(["select", "--source", str(out), "--strategy", "random", "--top-k", "2",
-                        "--out", str(tmp_path / "s.json")])
+    code = uotsel_main(
+        [
+            "select",
+            "--source",
+            str(out),
+            "--strategy",
+            "random",
+            "--top-k",
+            "2",
+            "--out",
+            str(tmp_path / "s.json"),
+        ]
+    )
     assert code == 0
     assert len(json.loads((tmp_path / "s.json").read_text())["selected_names"]) == 2
-    code = main(["extract", "--data", str(tmp_path / "nowhere"), "--arch", "tiny",
-                 "--weights", str(tmp_path / "w.npz"), "--out", str(tmp_path / "x.npz")])
+    code = main(
+        [
+            "extract",
+            "--data",
+            str(tmp_path / "nowhere"),
+            "--arch",
+            "tiny",
+            "--weights",
+            str(tmp_path / "w.npz"),
+            "--out",
+            str(tmp_path / "x.npz"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--data: image folder not found" in err[0]
     assert not (tmp_path / "x.npz").exists()

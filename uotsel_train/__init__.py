@@ -8,6 +8,10 @@ tensorflow-datasets). The selection library ``uotsel`` never imports this packag
   source heads.
 - :mod:`uotsel_train.convert`: torchvision and MoCo-v2 checkpoints to Flax variables
   (``uotsel-train convert``).
+- :mod:`uotsel_train.data`: image folders, the paper's train / eval transforms, batches decoded
+  in worker threads.
+- :mod:`uotsel_train.extract`: per-class mean features for ``uotsel select``
+  (``uotsel-train extract``).
 """
 
 __version__ = "0.1.0"
