@@ -10,6 +10,9 @@ tensorflow-datasets). The selection library ``uotsel`` never imports this packag
   (``uotsel-train convert``).
 - :mod:`uotsel_train.data`: image folders, the paper's train / eval transforms, batches decoded
   in worker threads.
+- :mod:`uotsel_train.augment`: the weak and strong (RandAugment + cutout) views of eq. 7.
+- :mod:`uotsel_train.streams`: selected samples, reduced target sets, resumable epoch order,
+  data-parallel placement.
 - :mod:`uotsel_train.extract`: per-class mean features for ``uotsel select``
   (``uotsel-train extract``).
 """

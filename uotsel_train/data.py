@@ -33,6 +33,8 @@ __all__ = [
     "ImageFolder",
     "batches",
     "eval_transform",
+    "normalise",
+    "random_resized_crop",
     "train_transform",
 ]
 
@@ -76,7 +78,8 @@ class ImageFolder:
             return img.convert("RGB"), int(self.labels[index])
 
 
-def _normalise(img: Image.Image) -> np.ndarray:
+def normalise(img: Image.Image) -> np.ndarray:
+    """``[H, W, 3]`` float32 with the ImageNet mean and standard deviation."""
     x = np.asarray(img, np.float32) / 255.0
     return (x - IMAGENET_MEAN) / IMAGENET_STD
 
@@ -90,18 +93,23 @@ def eval_transform(img: Image.Image, size: int = 224, resize: int = 256) -> np.n
     img = img.resize((new_w, new_h), Image.BILINEAR)
     left = round((new_w - size) / 2.0)
     top = round((new_h - size) / 2.0)
-    return _normalise(img.crop((left, top, left + size, top + size)))
+    return normalise(img.crop((left, top, left + size, top + size)))
 
 
-def train_transform(
+def train_transform(img: Image.Image, rng: np.random.Generator, size: int = 224) -> np.ndarray:
+    """The paper's training transform: :func:`random_resized_crop`, normalised."""
+    return normalise(random_resized_crop(img, rng, size))
+
+
+def random_resized_crop(
     img: Image.Image,
     rng: np.random.Generator,
     size: int = 224,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> np.ndarray:
+) -> Image.Image:
     """Random resized crop (area ``scale``, aspect ``ratio``) to ``size`` and a random
-    horizontal flip, as torchvision does (10 tries, then a centre crop): ``[size, size, 3]``."""
+    horizontal flip, as torchvision draws them (10 tries, then a centre crop)."""
     w, h = img.size
     area = w * h
     box = None
@@ -125,7 +133,7 @@ def train_transform(
     img = img.resize((size, size), Image.BILINEAR, box=box)
     if rng.random() < 0.5:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    return _normalise(img)
+    return img
 
 
 class Batch(NamedTuple):
