@@ -198,3 +198,30 @@ def test_extract_command_writes_a_file_uotsel_select_reads(folder, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--data: image folder not found" in err[0]
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_tfds_sources_read_mock_data_without_tensorflow():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12):
+        pets = data.TfdsSource("pets", "train")
+        assert pets.name == "oxford_iiit_pet" and len(pets) == 12
+        img, label = pets.load(3)
+        assert img.mode == "RGB" and label == pets.labels[3]
+        batch = next(
+            data.batches(
+                pets,
+                range(4),
+                lambda im, i: data.eval_transform(im, size=16, resize=18),
+                4,
+                workers=2,
+            )
+        )
+        assert batch.images.shape == (4, 16, 16, 3)
+        # Caltech101 without its background class, labels renumbered.
+        cal = data.TfdsSource("caltech101", "train")
+        assert len(cal.classes) == 101 and "background_google" not in cal.classes
+        assert cal.labels.max() < 101 and cal.labels.min() >= 0
+        dtd = data.TfdsSource("dtd", "train")
+        assert dtd.split == "train+validation"
+    with pytest.raises(ValueError, match="data: TFDS data set 'no_such_dataset'"):
+        data.TfdsSource("no_such_dataset", "train")

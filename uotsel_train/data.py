@@ -3,7 +3,11 @@
 Sources give ``(PIL image, label)`` by index:
 
 - :class:`ImageFolder`: ``root/<class>/<image>`` (class ids = sorted class folder names), for
-  data TFDS lacks (FGVC-Aircraft) or a user's own data.
+  data TFDS lacks (FGVC-Aircraft) or a user's own data;
+- :class:`TfdsSource`: a TFDS data set prepared as ``array_record``, read by random access
+  without TensorFlow (``tfds.data_source``); :data:`PAPER_DATASETS` names the paper's data sets
+  and splits (Caltech101 loses its ``background_google`` class, SUN397 uses the standard
+  partition, DTD trains on train + validation).
 
 Transforms follow the paper: training ``RandomResizedCrop(224, scale 0.08-1, ratio 3/4-4/3)``
 plus a horizontal flip; evaluation ``Resize(256 shorter side)`` + ``CenterCrop(224)``; both
@@ -31,6 +35,8 @@ __all__ = [
     "IMAGENET_STD",
     "Batch",
     "ImageFolder",
+    "PAPER_DATASETS",
+    "TfdsSource",
     "batches",
     "eval_transform",
     "normalise",
@@ -76,6 +82,78 @@ class ImageFolder:
     def load(self, index: int) -> tuple[Image.Image, int]:
         with Image.open(self.paths[index]) as img:
             return img.convert("RGB"), int(self.labels[index])
+
+
+# paper name -> (TFDS name, training split, test split)
+PAPER_DATASETS: dict[str, tuple[str, str, str]] = {
+    "cub": ("caltech_birds2011", "train", "test"),
+    "dogs": ("stanford_dogs", "train", "test"),
+    "cars": ("cars196", "train", "test"),
+    "pets": ("oxford_iiit_pet", "train", "test"),
+    "sun397": ("sun397/standard-part1-120k", "train", "test"),
+    "dtd": ("dtd", "train+validation", "test"),
+    "caltech101": ("caltech101", "train", "test"),
+    "imagenet": ("imagenet2012", "train", "validation"),
+}
+# Classes the paper leaves out, per TFDS name.
+_DROPPED_CLASSES = {"caltech101": ("background_google",)}
+
+
+class TfdsSource:
+    """A TFDS data set prepared as ``array_record`` (random access, no TensorFlow needed).
+
+    Args:
+      name: a TFDS name (``"caltech_birds2011"``) or a paper name from
+        :data:`PAPER_DATASETS` (``"cub"``; then ``split`` may be ``"train"`` or ``"test"``
+        and is mapped to the paper's split).
+      split: TFDS split expression.
+      data_dir: where the prepared data lives (TFDS's default otherwise).
+
+    ``labels`` are read once by a pass over the records (slow for ImageNet: keep the object,
+    or save ``labels`` next to the data); dropped classes are removed and the remaining ids
+    renumbered in order.
+
+    Raises:
+      ValueError: when the data set or split is not prepared (one line, before any work).
+    """
+
+    def __init__(self, name: str, split: str = "train", data_dir: str | None = None):
+        import tensorflow_datasets as tfds
+
+        if name in PAPER_DATASETS:
+            tfds_name, train, test = PAPER_DATASETS[name]
+            split = {"train": train, "test": test}.get(split, split)
+            name = tfds_name
+        try:
+            self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+        except Exception as err:  # TFDS raises many kinds; one line for all
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(
+                f"data: TFDS data set {name!r} split {split!r} is not available ({first})"
+            ) from None
+        names = list(self._source.dataset_info.features["label"].names)
+        raw = np.asarray([int(self._source[i]["label"]) for i in range(len(self._source))])
+        dropped = [
+            names.index(c) for c in _DROPPED_CLASSES.get(name.split("/")[0], ()) if c in names
+        ]
+        keep = ~np.isin(raw, dropped)
+        remap = np.full(len(names), -1, np.int64)
+        kept_classes = [i for i in range(len(names)) if i not in dropped]
+        remap[kept_classes] = np.arange(len(kept_classes))
+        self.name, self.split = name, split
+        self.classes = [names[i] for i in kept_classes]
+        self._rows = np.flatnonzero(keep)
+        self.labels = remap[raw[keep]]
+
+    def __len__(self) -> int:
+        return int(self._rows.size)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        example = self._source[int(self._rows[index])]
+        image = np.asarray(example["image"])
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        return Image.fromarray(image).convert("RGB"), int(self.labels[index])
 
 
 def normalise(img: Image.Image) -> np.ndarray:
