@@ -225,3 +225,52 @@ def test_tfds_sources_read_mock_data_without_tensorflow():
         assert dtd.split == "train+validation"
     with pytest.raises(ValueError, match="data: TFDS data set 'no_such_dataset'"):
         data.TfdsSource("no_such_dataset", "train")
+
+
+def test_extract_command_reads_tfds(tmp_path, capsys):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from uotsel_train.cli import main
+
+    convert.save_variables(_tiny_variables(), str(tmp_path / "w.npz"))
+    args = [
+        "extract",
+        "--data",
+        "tfds:pets",
+        "--arch",
+        "tiny",
+        "--weights",
+        str(tmp_path / "w.npz"),
+        "--image-size",
+        "32",
+        "--quiet",
+        "--out",
+        str(tmp_path / "m.npz"),
+    ]
+    with tfds.testing.mock_data(num_examples=10):
+        # 10 images cannot cover 37 classes: refused unless empty classes are allowed.
+        assert main(args) == 2
+        assert "pass --allow-empty-classes" in capsys.readouterr().err
+        assert main([*args, "--allow-empty-classes"]) == 0
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as m:
+        assert m["counts"].sum() == 10 and m["means"].shape == (37, 16)
+    code = main(
+        [
+            "extract",
+            "--data",
+            "tfds:no_such_dataset",
+            "--arch",
+            "tiny",
+            "--weights",
+            str(tmp_path / "w.npz"),
+            "--out",
+            str(tmp_path / "x.npz"),
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        code == 2
+        and len(err) == 1
+        and err[0].startswith(
+            "uotsel-train extract: error: --data: TFDS data set 'no_such_dataset'"
+        )
+    )

@@ -36,13 +36,20 @@ def _build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--out", required=True, help=".npz to write")
     ext = sub.add_parser(
         "extract",
-        help="class means (and per-sample features) of an image folder",
-        description="Run a backbone over root/<class>/<image> (evaluation transform, evaluation "
-        "mode) and write the per-class mean features and counts as the .npz that "
-        "'uotsel select' reads, and optionally every sample's features as .npy for "
+        help="class means (and per-sample features) of an image folder or TFDS data set",
+        description="Run a backbone over an image folder or a TFDS data set (evaluation "
+        "transform, evaluation mode) and write the per-class mean features and counts as the "
+        ".npz that 'uotsel select' reads, and optionally every sample's features as .npy for "
         "'uotsel kmeans'.",
     )
-    ext.add_argument("--data", required=True, help="image folder root/<class>/<image>")
+    ext.add_argument(
+        "--data",
+        required=True,
+        help="an image folder root/<class>/<image>, or tfds:NAME[:SPLIT] for a "
+        "prepared TFDS data set (paper names such as tfds:cub map to the paper's "
+        "split; SPLIT defaults to train)",
+    )
+    ext.add_argument("--data-dir", help="TFDS data directory (default: TFDS's own)")
     ext.add_argument("--arch", required=True, choices=list(models.ARCHS))
     ext.add_argument("--weights", required=True, help="Flax weights from 'uotsel-train convert'")
     ext.add_argument(
@@ -54,6 +61,11 @@ def _build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--batch-size", type=int, default=64, help="default: 64")
     ext.add_argument("--workers", type=int, default=4, help="decoding threads (default: 4)")
     ext.add_argument("--features-out", help="also write per-sample features (.npy)")
+    ext.add_argument(
+        "--allow-empty-classes",
+        action="store_true",
+        help="keep classes without images as zero rows (default: an error)",
+    )
     ext.add_argument("--quiet", action="store_true", help="no progress lines")
     ext.add_argument("--out", required=True, help="class means .npz to write")
     return parser
@@ -75,7 +87,11 @@ def _extract(args: argparse.Namespace) -> int:
     ):
         if value < 1:
             raise ValueError(f"{flag}: must be >= 1, got {value}")
-    source = data.ImageFolder(args.data)
+    if args.data.startswith("tfds:"):
+        name, _, split = args.data[len("tfds:") :].partition(":")
+        source = data.TfdsSource(name, split or "train", data_dir=args.data_dir)
+    else:
+        source = data.ImageFolder(args.data)
     if not os.path.exists(args.weights):
         raise ValueError(f"--weights: file not found: {args.weights}")
     variables = convert.load_variables(args.weights)
@@ -89,6 +105,7 @@ def _extract(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         keep_features=bool(args.features_out),
+        allow_empty=args.allow_empty_classes,
         progress=None if args.quiet else lambda line: print(line, file=sys.stderr, flush=True),
     )
     with atomic_writer(args.out, "wb") as fh:
@@ -137,9 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("checkpoint:", "--checkpoint:"),
             ("data:", "--data:"),
             ("weights:", "--weights:"),
+            ("labels:", "--data:"),
         ):
             if message.startswith(name):
                 message = flag + message[len(name) :]
+                break
+        message = message.replace("pass allow_empty=True", "pass --allow-empty-classes")
         print(f"uotsel-train {args.command}: error: {message}", file=sys.stderr)
         return 2
 

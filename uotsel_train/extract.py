@@ -62,7 +62,8 @@ def extract(
     if moco_head and variables.get("moco_head") is None:
         raise ValueError("weights: moco_head requested but the weights have no MoCo head")
     labels = np.asarray(source.labels)
-    num_classes = int(labels.max()) + 1
+    classes = getattr(source, "classes", None)
+    num_classes = len(classes) if classes is not None else int(labels.max()) + 1
     transform = functools.partial(_eval, size=image_size, resize=resize)
     acc = ClassMeanAccumulator(num_classes)
     skipped: list[int] = []
