@@ -15,6 +15,9 @@ tensorflow-datasets). The selection library ``uotsel`` never imports this packag
   data-parallel placement.
 - :mod:`uotsel_train.extract`: per-class mean features for ``uotsel select``
   (``uotsel-train extract``).
+- :mod:`uotsel_train.optim`, :mod:`uotsel_train.objectives`, :mod:`uotsel_train.step`: the
+  paper's optimiser (Nesterov SGD, coupled weight decay, 10x heads, x0.1 at epochs 60 and 80),
+  the vanilla / labelled (eq. 6) / unlabelled (eq. 7) objectives and a pure train step.
 """
 
 __version__ = "0.1.0"
