@@ -18,6 +18,8 @@ tensorflow-datasets). The selection library ``uotsel`` never imports this packag
 - :mod:`uotsel_train.optim`, :mod:`uotsel_train.objectives`, :mod:`uotsel_train.step`: the
   paper's optimiser (Nesterov SGD, coupled weight decay, 10x heads, x0.1 at epochs 60 and 80),
   the vanilla / labelled (eq. 6) / unlabelled (eq. 7) objectives and a pure train step.
+- :mod:`uotsel_train.loop`: the fine-tuning loop with orbax checkpoints, exact resume, NaN
+  stop and evaluation (top-1 and mean per-class accuracy).
 """
 
 __version__ = "0.1.0"

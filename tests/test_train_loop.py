@@ -1,0 +1,108 @@
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("orbax.checkpoint")
+
+import jax
+import jax.numpy as jnp
+from PIL import Image
+
+from uotsel_train import data, loop, models, streams
+
+
+def _folder(root, classes, per_class, seed):
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, size=(20, 18, 3), dtype=np.uint8)
+            pixels[..., c % 3] = 40 * c  # a class signal
+            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
+    return data.ImageFolder(str(root))
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    base = tmp_path_factory.mktemp("loop")
+    return (_folder(base / "target", 2, 4, 0), _folder(base / "pretrain", 3, 3, 1))
+
+
+def _run(tmp_path, sources, objective, **kwargs):
+    target, pretrain = sources
+    cfg = loop.Config(
+        arch="tiny",
+        objective=objective,
+        lr=0.05,
+        lam=0.5,
+        epochs=3,
+        milestones=(2,),
+        batch_size=4,
+        source_batch_size=3,
+        image_size=16,
+        eval_every=1,
+        workers=2,
+    )
+    model = models.FineTuner("tiny", num_target=2, num_source=3 if objective == "labelled" else 0)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    picked = streams.selected_samples(pretrain.labels, [0, 2])
+    return loop.fit(
+        cfg,
+        model,
+        variables,
+        target,
+        str(tmp_path),
+        target_test=target,
+        pretrain=pretrain,
+        pretrain_indices=picked,
+        log=lambda line: None,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("objective", ["vanilla", "labelled", "unlabelled"])
+def test_training_runs_logs_and_evaluates(tmp_path, sources, objective):
+    out = _run(tmp_path, sources, objective)
+    assert out["step"] == 6 and out["epoch"] == 3
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    assert all(np.isfinite(x["loss"]) and 0 <= x["top1"] <= 1 for x in lines)
+
+
+def test_resume_after_an_interruption_is_bit_identical(tmp_path, sources):
+    whole = _run(tmp_path / "whole", sources, "labelled")
+    _run(tmp_path / "split", sources, "labelled", until_epoch=1)
+    resumed = _run(tmp_path / "split", sources, "labelled", resume=True)
+    assert resumed["step"] == whole["step"] == 6
+    same = jax.tree.map(
+        lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
+        whole["state"].params,
+        resumed["state"].params,
+    )
+    assert all(jax.tree.leaves(same))
+    same_opt = jax.tree.map(
+        lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
+        whole["state"].opt_state,
+        resumed["state"].opt_state,
+    )
+    assert all(jax.tree.leaves(same_opt))
+
+
+def test_nan_loss_stops_with_the_last_checkpoint_intact(tmp_path, sources):
+    target, _ = sources
+    model = models.FineTuner("tiny", num_target=2)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    cfg = loop.Config(
+        arch="tiny",
+        objective="vanilla",
+        lr=1e30,
+        epochs=3,
+        batch_size=4,
+        image_size=16,
+        eval_every=100,
+    )
+    with pytest.raises(FloatingPointError, match="the loss became"):
+        loop.fit(cfg, model, variables, target, str(tmp_path), log=lambda line: None)
+    with pytest.raises(ValueError, match="pretrain: the labelled objective needs"):
+        loop.fit(loop.Config(arch="tiny"), model, variables, target, str(tmp_path))
