@@ -106,3 +106,50 @@ def test_nan_loss_stops_with_the_last_checkpoint_intact(tmp_path, sources):
         loop.fit(cfg, model, variables, target, str(tmp_path), log=lambda line: None)
     with pytest.raises(ValueError, match="pretrain: the labelled objective needs"):
         loop.fit(loop.Config(arch="tiny"), model, variables, target, str(tmp_path))
+
+
+def test_finetune_command(tmp_path, sources, capsys):
+    from uotsel_train import convert
+    from uotsel_train.cli import main
+
+    target, pretrain = sources
+    backbone = models.backbone("tiny").init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))
+    convert.save_variables({"backbone": backbone}, str(tmp_path / "w.npz"))
+    (tmp_path / "sel.json").write_text(
+        json.dumps({"format": "uotsel.selection/1", "selected": [0, 2]})
+    )
+    args = [
+        "finetune",
+        "--preset",
+        "resnet18-labelled",
+        "--arch",
+        "tiny",
+        "--target",
+        target.root,
+        "--test",
+        target.root,
+        "--pretrain",
+        pretrain.root,
+        "--selection",
+        str(tmp_path / "sel.json"),
+        "--weights",
+        str(tmp_path / "w.npz"),
+        "--out-dir",
+        str(tmp_path / "run"),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--source-batch-size",
+        "3",
+        "--image-size",
+        "16",
+        "--eval-every",
+        "1",
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    assert "step 4, epoch 2, top-1" in capsys.readouterr().out
+    assert (tmp_path / "run" / "metrics.jsonl").exists()
+    assert main([a for a in args if a not in ("--selection", str(tmp_path / "sel.json"))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("uotsel-train finetune: error: --pretrain: preset")

@@ -68,7 +68,127 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ext.add_argument("--quiet", action="store_true", help="no progress lines")
     ext.add_argument("--out", required=True, help="class means .npz to write")
+    from uotsel_train.presets import PRESETS
+
+    ft = sub.add_parser(
+        "finetune",
+        help="fine-tune on target data plus the selected pre-training data",
+        description="Fine-tune a converted backbone on the target data set while training on "
+        "the pre-training samples a 'uotsel select' file chose (paper eq. 6 / 7). Data: an "
+        "image folder or tfds:NAME[:SPLIT]. Every preset setting can be overridden.",
+    )
+    ft.add_argument("--preset", required=True, choices=list(PRESETS))
+    ft.add_argument("--target", required=True, help="target training data")
+    ft.add_argument("--test", help="target test data (evaluated every --eval-every epochs)")
+    ft.add_argument("--pretrain", help="pre-training data (not needed by vanilla presets)")
+    ft.add_argument("--selection", help="'uotsel select' JSON file")
+    ft.add_argument(
+        "--unit-ids",
+        help="per-sample unit ids of the pre-training data (.npy, or "
+        "the .npz of 'uotsel kmeans' with 'assignment'); default: its labels",
+    )
+    ft.add_argument("--weights", required=True, help="Flax weights from 'uotsel-train convert'")
+    ft.add_argument("--data-dir", help="TFDS data directory")
+    ft.add_argument("--out-dir", required=True, help="this run's folder (created)")
+    ft.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    ft.add_argument("--until-epoch", type=int, help="stop after this epoch (resume later)")
+    for name, kind in (
+        ("arch", str),
+        ("lr", float),
+        ("weight-decay", float),
+        ("lam", float),
+        ("epochs", int),
+        ("batch-size", int),
+        ("source-batch-size", int),
+        ("image-size", int),
+        ("threshold", float),
+        ("eval-every", int),
+        ("seed", int),
+        ("workers", int),
+    ):
+        ft.add_argument(f"--{name}", type=kind, help="override the preset")
     return parser
+
+
+def _source(spec: str, data_dir: str | None, default_split: str):
+    from uotsel_train import data
+
+    if spec.startswith("tfds:"):
+        name, _, split = spec[len("tfds:") :].partition(":")
+        return data.TfdsSource(name, split or default_split, data_dir=data_dir)
+    return data.ImageFolder(spec)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from uotsel_train import convert, loop, models, streams
+    from uotsel_train.presets import PRESETS
+
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(loop.Config)
+        if getattr(args, f.name, None) is not None
+    }
+    cfg = dataclasses.replace(PRESETS[args.preset], **overrides)
+    needs_source = cfg.objective != "vanilla"
+    if needs_source and not (args.pretrain and args.selection):
+        raise ValueError(f"pretrain: preset {args.preset!r} needs --pretrain and --selection")
+    selection = streams.read_selection(args.selection) if args.selection else None
+    if not os.path.exists(args.weights):
+        raise ValueError(f"weights: file not found: {args.weights}")
+    target = _source(args.target, args.data_dir, "train")
+    test = _source(args.test, args.data_dir, "test") if args.test else None
+    pretrain = indices = None
+    if needs_source:
+        pretrain = _source(args.pretrain, args.data_dir, "train")
+        unit_ids = pretrain.labels
+        if args.unit_ids:
+            from uotsel.io import read_array
+
+            key = "assignment" if args.unit_ids.endswith(".npz") else None
+            unit_ids = np.asarray(read_array(args.unit_ids, "--unit-ids", key=key))
+            if unit_ids.shape != (len(pretrain),):
+                raise ValueError(
+                    f"unit-ids: {unit_ids.shape[0]} ids for {len(pretrain)} pre-training images"
+                )
+        indices = streams.selected_samples(unit_ids, selection["selected"])
+    num_source = int(pretrain.labels.max()) + 1 if cfg.objective == "labelled" else 0
+    model = models.FineTuner(cfg.arch, num_target=len(target.classes), num_source=num_source)
+    variables = model.init(jax.random.key(cfg.seed), jnp.zeros((1, 32, 32, 3)))
+    weights = convert.load_variables(args.weights)
+    if weights.get("backbone") is None:
+        raise ValueError(f"weights: {args.weights} holds no backbone")
+    # The backbone comes from the checkpoint; the heads keep their fresh initialisation.
+    variables = {
+        "params": {**variables["params"], "backbone": weights["backbone"]["params"]},
+        "batch_stats": {"backbone": weights["backbone"]["batch_stats"]},
+    }
+    out = loop.fit(
+        cfg,
+        model,
+        variables,
+        target,
+        args.out_dir,
+        target_test=test,
+        pretrain=pretrain,
+        pretrain_indices=indices,
+        resume=args.resume,
+        until_epoch=args.until_epoch,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    summary = f"step {out['step']}, epoch {out['epoch']}"
+    if out["eval"]:
+        summary += (
+            f", top-1 {out['eval']['top1']:.4f}, mean per-class accuracy "
+            f"{out['eval']['mean_class_acc']:.4f}"
+        )
+    print(f"{summary} -> {args.out_dir}")
+    return 0
 
 
 def _extract(args: argparse.Namespace) -> int:
@@ -147,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:
         return int(done.code or 0)
     try:
-        return {"convert": _convert, "extract": _extract}[args.command](args)
+        return {"convert": _convert, "extract": _extract, "finetune": _finetune}[args.command](args)
     except ValueError as err:
         message = " ".join(str(err).split())
         for name, flag in (
@@ -155,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("data:", "--data:"),
             ("weights:", "--weights:"),
             ("labels:", "--data:"),
+            ("selection:", "--selection:"),
+            ("pretrain:", "--pretrain:"),
+            ("unit-ids:", "--unit-ids:"),
         ):
             if message.startswith(name):
                 message = flag + message[len(name) :]
