@@ -153,3 +153,44 @@ def test_finetune_command(tmp_path, sources, capsys):
     assert main([a for a in args if a not in ("--selection", str(tmp_path / "sel.json"))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("uotsel-train finetune: error: --pretrain: preset")
+
+
+def test_grid_command_reports_mean_and_best(tmp_path, sources, capsys):
+    from uotsel_train import convert
+    from uotsel_train.cli import main
+
+    target, _ = sources
+    backbone = models.backbone("tiny").init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))
+    convert.save_variables({"backbone": backbone}, str(tmp_path / "w.npz"))
+    args = [
+        "grid",
+        "--preset",
+        "resnet18-vanilla",
+        "--arch",
+        "tiny",
+        "--target",
+        target.root,
+        "--test",
+        target.root,
+        "--weights",
+        str(tmp_path / "w.npz"),
+        "--out-dir",
+        str(tmp_path / "grid"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "16",
+        "--lrs",
+        "0.01,0.1",
+        "--seeds",
+        "0,1",
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "grid" / "grid.json").read_text())
+    assert [r["lr"] for r in record["results"]] == [0.01, 0.1]
+    for r in record["results"]:
+        assert len(r["top1"]) == 2
+        assert r["mean"] == pytest.approx(np.mean(r["top1"])) and r["best"] == max(r["top1"])
+    assert "best by mean top-1" in capsys.readouterr().out

@@ -107,6 +107,21 @@ def _build_parser() -> argparse.ArgumentParser:
         ("workers", int),
     ):
         ft.add_argument(f"--{name}", type=kind, help="override the preset")
+    grid = sub.add_parser(
+        "grid",
+        help="grid search over lr, weight decay and lambda with several seeds",
+        description="Fine-tune once per combination of --lrs x --wds x --lams and per seed, "
+        "evaluate on --test, and report the mean and the best top-1 accuracy of each "
+        "combination (out-dir/grid.json); the paper picked its settings this way.",
+    )
+    for action in ft._actions:
+        if action.dest in ("help", "lr", "weight_decay", "lam", "seed", "until_epoch"):
+            continue
+        grid._add_action(action)
+    grid.add_argument("--lrs", help="comma-separated learning rates (default: the preset's)")
+    grid.add_argument("--wds", help="comma-separated weight decays")
+    grid.add_argument("--lams", help="comma-separated lambdas")
+    grid.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
     return parser
 
 
@@ -119,14 +134,10 @@ def _source(spec: str, data_dir: str | None, default_split: str):
     return data.ImageFolder(spec)
 
 
-def _finetune(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace):
     import dataclasses
 
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from uotsel_train import convert, loop, models, streams
+    from uotsel_train import loop
     from uotsel_train.presets import PRESETS
 
     overrides = {
@@ -134,13 +145,26 @@ def _finetune(args: argparse.Namespace) -> int:
         for f in dataclasses.fields(loop.Config)
         if getattr(args, f.name, None) is not None
     }
-    cfg = dataclasses.replace(PRESETS[args.preset], **overrides)
-    needs_source = cfg.objective != "vanilla"
+    return dataclasses.replace(PRESETS[args.preset], **overrides)
+
+
+def _trainer(args: argparse.Namespace, objective: str):
+    """Load data, selection and weights once; return ``run(cfg, out_dir, resume, until)``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from uotsel_train import convert, loop, models, streams
+
+    needs_source = objective != "vanilla"
     if needs_source and not (args.pretrain and args.selection):
         raise ValueError(f"pretrain: preset {args.preset!r} needs --pretrain and --selection")
     selection = streams.read_selection(args.selection) if args.selection else None
     if not os.path.exists(args.weights):
         raise ValueError(f"weights: file not found: {args.weights}")
+    weights = convert.load_variables(args.weights)
+    if weights.get("backbone") is None:
+        raise ValueError(f"weights: {args.weights} holds no backbone")
     target = _source(args.target, args.data_dir, "train")
     test = _source(args.test, args.data_dir, "test") if args.test else None
     pretrain = indices = None
@@ -157,30 +181,36 @@ def _finetune(args: argparse.Namespace) -> int:
                     f"unit-ids: {unit_ids.shape[0]} ids for {len(pretrain)} pre-training images"
                 )
         indices = streams.selected_samples(unit_ids, selection["selected"])
-    num_source = int(pretrain.labels.max()) + 1 if cfg.objective == "labelled" else 0
-    model = models.FineTuner(cfg.arch, num_target=len(target.classes), num_source=num_source)
-    variables = model.init(jax.random.key(cfg.seed), jnp.zeros((1, 32, 32, 3)))
-    weights = convert.load_variables(args.weights)
-    if weights.get("backbone") is None:
-        raise ValueError(f"weights: {args.weights} holds no backbone")
-    # The backbone comes from the checkpoint; the heads keep their fresh initialisation.
-    variables = {
-        "params": {**variables["params"], "backbone": weights["backbone"]["params"]},
-        "batch_stats": {"backbone": weights["backbone"]["batch_stats"]},
-    }
-    out = loop.fit(
-        cfg,
-        model,
-        variables,
-        target,
-        args.out_dir,
-        target_test=test,
-        pretrain=pretrain,
-        pretrain_indices=indices,
-        resume=args.resume,
-        until_epoch=args.until_epoch,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
-    )
+    num_source = int(pretrain.labels.max()) + 1 if objective == "labelled" else 0
+
+    def run(cfg, out_dir: str, resume: bool = False, until: int | None = None):
+        model = models.FineTuner(cfg.arch, num_target=len(target.classes), num_source=num_source)
+        fresh = model.init(jax.random.key(cfg.seed), jnp.zeros((1, 32, 32, 3)))
+        # The backbone comes from the checkpoint; the heads keep their fresh initialisation.
+        variables = {
+            "params": {**fresh["params"], "backbone": weights["backbone"]["params"]},
+            "batch_stats": {"backbone": weights["backbone"]["batch_stats"]},
+        }
+        return loop.fit(
+            cfg,
+            model,
+            variables,
+            target,
+            out_dir,
+            target_test=test,
+            pretrain=pretrain,
+            pretrain_indices=indices,
+            resume=resume,
+            until_epoch=until,
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+
+    return run
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    out = _trainer(args, cfg.objective)(cfg, args.out_dir, args.resume, args.until_epoch)
     summary = f"step {out['step']}, epoch {out['epoch']}"
     if out["eval"]:
         summary += (
@@ -188,6 +218,64 @@ def _finetune(args: argparse.Namespace) -> int:
             f"{out['eval']['mean_class_acc']:.4f}"
         )
     print(f"{summary} -> {args.out_dir}")
+    return 0
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _grid(args: argparse.Namespace) -> int:
+    import dataclasses
+    import itertools
+    import json
+
+    import numpy as np
+
+    from uotsel.io import write_json
+
+    base = _config(args)
+    if args.test is None:
+        raise ValueError("test: the grid search ranks settings by test accuracy; pass --test")
+    axes = {
+        "lr": _floats(args.lrs, "--lrs") if args.lrs else [base.lr],
+        "weight_decay": _floats(args.wds, "--wds") if args.wds else [base.weight_decay],
+        "lam": _floats(args.lams, "--lams") if args.lams else [base.lam],
+    }
+    seeds = [int(v) for v in _floats(args.seeds, "--seeds")]
+    run = _trainer(args, base.objective)
+    results = []
+    for lr, wd, lam in itertools.product(*axes.values()):
+        accs = []
+        for seed in seeds:
+            cfg = dataclasses.replace(base, lr=lr, weight_decay=wd, lam=lam, seed=seed)
+            folder = os.path.join(args.out_dir, f"lr{lr:g}_wd{wd:g}_lam{lam:g}", f"seed{seed}")
+            out = run(cfg, folder, resume=args.resume)
+            accs.append(out["eval"]["top1"])
+        results.append(
+            {
+                "lr": lr,
+                "weight_decay": wd,
+                "lam": lam,
+                "seeds": seeds,
+                "top1": accs,
+                "mean": float(np.mean(accs)),
+                "best": float(max(accs)),
+            }
+        )
+        print(json.dumps(results[-1]))
+    best = max(results, key=lambda r: r["mean"])
+    write_json(
+        os.path.join(args.out_dir, "grid.json"),
+        {"preset": args.preset, "results": results, "best_by_mean": best},
+    )
+    print(
+        f"best by mean top-1: lr {best['lr']:g}, weight decay {best['weight_decay']:g}, "
+        f"lambda {best['lam']:g}: mean {best['mean']:.4f}, best {best['best']:.4f}"
+    )
     return 0
 
 
@@ -267,7 +355,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:
         return int(done.code or 0)
     try:
-        return {"convert": _convert, "extract": _extract, "finetune": _finetune}[args.command](args)
+        commands = {
+            "convert": _convert,
+            "extract": _extract,
+            "finetune": _finetune,
+            "grid": _grid,
+        }
+        return commands[args.command](args)
     except ValueError as err:
         message = " ".join(str(err).split())
         for name, flag in (
@@ -278,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("selection:", "--selection:"),
             ("pretrain:", "--pretrain:"),
             ("unit-ids:", "--unit-ids:"),
+            ("test:", "--test:"),
         ):
             if message.startswith(name):
                 message = flag + message[len(name) :]
