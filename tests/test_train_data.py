@@ -13,6 +13,7 @@ PIL = pytest.importorskip("PIL")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from PIL import Image  # noqa: E402
+from train_helpers import direct_features  # noqa: E402
 
 from uotsel_train import convert, data, extract, models  # noqa: E402
 
@@ -116,18 +117,7 @@ def test_extracted_class_means_equal_direct_computation(folder):
         keep_features=True,
     )
     model = models.backbone("tiny")
-    direct = np.stack(
-        [
-            np.asarray(
-                model.apply(
-                    variables["backbone"],
-                    data.eval_transform(src.load(i)[0], size=32, resize=36)[None],
-                    train=False,
-                )
-            )[0]
-            for i in range(len(src))
-        ]
-    )
+    direct = direct_features(model, variables, src, 32, 36)
     np.testing.assert_allclose(res.features, direct, rtol=1e-5, atol=1e-6)
     for c in range(3):
         np.testing.assert_allclose(

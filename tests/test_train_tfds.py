@@ -10,6 +10,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("flax")
 
 from PIL import Image  # noqa: E402
+from train_helpers import direct_features  # noqa: E402
 
 from uotsel_train import data, extract, streams  # noqa: E402
 
@@ -91,18 +92,7 @@ def test_extraction_over_array_record_matches_direct_computation(prepared):
     model = models.backbone("tiny")
     variables = {"backbone": model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))}
     res = extract.extract(src, variables, "tiny", image_size=32, resize=36, batch_size=5)
-    direct = np.stack(
-        [
-            np.asarray(
-                model.apply(
-                    variables["backbone"],
-                    data.eval_transform(src.load(i)[0], size=32, resize=36)[None],
-                    train=False,
-                )
-            )[0]
-            for i in range(len(src))
-        ]
-    )
+    direct = direct_features(model, variables, src, 32, 36)
     for c in range(4):
         np.testing.assert_allclose(
             res.means[c], direct[src.labels == c].mean(0), rtol=1e-5, atol=1e-6

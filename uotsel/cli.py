@@ -380,7 +380,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     record = selection_record(selection, source, target, __version__)
     write_json(args.out, record)
     if args.names_out:
-        names = source.names if source.names is not None else None
+        names = source.names
         write_lines(
             args.names_out, (names[i] if names is not None else int(i) for i in selection.selected)
         )

@@ -183,7 +183,7 @@ def select(
         log_scores=result.log_scores,
         groups=split_groups(ranking, n_groups),
         sample_indices=None if unit_ids is None else expand_to_samples(selected, unit_ids),
-        settings={k: _plain(v) for k, v in used.items() if _plain(v) is not _OMIT},
+        settings={k: p for k, p in ((k, _plain(v)) for k, v in used.items()) if p is not _OMIT},
         diagnostics=diagnostics,
     )
 

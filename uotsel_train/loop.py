@@ -66,14 +66,16 @@ def _two_views(img, index: int, *, seed: int, step: int, size: int) -> np.ndarra
     )
 
 
-def _load_full(source, order: streams.EpochOrder, count: int, transform) -> data.Batch:
+def _load_full(
+    source, order: streams.EpochOrder, count: int, transform, workers: int
+) -> data.Batch:
     """``count`` samples from ``order``; unreadable ones are replaced by the next in line, so
     every step has the same shapes."""
     got: list[data.Batch] = []
     have = 0
     while have < count:
         idx = order.take(count - have)
-        for b in data.batches(source, idx, transform, count, workers=4):
+        for b in data.batches(source, idx, transform, count, workers=workers):
             got.append(b)
             have += len(b.indices)
     return data.Batch(*(np.concatenate(parts) for parts in zip(*got, strict=True)))
@@ -193,14 +195,14 @@ def fit(
         for _ in range(steps_per_epoch):
             s = int(state.step)
             aug = functools.partial(_train_view, seed=cfg.seed, step=s, size=size)
-            tb = _load_full(target_train, target_order, cfg.batch_size, aug)
+            tb = _load_full(target_train, target_order, cfg.batch_size, aug, cfg.workers)
             batch = {"target_images": tb.images, "target_labels": tb.labels}
             if cfg.objective == "labelled":
-                sb = _load_full(pretrain, source_order, cfg.source_batch_size, aug)
+                sb = _load_full(pretrain, source_order, cfg.source_batch_size, aug, cfg.workers)
                 batch |= {"source_images": sb.images, "source_labels": sb.labels}
             elif cfg.objective == "unlabelled":
                 views = functools.partial(_two_views, seed=cfg.seed, step=s, size=size)
-                sb = _load_full(pretrain, source_order, cfg.source_batch_size, views)
+                sb = _load_full(pretrain, source_order, cfg.source_batch_size, views, cfg.workers)
                 batch |= {"weak_images": sb.images[:, 0], "strong_images": sb.images[:, 1]}
             batch = streams.shard_batch({k: np.asarray(v) for k, v in batch.items()})
             state, metrics = train(state, batch)
