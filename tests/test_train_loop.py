@@ -29,9 +29,10 @@ def sources(tmp_path_factory):
     return (_folder(base / "target", 2, 4, 0), _folder(base / "pretrain", 3, 3, 1))
 
 
-def _run(tmp_path, sources, objective, **kwargs):
+def _run(tmp_path, sources, objective, precision="float32", **kwargs):
     target, pretrain = sources
     cfg = loop.Config(
+        precision=precision,
         arch="tiny",
         objective=objective,
         lr=0.05,
@@ -194,3 +195,34 @@ def test_grid_command_reports_mean_and_best(tmp_path, sources, capsys):
         assert len(r["top1"]) == 2
         assert r["mean"] == pytest.approx(np.mean(r["top1"])) and r["best"] == max(r["top1"])
     assert "best by mean top-1" in capsys.readouterr().out
+
+
+def test_bfloat16_precision_trains_with_float32_parameters(tmp_path, sources):
+    model = models.FineTuner("tiny", num_target=2)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    images = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+    full, _, _ = model.apply(variables, images)
+    half, _, feats = model.clone(dtype=jnp.bfloat16).apply(variables, images)
+    assert half.dtype == feats.dtype == jnp.float32
+    assert not np.array_equal(np.asarray(half), np.asarray(full))  # bf16 really ran
+    np.testing.assert_allclose(half, full, rtol=0.05, atol=0.02)
+    out = _run(tmp_path, sources, "labelled", precision="bfloat16")
+    assert out["step"] == 6
+    assert {x.dtype for x in jax.tree.leaves(out["state"].params)} == {jnp.dtype(jnp.float32)}
+    with pytest.raises(ValueError, match="precision: unknown 'fp8'"):
+        _run(tmp_path / "bad", sources, "labelled", precision="fp8")
+
+
+def test_unreadable_images_are_replaced_within_the_batch(tmp_path):
+    target = _folder(tmp_path / "target", 2, 4, 3)
+    (tmp_path / "target" / "c1" / "9.png").write_bytes(b"not an image")
+    target = data.ImageFolder(str(tmp_path / "target"))
+    assert len(target) == 9
+    model = models.FineTuner("tiny", num_target=2)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    cfg = loop.Config(
+        arch="tiny", objective="vanilla", epochs=2, batch_size=3, image_size=16, progress=False
+    )
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        out = loop.fit(cfg, model, variables, target, str(tmp_path / "run"), log=lambda x: None)
+    assert out["step"] == 6

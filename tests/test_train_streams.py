@@ -58,12 +58,3 @@ def test_epoch_order_reshuffles_and_resumes_exactly():
     resumed = streams.EpochOrder(np.arange(10), seed=5, position=13)
     np.testing.assert_array_equal(resumed.take(12), first[13:])
     assert resumed.position == order.position == 25
-
-
-def test_shard_batch_places_arrays_on_the_mesh():
-    import jax
-
-    batch = {"images": np.zeros((8, 4, 4, 3), np.float32), "labels": np.arange(8)}
-    out = streams.shard_batch(batch)
-    assert out["images"].shape == (8, 4, 4, 3)
-    assert len(out["labels"].sharding.device_set) == len(jax.local_devices())

@@ -95,14 +95,26 @@ def cutout(img: Image.Image, rng: np.random.Generator, size: int = 112) -> Image
     return img
 
 
-def weak_view(img: Image.Image, rng: np.random.Generator, size: int = 224) -> np.ndarray:
-    return data.train_transform(img, rng, size=size)
+def weak_view(
+    img: Image.Image,
+    rng: np.random.Generator,
+    size: int = 224,
+    scale: tuple[float, float] = (0.08, 1.0),
+) -> np.ndarray:
+    """The training crop + flip: ``[size, size, 3]`` normalised."""
+    return data.train_transform(img, rng, size=size, scale=scale)
 
 
 def strong_view(
-    img: Image.Image, rng: np.random.Generator, size: int = 224, cutout_size: int = 112
+    img: Image.Image,
+    rng: np.random.Generator,
+    size: int = 224,
+    cutout_size: int | None = None,
+    scale: tuple[float, float] = (0.08, 1.0),
 ) -> np.ndarray:
-    """Crop + flip, RandAugment(2, up to 10), cutout; ``[size, size, 3]`` normalised."""
-    crop = data.random_resized_crop(img, rng, size)
+    """Crop + flip, RandAugment(2, up to 10), cutout (``cutout_size``: half the crop, 112 px
+    at 224 as in the paper, when None); ``[size, size, 3]`` normalised."""
+    crop = data.random_resized_crop(img, rng, size, scale)
     crop = rand_augment(crop, rng)
+    cutout_size = size // 2 if cutout_size is None else cutout_size
     return data.normalise(cutout(crop, rng, cutout_size))

@@ -107,6 +107,20 @@ def _build_parser() -> argparse.ArgumentParser:
         ("workers", int),
     ):
         ft.add_argument(f"--{name}", type=kind, help="override the preset")
+    ft.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        help="bfloat16: mixed precision, float32 parameters (default: float32)",
+    )
+    ft.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run (jax.distributed): the cluster is read from the "
+        "environment (SLURM, Open MPI, Cloud TPU) unless --coordinator is given",
+    )
+    ft.add_argument("--coordinator", help="HOST:PORT of process 0 (with --distributed)")
+    ft.add_argument("--num-processes", type=int, help="with --coordinator")
+    ft.add_argument("--process-id", type=int, help="with --coordinator")
     grid = sub.add_parser(
         "grid",
         help="grid search over lr, weight decay and lambda with several seeds",
@@ -122,6 +136,19 @@ def _build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--wds", help="comma-separated weight decays")
     grid.add_argument("--lams", help="comma-separated lambdas")
     grid.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    demo = sub.add_parser(
+        "demo",
+        help="the whole method on generated images, on CPU in about a minute",
+        description="Draw a pre-training set and a small related target set of synthetic "
+        "images, pre-train a tiny ResNet, select pre-training classes with uotsel (UOT) and "
+        "at random, fine-tune with each and without, and print the test accuracies.",
+    )
+    demo.add_argument(
+        "--out-dir", help="folder for the runs and demo.json (default: a new temporary folder)"
+    )
+    demo.add_argument("--seeds", help="fine-tuning seeds (default: 0,1,2; --quick: 0)")
+    demo.add_argument("--data-seed", type=int, default=0, help="image seed (default: 0)")
+    demo.add_argument("--quick", action="store_true", help="a few seconds' smoke run")
     return parser
 
 
@@ -208,9 +235,25 @@ def _trainer(args: argparse.Namespace, objective: str):
     return run
 
 
+def _join(args: argparse.Namespace) -> bool:
+    """Start ``jax.distributed`` when asked; True on the process that reports."""
+    if args.coordinator and not args.distributed:
+        raise ValueError("coordinator: given without --distributed")
+    if args.distributed:
+        from uotsel_train import parallel
+
+        parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+    import jax
+
+    return jax.process_index() == 0
+
+
 def _finetune(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    lead = _join(args)
     out = _trainer(args, cfg.objective)(cfg, args.out_dir, args.resume, args.until_epoch)
+    if not lead:
+        return 0
     summary = f"step {out['step']}, epoch {out['epoch']}"
     if out["eval"]:
         summary += (
@@ -246,6 +289,7 @@ def _grid(args: argparse.Namespace) -> int:
         "lam": _floats(args.lams, "--lams") if args.lams else [base.lam],
     }
     seeds = [int(v) for v in _floats(args.seeds, "--seeds")]
+    lead = _join(args)
     run = _trainer(args, base.objective)
     results = []
     for lr, wd, lam in itertools.product(*axes.values()):
@@ -266,7 +310,10 @@ def _grid(args: argparse.Namespace) -> int:
                 "best": float(max(accs)),
             }
         )
-        print(json.dumps(results[-1]))
+        if lead:
+            print(json.dumps(results[-1]))
+    if not lead:
+        return 0
     best = max(results, key=lambda r: r["mean"])
     write_json(
         os.path.join(args.out_dir, "grid.json"),
@@ -276,6 +323,28 @@ def _grid(args: argparse.Namespace) -> int:
         f"best by mean top-1: lr {best['lr']:g}, weight decay {best['weight_decay']:g}, "
         f"lambda {best['lam']:g}: mean {best['mean']:.4f}, best {best['best']:.4f}"
     )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import dataclasses
+    import tempfile
+
+    from uotsel_train import demo
+
+    settings = demo.DemoSettings.quick() if args.quick else demo.DemoSettings()
+    if args.seeds is not None:
+        seeds = tuple(int(v) for v in _floats(args.seeds, "--seeds"))
+        if not seeds:
+            raise ValueError("--seeds: give at least one seed")
+        settings = dataclasses.replace(settings, seeds=seeds)
+    settings = dataclasses.replace(settings, data_seed=args.data_seed)
+    if args.out_dir:
+        os.makedirs(args.out_dir, exist_ok=True)
+        out_dir = args.out_dir
+    else:
+        out_dir = tempfile.mkdtemp(prefix="uotsel-train-demo-")
+    demo.run(out_dir, settings, log=lambda line: print(line, flush=True))
     return 0
 
 
@@ -360,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "extract": _extract,
             "finetune": _finetune,
             "grid": _grid,
+            "demo": _demo,
         }
         return commands[args.command](args)
     except ValueError as err:
@@ -373,6 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("pretrain:", "--pretrain:"),
             ("unit-ids:", "--unit-ids:"),
             ("test:", "--test:"),
+            ("coordinator:", "--coordinator:"),
+            ("batch_size:", "--batch-size:"),
+            ("source_batch_size:", "--source-batch-size:"),
         ):
             if message.startswith(name):
                 message = flag + message[len(name) :]

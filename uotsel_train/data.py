@@ -33,6 +33,7 @@ from PIL import Image
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ArraySource",
     "Batch",
     "ImageFolder",
     "PAPER_DATASETS",
@@ -47,6 +48,33 @@ __all__ = [
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class ArraySource:
+    """Images already in memory: ``images`` ``[N, H, W, 3]`` uint8, ``labels`` ``[N]``, class
+    ``classes`` names (default: ``"0"``, ``"1"``, ...). Same interface as :class:`ImageFolder`."""
+
+    def __init__(self, images: Any, labels: Any, classes: Sequence[str] | None = None):
+        images, labels = np.asarray(images), np.asarray(labels)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(
+                f"images: expected [N, H, W, 3] uint8, got {images.shape} {images.dtype}"
+            )
+        if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels: expected {images.shape[0]} integer labels")
+        if labels.size and labels.min() < 0:
+            raise ValueError("labels: must be >= 0")
+        self.images, self.labels = images, labels.astype(np.int64)
+        count = int(labels.max()) + 1 if labels.size else 0
+        self.classes = list(classes) if classes is not None else [str(c) for c in range(count)]
+        if len(self.classes) < count:
+            raise ValueError(f"classes: {len(self.classes)} names for labels up to {count - 1}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.images[index]), int(self.labels[index])
 
 
 class ImageFolder:
@@ -174,9 +202,15 @@ def eval_transform(img: Image.Image, size: int = 224, resize: int = 256) -> np.n
     return normalise(img.crop((left, top, left + size, top + size)))
 
 
-def train_transform(img: Image.Image, rng: np.random.Generator, size: int = 224) -> np.ndarray:
-    """The paper's training transform: :func:`random_resized_crop`, normalised."""
-    return normalise(random_resized_crop(img, rng, size))
+def train_transform(
+    img: Image.Image,
+    rng: np.random.Generator,
+    size: int = 224,
+    scale: tuple[float, float] = (0.08, 1.0),
+) -> np.ndarray:
+    """The paper's training transform: :func:`random_resized_crop` (area ``scale``),
+    normalised."""
+    return normalise(random_resized_crop(img, rng, size, scale))
 
 
 def random_resized_crop(

@@ -37,7 +37,7 @@ def head_init(std: float = math.sqrt(2.0 / 2048)):
     return nn.initializers.normal(stddev=std)
 
 
-def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int, name: str, dtype: Any) -> nn.Conv:
     pad = (kernel - 1) // 2
     return nn.Conv(
         features,
@@ -45,28 +45,32 @@ def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
         (stride, stride),
         padding=((pad, pad), (pad, pad)),
         use_bias=False,
+        dtype=dtype,
         name=name,
     )
 
 
-def _norm(train: bool, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+def _norm(train: bool, name: str, dtype: Any) -> nn.BatchNorm:
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
+    )
 
 
 class BasicBlock(nn.Module):
     features: int
     stride: int = 1
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
         residual = x
-        y = _conv(self.features, 3, self.stride, "conv1")(x)
-        y = nn.relu(_norm(train, "bn1")(y))
-        y = _conv(self.features, 3, 1, "conv2")(y)
-        y = _norm(train, "bn2")(y)
+        y = _conv(self.features, 3, self.stride, "conv1", self.dtype)(x)
+        y = nn.relu(_norm(train, "bn1", self.dtype)(y))
+        y = _conv(self.features, 3, 1, "conv2", self.dtype)(y)
+        y = _norm(train, "bn2", self.dtype)(y)
         if self.stride != 1 or x.shape[-1] != self.features:
-            residual = _conv(self.features, 1, self.stride, "downsample_0")(x)
-            residual = _norm(train, "downsample_1")(residual)
+            residual = _conv(self.features, 1, self.stride, "downsample_0", self.dtype)(x)
+            residual = _norm(train, "downsample_1", self.dtype)(residual)
         return nn.relu(y + residual)
 
 
@@ -74,16 +78,25 @@ class Bottleneck(nn.Module):
     features: int
     stride: int = 1
     expansion: int = 4
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
         residual = x
         out = self.features * self.expansion
-        y = nn.relu(_norm(train, "bn1")(_conv(self.features, 1, 1, "conv1")(x)))
-        y = nn.relu(_norm(train, "bn2")(_conv(self.features, 3, self.stride, "conv2")(y)))
-        y = _norm(train, "bn3")(_conv(out, 1, 1, "conv3")(y))
+        y = nn.relu(
+            _norm(train, "bn1", self.dtype)(_conv(self.features, 1, 1, "conv1", self.dtype)(x))
+        )
+        y = nn.relu(
+            _norm(train, "bn2", self.dtype)(
+                _conv(self.features, 3, self.stride, "conv2", self.dtype)(y)
+            )
+        )
+        y = _norm(train, "bn3", self.dtype)(_conv(out, 1, 1, "conv3", self.dtype)(y))
         if self.stride != 1 or x.shape[-1] != out:
-            residual = _norm(train, "downsample_1")(_conv(out, 1, self.stride, "downsample_0")(x))
+            residual = _norm(train, "downsample_1", self.dtype)(
+                _conv(out, 1, self.stride, "downsample_0", self.dtype)(x)
+            )
         return nn.relu(y + residual)
 
 
@@ -93,18 +106,25 @@ class Backbone(nn.Module):
     block: str
     stages: Sequence[int]
     width: int = 64
+    dtype: Any = jnp.float32  # computation dtype (bfloat16: mixed precision); params float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = _conv(self.width, 7, 2, "conv1")(x)
-        x = nn.relu(_norm(train, "bn1")(x))
+        x = _conv(self.width, 7, 2, "conv1", self.dtype)(jnp.asarray(x, self.dtype))
+        x = nn.relu(_norm(train, "bn1", self.dtype)(x))
         x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         cls = BasicBlock if self.block == "basic" else Bottleneck
         for stage, count in enumerate(self.stages):
             for index in range(count):
                 stride = 2 if stage > 0 and index == 0 else 1
-                x = cls(self.width * 2**stage, stride, name=f"layer{stage + 1}_{index}")(x, train)
-        return jnp.mean(x, axis=(1, 2))
+                block = cls(
+                    self.width * 2**stage,
+                    stride,
+                    dtype=self.dtype,
+                    name=f"layer{stage + 1}_{index}",
+                )
+                x = block(x, train)
+        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
 def _arch(arch: str) -> tuple[str, tuple[int, ...], int]:
@@ -133,17 +153,20 @@ class MocoHead(nn.Module):
 class FineTuner(nn.Module):
     """Backbone + target head (+ source head).
 
-    ``__call__`` returns ``(target_logits, source_logits_or_None, features)``.
+    ``__call__`` returns ``(target_logits, source_logits_or_None, features)``, all float32.
+    ``dtype=jnp.bfloat16`` runs the backbone's convolutions and normalisations in bfloat16
+    (mixed precision); parameters, batch statistics, pooling and heads stay float32.
     """
 
     arch: str
     num_target: int
     num_source: int = 0  # 0: no source head (vanilla fine-tuning or the unlabelled objective)
     head_std: float = math.sqrt(2.0 / 2048)
+    dtype: Any = jnp.float32  # backbone computation dtype; heads and outputs stay float32
 
     @nn.compact
     def __call__(self, x, train: bool = False) -> tuple[Any, Any, Any]:
-        feats = backbone(self.arch, name="backbone")(x, train)
+        feats = backbone(self.arch, dtype=self.dtype, name="backbone")(x, train)
         init = head_init(self.head_std)
         target = nn.Dense(self.num_target, kernel_init=init, name="target_head")(feats)
         source = None

@@ -6,7 +6,6 @@
   fraction of 20-80%, and a Pareto long tail with a 10x imbalance), seeded.
 - :class:`EpochOrder`: a seeded order that is reshuffled every epoch and can be resumed at any
   position; the target and the pre-training streams each have their own.
-- :func:`shard_batch`: places a host batch on all local devices along a data-parallel mesh.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ __all__ = [
     "long_tail",
     "read_selection",
     "selected_samples",
-    "shard_batch",
 ]
 
 
@@ -128,15 +126,3 @@ class EpochOrder:
             self.position += chunk.size
             count -= chunk.size
         return np.concatenate(out) if out else np.zeros(0, np.int64)
-
-
-def shard_batch(batch: Any, mesh: Any = None) -> Any:
-    """Put every array of ``batch`` on the local devices, split along its first axis over a
-    one-axis data-parallel mesh (built from all local devices when ``mesh`` is None)."""
-    import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    if mesh is None:
-        mesh = Mesh(np.asarray(jax.local_devices()), ("data",))
-    sharding = NamedSharding(mesh, PartitionSpec("data"))
-    return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
