@@ -7,20 +7,13 @@ pytest.importorskip("orbax.checkpoint")
 
 import jax
 import jax.numpy as jnp
-from PIL import Image
+from train_helpers import image_folder
 
 from uotsel_train import data, loop, models, streams
 
 
 def _folder(root, classes, per_class, seed):
-    rng = np.random.default_rng(seed)
-    for c in range(classes):
-        (root / f"c{c}").mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 256, size=(20, 18, 3), dtype=np.uint8)
-            pixels[..., c % 3] = 40 * c  # a class signal
-            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
-    return data.ImageFolder(str(root))
+    return data.ImageFolder(image_folder(root, classes, per_class, seed))
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("orbax.checkpoint")
 
 import jax
-from PIL import Image
+from train_helpers import image_folder
 
 from uotsel_train import feed, parallel
 
@@ -47,17 +47,6 @@ def test_feeder_keeps_order_and_hands_over_errors():
     feeder.close()
 
 
-def _folder(root, classes, per_class, seed):
-    rng = np.random.default_rng(seed)
-    for c in range(classes):
-        os.makedirs(root / f"c{c}")
-        for i in range(per_class):
-            pixels = rng.integers(0, 256, size=(20, 18, 3), dtype=np.uint8)
-            pixels[..., c % 3] = 40 * c
-            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
-    return str(root)
-
-
 def _free_port():
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -81,7 +70,7 @@ def _launch(args, env_extra=None, processes=1):
 @pytest.fixture(scope="module")
 def one_device(tmp_path_factory):
     base = tmp_path_factory.mktemp("parallel")
-    folders = (_folder(base / "target", 2, 4, 0), _folder(base / "pretrain", 3, 3, 1))
+    folders = (image_folder(base / "target", 2, 4, 0), image_folder(base / "pretrain", 3, 3, 1))
     out = base / "one"
     _launch([*folders, str(out)], {"XLA_FLAGS": ""})
     return folders, out

@@ -57,8 +57,11 @@ def test_array_record_source_reads_images_and_labels(prepared):
     src = data.TfdsSource("uotsel_test_images", "train", data_dir=prepared)
     assert len(src) == 12 and src.classes == CLASSES
     assert sorted(src.labels.tolist()) == sorted([i % 4 for i in range(12)])
-    img, label = src.load(5)
-    assert img.mode == "RGB" and label == src.labels[5]
+    for row in range(len(src)):
+        img, label = src.load(row)
+        # example i is (20 + i) x (17 + 2 i) with label i % 4: labels follow their images
+        i = img.size[1] - 20
+        assert img.mode == "RGB" and img.size[0] == 17 + 2 * i and label == i % 4
     with pytest.raises(ValueError, match="data: TFDS data set 'uotsel_test_images' split"):
         data.TfdsSource("uotsel_test_images", "test", data_dir=prepared)
 

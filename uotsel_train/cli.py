@@ -108,6 +108,12 @@ def _build_parser() -> argparse.ArgumentParser:
     ):
         ft.add_argument(f"--{name}", type=kind, help="override the preset")
     ft.add_argument(
+        "--objective",
+        choices=["vanilla", "labelled", "unlabelled"],
+        help="override the preset (eq. 6: labelled, eq. 7: unlabelled)",
+    )
+    ft.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints")
+    ft.add_argument(
         "--precision",
         choices=["float32", "bfloat16"],
         help="bfloat16: mixed precision, float32 parameters (default: float32)",

@@ -20,6 +20,7 @@ instead of failing mid-epoch.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -137,9 +138,9 @@ class TfdsSource:
       split: TFDS split expression.
       data_dir: where the prepared data lives (TFDS's default otherwise).
 
-    ``labels`` are read once by a pass over the records (slow for ImageNet: keep the object,
-    or save ``labels`` next to the data); dropped classes are removed and the remaining ids
-    renumbered in order.
+    ``labels`` are read once by a pass over the records, without decoding the images (images
+    are decoded by :meth:`load`); dropped classes are removed and the remaining ids renumbered
+    in order. A data set that is not prepared is an error; nothing is downloaded.
 
     Raises:
       ValueError: when the data set or split is not prepared (one line, before any work).
@@ -153,7 +154,15 @@ class TfdsSource:
             split = {"train": train, "test": test}.get(split, split)
             name = tfds_name
         try:
-            self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+            # Images stay encoded (read labels without decoding every image; PIL decodes
+            # in load); nothing is downloaded here.
+            self._source = tfds.data_source(
+                name,
+                split=split,
+                data_dir=data_dir,
+                download=False,
+                decoders={"image": tfds.decode.SkipDecoding()},
+            )
         except Exception as err:  # TFDS raises many kinds; one line for all
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(
@@ -178,10 +187,8 @@ class TfdsSource:
 
     def load(self, index: int) -> tuple[Image.Image, int]:
         example = self._source[int(self._rows[index])]
-        image = np.asarray(example["image"])
-        if image.ndim == 3 and image.shape[-1] == 1:
-            image = image[..., 0]
-        return Image.fromarray(image).convert("RGB"), int(self.labels[index])
+        image = Image.open(io.BytesIO(example["image"]))
+        return image.convert("RGB"), int(self.labels[index])
 
 
 def normalise(img: Image.Image) -> np.ndarray:
