@@ -146,7 +146,10 @@ def test_finetune_command(tmp_path, sources, capsys):
     assert (tmp_path / "run" / "metrics.jsonl").exists()
     assert main([a for a in args if a not in ("--selection", str(tmp_path / "sel.json"))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("uotsel-train finetune: error: --pretrain: preset")
+    assert err[-1] == (
+        "uotsel-train finetune: error: --pretrain: the labelled objective needs --pretrain "
+        "and --selection"
+    )
 
 
 def test_grid_command_reports_mean_and_best(tmp_path, sources, capsys):
@@ -219,3 +222,18 @@ def test_unreadable_images_are_replaced_within_the_batch(tmp_path):
     with pytest.warns(UserWarning, match="skipping unreadable image"):
         out = loop.fit(cfg, model, variables, target, str(tmp_path / "run"), log=lambda x: None)
     assert out["step"] == 6
+
+
+def test_finetune_flags_are_checked_before_any_work(tmp_path, capsys):
+    from uotsel_train.cli import main
+
+    base = ["finetune", "--preset", "resnet18-vanilla", "--target", str(tmp_path)]
+    base += ["--weights", str(tmp_path / "none.npz"), "--out-dir", str(tmp_path / "run")]
+    assert main([*base, "--coordinator", "localhost:1234"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["uotsel-train finetune: error: --coordinator: given without --distributed"]
+    assert main([*base, "--precision", "fp16"]) == 2
+    assert "--precision: invalid choice" in capsys.readouterr().err
+    assert main([*base, "--objective", "labelled"]) == 2
+    assert "--pretrain: the labelled objective needs" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

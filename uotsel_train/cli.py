@@ -191,7 +191,7 @@ def _trainer(args: argparse.Namespace, objective: str):
 
     needs_source = objective != "vanilla"
     if needs_source and not (args.pretrain and args.selection):
-        raise ValueError(f"pretrain: preset {args.preset!r} needs --pretrain and --selection")
+        raise ValueError(f"pretrain: the {objective} objective needs --pretrain and --selection")
     selection = streams.read_selection(args.selection) if args.selection else None
     if not os.path.exists(args.weights):
         raise ValueError(f"weights: file not found: {args.weights}")

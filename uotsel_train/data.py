@@ -153,16 +153,21 @@ class TfdsSource:
             tfds_name, train, test = PAPER_DATASETS[name]
             split = {"train": train, "test": test}.get(split, split)
             name = tfds_name
-        try:
-            # Images stay encoded (read labels without decoding every image; PIL decodes
-            # in load); nothing is downloaded here.
-            self._source = tfds.data_source(
-                name,
-                split=split,
-                data_dir=data_dir,
-                download=False,
-                decoders={"image": tfds.decode.SkipDecoding()},
+
+        def open_source(decoders):
+            return tfds.data_source(
+                name, split=split, data_dir=data_dir, download=False, decoders=decoders
             )
+
+        try:
+            # Images stay encoded: the labels are read without decoding every image, and
+            # load() decodes with PIL. Nothing is downloaded here.
+            self._source = open_source({"image": tfds.decode.SkipDecoding()})
+            if len(self._source):
+                try:
+                    self._source[0]
+                except ImportError:  # TFDS's mock data can only serve decoded images
+                    self._source = open_source(None)
         except Exception as err:  # TFDS raises many kinds; one line for all
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(
@@ -186,8 +191,12 @@ class TfdsSource:
         return int(self._rows.size)
 
     def load(self, index: int) -> tuple[Image.Image, int]:
-        example = self._source[int(self._rows[index])]
-        image = Image.open(io.BytesIO(example["image"]))
+        image = self._source[int(self._rows[index])]["image"]
+        if isinstance(image, bytes):
+            image = Image.open(io.BytesIO(image))
+        else:  # already decoded: [H, W, C] uint8
+            image = np.asarray(image)
+            image = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
         return image.convert("RGB"), int(self.labels[index])
 
 
