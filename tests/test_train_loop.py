@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -144,6 +146,10 @@ def test_finetune_command(tmp_path, sources, capsys):
     assert main(args) == 0, capsys.readouterr().err
     assert "step 4, epoch 2, top-1" in capsys.readouterr().out
     assert (tmp_path / "run" / "metrics.jsonl").exists()
+    assert main([*args, "--eval-every", "0"]) == 2
+    assert capsys.readouterr().err.strip().endswith("error: --eval-every: must be >= 1, got 0")
+    assert main(args) == 2  # the same folder again, without --resume
+    assert "error: --out-dir: " in capsys.readouterr().err
     assert main([a for a in args if a not in ("--selection", str(tmp_path / "sel.json"))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (
@@ -237,3 +243,54 @@ def test_finetune_flags_are_checked_before_any_work(tmp_path, capsys):
     assert main([*base, "--objective", "labelled"]) == 2
     assert "--pretrain: the labelled objective needs" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_progress_line_on_a_terminal(tmp_path, sources, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    target, _ = sources
+    model = models.FineTuner("tiny", num_target=2)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    cfg = loop.Config(arch="tiny", objective="vanilla", epochs=1, batch_size=2, image_size=16)
+    loop.fit(cfg, model, variables, target, str(tmp_path), log=lambda line: None)
+    shown = screen.getvalue()
+    assert "\r\x1b[2Kepoch 1/1 step 1/4 loss " in shown and "step 3/4" in shown
+    assert "img/s" in shown and shown.endswith("\r\x1b[2K")  # cleared before the epoch line
+    quiet = Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    cfg = dataclasses.replace(cfg, progress=False)
+    loop.fit(cfg, model, variables, target, str(tmp_path / "quiet"), log=lambda line: None)
+    assert quiet.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"epochs": 0}, "epochs: must be >= 1, got 0"),
+        ({"eval_every": 0}, "eval_every: must be >= 1"),
+        ({"lr": 0.0}, "lr: must be a finite number > 0"),
+        ({"lam": float("nan")}, "lam: must be a finite number >= 0"),
+        ({"crop_scale": (0.5, 0.2)}, "crop_scale: need 0 < low <= high <= 1"),
+        ({"threshold": 1.5}, "threshold: must be in"),
+    ],
+)
+def test_settings_out_of_range_are_refused(tmp_path, sources, change, message):
+    target, _ = sources
+    model = models.FineTuner("tiny", num_target=2)
+    cfg = dataclasses.replace(loop.Config(arch="tiny", objective="vanilla", batch_size=2), **change)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        loop.fit(cfg, model, {}, target, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_run_is_not_overwritten(tmp_path, sources):
+    _run(tmp_path, sources, "vanilla", until_epoch=1)
+    with pytest.raises(ValueError, match=r"out_dir: .* already holds a run"):
+        _run(tmp_path, sources, "vanilla")

@@ -4,6 +4,7 @@ variables (``.npz``). One-line errors with exit status 2, no partial output."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -450,12 +451,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("unit-ids:", "--unit-ids:"),
             ("test:", "--test:"),
             ("coordinator:", "--coordinator:"),
-            ("batch_size:", "--batch-size:"),
-            ("source_batch_size:", "--source-batch-size:"),
         ):
             if message.startswith(name):
                 message = flag + message[len(name) :]
                 break
+        else:
+            from uotsel_train.loop import Config
+
+            field, sep, rest = message.partition(":")
+            if sep and field in {f.name for f in dataclasses.fields(Config)} | {"out_dir"}:
+                message = f"--{field.replace('_', '-')}:{rest}"
         message = message.replace("pass allow_empty=True", "pass --allow-empty-classes")
         print(f"uotsel-train {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -99,6 +99,34 @@ def _load_rows(source, indices: np.ndarray, transform, workers: int) -> data.Bat
     return b
 
 
+def _check_config(cfg: Config) -> None:
+    """One-line ``ValueError`` naming the first setting out of range."""
+    at_least_one = (
+        "epochs",
+        "batch_size",
+        "source_batch_size",
+        "image_size",
+        "eval_every",
+        "checkpoint_every",
+        "workers",
+    )
+    for name in at_least_one:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name}: must be >= 1, got {getattr(cfg, name)}")
+    for name in ("lr", "weight_decay", "lam", "prefetch"):
+        value = getattr(cfg, name)
+        if not np.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+            bound = "> 0" if name == "lr" else ">= 0"
+            raise ValueError(f"{name}: must be a finite number {bound}, got {value}")
+    lo, hi = cfg.crop_scale
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"crop_scale: need 0 < low <= high <= 1, got {cfg.crop_scale}")
+    if cfg.threshold is not None and not 0 <= cfg.threshold < 1:
+        raise ValueError(f"threshold: must be in [0, 1), got {cfg.threshold}")
+    if any(m < 0 for m in cfg.milestones):
+        raise ValueError(f"milestones: must be >= 0, got {cfg.milestones}")
+
+
 def _progress_line(text: str) -> None:
     sys.stderr.write("\r\x1b[2K" + text)
     sys.stderr.flush()
@@ -206,6 +234,7 @@ def fit(
     """
     import orbax.checkpoint as ocp
 
+    _check_config(cfg)
     if cfg.objective not in step.OBJECTIVES:
         raise ValueError(
             f"objective: unknown {cfg.objective!r}; valid: {', '.join(step.OBJECTIVES)}"
@@ -240,6 +269,11 @@ def fit(
         os.path.abspath(os.path.join(out_dir, "checkpoints")),
         options=ocp.CheckpointManagerOptions(max_to_keep=2),
     )
+    if not resume and manager.latest_step() is not None:
+        raise ValueError(
+            f"out_dir: {out_dir} already holds a run (checkpoint at step "
+            f"{manager.latest_step()}); resume it or choose another folder"
+        )
 
     def snapshot(positions):
         return {
