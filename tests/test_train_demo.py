@@ -43,13 +43,16 @@ def test_quick_demo_reports_what_the_runs_measured(tmp_path, capsys):
     assert main(["demo", "--quick", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     record = json.loads((tmp_path / "demo.json").read_text())
-    assert set(record["top1"]) == {"target only", "+ UOT-selected classes", "+ random classes"}
+    arms = {
+        "target only": "target-only",
+        "+ UOT-selected classes": "uot-classes",
+        "+ random classes": "random-classes",
+        "+ UOT clusters, no labels": "uot-clusters-unlabelled",
+    }
+    assert set(record["top1"]) == set(arms)
     assert len(record["selected"]["uot"]) == 8 and list(record["selected"]["random"]) == ["0"]
-    for arm, folder in (
-        ("target only", "target-only"),
-        ("+ UOT-selected classes", "UOT-selected-classes"),
-        ("+ random classes", "random-classes"),
-    ):
+    assert len(record["selected"]["uot_clusters"]) == 16
+    for arm, folder in arms.items():
         lines = (tmp_path / "seed0" / folder / "metrics.jsonl").read_text().splitlines()
         assert (
             record["top1"] == record["top1"]
