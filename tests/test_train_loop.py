@@ -24,14 +24,14 @@ def sources(tmp_path_factory):
     return (_folder(base / "target", 2, 4, 0), _folder(base / "pretrain", 3, 3, 1))
 
 
-def _run(tmp_path, sources, objective, precision="float32", **kwargs):
+def _run(tmp_path, sources, objective, precision="float32", lam=0.5, **kwargs):
     target, pretrain = sources
     cfg = loop.Config(
         precision=precision,
         arch="tiny",
         objective=objective,
         lr=0.05,
-        lam=0.5,
+        lam=lam,
         epochs=3,
         milestones=(2,),
         batch_size=4,
@@ -294,3 +294,11 @@ def test_a_finished_run_is_not_overwritten(tmp_path, sources):
     _run(tmp_path, sources, "vanilla", until_epoch=1)
     with pytest.raises(ValueError, match=r"out_dir: .* already holds a run"):
         _run(tmp_path, sources, "vanilla")
+
+
+def test_resume_refuses_changed_settings_and_records_them(tmp_path, sources):
+    _run(tmp_path, sources, "labelled", until_epoch=1)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["lam"] == 0.5 and saved["objective"] == "labelled" and saved["devices"] >= 1
+    with pytest.raises(ValueError, match=r"lam: the run being resumed used 0.5, not 0.7"):
+        _run(tmp_path, sources, "labelled", resume=True, lam=0.7)

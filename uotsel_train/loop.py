@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from uotsel.io import write_json
 from uotsel_train import augment, data, feed, optim, parallel, step, streams
 
 __all__ = ["PRECISIONS", "Config", "evaluate", "fit"]
@@ -125,6 +126,38 @@ def _check_config(cfg: Config) -> None:
         raise ValueError(f"threshold: must be in [0, 1), got {cfg.threshold}")
     if any(m < 0 for m in cfg.milestones):
         raise ValueError(f"milestones: must be >= 0, got {cfg.milestones}")
+
+
+# Settings that shape the trajectory: a resumed run must keep them.
+_SAME_ON_RESUME = (
+    "arch",
+    "objective",
+    "lr",
+    "weight_decay",
+    "lam",
+    "milestones",
+    "batch_size",
+    "source_batch_size",
+    "image_size",
+    "crop_scale",
+    "threshold",
+    "seed",
+)
+
+
+def _check_same_run(cfg: Config, config_path: str) -> None:
+    """Refuse to resume a run with settings that would change its course."""
+    if not os.path.exists(config_path):
+        return
+    with open(config_path) as fh:
+        before = json.load(fh)
+    now = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    for name in _SAME_ON_RESUME:
+        if name in before and before[name] != now[name]:
+            raise ValueError(
+                f"{name}: the run being resumed used {before[name]}, not {now[name]} "
+                "(start a new run to change it)"
+            )
 
 
 def _progress_line(text: str) -> None:
@@ -276,17 +309,27 @@ def fit(
         )
 
     def snapshot(positions):
+        # All randomness (data orders, augmentations) derives from (seed, step, sample), so
+        # the seed, the step and the two stream positions are the whole random state.
         return {
             "state": state._asdict(),
+            "seed": np.asarray(cfg.seed, np.int64),
             "target_position": np.asarray(positions[0], np.int64),
             "source_position": np.asarray(positions[1], np.int64),
         }
 
     positions = (0, 0)
-    if resume and manager.latest_step() is not None:
+    config_path = os.path.join(out_dir, "config.json")
+    resuming = resume and manager.latest_step() is not None
+    if resuming:
+        _check_same_run(cfg, config_path)
         restored = manager.restore(
             manager.latest_step(), args=ocp.args.StandardRestore(snapshot(positions))
         )
+        if int(restored["seed"]) != cfg.seed:
+            raise ValueError(
+                f"seed: the checkpoint in {out_dir} was made with seed {int(restored['seed'])}"
+            )
         state = step.TrainState(**restored["state"])
         positions = (int(restored["target_position"]), int(restored["source_position"]))
         target_order.position = positions[0]
@@ -294,6 +337,13 @@ def fit(
             source_order.position = positions[1]
         if lead:
             log(f"resumed at step {int(state.step)}")
+    if lead:
+        record = {
+            **json.loads(json.dumps(dataclasses.asdict(cfg))),
+            "devices": mesh.size,
+            "processes": jax.process_count(),
+        }
+        write_json(config_path, record)
 
     sizes = {"target_images": cfg.batch_size, "target_labels": cfg.batch_size}
     if cfg.objective == "labelled":
