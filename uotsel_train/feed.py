@@ -15,8 +15,6 @@ from typing import Any
 
 __all__ = ["Feeder"]
 
-_DONE = object()
-
 
 class Feeder:
     """Runs ``make(step) -> item`` for ``step = start, start + 1, ...`` in a daemon thread,
@@ -43,7 +41,7 @@ class Feeder:
             try:
                 item = (make(step), None)
             except BaseException as err:  # handed to the consumer, raised there
-                self._put((_DONE, err))
+                self._put((None, err))
                 return
             if not self._put(item):
                 return

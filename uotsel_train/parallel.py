@@ -22,7 +22,6 @@ __all__ = [
     "local_copy",
     "local_rows",
     "replicate",
-    "shard_batch",
 ]
 
 
@@ -96,11 +95,3 @@ def local_copy(tree: Any) -> Any:
         return x
 
     return jax.tree.map(one, tree)
-
-
-def shard_batch(batch: Any, mesh: Mesh | None = None) -> Any:
-    """Put every array of ``batch`` on this process's devices, split along its first axis over
-    a one-axis data-parallel mesh (built from all local devices when ``mesh`` is None)."""
-    if mesh is None:
-        mesh = Mesh(np.asarray(jax.local_devices()), ("data",))
-    return jax.tree.map(lambda x: jax.device_put(x, _split(mesh)), batch)
