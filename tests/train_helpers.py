@@ -34,3 +34,56 @@ def direct_features(model, variables, source, size, resize):
             for i in range(len(source))
         ]
     )
+
+
+def tiny_project(root, target_classes=2, target_per_class=4, pretrain_classes=3, per_class=3):
+    """A target folder, a pre-training folder, tiny-ResNet weights and a real ``uotsel select``
+    file (class means by ``uotsel-train extract``, UOT, top 2) under ``root``.
+
+    Returns ``{"target", "pretrain", "weights", "selection", "means"}`` paths."""
+    import jax
+    import jax.numpy as jnp
+
+    from uotsel.cli import main as uotsel_main
+    from uotsel_train import convert, models
+    from uotsel_train.cli import main
+
+    paths = {
+        "target": image_folder(root / "target", target_classes, target_per_class, 0),
+        "pretrain": image_folder(root / "pretrain", pretrain_classes, per_class, 1),
+        "weights": str(root / "w.npz"),
+        "selection": str(root / "sel.json"),
+        "means": str(root / "pre_means.npz"),
+    }
+    backbone = models.backbone("tiny").init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))
+    convert.save_variables({"backbone": backbone}, paths["weights"])
+    for name, out in (("pretrain", paths["means"]), ("target", str(root / "target_means.npz"))):
+        args = ["extract", "--data", paths[name], "--arch", "tiny", "--weights"]
+        args += [paths["weights"], "--image-size", "16", "--quiet", "--out", out]
+        assert main(args) == 0
+    args = ["select", "--source", paths["means"], "--target", str(root / "target_means.npz")]
+    args += ["--top-k", "2", "--out", paths["selection"]]
+    assert uotsel_main(args) == 0
+    return paths
+
+
+def tiny_overrides(paths, **extra):
+    """``--config.KEY=VALUE`` arguments for a few-second run of the tiny ResNet."""
+    settings = {
+        "arch": "tiny",
+        "weights": paths["weights"],
+        "target": paths["target"],
+        "test": paths["target"],
+        "pretrain": paths["pretrain"],
+        "selection": paths["selection"],
+        "epochs": 2,
+        "milestones": "1",
+        "batch_size": 4,
+        "source_batch_size": 2,
+        "image_size": 16,
+        "eval_every": 1,
+        "workers": 2,
+        "lr": 0.05,
+        **extra,
+    }
+    return [f"--config.{k}={v}" for k, v in settings.items()]

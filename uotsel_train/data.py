@@ -20,12 +20,13 @@ instead of failing mid-epoch.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -282,12 +283,14 @@ def batches(
     workers: int = 4,
     drop_last: bool = False,
     skipped: list[int] | None = None,
+    pool: Executor | None = None,
 ) -> Iterator[Batch]:
     """Decode and transform ``source`` at ``indices`` in order, ``batch_size`` at a time.
 
     ``transform(image, index)`` gets the position so that random transforms can be seeded per
     sample (deterministic whatever the thread timing). Unreadable images are skipped with a
-    warning; their indices are appended to ``skipped`` when a list is given.
+    warning; their indices are appended to ``skipped`` when a list is given. ``pool``: an
+    executor to decode in (a run keeps one); a pool of ``workers`` threads otherwise.
     """
 
     def load(i: int):
@@ -299,7 +302,9 @@ def batches(
 
     indices = list(indices)
     lost = 0
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with contextlib.ExitStack() as stack:
+        if pool is None:
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, workers)))
         for lo in range(0, len(indices), batch_size):
             chunk = indices[lo : lo + batch_size]
             if drop_last and len(chunk) < batch_size:

@@ -29,7 +29,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from uotsel.io import write_json
-from uotsel_train import augment, data, feed, optim, parallel, step, streams
+from uotsel_train import augment, data, feed, objectives, optim, parallel, step, streams
 
 __all__ = ["PRECISIONS", "Config", "evaluate", "fit"]
 
@@ -268,10 +268,8 @@ def fit(
     import orbax.checkpoint as ocp
 
     _check_config(cfg)
-    if cfg.objective not in step.OBJECTIVES:
-        raise ValueError(
-            f"objective: unknown {cfg.objective!r}; valid: {', '.join(step.OBJECTIVES)}"
-        )
+    if cfg.objective not in ("vanilla", "labelled", "unlabelled"):
+        raise ValueError(f"objective: unknown {cfg.objective!r}")
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision: unknown {cfg.precision!r}; valid: {', '.join(PRECISIONS)}")
     needs_source = cfg.objective != "vanilla"
@@ -347,9 +345,15 @@ def fit(
 
     sizes = {"target_images": cfg.batch_size, "target_labels": cfg.batch_size}
     if cfg.objective == "labelled":
-        sizes |= {"source_images": cfg.source_batch_size, "source_labels": cfg.source_batch_size}
+        sizes |= {
+            "source_train_images": cfg.source_batch_size,
+            "source_labels": cfg.source_batch_size,
+        }
     elif cfg.objective == "unlabelled":
-        sizes |= {"weak_images": cfg.source_batch_size, "strong_images": cfg.source_batch_size}
+        sizes |= {
+            "source_weak_images": cfg.source_batch_size,
+            "source_strong_images": cfg.source_batch_size,
+        }
     rows = {n: parallel.local_rows(mesh, n) for n in set(sizes.values())}
     transfer_dtype = np.float32 if dtype == jnp.float32 else jnp.bfloat16
     views = {"seed": cfg.seed, "size": cfg.image_size, "scale": tuple(cfg.crop_scale)}
@@ -365,11 +369,14 @@ def fit(
             idx = source_order.take(cfg.source_batch_size)[rows[cfg.source_batch_size]]
             if cfg.objective == "labelled":
                 sb = _load_rows(pretrain, idx, aug, cfg.workers)
-                local |= {"source_images": sb.images, "source_labels": sb.labels}
+                local |= {"source_train_images": sb.images, "source_labels": sb.labels}
             else:
                 two = functools.partial(_two_views, step=s, **views)
                 sb = _load_rows(pretrain, idx, two, cfg.workers)
-                local |= {"weak_images": sb.images[:, 0], "strong_images": sb.images[:, 1]}
+                local |= {
+                    "source_weak_images": sb.images[:, 0],
+                    "source_strong_images": sb.images[:, 1],
+                }
         local = {
             k: v.astype(transfer_dtype) if k.endswith("images") else v.astype(np.int32)
             for k, v in local.items()
@@ -378,7 +385,9 @@ def fit(
         return parallel.global_batch(mesh, local, sizes), after
 
     train = jax.jit(
-        step.train_step(model, tx, cfg.objective, cfg.lam, cfg.threshold),
+        step.train_step(
+            model, tx, cfg.objective, objectives.Settings(cfg.lam, cfg.threshold or 0.0)
+        ),
         donate_argnums=0,
         out_shardings=(replicated, replicated),
     )

@@ -1,51 +1,84 @@
-"""The three training objectives, on logits (paper eq. 6 and 7).
+"""The training objectives (paper eq. 6 and 7) as a registry: each names the pre-training views
+it needs, whether it needs the source head, and its loss in :mod:`uotsel_train.losses`.
 
 - ``vanilla``: cross-entropy of the target head on the target batch;
 - ``labelled`` (eq. 6): that plus ``lam`` times the source head's cross-entropy on the selected
-  pre-training batch (both from one forward pass over the concatenated batch);
+  pre-training batch (one forward pass over the concatenated batch);
 - ``unlabelled`` (eq. 7, FixMatch-style): that plus ``lam`` times the soft cross-entropy between
   the target head's prediction on the strong view and its softmax on the weak view (gradient
-  stopped, temperature 1); with a confidence ``threshold`` only samples whose pseudo-label
+  stopped, temperature 1); with a confidence ``threshold`` > 0 only samples whose pseudo-label
   reaches it count, and an empty mask contributes 0 instead of NaN.
+
+A new objective is one loss function in :mod:`uotsel_train.losses` and one :data:`REGISTRY`
+entry: the input pipeline makes the views it lists, the step concatenates them after the target
+batch, and the model gets a source head when ``source_head`` is set. This module imports no JAX,
+so settings are checked before JAX loads.
 """
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
+from collections.abc import Callable
+from typing import NamedTuple
 
-__all__ = ["cross_entropy", "labelled_loss", "soft_cross_entropy", "unlabelled_loss"]
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean cross-entropy of ``logits`` ``[B, C]`` against integer ``labels`` ``[B]``."""
-    logp = jax.nn.log_softmax(logits)
-    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
+__all__ = ["REGISTRY", "Objective", "Settings", "get"]
 
 
-def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """``-sum targets * log softmax(logits)`` per row ``[B]``."""
-    return -jnp.sum(targets * jax.nn.log_softmax(logits), axis=1)
+class Settings(NamedTuple):
+    """The objectives' hyper-parameters: ``lam`` (weight of the pre-training term) and
+    ``threshold`` (eq. 7 confidence threshold; 0 keeps every sample)."""
+
+    lam: float = 1.0
+    threshold: float = 0.0
 
 
-def labelled_loss(target_logits, target_labels, source_logits, source_labels, lam):
-    """Eq. 6. Returns ``(loss, {"target_ce", "source_ce"})``."""
-    t = cross_entropy(target_logits, target_labels)
-    s = cross_entropy(source_logits, source_labels)
-    return t + lam * s, {"target_ce": t, "source_ce": s}
+class Objective(NamedTuple):
+    """One objective.
+
+    Attributes:
+      name: its registry key.
+      source_views: the views of each selected pre-training image a step needs, in batch
+        order (``()``: no pre-training stream). ``train``: the training crop; ``weak`` and
+        ``strong``: the two views of eq. 7 (:mod:`uotsel_train.augment`).
+      source_head: whether the model needs the source head (pre-training labels).
+      loss: the name of a function of :mod:`uotsel_train.losses`, ``(logits, batch,
+        settings) -> (loss, metrics)``; ``logits[part]`` is the pair ``(target_head [n, C_t],
+        source_head [n, C_s] or None)`` of each part of :attr:`parts`; ``batch`` holds
+        ``target_labels`` and, with a source head, ``source_labels``.
+    """
+
+    name: str
+    source_views: tuple[str, ...]
+    source_head: bool
+    loss: str
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The image parts of a step's batch, in order: ``target``, then ``source_<view>``."""
+        return ("target",) + tuple(f"source_{v}" for v in self.source_views)
+
+    @property
+    def needs_source(self) -> bool:
+        return bool(self.source_views)
+
+    def loss_fn(self) -> Callable:
+        from uotsel_train import losses
+
+        return getattr(losses, self.loss)
 
 
-def unlabelled_loss(
-    target_logits, target_labels, strong_logits, weak_logits, lam, threshold: float | None = None
-):
-    """Eq. 7. Returns ``(loss, {"target_ce", "pseudo_ce", "mask_rate"})``."""
-    t = cross_entropy(target_logits, target_labels)
-    pseudo = jax.lax.stop_gradient(jax.nn.softmax(weak_logits))
-    per_sample = soft_cross_entropy(strong_logits, pseudo)
-    if threshold is None:
-        mask = jnp.ones_like(per_sample)
-    else:
-        mask = (jnp.max(pseudo, axis=1) >= threshold).astype(per_sample.dtype)
-    kept = jnp.sum(mask)
-    u = jnp.sum(per_sample * mask) / jnp.maximum(kept, 1.0)  # empty mask: 0, not NaN
-    return t + lam * u, {"target_ce": t, "pseudo_ce": u, "mask_rate": kept / mask.size}
+REGISTRY: dict[str, Objective] = {
+    "vanilla": Objective("vanilla", (), False, "vanilla"),
+    "labelled": Objective("labelled", ("train",), True, "labelled"),
+    "unlabelled": Objective("unlabelled", ("weak", "strong"), False, "unlabelled"),
+}
+
+
+def get(name: str) -> Objective:
+    """The registered objective ``name``.
+
+    Raises:
+      ValueError: an unknown name (the valid ones listed).
+    """
+    if name not in REGISTRY:
+        raise ValueError(f"objective: unknown {name!r}; valid: {', '.join(REGISTRY)}")
+    return REGISTRY[name]

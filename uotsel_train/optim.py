@@ -50,12 +50,13 @@ def sgd(
     momentum: float = 0.9,
     nesterov: bool = True,
     milestones: Sequence[int] = (60, 80),
+    gamma: float = 0.1,
 ) -> optax.GradientTransformation:
     """The paper's optimiser for a parameter tree whose top level holds ``target_head`` /
     ``source_head`` next to the backbone."""
 
     def group(multiplier: float) -> optax.GradientTransformation:
-        schedule = learning_rate(base_lr * multiplier, steps_per_epoch, milestones)
+        schedule = learning_rate(base_lr * multiplier, steps_per_epoch, milestones, gamma)
         return optax.chain(
             optax.add_decayed_weights(weight_decay),  # coupled: g + wd * p, as torch does
             optax.sgd(schedule, momentum=momentum, nesterov=nesterov),

@@ -1,8 +1,11 @@
-"""One training step for each objective, as a pure function of a :class:`TrainState`.
+"""One training step as a pure function of a :class:`TrainState` and a batch.
 
-The target batch and the pre-training batch go through the network as one concatenated batch
-(one forward pass; BatchNorm statistics over the mixed batch, as in the released code). For the
-unlabelled objective the weak and the strong views of the pre-training batch are both in it.
+The batch parts of the objective (the target images, then one part per pre-training view; see
+:class:`uotsel_train.objectives.Objective`) go through the network in one forward pass. With
+``bn_groups = G > 1`` the parts are laid out group-major before that pass: group ``g`` holds the
+``g``-th ``1/G`` of every part, so each BatchNorm group sees a share of the target and of the
+pre-training images, like one replica of the released multi-GPU runs (64 + 64 images on each of 4
+GPUs at 256 + 256). With ``G = 1`` statistics span the whole step batch.
 """
 
 from __future__ import annotations
@@ -16,9 +19,7 @@ import optax
 
 from uotsel_train import objectives
 
-__all__ = ["OBJECTIVES", "TrainState", "init_state", "train_step"]
-
-OBJECTIVES = ("vanilla", "labelled", "unlabelled")
+__all__ = ["TrainState", "init_state", "interleave", "train_step", "uninterleave"]
 
 
 class TrainState(NamedTuple):
@@ -35,52 +36,65 @@ def init_state(variables: Any, tx: optax.GradientTransformation) -> TrainState:
     return TrainState(jnp.int32(0), params, variables.get("batch_stats", {}), tx.init(params))
 
 
+def interleave(parts: list[jax.Array], groups: int) -> jax.Array:
+    """Concatenate ``parts`` (``[n_i, ...]`` each, ``n_i`` divisible by ``groups``) group-major:
+    ``[sum n_i, ...]`` whose ``g``-th ``1/groups`` holds the ``g``-th ``1/groups`` of every
+    part, in part order."""
+    if groups == 1:
+        return jnp.concatenate(parts)
+    split = [p.reshape(groups, p.shape[0] // groups, *p.shape[1:]) for p in parts]
+    joined = jnp.concatenate(split, axis=1)
+    return joined.reshape(-1, *joined.shape[2:])
+
+
+def uninterleave(x: jax.Array, sizes: list[int], groups: int) -> list[jax.Array]:
+    """The inverse of :func:`interleave`: ``x`` ``[sum sizes, ...]`` back into parts."""
+    if groups == 1:
+        bounds = [sum(sizes[:i]) for i in range(1, len(sizes))]
+        return jnp.split(x, bounds)
+    per_group = [n // groups for n in sizes]
+    x = x.reshape(groups, sum(per_group), *x.shape[1:])
+    bounds = [sum(per_group[:i]) for i in range(1, len(sizes))]
+    return [p.reshape(-1, *p.shape[2:]) for p in jnp.split(x, bounds, axis=1)]
+
+
 def train_step(
     model: Any,
     tx: optax.GradientTransformation,
-    objective: str,
-    lam: float = 1.0,
-    threshold: float | None = None,
+    objective: str | objectives.Objective,
+    settings: objectives.Settings | None = None,
+    bn_groups: int = 1,
 ) -> Callable:
-    """A function ``(state, batch) -> (state, metrics)`` for ``objective`` (one of
-    :data:`OBJECTIVES`). ``batch`` holds ``target_images`` ``[B, H, W, 3]`` and
-    ``target_labels`` ``[B]``, plus ``source_images`` / ``source_labels`` (labelled) or
-    ``weak_images`` / ``strong_images`` (unlabelled)."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective: unknown {objective!r}; valid: {', '.join(OBJECTIVES)}")
+    """A function ``(state, batch) -> (state, metrics)``.
+
+    ``batch`` holds ``<part>_images`` ``[n, H, W, 3]`` for every part of the objective
+    (``target``, ``source_train``, ``source_weak``, ``source_strong``), ``target_labels``
+    ``[B]`` and, for objectives with a source head, ``source_labels``. ``metrics`` holds the
+    objective's loss terms, ``loss``, ``grad_norm`` and ``finite`` (whether the loss is finite).
+    """
+    if isinstance(objective, str):
+        objective = objectives.get(objective)
+    settings = settings or objectives.Settings()
+    parts = objective.parts
+    loss_of = objective.loss_fn()
 
     def loss_fn(params, batch_stats, batch):
-        parts = [batch["target_images"]]
-        if objective == "labelled":
-            parts.append(batch["source_images"])
-        elif objective == "unlabelled":
-            parts += [batch["weak_images"], batch["strong_images"]]
-        images = jnp.concatenate(parts)
+        images = [batch[f"{p}_images"] for p in parts]
+        sizes = [x.shape[0] for x in images]
         (target_logits, source_logits, _), updates = model.apply(
             {"params": params, "batch_stats": batch_stats},
-            images,
+            interleave(images, bn_groups),
             train=True,
             mutable=["batch_stats"],
         )
-        b = batch["target_images"].shape[0]
-        labels = batch["target_labels"]
-        if objective == "vanilla":
-            loss = objectives.cross_entropy(target_logits[:b], labels)
-            metrics = {"target_ce": loss}
-        elif objective == "labelled":
-            loss, metrics = objectives.labelled_loss(
-                target_logits[:b], labels, source_logits[b:], batch["source_labels"], lam
-            )
-        else:
-            u = batch["weak_images"].shape[0]
-            loss, metrics = objectives.unlabelled_loss(
-                target_logits[:b],
-                labels,
-                target_logits[b + u :],
-                target_logits[b : b + u],
-                lam,
-                threshold,
-            )
+        target_parts = uninterleave(target_logits, sizes, bn_groups)
+        source_parts = (
+            uninterleave(source_logits, sizes, bn_groups)
+            if source_logits is not None
+            else [None] * len(parts)
+        )
+        logits = {p: (t, s) for p, t, s in zip(parts, target_parts, source_parts, strict=True)}
+        loss, metrics = loss_of(logits, batch, settings)
         return loss, (updates["batch_stats"], metrics)
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -89,7 +103,12 @@ def train_step(
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "loss": loss, "finite": jnp.isfinite(loss)}
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "finite": jnp.isfinite(loss),
+        }
         return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
 
     return step

@@ -1,0 +1,87 @@
+"""A run folder's checkpoints (orbax): the whole state of a run at the end of an epoch.
+
+A checkpoint holds the train state (step, parameters, batch statistics, optimiser state), the
+seed and the positions of the two sample streams. Every data order and augmentation is drawn
+from ``(seed, step, position)``, so these are the run's whole random state and a resumed run is
+bit-identical to an uninterrupted one. Writes are atomic (a failed write leaves the previous
+checkpoint); the last two are kept.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from uotsel_train import step
+
+__all__ = ["Restored", "Store"]
+
+
+class Restored(NamedTuple):
+    state: step.TrainState
+    positions: tuple[int, int]
+
+
+def _snapshot(state: step.TrainState, seed: int, positions: tuple[int, int]) -> dict:
+    return {
+        "state": state._asdict(),
+        "seed": np.asarray(seed, np.int64),
+        "target_position": np.asarray(positions[0], np.int64),
+        "source_position": np.asarray(positions[1], np.int64),
+    }
+
+
+class Store:
+    """The checkpoints under ``out_dir/checkpoints``."""
+
+    def __init__(self, out_dir: str):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.path = os.path.abspath(os.path.join(out_dir, "checkpoints"))
+        try:
+            self.manager = ocp.CheckpointManager(
+                self.path, options=ocp.CheckpointManagerOptions(max_to_keep=2)
+            )
+        except (OSError, ValueError) as err:
+            raise ValueError(f"out_dir: cannot keep checkpoints in {self.path}: {err}") from None
+
+    def latest(self) -> int | None:
+        return self.manager.latest_step()
+
+    def restore(self, template: step.TrainState, seed: int) -> Restored:
+        """The latest checkpoint, shaped like ``template``.
+
+        Raises:
+          ValueError: a damaged checkpoint, or one made with another seed.
+        """
+        latest = self.latest()
+        args = self._ocp.args.StandardRestore(_snapshot(template, seed, (0, 0)))
+        try:
+            got = self.manager.restore(latest, args=args)
+        except Exception as err:  # orbax raises many kinds for damaged files
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(
+                f"out_dir: the checkpoint at step {latest} in {self.path} cannot be read ({first})"
+            ) from None
+        if int(got["seed"]) != seed:
+            raise ValueError(
+                f"seed: the checkpoint in {self.path} was made with seed {int(got['seed'])}"
+            )
+        positions = (int(got["target_position"]), int(got["source_position"]))
+        return Restored(step.TrainState(**got["state"]), positions)
+
+    def save(self, state: step.TrainState, seed: int, positions: tuple[int, int]) -> None:
+        """Write a checkpoint at ``state.step`` and wait until it is complete.
+
+        Raises:
+          ValueError: when it cannot be written (the previous checkpoint stays).
+        """
+        args = self._ocp.args.StandardSave(_snapshot(state, seed, positions))
+        try:
+            self.manager.save(int(state.step), args=args)
+            self.manager.wait_until_finished()
+        except OSError as err:
+            raise ValueError(f"out_dir: cannot write a checkpoint in {self.path}: {err}") from None

@@ -1,0 +1,24 @@
+"""Fig. 3a: how many pre-training classes to select (50 to 300; the paper uses 100).
+
+    uotsel select --source in_r18.npz --target cub_r18.npz --top-k 100 --out uot.json
+    for n in 50 100 150 200 250 300; do
+      uotsel-train finetune --config fig3a_num_selected:$n --out-dir runs/top$n \\
+          --config.weights=r18.npz --config.target=tfds:cub --config.test=tfds:cub:test \\
+          --config.pretrain=tfds:imagenet --config.selection=uot.json
+    done
+
+One selection file serves every count: the run trains on the top ``n`` units of its UOT
+ranking (``top_k``). ARG: ``n[,setting]`` (default 100, ``resnet18``). The paper varies the
+count from 50 to 300 and uses 100.
+"""
+
+from uotsel_train.configs import common
+
+
+def get_config(arg=None):
+    arm, setting, number = common.parse(arg, "resnet18")
+    if arm != "uot":
+        raise ValueError("the number of selected classes is an experiment on the UOT arm")
+    out = common.config(setting, "uot")
+    out["top_k"] = common.whole(number, 100)
+    return out

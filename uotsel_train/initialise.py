@@ -1,0 +1,57 @@
+"""A fine-tuning model's first variables: the backbone from a checkpoint, fresh heads.
+
+The heads (target, and source when the objective has one) are drawn anew from the run's seed
+with the paper's initialiser (N(0, sqrt(2 / 2048)), zero bias); everything under ``backbone``
+comes from the weights file (:func:`uotsel_train.convert.load_variables`) or from variables in
+memory. The one place where a backbone meets new heads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from uotsel_train import models
+
+__all__ = ["load_backbone", "variables"]
+
+
+def load_backbone(path: str) -> dict[str, Any]:
+    """``{"params", "batch_stats"}`` of the backbone in the weights file ``path``.
+
+    Raises:
+      ValueError: starting with ``weights:`` for an unreadable file, a file without a backbone,
+        or non-finite values.
+    """
+    from uotsel_train import convert
+
+    weights = convert.load_variables(path)
+    backbone = weights.get("backbone")
+    if not backbone or "params" not in backbone:
+        raise ValueError(f"weights: {path} holds no backbone (convert a checkpoint first)")
+    for leaf in jax.tree.leaves(backbone):
+        if not np.all(np.isfinite(leaf)):
+            raise ValueError(f"weights: {path} holds non-finite values")
+    return {"params": backbone["params"], "batch_stats": backbone.get("batch_stats", {})}
+
+
+def variables(model: models.FineTuner, backbone: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Variables of ``model``: ``backbone`` (``{"params", "batch_stats"}``) under
+    ``backbone``, heads drawn from ``seed``.
+
+    Raises:
+      ValueError: starting with ``weights:`` when the backbone does not fit ``model.arch``.
+    """
+    fresh = jax.eval_shape(lambda: model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3))))
+    want = jax.tree.map(lambda x: x.shape, fresh["params"]["backbone"])
+    got = jax.tree.map(lambda x: tuple(np.shape(x)), backbone["params"])
+    if want != got:
+        raise ValueError(f"weights: the backbone does not fit arch {model.arch!r}")
+    heads = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))["params"]
+    return {
+        "params": {**heads, "backbone": backbone["params"]},
+        "batch_stats": {"backbone": backbone["batch_stats"]},
+    }

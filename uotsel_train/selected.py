@@ -1,0 +1,147 @@
+"""Which pre-training samples a run trains on: a ``uotsel select`` file read whole.
+
+The file gives the selected units (``selected``), the full ranking and the 10 score groups; a
+config picks one of them (:func:`units`): the selected units, the top ``top_k`` of the ranking
+(Fig. 3a), or one score group (Fig. 4b). Before any sample is chosen the file is held against
+the pre-training data the run was given (:func:`check_against`): the strategy the config
+expects, the number of units, the unit names where both sides name them in one vocabulary, and
+the checksum of the unit file when the per-sample unit ids come from the very file the selection
+was made from (``uotsel kmeans`` clusters). A selection made from other pre-training data is
+refused with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from uotsel.io import SELECTION_FORMAT, read_array, sha256_file
+
+__all__ = ["Choice", "check_against", "read", "unit_ids", "units"]
+
+
+class Choice(NamedTuple):
+    """``units`` (unit ids trained on, best first) and ``what`` (a description for logs)."""
+
+    units: np.ndarray
+    what: str
+
+
+def read(path: str) -> dict[str, Any]:
+    """The selection record at ``path``, checked for the fields training reads.
+
+    Raises:
+      ValueError: starting with ``selection:``: missing, a folder, not JSON, not a selection.
+    """
+    if os.path.isdir(path):
+        raise ValueError(f"selection: is a folder, expected a file: {path}")
+    if not os.path.exists(path):
+        raise ValueError(f"selection: file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"selection: cannot read {path}: {err}") from None
+    if not isinstance(record, dict) or record.get("format") != SELECTION_FORMAT:
+        raise ValueError(f"selection: {path} is not a uotsel selection file")
+    for key in ("selected", "ranking"):
+        ids = record.get(key)
+        if not isinstance(ids, list) or not all(
+            isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in ids
+        ):
+            raise ValueError(f"selection: {path} has no valid list {key!r} of unit ids")
+    groups = record.get("groups")
+    if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
+        raise ValueError(f"selection: {path} has no list of score groups")
+    return record
+
+
+def units(record: dict[str, Any], *, top_k: int = 0, group: int = -1) -> Choice:
+    """The units to train on: the file's ``selected`` (defaults), the first ``top_k`` of its
+    ranking, or its score group ``group`` (0 = most similar).
+
+    Raises:
+      ValueError: ``top_k`` beyond the ranking or ``group`` beyond the groups.
+    """
+    if group >= 0:
+        groups = record["groups"]
+        if group >= len(groups):
+            raise ValueError(f"group: the selection has {len(groups)} groups (0-{len(groups) - 1})")
+        return Choice(np.asarray(groups[group], np.int64), f"score group {group}")
+    if top_k:
+        ranking = record["ranking"]
+        if top_k > len(ranking):
+            raise ValueError(f"top_k: {top_k} is more than the {len(ranking)} ranked units")
+        return Choice(np.asarray(ranking[:top_k], np.int64), f"top {top_k} of the ranking")
+    return Choice(np.asarray(record["selected"], np.int64), "selected units")
+
+
+def unit_ids(path: str, num_samples: int) -> np.ndarray:
+    """Per-sample unit ids ``[N]`` from a ``.npy`` or a ``.npz`` with ``assignment``.
+
+    Raises:
+      ValueError: starting with ``unit_ids:`` for an unreadable file, non-integer or negative
+        ids, or a count other than ``num_samples``.
+    """
+    key = "assignment" if path.endswith(".npz") else None
+    ids = np.asarray(read_array(path, "unit_ids", key=key))
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"unit_ids: {path} must hold integer ids, got {ids.dtype}")
+    if ids.shape != (num_samples,):
+        raise ValueError(
+            f"unit_ids: {path} holds {ids.size} ids for {num_samples} pre-training images"
+        )
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"unit_ids: {path} holds negative ids")
+    return ids.astype(np.int64)
+
+
+def check_against(
+    record: dict[str, Any],
+    *,
+    strategy: str,
+    num_units: int,
+    unit_names: list[str] | None,
+    unit_file: str = "",
+) -> None:
+    """Refuse a selection that does not belong to the pre-training data given.
+
+    Args:
+      record: from :func:`read`.
+      strategy: the strategy the run expects (``""``: any).
+      num_units: units of the pre-training data (classes, or clusters of the unit-id file).
+      unit_names: their names (class names), or None.
+      unit_file: the ``.npz`` the per-sample unit ids came from, or ``""``.
+
+    Raises:
+      ValueError: one line starting with ``selection:``.
+    """
+    if strategy and record.get("strategy") != strategy:
+        raise ValueError(
+            f"selection: made by strategy {record.get('strategy')!r}, the config expects "
+            f"{strategy!r} (selection_strategy)"
+        )
+    source = (record.get("inputs") or {}).get("source") or {}
+    made_for = source.get("units")
+    if isinstance(made_for, int) and made_for != num_units:
+        raise ValueError(
+            f"selection: made for {made_for} pre-training units, the pre-training data has "
+            f"{num_units}; was it made from other data?"
+        )
+    if unit_file.endswith(".npz") and source.get("sha256"):
+        if sha256_file(unit_file) != source["sha256"]:
+            raise ValueError(
+                f"selection: was made from another unit file than {unit_file} (checksums differ)"
+            )
+    names = record.get("selected_names")
+    if unit_names is not None and isinstance(names, list) and set(names) & set(unit_names):
+        for unit, name in zip(record["selected"], names, strict=False):
+            if unit >= len(unit_names) or unit_names[unit] != name:
+                raise ValueError(
+                    f"selection: unit {unit} is {name!r} in the selection but "
+                    f"{unit_names[unit] if unit < len(unit_names) else 'absent'!r} in the "
+                    "pre-training data; was it made from other data?"
+                )
