@@ -181,7 +181,16 @@ def test_kmeans_then_select_expands_to_sample_names(tmp_path, rng, capsys):
     assert code == 0 and "6 clusters of 600 samples" in out and "iteration 1/50" in err
     with np.load(tmp_path / "c.npz", allow_pickle=False) as c:
         assert c["means"].shape == (6, 8) and c["assignment"].shape == (600,)
+        assert (
+            c["centroids"].shape == (6, 8)
+            and c["counts"].tolist() == np.bincount(c["assignment"], minlength=6).tolist()
+        )
         assignment = c["assignment"]
+        # 'means': the mean raw feature of each cluster's members; 'centroids': unit rows.
+        groupby = np.stack([features[assignment == j].astype(np.float64).mean(0) for j in range(6)])
+        np.testing.assert_allclose(c["means"], groupby, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.linalg.norm(c["centroids"], axis=1), 1.0, rtol=1e-5)
+        means = c["means"]
     code, _, _ = _run(
         [
             "select",
@@ -199,12 +208,101 @@ def test_kmeans_then_select_expands_to_sample_names(tmp_path, rng, capsys):
         capsys,
     )
     assert code == 0
-    selected = json.loads((tmp_path / "s.json").read_text())["selected"]
+    record = json.loads((tmp_path / "s.json").read_text())
+    selected = record["selected"]
+    expected_sel = uotsel.select(means, centres[:2].astype(np.float32), top_k=2)
+    assert selected == expected_sel.selected.tolist()
+    np.testing.assert_allclose(record["log_scores"], expected_sel.log_scores)
     picked = (tmp_path / "picked.txt").read_text().split()
     expected = [f"img{i:04d}.jpg" for i in np.flatnonzero(np.isin(assignment, selected))]
     assert picked == expected
     # The two selected clusters are the two planted clusters the target was made from.
     assert set(labels[np.isin(assignment, selected)].tolist()) == {0, 1}
+
+
+def test_select_reads_the_cluster_means_not_the_centroids(tmp_path, rng, capsys):
+    means = rng.normal(size=(40, 6)).astype(np.float32)
+    centroids = rng.normal(size=(40, 6)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    target = rng.normal(size=(3, 6)).astype(np.float32)
+    assignment = rng.integers(0, 40, size=500)
+    np.savez(
+        tmp_path / "clusters.npz",
+        means=means,
+        centroids=centroids,
+        counts=np.bincount(assignment, minlength=40),
+        assignment=assignment,
+    )
+    np.savez(tmp_path / "t.npz", means=target)
+    for strategy in ("uot", "greedy_ot"):
+        code, _, _ = _run(
+            [
+                "select",
+                "--source",
+                tmp_path / "clusters.npz",
+                "--target",
+                tmp_path / "t.npz",
+                "--strategy",
+                strategy,
+                "--top-k",
+                5,
+                "--out",
+                tmp_path / "s.json",
+            ],
+            capsys,
+        )
+        assert code == 0
+        record = json.loads((tmp_path / "s.json").read_text())
+        from_means = uotsel.select(means, target, strategy=strategy, top_k=5)
+        from_centroids = uotsel.select(centroids, target, strategy=strategy, top_k=5)
+        assert record["ranking"] == from_means.ranking.tolist()
+        assert record["ranking"] != from_centroids.ranking.tolist()
+        assert record["num_selected_samples"] == int(np.isin(assignment, record["selected"]).sum())
+
+
+def test_greedy_ot_uses_l2_unless_a_cost_is_given(files, capsys):
+    tmp, source, target = files
+    s64, t64 = source.astype(np.float64), target.astype(np.float64)
+    mean_l2 = np.stack([np.linalg.norm(s64 - row, axis=1) for row in t64], axis=1).mean(1)
+    unit_s = s64 / np.linalg.norm(s64, axis=1, keepdims=True)
+    unit_t = t64 / np.linalg.norm(t64, axis=1, keepdims=True)
+    mean_cos = (1.0 - unit_s @ unit_t.T).mean(1)
+    for extra, cost, distance in (([], "l2", mean_l2), (["--cost", "cosine"], "cosine", mean_cos)):
+        code, _, _ = _run(
+            [
+                "select",
+                "--source",
+                tmp / "source.npz",
+                "--target",
+                tmp / "target.npz",
+                "--strategy",
+                "greedy_ot",
+                *extra,
+                "--out",
+                tmp / "g.json",
+            ],
+            capsys,
+        )
+        assert code == 0
+        record = json.loads((tmp / "g.json").read_text())
+        assert record["settings"]["cost"] == cost
+        assert record["ranking"] == np.argsort(distance, kind="stable").tolist()
+    # The other strategies keep the cosine cost by default.
+    code, _, _ = _run(
+        [
+            "select",
+            "--source",
+            tmp / "source.npz",
+            "--target",
+            tmp / "target.npz",
+            "--strategy",
+            "nearest",
+            "--out",
+            tmp / "n.json",
+        ],
+        capsys,
+    )
+    assert code == 0 and json.loads((tmp / "n.json").read_text())["settings"]["cost"] == "cosine"
 
 
 def test_kmeans_bad_inputs(tmp_path, capsys):

@@ -63,6 +63,49 @@ def test_spherical_objective_within_one_percent_of_sklearn_on_unit_vectors():
         assert ours.objective <= 1.01 * ref_objective, (ours.objective, ref_objective)
 
 
+def groupby_mean(x, assignment, k):
+    """Mean of the rows of ``x`` per cluster id, in float64, by a plain loop over clusters
+    (NaN rows for clusters without members)."""
+    x = np.asarray(x, np.float64)
+    rows = [x[assignment == j] for j in range(k)]
+    return np.stack([r.mean(axis=0) if len(r) else np.full(x.shape[1], np.nan) for r in rows])
+
+
+@pytest.mark.parametrize("spherical", [True, False])
+def test_means_are_the_raw_member_means(spherical):
+    rng = np.random.default_rng(12)
+    x, _ = planted(rng, n_per=120, k=6, d=10, spread=0.3, spherical=spherical)
+    x = x * 7.0 + 2.0  # raw rows far from unit norm: means and centroids must differ
+    res = kmeans(x, 6, spherical=spherical, seed=2, chunk_size=50)
+    assert res.means.shape == (6, 10) and res.means.dtype == np.float32
+    assert np.all(res.sizes > 0)
+    expected = groupby_mean(x, res.assignment, 6)
+    np.testing.assert_allclose(res.means, expected, rtol=1e-5, atol=1e-6 * np.abs(x).max())
+    if spherical:
+        np.testing.assert_allclose(np.linalg.norm(res.centroids, axis=1), 1.0, rtol=1e-5)
+        assert np.all(np.abs(np.linalg.norm(res.means, axis=1) - 1.0) > 0.5)
+
+
+def test_means_of_float64_and_memory_mapped_features(tmp_path):
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(700, 5)) * 1e3 + 1e4  # float64 rows
+    np.save(tmp_path / "x.npy", x)
+    res = kmeans(np.load(tmp_path / "x.npy", mmap_mode="r"), 4, spherical=False, seed=0)
+    np.testing.assert_allclose(res.means, groupby_mean(x, res.assignment, 4), rtol=1e-6)
+
+
+def test_a_cluster_left_empty_keeps_its_centroid_as_mean():
+    # Three distinct points for five clusters: two clusters end without samples.
+    x = np.repeat(np.array([[1.0, 0.0], [0.0, 2.0], [-3.0, -1.0]], np.float32), 10, axis=0)
+    res = kmeans(x, 5, seed=0)
+    empty = res.sizes == 0
+    assert empty.sum() == 2
+    np.testing.assert_array_equal(res.means[empty], res.centroids[empty])
+    np.testing.assert_allclose(
+        res.means[~empty], groupby_mean(x, res.assignment, 5)[~empty], rtol=1e-6
+    )
+
+
 def test_same_seed_same_result_and_chunking_does_not_matter():
     x, _ = planted(np.random.default_rng(5), spread=0.3)
     a = kmeans(x, 8, seed=11)
@@ -72,6 +115,7 @@ def test_same_seed_same_result_and_chunking_does_not_matter():
     np.testing.assert_array_equal(a.centroids, b.centroids)
     np.testing.assert_array_equal(a.assignment, c.assignment)
     np.testing.assert_allclose(a.centroids, c.centroids, atol=1e-6)
+    np.testing.assert_allclose(a.means, c.means, rtol=1e-6)
 
 
 def test_restarts_keep_the_best():
@@ -136,15 +180,17 @@ def test_zero_rows_are_fine_for_euclidean():
 
 def test_clusters_of_class_means_select_and_expand_to_classes():
     """End to end on the embedded data: cluster the self-supervised ImageNet class means into
-    200 clusters, select clusters for CUB with uot, expand them to ImageNet class ids."""
+    200 clusters, represent each cluster by the mean of its members' raw features (the paper,
+    section 3.2), select clusters for CUB with uot, expand them to ImageNet class ids."""
     source = embedded.load("mocov2_resnet50", "imagenet").means
     target = embedded.load("mocov2_resnet50", "cub").means
     clusters = kmeans(source, 200, seed=0)
-    sel = uotsel.select(clusters.centroids, target, top_k=20, unit_ids=clusters.assignment)
+    sel = uotsel.select(clusters.means, target, top_k=20, unit_ids=clusters.assignment)
     classes = sel.sample_indices  # samples here are the ImageNet classes
     np.testing.assert_array_equal(
         classes, np.flatnonzero(np.isin(clusters.assignment, sel.selected))
     )
     birds = embedded.imagenet_classes()["concept"][classes] == "bird"
-    # The selected clusters are mostly birds, and they hold most of the 59 bird classes.
+    # The selected clusters are mostly birds, and they hold most of the 59 bird classes
+    # (measured: 52 bird classes among the 95 classes of the 20 selected clusters).
     assert birds.mean() > 0.5 and birds.sum() >= 40

@@ -37,6 +37,61 @@ def test_greedy_ot_is_mean_distance(units, cost):
     np.testing.assert_array_equal(sel.selected, expected)
 
 
+def mean_euclidean(source, target):
+    """``[K]`` mean Euclidean distance of every source row to the target rows, float64 numpy."""
+    s, t = np.asarray(source, np.float64), np.asarray(target, np.float64)
+    return np.stack([np.linalg.norm(s - row, axis=1) for row in t], axis=1).mean(axis=1)
+
+
+def test_greedy_ot_defaults_to_l2_on_raw_means(units):
+    source, target = units
+    source = source * np.linspace(0.1, 10.0, 60, dtype=np.float32)[:, None]  # norms matter
+    sel = uotsel.select(source, target, strategy="greedy_ot", top_k=15)
+    assert sel.settings["cost"] == "l2"
+    d = mean_euclidean(source, target)
+    np.testing.assert_array_equal(sel.ranking, np.argsort(d, kind="stable"))
+    np.testing.assert_allclose(-sel.scores, d, rtol=1e-5)
+
+
+def test_greedy_ot_default_on_the_paper_features(paper_features):
+    # Cui et al.'s setting: l2 on the raw class means; the whole ranking of the 1000 ImageNet
+    # classes for CUB equals the float64 numpy one.
+    for source, target in paper_features.values():
+        sel = uotsel.select(source, target, strategy="greedy_ot", top_k=100)
+        d = mean_euclidean(source, target)
+        np.testing.assert_array_equal(sel.ranking, np.argsort(d, kind="stable"))
+
+
+@pytest.mark.parametrize("factor", [1e30, 1e-30])
+def test_l2_scores_neither_overflow_nor_underflow(units, factor):
+    # |x|^2 of 1e30-sized float32 rows overflows and of 1e-30-sized rows underflows; rankings
+    # and (rescaled) scores must be those of the unscaled features.
+    source, target = units
+    for strategy in ("greedy_ot", "nearest"):
+        ref = uotsel.select(source, target, strategy=strategy, top_k=10, cost="l2")
+        got = uotsel.select(
+            source * factor, target * factor, strategy=strategy, top_k=10, cost="l2"
+        )
+        assert np.all(np.isfinite(got.scores)) and np.all(got.scores < 0)
+        np.testing.assert_array_equal(got.ranking, ref.ranking)
+        np.testing.assert_allclose(got.scores, ref.scores * factor, rtol=1e-6)
+
+
+def test_cosine_scores_with_a_tiny_eps_c_stay_finite(units):
+    # (1 - cos) / 1e-40 does not fit in float32; a ranking by mean or smallest cost does not
+    # depend on eps_c.
+    source, target = units
+    ref = cdist(source.astype(np.float64), target.astype(np.float64), "cosine").mean(1)
+    for strategy in ("greedy_ot", "nearest"):
+        a = uotsel.select(source, target, strategy=strategy, top_k=10, cost="cosine", eps_c=1.0)
+        b = uotsel.select(source, target, strategy=strategy, top_k=10, cost="cosine", eps_c=1e-40)
+        assert np.all(np.isfinite(b.scores))
+        np.testing.assert_array_equal(a.ranking, b.ranking)
+        np.testing.assert_allclose(b.scores, a.scores * 1e40, rtol=1e-12)
+        if strategy == "greedy_ot":
+            np.testing.assert_allclose(-a.scores, ref, rtol=1e-5)
+
+
 def test_greedy_ot_target_weights(units):
     source, target = units
     w = np.arange(1, 7, dtype=np.float64)

@@ -131,15 +131,17 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sel.add_argument(
         "--cost",
-        default="cosine",
+        default=None,
         choices=list(COSTS),
-        help="cost between unit features (default: cosine)",
+        help="cost between unit features (default: the strategy's: cosine for uot and "
+        "nearest, l2 on the raw means for greedy_ot)",
     )
     sel.add_argument(
         "--eps-c",
         type=_finite_positive,
         default=0.01,
-        help="cosine cost temperature: C = (1 - cos) / eps_c (default: 0.01)",
+        help="cosine cost temperature: C = (1 - cos) / eps_c (default: 0.01; the l2 and "
+        "sqeuclidean costs ignore it)",
     )
     sel.add_argument(
         "--eps", type=_finite_positive, default=1.0, help="entropic regularisation (default: 1.0)"
@@ -221,8 +223,10 @@ def _build_parser() -> argparse.ArgumentParser:
         help="cluster unlabelled features (spherical k-means) into selectable units",
         description="Cluster per-sample features (.npy, memory-mapped, or .npz with "
         "'features') with spherical k-means (cosine, the paper's choice) or Euclidean k-means, "
-        "and write an .npz that 'uotsel select --source' reads: the centroids as 'means', the "
-        "cluster sizes as 'counts', and every sample's cluster as 'assignment'.",
+        "and write an .npz that 'uotsel select --source' reads: the mean raw feature of each "
+        "cluster's members as 'means' (the paper's cluster features), the centroids as "
+        "'centroids', the cluster sizes as 'counts', and every sample's cluster as "
+        "'assignment'.",
     )
     km.add_argument("--features", required=True, help="[N, D] features: .npy or .npz")
     km.add_argument("--k", type=_positive_int, required=True, help="number of clusters")
@@ -350,9 +354,12 @@ def _cmd_select(args: argparse.Namespace) -> int:
         raise UsageError(
             "--samples-out: the source file has no per-sample unit ids ('labels' or 'assignment')"
         )
+    # Without --cost every strategy keeps its own default cost (greedy_ot: l2, the others:
+    # cosine).
+    cost = {} if args.cost is None else {"cost": args.cost}
     settings: dict[str, Any] = {
         "uot": dict(
-            cost=args.cost,
+            **cost,
             eps_c=args.eps_c,
             eps=args.eps,
             tau_source=args.tau_source,
@@ -360,8 +367,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             max_iter=args.max_iter,
         ),
-        "greedy_ot": dict(cost=args.cost, eps_c=args.eps_c),
-        "nearest": dict(cost=args.cost, eps_c=args.eps_c),
+        "greedy_ot": dict(**cost, eps_c=args.eps_c),
+        "nearest": dict(**cost, eps_c=args.eps_c),
         "random": dict(seed=args.seed),
         "label": dict(matching=_read_ids(args.matching, "--matching") if args.matching else None),
     }[args.strategy]
@@ -489,7 +496,8 @@ def _cmd_kmeans(args: argparse.Namespace) -> int:
         progress=None if args.quiet else print_progress,
     )
     arrays = dict(
-        means=result.centroids,
+        means=result.means,
+        centroids=result.centroids,
         counts=result.sizes,
         assignment=result.assignment,
         objective=np.float64(result.objective),

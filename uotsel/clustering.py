@@ -13,7 +13,10 @@ on one machine:
   copy of the features;
 - empty clusters re-seeded, without Python branches, at the samples farthest from their
   centroids;
-- several seeded restarts keeping the lowest objective; convergence reported as data.
+- several seeded restarts keeping the lowest objective; convergence reported as data;
+- besides the centroids, the mean of every cluster's raw (unnormalised) member rows under the
+  final assignment: the cluster feature of the paper (section 3.2), as a class mean is for a
+  class.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uotsel import _checks
+from uotsel.centroids import ClassMeanAccumulator
 
 __all__ = ["KMeansResult", "kmeans"]
 
@@ -45,6 +49,10 @@ class KMeansResult(NamedTuple):
 
     Attributes:
       centroids: ``[K, D]`` float32 (unit rows when spherical).
+      means: ``[K, D]`` float32 mean of the raw (unnormalised) input rows assigned to each
+        cluster by ``assignment``, summed in float64: the cluster's feature in the paper, what
+        :func:`~uotsel.select` takes as a unit. A cluster left without samples (``sizes`` 0,
+        only possible with duplicated rows) gets its centroid.
       assignment: ``[N]`` int32 cluster of every sample.
       sizes: ``[K]`` int64 samples per cluster.
       objective: spherical: ``sum_i (1 - cos(x_i, c_{a_i}))``; Euclidean:
@@ -57,6 +65,7 @@ class KMeansResult(NamedTuple):
     """
 
     centroids: np.ndarray
+    means: np.ndarray
     assignment: np.ndarray
     sizes: np.ndarray
     objective: float
@@ -95,7 +104,8 @@ def kmeans(
       progress: called with a one-line status after every iteration (e.g. ``print``).
 
     Returns:
-      A :class:`KMeansResult`.
+      A :class:`KMeansResult`: ``centroids`` (unit rows when spherical), and ``means``, the
+      mean raw feature of each cluster's members (the unit features to select from).
 
     Raises:
       ValueError, TypeError: for NaN/inf or (spherical) all-zero rows, ``k`` out of range, or
@@ -104,10 +114,12 @@ def kmeans(
     Example:
       >>> import numpy as np
       >>> from uotsel import kmeans
-      >>> x = np.concatenate([np.tile([1.0, 0.0], (5, 1)), np.tile([0.0, 1.0], (5, 1))])
+      >>> x = np.concatenate([np.tile([3.0, 0.0], (5, 1)), np.tile([0.0, 1.0], (5, 1))])
       >>> res = kmeans(x + 0.01, 2, seed=0)
       >>> sorted(res.sizes.tolist()), bool(res.assignment[0] != res.assignment[-1])
       ([5, 5], True)
+      >>> sorted(np.round(res.means.astype(float), 2).tolist())
+      [[0.01, 1.01], [3.01, 0.01]]
     """
     if not hasattr(features, "shape"):
         features = np.asarray(features)
@@ -153,7 +165,20 @@ def kmeans(
         objectives.append(result.objective)
         if best is None or result.objective < best.objective:
             best = result
-    return best._replace(restart_objectives=np.asarray(objectives))
+    means = _member_means(features, best.assignment, best.centroids, max(chunk_size, 65536))
+    return best._replace(means=means, restart_objectives=np.asarray(objectives))
+
+
+def _member_means(features: Any, assignment: np.ndarray, centroids: np.ndarray, chunk: int):
+    """``[K, D]`` float32 mean of the raw rows of ``features`` in each cluster, read ``chunk``
+    rows at a time and summed in float64; empty clusters take their centroid."""
+    k = centroids.shape[0]
+    acc = ClassMeanAccumulator(k, features.shape[1])
+    for lo in range(0, features.shape[0], chunk):
+        hi = min(features.shape[0], lo + chunk)
+        acc.update(np.asarray(features[lo:hi]), assignment[lo:hi])
+    result = acc.result(allow_empty=True)
+    return np.where((result.counts == 0)[:, None], centroids, result.means).astype(np.float32)
 
 
 def _load(features: Any, spherical: bool, chunk: int) -> Array:
@@ -214,6 +239,7 @@ def _run(x, k, spherical, max_iter, tol, seed, sample, chunk, progress, label) -
     labels, _, counts, objective, _ = _assign(x, centroids, spherical, chunk)
     return KMeansResult(
         centroids=np.asarray(centroids),
+        means=np.zeros((0, x.shape[1]), np.float32),  # filled in for the kept restart
         assignment=np.asarray(labels),
         sizes=np.asarray(counts).astype(np.int64),
         objective=float(objective),

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import NamedTuple, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 
 from uotsel import embedded
 from uotsel.selection import select
 
-__all__ = ["PUBLISHED", "RecallRow", "recall_table", "run"]
+__all__ = ["PUBLISHED", "RecallRow", "recall", "recall_table", "run"]
 
 TOP_K = 100
 BACKBONE_LABELS = {
@@ -41,6 +41,31 @@ class RecallRow(NamedTuple):
     selected: np.ndarray
 
 
+def recall(
+    backbone: str,
+    strategy: str = "uot",
+    *,
+    target: str = "cub",
+    concept: str = "bird",
+    top_k: int = TOP_K,
+    **settings: Any,
+) -> tuple[int, int]:
+    """How many of the ``top_k`` ImageNet classes that ``strategy`` selects for ``target``
+    (embedded class means of ``backbone``) belong to ``concept``, and how many ImageNet
+    classes do: ``(matches, relevant)``; the recall is their ratio.
+
+    Example:
+      >>> from uotsel import demo
+      >>> demo.recall("resnet18_supervised", eps_c=0.01)  # paper, Table 4: 58/59
+      (58, 59)
+    """
+    relevant = embedded.imagenet_classes()["concept"] == concept
+    source = embedded.load(backbone, "imagenet").means
+    tgt = embedded.load(backbone, target).means
+    sel = select(source, tgt, strategy=strategy, top_k=top_k, **settings)
+    return int(relevant[sel.selected].sum()), int(relevant.sum())
+
+
 def recall_table(target: str = "cub", concept: str = "bird") -> list[RecallRow]:
     """Select ``TOP_K`` ImageNet classes for ``target`` with each Table 4 method and count
     how many belong to ``concept``."""
@@ -50,6 +75,7 @@ def recall_table(target: str = "cub", concept: str = "bird") -> list[RecallRow]:
         source = embedded.load(backbone, "imagenet").means
         tgt = embedded.load(backbone, target).means
         for (method, strategy, cost), published in PUBLISHED.items():
+            # The cost is always given: greedy_ot's default (l2) is one of the two rows.
             sel = select(source, tgt, strategy=strategy, top_k=TOP_K, cost=cost)
             rows.append(
                 RecallRow(

@@ -3,8 +3,10 @@
 Accepted inputs (``read_units``):
 
 - ``.npz`` with ``means`` ``[K, D]`` (optional ``counts`` ``[K]``, ``names`` ``[K]`` strings,
-  ``assignment`` ``[N]`` per-sample unit ids, as written by ``uotsel centroids``), or with
-  ``features`` ``[N, D]`` and ``labels`` ``[N]`` (the class means are computed);
+  ``assignment`` ``[N]`` per-sample unit ids), as written by ``uotsel centroids`` (class means)
+  and by ``uotsel kmeans`` (cluster means: the mean raw feature of each cluster's members; its
+  ``centroids`` and other keys are not read), or with ``features`` ``[N, D]`` and ``labels``
+  ``[N]`` (the class means are computed);
 - ``.npy`` holding ``means`` ``[K, D]`` (memory-mapped);
 - ``embedded:<backbone>/<dataset>``: the paper's class means shipped with the package.
 

@@ -107,8 +107,10 @@ def select(
       **settings: the strategy's settings; paper defaults for all of them. ``uot``: ``cost``
         (``"cosine"``), ``eps_c`` (0.01), ``eps`` (1.0), ``tau_source`` (1.0), ``tau_target``
         (100.0), ``source_weights``, ``target_weights`` (ones), ``threshold`` (1e-5),
-        ``max_iter`` (1000), ``init``. ``greedy_ot``: ``cost``, ``eps_c``, ``target_weights``.
-        ``nearest``: ``cost``, ``eps_c``. ``random``: ``seed`` (0). ``label``: ``matching``.
+        ``max_iter`` (1000), ``init``. ``greedy_ot``: ``cost`` (``"l2"`` on the raw means, as
+        Cui et al. 2018 and the paper's Table 1), ``eps_c`` (scales the cosine cost only),
+        ``target_weights``. ``nearest``: ``cost`` (``"cosine"``), ``eps_c``. ``random``:
+        ``seed`` (0). ``label``: ``matching``.
 
     Returns:
       A :class:`Selection`.
