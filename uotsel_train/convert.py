@@ -13,12 +13,20 @@ Conversions: conv ``OIHW -> HWIO``; linear weights transposed; BatchNorm ``weigh
 ``num_batches_tracked`` dropped. Files: ``.npz`` with the torch key names (read without torch,
 never unpickled), or ``.pth`` / ``.pth.tar`` through ``torch.load(weights_only=True)`` when torch
 is installed.
+
+Reading a file never raises anything but a one-line ``ValueError`` for a bad file: it starts with
+``checkpoint:`` (:func:`load_state_dict`) or ``weights:`` (:func:`load_variables`) and names the
+path and the problem (a directory, a missing or empty file, a truncated or foreign file, a key
+that is missing, not a numeric array, or holds NaN or infinite values). Arrays are read with
+``allow_pickle=False`` only.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import zipfile
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,13 +58,83 @@ class Converted(dict):
     None}`` as plain nested dicts of numpy arrays."""
 
 
-def load_state_dict(path: str) -> dict[str, np.ndarray]:
-    """Read a checkpoint into ``{torch key: array}`` (see the module docstring for formats)."""
+def _check_file(path: str, what: str) -> None:
+    """Raise a one-line ``ValueError`` unless ``path`` is a non-empty regular file."""
+    if os.path.isdir(path):
+        raise ValueError(f"{what}: is a directory, not a file: {path}")
     if not os.path.exists(path):
-        raise ValueError(f"checkpoint: file not found: {path}")
+        raise ValueError(f"{what}: file not found: {path}")
+    try:
+        size = os.path.getsize(path)
+    except OSError as err:
+        raise ValueError(f"{what}: cannot read {path}: {_first_line(err)}") from None
+    if size == 0:
+        raise ValueError(f"{what}: empty file: {path}")
+
+
+def _read_npz(path: str, what: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` archive, read without pickle, as ``{key: array}``; any
+    problem is one ``ValueError`` starting with ``what``."""
+    _check_file(path, what)
+    not_npz = f"{what}: {path} is not an .npz archive (a truncated or different file)"
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        # ValueError: neither a zip nor an .npy header, which numpy would try to unpickle.
+        raise ValueError(not_npz) from None
+    except OSError as err:
+        raise ValueError(f"{what}: cannot read {path}: {_first_line(err)}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{what}: {path} holds a single .npy array, not an .npz archive")
+    arrays = {}
+    with archive:
+        for key in archive.files:
+            try:
+                value = archive[key]
+            except ValueError as err:
+                if "Object arrays" in str(err):  # would need pickle: never loaded
+                    raise ValueError(
+                        f"{what}: key {key!r} in {path} holds Python objects, not a numeric array"
+                    ) from None
+                raise ValueError(f"{what}: {path} is damaged (key {key!r})") from None
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError) as err:
+                raise ValueError(
+                    f"{what}: {path} is damaged (key {key!r}: {_first_line(err)})"
+                ) from None
+            arrays[key] = _check_array(value, key, path, what)
+    if not arrays:
+        raise ValueError(f"{what}: {path} holds no arrays")
+    return arrays
+
+
+def _check_array(value: Any, key: str, path: str, what: str) -> np.ndarray:
+    """A numeric array with only finite values, or a one-line ``ValueError`` naming ``key``."""
+    value = np.asarray(value)
+    if value.dtype.kind not in "fiub":
+        raise ValueError(
+            f"{what}: key {key!r} in {path} is not a numeric array (dtype {value.dtype})"
+        )
+    if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+        raise ValueError(f"{what}: {path} holds non-finite values in {key}")
+    return value
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+    """Read a checkpoint into ``{torch key: array}`` (see the module docstring for formats).
+
+    Raises:
+      ValueError: one line starting with ``checkpoint:`` for a directory, a missing, empty,
+        truncated or foreign file, no arrays, a non-numeric array, or NaN/inf values (named
+        by key).
+    """
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as data:
-            return {k: np.asarray(data[k]) for k in data.files}
+        return _read_npz(path, "checkpoint")
+    _check_file(path, "checkpoint")
     if path.endswith((".pth", ".pth.tar", ".pt", ".tar")):
         try:
             import torch
@@ -65,12 +143,24 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
                 f"checkpoint: reading {os.path.basename(path)} needs torch "
                 "(pip install torch), or export it to .npz first"
             ) from None
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch's own text may suggest unpickling: not repeated
+            raise ValueError(
+                f"checkpoint: {path} cannot be read as tensors only ({type(err).__name__})"
+            ) from None
         if isinstance(obj, Mapping) and "state_dict" in obj:
             obj = obj["state_dict"]
         if not isinstance(obj, Mapping):
             raise ValueError(f"checkpoint: {path} holds no state dict")
-        return {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, "detach")}
+        state = {
+            k: _check_array(v.detach().cpu().numpy(), k, path, "checkpoint")
+            for k, v in obj.items()
+            if hasattr(v, "detach")
+        }
+        if not state:
+            raise ValueError(f"checkpoint: {path} holds no tensors")
+        return state
     raise ValueError(f"checkpoint: unknown file type {path!r} (expected .npz, .pth, .pth.tar)")
 
 
@@ -209,16 +299,45 @@ def save_variables(converted: Mapping[str, Any], path: str) -> None:
     os.replace(tmp, path)
 
 
+_PARTS = ("backbone", "fc", "moco_head")
+
+
 def load_variables(path: str) -> dict[str, Any]:
-    """Read :func:`save_variables` output back into nested dicts (missing parts are None)."""
-    out: dict[str, Any] = {"backbone": None, "fc": None, "moco_head": None}
-    with np.load(path, allow_pickle=False) as data:
-        for key in data.files:
-            parts = key.split("/")
-            node = out.setdefault(parts[0], None)
-            if node is None:
-                node = out[parts[0]] = {}
-            for name in parts[1:-1]:
-                node = node.setdefault(name, {})
-            node[parts[-1]] = np.asarray(data[key])
+    """Read :func:`save_variables` output back into nested dicts (missing parts are None).
+
+    Raises:
+      ValueError: one line starting with ``weights:`` for a directory, a missing, empty,
+        truncated or foreign file, a file without ``backbone/params/...`` arrays (e.g. an
+        unconverted torch state dict), a non-numeric array, or NaN/inf values (named by key).
+    """
+    arrays = _read_npz(path, "weights")
+    out: dict[str, Any] = {name: None for name in _PARTS}
+    for key, value in arrays.items():
+        parts = key.split("/")
+        if len(parts) < 2 or parts[0] not in _PARTS or not all(parts):
+            raise ValueError(
+                f"weights: {path} is not a converted weights file (key {key!r}; expected "
+                "backbone/..., fc/..., moco_head/...); convert a checkpoint with "
+                "'uotsel-train convert' first"
+            )
+        if parts[0] == "backbone" and (len(parts) < 3 or parts[1] not in ("params", "batch_stats")):
+            raise ValueError(
+                f"weights: key {key!r} in {path} is not backbone/params/... or "
+                "backbone/batch_stats/..."
+            )
+        node = out[parts[0]]
+        if node is None:
+            node = out[parts[0]] = {}
+        for name in parts[1:-1]:
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"weights: key {key!r} in {path} clashes with another key")
+        if parts[-1] in node:
+            raise ValueError(f"weights: key {key!r} in {path} clashes with another key")
+        node[parts[-1]] = value
+    if out["backbone"] is None or "params" not in out["backbone"]:
+        raise ValueError(
+            f"weights: {path} holds no backbone parameters (keys: "
+            f"{', '.join(sorted(arrays)[:5])}{', ...' if len(arrays) > 5 else ''})"
+        )
     return out

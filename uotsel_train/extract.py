@@ -58,9 +58,23 @@ def extract(
     """Class means of ``source`` (an :class:`~uotsel_train.data.ImageFolder` or any object with
     ``__len__``, ``load(i) -> (PIL image, label)`` and ``labels``) under ``variables`` as
     returned by :func:`uotsel_train.convert.load_variables` (``backbone``, and ``moco_head``
-    when ``moco_head``)."""
+    when ``moco_head``).
+
+    Raises:
+      ValueError: starting with ``weights:`` when the weights lack a part, hold NaN/inf, or give
+        non-finite features or a class mean of all zeros (the index of the first image or class
+        is named); starting with ``data:`` when there is no image, none could be read, or a
+        class has no readable image and ``allow_empty`` is false. Means are never returned
+        with NaN/inf, and a class whose mean is all zeros has no sample (count 0, only with
+        ``allow_empty``).
+    """
+    if variables.get("backbone") is None:
+        raise ValueError("weights: the weights have no backbone")
     if moco_head and variables.get("moco_head") is None:
         raise ValueError("weights: moco_head requested but the weights have no MoCo head")
+    _check_finite_weights(variables, ("backbone", "moco_head") if moco_head else ("backbone",))
+    if len(source) == 0:
+        raise ValueError("data: holds no images")
     labels = np.asarray(source.labels)
     classes = getattr(source, "classes", None)
     num_classes = len(classes) if classes is not None else int(labels.max()) + 1
@@ -74,6 +88,13 @@ def extract(
         source, range(len(source)), transform, batch_size, workers=workers, skipped=skipped
     ):
         emb = np.asarray(_embed(variables, jnp.asarray(batch.images), arch, moco_head), np.float64)
+        bad = ~np.all(np.isfinite(emb), axis=1)
+        if bad.any():
+            raise ValueError(
+                f"weights: non-finite features for {int(bad.sum())} image(s) of the data "
+                f"(first: image {int(np.asarray(batch.indices)[bad][0])}); the weights or the "
+                "images are broken"
+            )
         acc.update(emb, batch.labels)
         if keep_features:
             if features is None:
@@ -82,8 +103,38 @@ def extract(
         done += len(batch.indices)
         if progress is not None:
             progress(f"{done}/{len(source)} images, {time.perf_counter() - start:.1f} s")
-    result = acc.result(allow_empty=allow_empty)
+    if done == 0:
+        raise ValueError(f"data: none of the {len(source)} images could be read")
+    result = acc.result(allow_empty=True)
+    empty = np.flatnonzero(result.counts == 0)
+    if empty.size and not allow_empty:
+        first = f"{int(empty[0])} ({classes[empty[0]]})" if classes is not None else int(empty[0])
+        raise ValueError(
+            f"data: {empty.size} of {num_classes} classes have no readable image (first: "
+            f"{first}); pass --allow-empty-classes (allow_empty=True) to keep them as zero "
+            "rows with count 0"
+        )
+    if not np.all(np.isfinite(result.means)):
+        raise ValueError("weights: the class means hold non-finite values (features too large)")
+    zero = np.flatnonzero((result.counts > 0) & ~np.any(result.means != 0, axis=1))
+    if zero.size:
+        raise ValueError(
+            f"weights: the mean feature of {zero.size} class(es) is all zeros (first: class "
+            f"{int(zero[0])}); the weights give zero features for the data"
+        )
     return Extracted(result.means, result.counts, skipped, features)
+
+
+def _check_finite_weights(variables: dict[str, Any], parts: tuple[str, ...]) -> None:
+    for part in parts:
+        leaves, _ = jax.tree_util.tree_flatten_with_path(variables[part])
+        for path, leaf in leaves:
+            value = np.asarray(leaf)
+            name = "/".join([part, *(str(getattr(k, "key", k)) for k in path)])
+            if value.dtype.kind not in "fiub":
+                raise ValueError(f"weights: {name} is not a numeric array ({value.dtype})")
+            if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+                raise ValueError(f"weights: non-finite values in {name}")
 
 
 def _eval(img: Any, index: int, size: int, resize: int) -> np.ndarray:
