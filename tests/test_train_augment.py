@@ -1,11 +1,47 @@
+import inspect
+from collections import Counter
+
 import numpy as np
 import pytest
 
 pytest.importorskip("PIL")
 
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageOps
 
 from uotsel_train import augment, data
+
+# The released RandAugment "MC" table, transcribed from the method note (section 3):
+# name -> (max, bias, integer parameter, sign flipped with p 0.5, black fill).
+TABLE = {
+    "autocontrast": (None, None, False, False, False),
+    "brightness": (0.9, 0.05, False, False, False),
+    "color": (0.9, 0.05, False, False, False),
+    "contrast": (0.9, 0.05, False, False, False),
+    "equalize": (None, None, False, False, False),
+    "identity": (None, None, False, False, False),
+    "posterize": (4, 4, True, False, False),
+    "rotate": (30, 0, False, True, True),
+    "sharpness": (0.9, 0.05, False, False, False),
+    "shear_x": (0.3, 0, False, True, True),
+    "shear_y": (0.3, 0, False, True, True),
+    "solarize": (256, 0, True, False, False),
+    "translate_x": (0.3, 0, False, True, True),
+    "translate_y": (0.3, 0, False, True, True),
+}
+ENHANCE = ("brightness", "color", "contrast", "sharpness")
+
+
+def expected_parameter(name, v):
+    top, bias, integer, _, _ = TABLE[name]
+    if top is None:
+        return None
+    raw = v * top / 10
+    return (int(raw) if integer else raw) + bias
+
+
+def magnitudes_for(name, value):
+    """The magnitudes 1..9 whose transcribed parameter is ``|value|``."""
+    return [v for v in range(1, 10) if np.isclose(expected_parameter(name, v), abs(value))]
 
 
 @pytest.fixture
@@ -14,44 +50,261 @@ def image():
     return Image.fromarray(rng.integers(0, 256, size=(150, 120, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("name", list(augment.OPS))
-def test_every_op_keeps_size_and_mode(image, name):
-    for level in (0.1, 1.0):
-        out = augment.OPS[name](image, level, np.random.default_rng(1))
+def record_ops(monkeypatch):
+    calls = []
+
+    def spy(img, name, value, policy="released"):
+        calls.append((name, value, policy))
+        return img
+
+    monkeypatch.setattr(augment, "apply_op", spy)
+    return calls
+
+
+def test_released_table_matches_the_transcription():
+    assert sorted(augment.OP_NAMES) == sorted(TABLE) and len(augment.OP_NAMES) == 14
+    for name, (top, bias, integer, signed, _) in TABLE.items():
+        op = augment.RELEASED_OPS[name]
+        assert op.max == top and op.signed == signed
+        if top is not None:
+            assert op.bias == bias and op.integer == integer
+        for v in range(1, 10):
+            got, want = augment.released_parameter(name, v), expected_parameter(name, v)
+            assert (got is None) if want is None else got == pytest.approx(want, abs=1e-12)
+    # spot values, by hand
+    bits = [augment.released_parameter("posterize", v) for v in range(1, 10)]
+    assert bits == [4, 4, 5, 5, 6, 6, 6, 7, 7]
+    assert augment.released_parameter("solarize", 9) == 230
+    assert augment.released_parameter("rotate", 7) == pytest.approx(21.0)
+    with pytest.raises(ValueError, match=r"^name: unknown operation 'invert'"):
+        augment.released_parameter("invert", 3)
+
+
+def test_released_draws_ops_magnitudes_probability_and_signs(image, monkeypatch):
+    calls = record_ops(monkeypatch)
+    drawn = []  # (name, magnitude) of every parameter the policy asked for
+    real_parameter = augment.released_parameter
+
+    def parameter_spy(name, magnitude):
+        drawn.append((name, magnitude))
+        return real_parameter(name, magnitude)
+
+    monkeypatch.setattr(augment, "released_parameter", parameter_spy)
+    tiny = image.resize((8, 8))
+    rng = np.random.default_rng(11)
+    draws = 4000
+    for _ in range(draws):
+        augment.rand_augment(tiny, rng)
+    assert {policy for _, _, policy in calls} == {"released"}
+    # Each of the 2 * 4000 drawn operations is applied with probability 0.5.
+    assert abs(len(calls) - draws) < 200
+    # Uniform over the 14 operations: about 286 applied each.
+    per_op = Counter(name for name, _, _ in calls)
+    assert set(per_op) == set(TABLE)
+    assert all(200 < n < 370 for n in per_op.values()), per_op
+    # Every applied parameter is the transcribed one for its drawn magnitude, sign aside.
+    parametric = [(n, v) for n, v, _ in calls if TABLE[n][0] is not None]
+    drawn = [(n, m) for n, m in drawn if TABLE[n][0] is not None]
+    assert [n for n, _ in drawn] == [n for n, _ in parametric]
+    for (name, value), (_, magnitude) in zip(parametric, drawn, strict=True):
+        assert 1 <= magnitude <= 9
+        assert abs(value) == pytest.approx(expected_parameter(name, magnitude), abs=1e-12)
+    # Magnitudes uniform on 1..9 (recovered from the applied values, whose map is one-to-one
+    # for every parametric operation except posterize).
+    recovered = []
+    for name, value in parametric:
+        legal = magnitudes_for(name, value)
+        assert legal, (name, value)
+        if name != "posterize":
+            assert len(legal) == 1
+            recovered.append(legal[0])
+    freq = np.bincount(recovered, minlength=11) / len(recovered)
+    assert freq[0] == freq[10] == 0
+    np.testing.assert_allclose(freq[1:10], 1 / 9, atol=0.025)
+    bits = Counter(v for n, v in parametric if n == "posterize")
+    total = sum(bits.values())
+    for b, share in {4: 2 / 9, 5: 2 / 9, 6: 3 / 9, 7: 2 / 9}.items():
+        assert abs(bits[b] / total - share) < 0.07, bits
+    # Signs: flipped half the time for the geometric operations, never for the others.
+    signed = [v for n, v in parametric if TABLE[n][3]]
+    assert 0.45 < np.mean(np.asarray(signed) < 0) < 0.55
+    assert all(v > 0 for n, v in parametric if not TABLE[n][3])
+    # Enhancement factors always weaken: 0.14..0.86.
+    factors = np.asarray([v for n, v in parametric if n in ENHANCE])
+    assert factors.min() == pytest.approx(0.14) and factors.max() == pytest.approx(0.86)
+
+
+def test_released_ops_against_direct_pixel_references(image):
+    arr = np.asarray(image)
+    h, w = arr.shape[:2]
+    for value in (0.27, -0.27):
+        s = int(value * w)
+        want = np.zeros_like(arr)
+        if s >= 0:
+            want[:, : w - s] = arr[:, s:]
+        else:
+            want[:, -s:] = arr[:, : w + s]
+        got = np.asarray(augment.apply_op(image, "translate_x", value))
+        np.testing.assert_array_equal(got, want)  # whole pixels, black fill
+    s = int(0.15 * h)
+    want = np.zeros_like(arr)
+    want[: h - s] = arr[s:]
+    np.testing.assert_array_equal(np.asarray(augment.apply_op(image, "translate_y", 0.15)), want)
+    for bits in (4, 7):
+        mask = np.uint8(256 - 2 ** (8 - bits))
+        got = np.asarray(augment.apply_op(image, "posterize", bits))
+        np.testing.assert_array_equal(got, arr & mask)
+    for p in (25, 230):
+        got = np.asarray(augment.apply_op(image, "solarize", p))
+        np.testing.assert_array_equal(got, np.where(arr >= 256 - p, 255 - arr, arr))
+    np.testing.assert_array_equal(np.asarray(augment.apply_op(image, "identity", None)), arr)
+    enhancers = (ImageEnhance.Brightness, ImageEnhance.Color, ImageEnhance.Contrast)
+    enhancers += (ImageEnhance.Sharpness,)
+    for name, enhancer in zip(ENHANCE, enhancers, strict=True):
+        np.testing.assert_array_equal(
+            np.asarray(augment.apply_op(image, name, 0.41)),
+            np.asarray(enhancer(image).enhance(0.41)),
+        )
+    np.testing.assert_array_equal(
+        np.asarray(augment.apply_op(image, "autocontrast", None)),
+        np.asarray(ImageOps.autocontrast(image)),
+    )
+    np.testing.assert_array_equal(
+        np.asarray(augment.apply_op(image, "equalize", None)),
+        np.asarray(ImageOps.equalize(image)),
+    )
+    np.testing.assert_array_equal(
+        np.asarray(augment.apply_op(image, "rotate", -12.0)), np.asarray(image.rotate(-12.0))
+    )
+    # Geometric operations fill black under the released policy and grey under "wide".
+    white = Image.new("RGB", (60, 40), (255, 255, 255))
+    for name, value in [("rotate", 27.0), ("shear_x", 0.3), ("shear_y", -0.3)]:
+        assert TABLE[name][4]
+        released = np.asarray(augment.apply_op(white, name, value))
+        wide = np.asarray(augment.apply_op(white, name, value, policy="wide"))
+        filled = np.any(released != 255, axis=-1)
+        assert filled.sum() > 50
+        assert np.all(released[filled] == 0)
+        assert np.any(np.all(released == 0, axis=-1))
+        assert np.any(np.all(wide == 127, axis=-1)) and not np.any(np.all(wide == 0, axis=-1))
+
+
+@pytest.mark.parametrize("policy", augment.POLICIES)
+@pytest.mark.parametrize("name", augment.OP_NAMES)
+def test_every_op_keeps_size_and_mode(image, name, policy):
+    top = TABLE[name][0]
+    for v in (1, 9):
+        value = None if top is None else expected_parameter(name, v)
+        out = augment.apply_op(image, name, value, policy=policy)
         assert out.size == image.size and out.mode == "RGB"
 
 
-def test_cutout_paints_a_clipped_grey_square(image):
-    rng = np.random.default_rng(3)
-    out = np.asarray(augment.cutout(image, rng, size=40))
-    grey = np.all(out == 127, axis=-1)
+def grey_box(arr):
+    grey = np.all(arr == 127, axis=-1)
     rows, cols = np.flatnonzero(grey.any(1)), np.flatnonzero(grey.any(0))
-    assert 20 <= rows.size <= 40 and 20 <= cols.size <= 40
-    changed = np.any(out != np.asarray(image), axis=-1)
-    assert np.all(grey[changed])  # nothing outside the square changed
+    assert grey.sum() == rows.size * cols.size  # one filled rectangle
+    assert np.all(grey[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
+    return rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+
+
+def centre_of(lo, hi, extent, side):
+    """The centre whose clipped square spans ``[lo, hi)``, checking the clip is right."""
+    centre = lo + side // 2 if lo > 0 else hi - side + side // 2
+    assert lo == max(0, centre - side // 2) and hi == min(extent, centre - side // 2 + side)
+    assert 0 <= centre < extent
+    return centre
+
+
+@pytest.mark.parametrize("side", [10, 11])
+def test_cutout_is_a_clipped_square_at_a_uniform_pixel(side):
+    w, h = 40, 30
+    black = Image.new("RGB", (w, h))
+    xs, ys = [], []
+    for seed in range(600):
+        out = np.asarray(augment.cutout(black, np.random.default_rng(seed), size=side))
+        top, bottom, left, right = grey_box(out)
+        assert np.all(out[np.any(out != 127, axis=-1)] == 0)  # nothing else changed
+        xs.append(centre_of(left, right, w, side))
+        ys.append(centre_of(top, bottom, h, side))
+        if 0 < left and right < w:
+            assert right - left == side
+    assert min(xs) == 0 and max(xs) == w - 1 and min(ys) == 0 and max(ys) == h - 1
+    assert abs(np.mean(xs) - (w - 1) / 2) < 1.5 and abs(np.mean(ys) - (h - 1) / 2) < 1.5
+    with pytest.raises(ValueError, match=r"^size: must be an int >= 0"):
+        augment.cutout(black, np.random.default_rng(0), size=-1)
+
+
+def test_strong_view_cutout_is_half_the_crop_and_grey():
+    black = Image.new("RGB", (224, 224))
+    grey = (127 / 255 - data.IMAGENET_MEAN) / data.IMAGENET_STD
+    sides = []
+    for seed in range(6):
+        view = augment.strong_view(black, np.random.default_rng(seed))
+        assert view.shape == (224, 224, 3)
+        mask = np.all(np.isclose(view, grey, atol=1e-5), axis=-1)
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        assert mask.sum() == rows.size * cols.size
+        sides += [rows.size, cols.size]
+    assert max(sides) == 112 and min(sides) >= 56
+
+
+def test_strong_view_composes_crop_randaugment_cutout(image):
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        crop = data.random_resized_crop(image, rng, 64, (0.08, 1.0))
+        want = data.normalise(augment.cutout(augment.rand_augment(crop, rng), rng, 32))
+        got = augment.strong_view(image, np.random.default_rng(seed), size=64)
+        np.testing.assert_array_equal(got, want)
 
 
 def test_views_are_seeded_independent_and_shaped(image):
     weak_a = augment.weak_view(image, np.random.default_rng(7), size=64)
     weak_b = augment.weak_view(image, np.random.default_rng(7), size=64)
     np.testing.assert_array_equal(weak_a, weak_b)
-    strong = augment.strong_view(image, np.random.default_rng(8), size=64, cutout_size=32)
-    assert strong.shape == weak_a.shape == (64, 64, 3) and strong.dtype == np.float32
-    assert not np.array_equal(strong, weak_a)
-    grey = (127 / 255 - data.IMAGENET_MEAN) / data.IMAGENET_STD
-    assert np.any(np.all(np.isclose(strong, grey, atol=1e-5), axis=-1))  # the cutout
+    for policy in augment.POLICIES:
+        strong = augment.strong_view(
+            image, np.random.default_rng(8), size=64, cutout_size=32, policy=policy
+        )
+        again = augment.strong_view(
+            image, np.random.default_rng(8), size=64, cutout_size=32, policy=policy
+        )
+        np.testing.assert_array_equal(strong, again)
+        assert strong.shape == weak_a.shape == (64, 64, 3) and strong.dtype == np.float32
+        assert not np.array_equal(strong, weak_a)
 
 
-def test_rand_augment_draws_two_ops_with_magnitudes_up_to_ten(image, monkeypatch):
-    calls = []
+def test_released_is_the_default_and_unknown_policies_are_refused(image, monkeypatch):
+    assert augment.POLICIES[0] == "released" and set(augment.POLICIES) == {"released", "wide"}
+    for fn in (augment.strong_view, augment.rand_augment):
+        assert inspect.signature(fn).parameters["policy"].default == "released"
+    calls = record_ops(monkeypatch)
+    for seed in range(20):
+        augment.strong_view(image, np.random.default_rng(seed), size=32)
+    assert calls and {policy for _, _, policy in calls} == {"released"}
+    with pytest.raises(ValueError, match=r"^strong_view: unknown policy 'paper'; valid: released"):
+        augment.strong_view(image, np.random.default_rng(0), policy="paper")
+    with pytest.raises(ValueError, match=r"^rand_augment: unknown policy 'x'; valid: released"):
+        augment.rand_augment(image, np.random.default_rng(0), policy="x")
+    with pytest.raises(ValueError, match=r"^num_ops: must be an int >= 0"):
+        augment.rand_augment(image, np.random.default_rng(0), num_ops=-1)
+    with pytest.raises(ValueError, match=r"^cutout_size: must be an int >= 0"):
+        augment.strong_view(image, np.random.default_rng(0), cutout_size=2.5)
 
-    def spy(name):
-        return lambda img, level, rng: calls.append((name, level)) or img
 
-    monkeypatch.setattr(augment, "OPS", {n: spy(n) for n in augment.OPS})
-    for seed in range(50):
-        augment.rand_augment(image, np.random.default_rng(seed))
-    assert len(calls) == 100
-    levels = {level for _, level in calls}
-    assert min(levels) >= 0.1 and max(levels) <= 1.0 and len(levels) > 5
-    assert len({name for name, _ in calls}) > 10
+def test_wide_policy_always_applies_both_ops_up_to_magnitude_ten(image, monkeypatch):
+    calls = record_ops(monkeypatch)
+    rng = np.random.default_rng(5)
+    for _ in range(500):
+        augment.rand_augment(image, rng, policy="wide")
+    assert len(calls) == 1000 and {policy for _, _, policy in calls} == {"wide"}
+    assert len({name for name, _, _ in calls}) == 14
+    degrees = np.asarray([v for n, v, _ in calls if n == "rotate"])
+    levels = np.round(np.abs(degrees) / 3).astype(int)
+    np.testing.assert_allclose(np.abs(degrees), 3 * levels)
+    assert set(levels.tolist()) == set(range(1, 11))
+    assert 0 < np.mean(degrees < 0) < 1
+    factors = np.asarray([v for n, v, _ in calls if n in ENHANCE])
+    assert factors.min() >= 0.1 - 1e-9 and factors.max() <= 1.9 + 1e-9
+    assert factors.min() < 0.5 and factors.max() > 1.5  # weaker and stronger
+    bits = {v for n, v, _ in calls if n == "posterize"}
+    assert bits <= {4, 5, 6, 7, 8} and 4 in bits

@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import numpy as np
@@ -41,13 +42,77 @@ def test_class_fraction_counts(fraction):
     assert not np.array_equal(idx, streams.class_fraction(labels, fraction, seed=2))
 
 
-def test_long_tail_has_a_tenfold_imbalance():
+def test_class_fraction_rejects_bad_fractions():
+    labels = np.repeat(np.arange(3), 5)
+    for bad in (float("nan"), "0.5", None, True, 0, 1.5, -0.1, [0.5]):
+        with pytest.raises(ValueError, match=r"^fraction: must be a number in \(0, 1\]"):
+            streams.class_fraction(labels, bad, seed=0)
+    assert streams.class_fraction(labels, np.float32(0.4), seed=0).size == 6
+
+
+def exponential_counts(sizes_by_rank, imbalance, ranks=None):
+    """Cui et al. 2019: rank r of C keeps imbalance ** (-r / (C - 1)) of its samples; the
+    counts in rank order, or in the order of ``ranks`` when given."""
+    c = len(sizes_by_rank)
+    counts = [max(1, round(n * imbalance ** (-r / (c - 1)))) for r, n in enumerate(sizes_by_rank)]
+    return counts if ranks is None else [counts[r] for r in ranks]
+
+
+def test_long_tail_is_exponential_by_default():
     labels = np.repeat(np.arange(20), 100)
-    idx = streams.long_tail(labels, imbalance=10.0, seed=3)
-    counts = np.sort(np.bincount(labels[idx], minlength=20))[::-1]
-    assert counts[0] == 100 and counts[-1] == 10
-    assert np.all(np.diff(counts) <= 0)
+    idx = streams.long_tail(labels, seed=3)
+    assert np.all(np.diff(idx) > 0) and idx.dtype == np.int64
+    counts = np.bincount(labels[idx], minlength=20)
+    # by hand: 100 * 10 ** (-r / 19) for r = 0..19
+    assert sorted(counts.tolist(), reverse=True) == [
+        100, 89, 78, 70, 62, 55, 48, 43, 38, 34, 30, 26, 23, 21, 18, 16, 14, 13, 11, 10,
+    ]  # fmt: skip
+    assert sorted(counts.tolist(), reverse=True) == exponential_counts([100] * 20, 10.0)
+    assert counts.max() / counts.min() == 10
     np.testing.assert_array_equal(idx, streams.long_tail(labels, 10.0, seed=3))
+    other = np.bincount(labels[streams.long_tail(labels, 10.0, seed=4)], minlength=20)
+    assert not np.array_equal(counts, other)  # the class order is seeded
+
+
+def test_long_tail_shares_for_uneven_classes():
+    sizes = np.array([40, 25, 60, 7, 33, 90])
+    labels = np.repeat(np.array([5, 2, 9, 0, 7, 3]), sizes)
+    idx = streams.long_tail(labels, imbalance=5.0, seed=1, profile="exponential")
+    classes, counts = np.unique(labels[idx], return_counts=True)
+    _, totals = np.unique(labels, return_counts=True)
+    assert classes.tolist() == [0, 2, 3, 5, 7, 9]
+    # Some assignment of the ranks 0..5 to the classes gives exactly the formula's counts.
+    matches = [
+        ranks
+        for ranks in itertools.permutations(range(6))
+        if counts.tolist() == exponential_counts(totals[np.argsort(ranks)], 5.0, ranks)
+    ]
+    assert len(matches) >= 1
+
+
+def test_long_tail_power_profile_and_tiny_classes():
+    labels = np.repeat(np.arange(20), 100)
+    idx = streams.long_tail(labels, imbalance=10.0, seed=3, profile="power")
+    counts = np.sort(np.bincount(labels[idx], minlength=20))[::-1]
+    alpha = np.log(10) / np.log(20)
+    assert counts.tolist() == [round(100 * (1 + r) ** -alpha) for r in range(20)]
+    assert counts[0] == 100 and counts[-1] == 10
+    assert not np.array_equal(counts, np.sort(exponential_counts([100] * 20, 10.0))[::-1])
+    few = np.repeat(np.arange(4), [3, 1, 2, 5])
+    assert np.all(np.bincount(few[streams.long_tail(few, 100.0, seed=0)]) >= 1)
+    assert streams.long_tail(np.zeros(6, int), seed=0).tolist() == list(range(6))
+
+
+def test_long_tail_rejects_bad_arguments():
+    labels = np.repeat(np.arange(3), 5)
+    assert streams.LONG_TAIL_PROFILES == ("exponential", "power")
+    for bad in (0.5, float("nan"), float("inf"), "10", None, True):
+        with pytest.raises(ValueError, match=r"^imbalance: must be a finite number >= 1"):
+            streams.long_tail(labels, bad)
+    with pytest.raises(ValueError, match=r"^profile: unknown long-tail profile 'pareto'"):
+        streams.long_tail(labels, profile="pareto")
+    with pytest.raises(ValueError, match=r"^labels: no samples"):
+        streams.long_tail([])
 
 
 def test_epoch_order_reshuffles_and_resumes_exactly():

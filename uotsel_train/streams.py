@@ -3,7 +3,8 @@
 - :func:`selected_samples`: the pre-training samples of the units a ``uotsel`` selection file
   chose (classes via labels, or k-means clusters via per-sample unit ids).
 - :func:`class_fraction` and :func:`long_tail`: the paper's reduced target sets (a per-class
-  fraction of 20-80%, and a Pareto long tail with a 10x imbalance), seeded.
+  fraction of 20-80%, and a long tail with a 10x imbalance, exponential as in Cui et al. 2019
+  by default), seeded.
 - :class:`EpochOrder`: a seeded order that is reshuffled every epoch and can be resumed at any
   position; the target and the pre-training streams each have their own.
 """
@@ -11,18 +12,24 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "LONG_TAIL_PROFILES",
     "EpochOrder",
     "class_fraction",
     "long_tail",
     "read_selection",
     "selected_samples",
 ]
+
+# "exponential": Cui et al. 2019, as the paper says; "power": this project's earlier profile.
+LONG_TAIL_PROFILES = ("exponential", "power")
 
 
 def read_selection(path: str) -> dict[str, Any]:
@@ -62,41 +69,80 @@ def selected_samples(unit_ids: Any, selected: Any) -> np.ndarray:
     return np.flatnonzero(np.isin(unit_ids, selected)).astype(np.int64)
 
 
-def class_fraction(labels: Any, fraction: float, seed: int) -> np.ndarray:
-    """A seeded ``fraction`` of every class (at least one sample each), ascending indices."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction: must be in (0, 1], got {fraction}")
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _subsample(labels: np.ndarray, classes: np.ndarray, share: np.ndarray, rng) -> np.ndarray:
     keep = []
-    for c in np.unique(labels):
+    for c, s in zip(classes, share, strict=True):
         members = np.flatnonzero(labels == c)
-        count = max(1, round(fraction * members.size))
+        count = max(1, round(float(s) * members.size))
         keep.append(rng.choice(members, size=count, replace=False))
     return np.sort(np.concatenate(keep)).astype(np.int64)
 
 
-def long_tail(labels: Any, imbalance: float = 10.0, seed: int = 0) -> np.ndarray:
-    """A seeded long-tailed subset: classes, in a seeded random order, keep a share of their
-    samples that decays along a Pareto (power-law) profile from 1 to ``1 / imbalance``."""
-    if imbalance < 1:
-        raise ValueError(f"imbalance: must be >= 1, got {imbalance}")
+def class_fraction(labels: Any, fraction: float, seed: int) -> np.ndarray:
+    """A seeded ``fraction`` of every class of ``labels`` ``[N]`` (at least one sample each):
+    ascending indices ``[M]``.
+
+    Raises:
+      ValueError: when ``fraction`` is not a number in ``(0, 1]`` or ``labels`` is empty.
+    """
+    if not _is_real(fraction) or not 0 < fraction <= 1:
+        raise ValueError(f"fraction: must be a number in (0, 1], got {fraction!r}")
     labels = np.asarray(labels)
+    if labels.size == 0:
+        raise ValueError("labels: no samples")
+    classes = np.unique(labels)
+    rng = np.random.default_rng(seed)
+    return _subsample(labels, classes, np.full(classes.size, float(fraction)), rng)
+
+
+def long_tail(
+    labels: Any, imbalance: float = 10.0, seed: int = 0, profile: str = "exponential"
+) -> np.ndarray:
+    """A seeded long-tailed subset of ``labels`` ``[N]``: ascending indices ``[M]``.
+
+    Classes are put in a seeded random order; the class at rank ``r`` of ``C`` keeps
+    ``max(1, round(share * n))`` of its ``n`` samples (drawn at random), where ``share`` falls
+    from 1 (rank 0) to ``1 / imbalance`` (rank ``C - 1``) along ``profile``:
+
+    - ``"exponential"`` (Cui et al. 2019, the paper's long-tailed targets):
+      ``imbalance ** (-r / (C - 1))``;
+    - ``"power"``: ``(1 + r) ** -alpha`` with ``alpha = log(imbalance) / log(C)``.
+
+    Raises:
+      ValueError: when ``imbalance`` is not a finite number >= 1, ``profile`` is not one of
+        :data:`LONG_TAIL_PROFILES`, or ``labels`` is empty.
+
+    Example:
+      >>> labels = np.repeat(np.arange(3), 8)
+      >>> sorted(np.bincount(labels[long_tail(labels, 4.0, seed=0)]).tolist())
+      [2, 4, 8]
+    """
+    if not _is_real(imbalance) or not math.isfinite(imbalance) or imbalance < 1:
+        raise ValueError(f"imbalance: must be a finite number >= 1, got {imbalance!r}")
+    if profile not in LONG_TAIL_PROFILES:
+        raise ValueError(
+            f"profile: unknown long-tail profile {profile!r}; "
+            f"valid: {', '.join(LONG_TAIL_PROFILES)}"
+        )
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        raise ValueError("labels: no samples")
     classes = np.unique(labels)
     rng = np.random.default_rng(seed)
     order = rng.permutation(classes.size)
     rank = np.empty(classes.size)
     rank[order] = np.arange(classes.size)
-    # Power law through (rank 0, 1) and (last rank, 1 / imbalance).
     last = max(classes.size - 1, 1)
-    alpha = np.log(imbalance) / np.log(1 + last)
-    share = (1 + rank) ** (-alpha)
-    keep = []
-    for c, s in zip(classes, share, strict=True):
-        members = np.flatnonzero(labels == c)
-        count = max(1, round(s * members.size))
-        keep.append(rng.choice(members, size=count, replace=False))
-    return np.sort(np.concatenate(keep)).astype(np.int64)
+    if profile == "exponential":
+        share = float(imbalance) ** (-rank / last)
+    else:  # a power law through (rank 0, 1) and (last rank, 1 / imbalance)
+        alpha = np.log(imbalance) / np.log(1 + last)
+        share = (1 + rank) ** (-alpha)
+    return _subsample(labels, classes, share, rng)
 
 
 class EpochOrder:
