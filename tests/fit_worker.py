@@ -20,45 +20,47 @@ def main(argv):
     import jax.numpy as jnp
     import numpy as np
 
-    from uotsel_train import data, loop, models, parallel, streams
+    from uotsel_train import config, data, input_pipeline, models, parallel, streams, train
 
     target, pretrain = data.ImageFolder(target_root), data.ImageFolder(pretrain_root)
-    model = models.FineTuner("tiny", num_target=len(target.classes), num_source=3)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
-    cfg = loop.Config(
-        arch="tiny",
-        objective="labelled",
-        lr=0.05,
-        lam=0.5,
-        epochs=2,
-        milestones=(1,),
-        batch_size=4,
-        source_batch_size=4,
-        image_size=16,
-        eval_every=1,
-        workers=2,
-        progress=False,
+    cfg = config.override(
+        config.default(),
+        [
+            "arch=tiny",
+            "objective=labelled",
+            "lr=0.05",
+            "lam=0.5",
+            "epochs=2",
+            "milestones=1",
+            "batch_size=4",
+            "source_batch_size=4",
+            "image_size=16",
+            "eval_every=1",
+            "workers=2",
+            "progress=false",
+        ],
     )
-    result = loop.fit(
-        cfg,
-        model,
-        variables,
-        target,
-        os.path.join(out, "run"),
-        target_test=target,
+    config.validate(cfg, check_files=False)
+    inputs = input_pipeline.Inputs(
+        target=target,
+        train_indices=np.arange(len(target)),
+        val_indices=np.zeros(0, np.int64),
+        test=target,
         pretrain=pretrain,
         pretrain_indices=streams.selected_samples(pretrain.labels, [0, 2]),
-        log=lambda line: None,
+        num_source_classes=3,
     )
+    backbone = models.backbone("tiny").init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    result = train.fit(cfg, inputs, backbone, os.path.join(out, "run"), log=lambda line: None)
     if jax.process_index() == 0:
-        params = parallel.local_copy(result["state"].params)
+        params = parallel.local_copy(result.state.params)
         leaves = jax.tree_util.tree_flatten_with_path(params)[0]
         np.savez(
             os.path.join(out, "params.npz"),
             **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves},
         )
         with open(os.path.join(out, "eval.json"), "w") as fh:
-            json.dump(result["eval"], fh)
+            json.dump(result.last, fh)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def _same_training(a, b):
         np.testing.assert_allclose(pa[k], pb[k], rtol=1e-4, atol=1e-5, err_msg=k)
     ea = json.loads((a / "eval.json").read_text())
     eb = json.loads((b / "eval.json").read_text())
-    assert ea["top1"] == pytest.approx(eb["top1"], abs=1 / 8 + 1e-9)
+    assert ea["test_top1"] == pytest.approx(eb["test_top1"], abs=1 / 8 + 1e-9)
 
 
 def test_two_devices_train_like_one(one_device):

@@ -38,7 +38,12 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _missing_extra() -> list[str]:
-    return [pip for name, pip in _NEEDS.items() if importlib.util.find_spec(name) is None]
+    def absent(name: str) -> bool:
+        if name in sys.modules:
+            return sys.modules[name] is None  # an import blocked on purpose
+        return importlib.util.find_spec(name) is None
+
+    return [pip for name, pip in _NEEDS.items() if absent(name)]
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
@@ -80,7 +85,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "torch key names, or .pth/.pth.tar when torch is installed) into Flax variables, .npz.",
     )
     conv.add_argument("--checkpoint", required=True, help=".npz, .pth or .pth.tar")
-    conv.add_argument("--arch", required=True, choices=[a for a in config.ARCHS if a != "tiny"])
+    conv.add_argument("--arch", required=True, choices=list(config.ARCHS))
     conv.add_argument("--out", required=True, help=".npz to write")
     ext = sub.add_parser(
         "extract",

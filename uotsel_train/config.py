@@ -316,8 +316,6 @@ def _check_data(cfg: ml_collections.ConfigDict) -> None:
                 else ""
             )
             raise ConfigError(f"{key}: required{why}; set --config.{key}=...")
-    if cfg.top_k and cfg.group >= 0:
-        raise ConfigError("top_k: cannot be combined with group (pick one)")
     for key in _PATHS:
         path = cfg[key]
         if not path or path.startswith("tfds:"):
@@ -329,6 +327,12 @@ def _check_data(cfg: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"{key}: is a folder, expected a file: {path}")
         elif not os.path.isfile(path):
             raise ConfigError(f"{key}: file not found: {path}")
+
+
+def _check_combinations(cfg: ml_collections.ConfigDict) -> None:
+    if cfg.top_k and cfg.group >= 0:
+        raise ConfigError("top_k: cannot be combined with group (pick one)")
+    objective = objectives.get(cfg.objective)
     if cfg.bn_group_size:
         views = len(objective.source_views)
         total = cfg.batch_size + views * cfg.source_batch_size
@@ -354,6 +358,7 @@ def validate(cfg: ml_collections.ConfigDict, *, check_files: bool = True) -> Non
         raise ConfigError(f"{key}: unknown setting{_nearest(key)}")
     _check_choices(cfg)
     _check_ranges(cfg)
+    _check_combinations(cfg)
     if check_files:
         _check_data(cfg)
 

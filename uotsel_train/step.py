@@ -106,7 +106,7 @@ def train_step(
         metrics = {
             **metrics,
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "finite": jnp.isfinite(loss),
         }
         return TrainState(state.step + 1, params, batch_stats, opt_state), metrics

@@ -14,6 +14,7 @@ evaluation, as the released code reports) and ``checkpoints/``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -41,7 +42,15 @@ from uotsel_train import (
     step,
 )
 
-__all__ = ["Diverged", "FitResult", "SAME_ON_RESUME", "build_model", "fit"]
+__all__ = [
+    "Diverged",
+    "FitResult",
+    "SAME_ON_RESUME",
+    "build_model",
+    "fit",
+    "prepare_out_dir",
+    "run",
+]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -89,12 +98,12 @@ def build_model(cfg: Any, num_target: int, num_source: int) -> models.FineTuner:
 def _open_run(cfg: Any, out_dir: str, resume: bool, store: checkpoints.Store) -> bool:
     """Check the run folder; True when resuming from a checkpoint."""
     resuming = resume and store.latest() is not None
+    saved = os.path.join(out_dir, "config.json")
     if not resume and store.latest() is not None:
         raise ValueError(
             f"out_dir: {out_dir} already holds a run (checkpoint at step {store.latest()}); "
-            "resume it or choose another folder"
+            "resume it (--resume) or choose another folder"
         )
-    saved = os.path.join(out_dir, "config.json")
     if resuming and os.path.exists(saved):
         before = config.to_dict(config.load(saved))
         now = config.to_dict(cfg)
@@ -137,25 +146,123 @@ def _better(new: dict, best: dict | None) -> bool:
     return best is None or new.get(key, -1) > best.get(key, -1)
 
 
-def _epoch_record(epoch: int, state, terms: list[dict], seconds: float, images: int) -> dict:
+def _epoch_record(epoch: int, state, terms: list[dict], seconds: float, run) -> dict:
+    """Means over the epoch's steps of every metric, the learning rates of its last step."""
     names = [k for k in terms[0] if k != "finite"]
     means = {k: float(np.mean([float(t[k]) for t in terms])) for k in names}
+    last_step = int(state.step) - 1
     return {
         "epoch": epoch,
         "step": int(state.step),
         **means,
+        **{f"lr_{group}": float(rate(last_step)) for group, rate in run.rates.items()},
         "seconds": seconds,
-        "images_per_s": images * len(terms) / seconds,
+        "images_per_s": run.images_per_step * len(terms) / seconds,
     }
 
 
 def _check_finite(metrics: dict, s: int, epoch: int, store: checkpoints.Store) -> dict:
     if not bool(metrics["finite"]):
+        kept = store.latest()
+        where = (
+            f"the last good checkpoint (step {kept}) is intact in {store.path}"
+            if kept is not None
+            else f"no checkpoint had been written yet in {store.path}"
+        )
         raise Diverged(
             f"the loss became {float(metrics['loss'])} at step {s + 1} (epoch {epoch + 1}); "
-            f"the last good checkpoint (step {store.latest()}) is intact in {store.path}"
+            + where
         )
     return metrics
+
+
+class _Run(NamedTuple):
+    """What the epochs of a run share."""
+
+    train: Callable  # compiled (state, batch) -> (state, metrics)
+    predict: Callable  # compiled (variables, images) -> labels
+    feeder: feed.Feeder
+    store: checkpoints.Store
+    rates: dict[str, Callable]  # parameter group -> learning-rate schedule
+    steps_per_epoch: int
+    images_per_step: int
+    show: bool  # progress line on a terminal
+
+
+def _train_epoch(run: _Run, state, epoch: int, epochs: int):
+    """One epoch: ``(state, per-step metrics, stream positions after it, seconds)``."""
+    t0, terms, pending, positions = time.perf_counter(), [], None, None
+    for i in range(run.steps_per_epoch):
+        batch, after = run.feeder.next()
+        state, metrics = run.train(state, batch)
+        if pending is not None:  # read the previous step while this one runs
+            terms.append(_check_finite(*pending, run.store))
+            if run.show:
+                rate = run.images_per_step * i / (time.perf_counter() - t0)
+                _progress(epoch, epochs, i, run.steps_per_epoch, terms[-1], rate)
+        pending, positions = (metrics, epoch * run.steps_per_epoch + i, epoch), after
+    terms.append(_check_finite(*pending, run.store))
+    return state, terms, positions, time.perf_counter() - t0
+
+
+def prepare_out_dir(out_dir: str, resume: bool, create: bool = True) -> None:
+    """Create the run folder (with ``create``), or refuse it: a file, not creatable, or
+    holding a run's checkpoints without ``resume``.
+
+    Raises:
+      ValueError: one line starting with ``out_dir:``.
+    """
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"out_dir: is a file, expected a folder: {out_dir}")
+    kept = os.path.join(out_dir, "checkpoints")
+    if not resume and os.path.isdir(kept) and os.listdir(kept):
+        raise ValueError(
+            f"out_dir: {out_dir} already holds a run; resume it (--resume) or choose another folder"
+        )
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"out_dir: cannot create {out_dir}: {parent} is a file")
+    if create:
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"out_dir: cannot create {out_dir}: {err.strerror or err}") from None
+
+
+def _start(cfg: Any, inputs, backbone, out_dir: str, resume: bool, log: Callable):
+    """Check the settings against the devices and the folder, then build the model, the
+    optimiser and the state (restored when resuming): ``(model, tx, state, positions, store,
+    rates)``."""
+    mesh = parallel.data_mesh()
+    objective = objectives.get(cfg.objective)
+    for key in ("batch_size",) + (("source_batch_size",) if objective.needs_source else ()):
+        parallel.check_divisible(mesh, key, cfg[key])
+    prepare_out_dir(out_dir, resume)
+    spe = inputs.train_indices.size // cfg.batch_size
+    rates = {
+        group: optim.learning_rate(cfg.lr * m, spe, cfg.milestones, cfg.lr_decay)
+        for group, m in (("backbone", 1.0), ("head", cfg.head_lr_multiplier))
+    }
+    tx = optim.sgd(
+        cfg.lr,
+        cfg.weight_decay,
+        spe,
+        head_multiplier=cfg.head_lr_multiplier,
+        momentum=cfg.momentum,
+        milestones=cfg.milestones,
+        gamma=cfg.lr_decay,
+    )
+    model = build_model(cfg, len(inputs.target.classes), inputs.num_source_classes)
+    store = checkpoints.Store(out_dir)
+    state = step.init_state(initialise.variables(model, backbone, cfg.seed), tx)
+    positions = (0, 0)
+    if _open_run(cfg, out_dir, resume, store):
+        state, positions = store.restore(state, cfg.seed)
+        if jax.process_index() == 0:
+            log(f"resumed at step {int(state.step)}")
+    return mesh, model, tx, parallel.replicate(mesh, state), positions, store, rates
 
 
 def fit(
@@ -182,91 +289,71 @@ def fit(
       ValueError: one line naming the setting or folder at fault, before training.
       Diverged: when the loss becomes NaN or infinite (the last checkpoint stays).
     """
-    steps_per_epoch = inputs.train_indices.size // cfg.batch_size
-    mesh = parallel.data_mesh()
-    objective = objectives.get(cfg.objective)
-    for key in ("batch_size",) + (("source_batch_size",) if objective.needs_source else ()):
-        parallel.check_divisible(mesh, key, cfg[key])
-    if os.path.isfile(out_dir):
-        raise ValueError(f"out_dir: is a file, expected a folder: {out_dir}")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"out_dir: cannot create {out_dir}: {err}") from None
-    lead = jax.process_index() == 0
-    model = build_model(cfg, len(inputs.target.classes), inputs.num_source_classes)
-    tx = optim.sgd(
-        cfg.lr,
-        cfg.weight_decay,
-        steps_per_epoch,
-        head_multiplier=cfg.head_lr_multiplier,
-        momentum=cfg.momentum,
-        milestones=cfg.milestones,
-        gamma=cfg.lr_decay,
+    mesh, model, tx, state, positions, store, rates = _start(
+        cfg, inputs, backbone, out_dir, resume, log
     )
-    store = checkpoints.Store(out_dir)
-    resuming = _open_run(cfg, out_dir, resume, store)
-    state = step.init_state(initialise.variables(model, backbone, cfg.seed), tx)
-    positions = (0, 0)
-    if resuming:
-        state, positions = store.restore(state, cfg.seed)
-        if lead:
-            log(f"resumed at step {int(state.step)}")
-    state = parallel.replicate(mesh, state)
+    lead = jax.process_index() == 0
     result_path = os.path.join(out_dir, "result.json")
     last = best = None
-    if resuming and os.path.exists(result_path):
-        with open(result_path) as fh:
-            last, best = (json.load(fh).get(k) for k in ("last", "best"))
-    if lead:
+    if int(state.step) and os.path.exists(result_path):
+        try:
+            with open(result_path) as fh:
+                before = json.load(fh)
+            last, best = before["last"], before["best"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"out_dir: cannot read {result_path}: {err}") from None
+    if lead and not int(state.step):  # a fresh start: drop what a run without checkpoint left
+        for name in ("metrics.jsonl", "result.json"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(out_dir, name))
         extra = {"devices": mesh.size, "processes": jax.process_count()}
         _write(os.path.join(out_dir, "config.json"), {"config": config.to_dict(cfg), **extra})
+    objective = objectives.get(cfg.objective)
     replicated = NamedSharding(mesh, PartitionSpec())
     settings = objectives.Settings(cfg.lam, cfg.threshold)
-    train = jax.jit(
-        step.train_step(model, tx, objective, settings, model.bn_groups),
-        donate_argnums=0,
-        out_shardings=(replicated, replicated),
-    )
-    predict = evaluate.predictor(model)
     transfer = np.float32 if cfg.precision == "float32" else jnp.bfloat16
     pipeline = input_pipeline.Pipeline(cfg, inputs, mesh, positions, transfer)
-    images = cfg.batch_size + len(objective.source_views) * cfg.source_batch_size
-    show = cfg.progress and lead and sys.stderr.isatty()
+    run = _Run(
+        train=jax.jit(
+            step.train_step(model, tx, objective, settings, model.bn_groups),
+            donate_argnums=0,
+            out_shardings=(replicated, replicated),
+        ),
+        predict=evaluate.predictor(model),
+        feeder=feed.Feeder(pipeline.make, int(state.step), depth=cfg.prefetch),
+        store=store,
+        rates=rates,
+        steps_per_epoch=inputs.train_indices.size // cfg.batch_size,
+        images_per_step=cfg.batch_size + len(objective.source_views) * cfg.source_batch_size,
+        show=cfg.progress and lead and sys.stderr.isatty(),
+    )
     end_epoch = cfg.epochs if until_epoch is None else min(cfg.epochs, until_epoch)
-    feeder = feed.Feeder(pipeline.make, int(state.step), depth=cfg.prefetch)
     try:
-        for epoch in range(int(state.step) // steps_per_epoch, end_epoch):
-            t0, terms, pending = time.perf_counter(), [], None
-            for i in range(steps_per_epoch):
-                batch, after = feeder.next()
-                state, metrics = train(state, batch)
-                if pending is not None:  # read the previous step while this one runs
-                    terms.append(_check_finite(*pending, store))
-                    if show:
-                        rate = images * i / (time.perf_counter() - t0)
-                        _progress(epoch, cfg.epochs, i, steps_per_epoch, terms[-1], rate)
-                pending = (metrics, epoch * steps_per_epoch + i, epoch)
-                positions = after
-            terms.append(_check_finite(*pending, store))
-            record = _epoch_record(epoch + 1, state, terms, time.perf_counter() - t0, images)
+        for epoch in range(int(state.step) // run.steps_per_epoch, end_epoch):
+            state, terms, positions, seconds = _train_epoch(run, state, epoch, cfg.epochs)
+            record = _epoch_record(epoch + 1, state, terms, seconds, run)
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                last = {"epoch": epoch + 1, **_evaluate(predict, state, inputs, cfg)}
+                last = {"epoch": epoch + 1, **_evaluate(run.predict, state, inputs, cfg)}
                 best = last if _better(last, best) else best
                 record |= last
             if lead:
-                if show:
-                    sys.stderr.write("\r\x1b[2K")
-                _write(os.path.join(out_dir, "metrics.jsonl"), record, append=True)
-                if last is not None:
-                    _write(result_path, {"last": last, "best": best})
-                log(" ".join(_shown(k, v) for k, v in record.items()))
+                _report(out_dir, record, last, best, run.show, log)
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == end_epoch:
                 store.save(state, cfg.seed, positions)
     finally:
-        feeder.close()
+        run.feeder.close()
         pipeline.close()
-    return FitResult(int(state.step), int(state.step) // steps_per_epoch, state, last, best)
+    return FitResult(int(state.step), int(state.step) // run.steps_per_epoch, state, last, best)
+
+
+def _report(out_dir: str, record: dict, last, best, show: bool, log: Callable) -> None:
+    """The epoch's line in ``metrics.jsonl``, ``result.json`` and the log."""
+    if show:
+        sys.stderr.write("\r\x1b[2K")
+    _write(os.path.join(out_dir, "metrics.jsonl"), record, append=True)
+    if last is not None:
+        _write(os.path.join(out_dir, "result.json"), {"last": last, "best": best})
+    log(" ".join(_shown(k, v) for k, v in record.items()))
 
 
 def _shown(key: str, value: Any) -> str:
@@ -290,6 +377,8 @@ def run(
     log: Callable[[str], None] = print,
 ) -> FitResult:
     """Load what ``cfg`` names (data, selection, weights) and :func:`fit`."""
+    prepare_out_dir(out_dir, resume, create=False)
+    backbone = initialise.load_backbone(cfg.weights)
     inputs = input_pipeline.load_inputs(cfg)
     if jax.process_index() == 0:
         for note in inputs.notes:
@@ -297,7 +386,7 @@ def run(
     return fit(
         cfg,
         inputs,
-        initialise.load_backbone(cfg.weights),
+        backbone,
         out_dir,
         resume=resume,
         until_epoch=until_epoch,

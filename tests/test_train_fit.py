@@ -1,0 +1,373 @@
+"""Fine-tuning runs: train.fit on in-memory data, and `uotsel-train finetune` end to end."""
+
+import io
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("orbax.checkpoint")
+
+import jax
+import jax.numpy as jnp
+from train_helpers import image_folder, tiny_overrides, tiny_project
+
+from uotsel_train import config, data, input_pipeline, models, streams, train
+
+TARGET_CLASSES = ["a", "b"]
+
+
+@pytest.fixture(scope="module")
+def memory():
+    """A 2-class target (8 images) and a 3-class pre-training set (9 images), 16 px."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(17, 16, 16, 3), dtype=np.uint8)
+    labels = np.array([0, 1] * 4 + [0, 1, 2] * 3)
+    images[labels == 1, :, :, 0] = 250  # a class signal
+    target = data.ArraySource(images[:8], labels[:8], TARGET_CLASSES)
+    pretrain = data.ArraySource(images[8:], labels[8:], ["p", "q", "r"])
+    return target, pretrain
+
+
+def _cfg(**changes):
+    base = {
+        "arch": "tiny",
+        "lr": 0.05,
+        "lam": 0.5,
+        "epochs": 3,
+        "milestones": "1,2",
+        "batch_size": 4,
+        "source_batch_size": 2,
+        "image_size": 16,
+        "eval_every": 1,
+        "workers": 2,
+        "progress": False,
+    }
+    cfg = config.override(config.default(), [f"{k}={v}" for k, v in {**base, **changes}.items()])
+    config.validate(cfg, check_files=False)
+    return cfg
+
+
+def _inputs(memory, cfg, units=(0, 2)):
+    target, pretrain = memory
+    needs = cfg.objective != "vanilla"
+    return input_pipeline.Inputs(
+        target=target,
+        train_indices=np.arange(len(target)),
+        val_indices=np.zeros(0, np.int64),
+        test=target,
+        pretrain=pretrain if needs else None,
+        pretrain_indices=streams.selected_samples(pretrain.labels, units) if needs else None,
+        num_source_classes=3 if cfg.objective == "labelled" else 0,
+    )
+
+
+def _backbone():
+    return models.backbone("tiny").init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))
+
+
+def _fit(memory, out, cfg=None, **kwargs):
+    cfg = cfg or _cfg()
+    return train.fit(cfg, _inputs(memory, cfg), _backbone(), str(out), log=lambda x: None, **kwargs)
+
+
+def _lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("objective", "terms"),
+    [
+        ("vanilla", {"target_ce"}),
+        ("labelled", {"target_ce", "source_ce"}),
+        ("unlabelled", {"target_ce", "pseudo_ce", "mask_rate"}),
+    ],
+)
+def test_each_objective_trains_logs_and_reports_last_and_best(tmp_path, memory, objective, terms):
+    out = _fit(memory, tmp_path, _cfg(objective=objective))
+    assert (out.step, out.epoch) == (6, 3)
+    lines = _lines(tmp_path / "metrics.jsonl")
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    for line in lines:
+        assert terms <= set(line) and {"loss", "grad_norm", "test_top1"} <= set(line)
+        assert np.isfinite(line["loss"]) and 0 <= line["test_mean_class_acc"] <= 1
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["last"] == out.last and result["last"]["epoch"] == 3
+    best = max(lines, key=lambda x: x["test_top1"])  # the first epoch reaching the maximum
+    assert result["best"]["epoch"] == best["epoch"]
+    assert result["best"]["test_top1"] == best["test_top1"]
+
+
+def test_milestones_follow_target_epochs_and_heads_get_ten_times(tmp_path, memory):
+    # 8 target images / 4 = 2 steps an epoch; the pre-training stream (6 images / 2 = 3 steps a
+    # pass) runs alongside and does not move the milestones.
+    _fit(memory, tmp_path, _cfg(milestones="1,2"))
+    lines = _lines(tmp_path / "metrics.jsonl")
+    assert [x["step"] for x in lines] == [2, 4, 6]
+    np.testing.assert_allclose([x["lr_backbone"] for x in lines], [0.05, 0.005, 0.0005])
+    np.testing.assert_allclose([x["lr_head"] for x in lines], [0.5, 0.05, 0.005])
+
+
+def test_resume_after_an_interruption_is_bit_identical(tmp_path, memory):
+    whole = _fit(memory, tmp_path / "whole")
+    _fit(memory, tmp_path / "split", until_epoch=1)
+    resumed = _fit(memory, tmp_path / "split", resume=True)
+    assert resumed.step == whole.step == 6
+    for a, b in zip(
+        jax.tree.leaves((whole.state.params, whole.state.opt_state)),
+        jax.tree.leaves((resumed.state.params, resumed.state.opt_state)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert _lines(tmp_path / "split" / "metrics.jsonl")[-1]["loss"] == pytest.approx(
+        _lines(tmp_path / "whole" / "metrics.jsonl")[-1]["loss"], rel=0, abs=0
+    )
+
+
+def _poison_from_step(monkeypatch, first):
+    """Target images of steps >= ``first`` become NaN (the pipeline's output)."""
+    original = input_pipeline.Pipeline.make
+
+    def make(self, s):
+        batch, after = original(self, s)
+        if s >= first:
+            batch["target_images"] = batch["target_images"] * jnp.nan
+        return batch, after
+
+    monkeypatch.setattr(input_pipeline.Pipeline, "make", make)
+
+
+def test_a_nan_loss_stops_naming_step_and_epoch_with_the_checkpoint_intact(
+    tmp_path, memory, monkeypatch
+):
+    from uotsel_train import checkpoints
+
+    _poison_from_step(monkeypatch, 2)  # steps 0, 1 (epoch 1) are fine
+    cfg = _cfg()
+    with pytest.raises(train.Diverged, match=r"at step 3 \(epoch 2\).*checkpoint \(step 2\)"):
+        _fit(memory, tmp_path, cfg)
+    assert checkpoints.Store(str(tmp_path)).latest() == 2
+    monkeypatch.undo()
+    resumed = _fit(memory, tmp_path, cfg, resume=True)  # the last good state resumes
+    assert resumed.step == 6
+
+
+def test_the_command_exits_3_on_divergence(tmp_path, monkeypatch, capsys):
+    from uotsel_train.cli import main
+
+    paths = tiny_project(tmp_path)
+    _poison_from_step(monkeypatch, 0)
+    args = ["finetune", "--config", "table1_resnet18", "--out-dir", str(tmp_path / "run")]
+    assert main([*args, *tiny_overrides(paths)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert re.fullmatch(
+        r"uotsel-train finetune: diverged: the loss became nan at step 1 \(epoch 1\); no "
+        r"checkpoint had been written yet in .*",
+        err[-1],
+    )
+
+
+def test_finetune_reads_a_real_selection_and_its_saved_config_repeats_the_run(tmp_path, capsys):
+    from uotsel_train.cli import main
+
+    paths = tiny_project(tmp_path)
+    first = tmp_path / "first"
+    args = ["finetune", "--config", "table1_resnet18:uot", "--out-dir", str(first)]
+    assert main([*args, *tiny_overrides(paths)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr()
+    assert re.search(r"step 4, epoch 2; last \(epoch 2\): test_top1 [0-9.]+", out.out)
+    assert "pre-training: selected units: 2 units, 6 images" in out.err
+    again = tmp_path / "again"
+    saved = str(first / "config.json")
+    assert main(["finetune", "--config", saved, "--out-dir", str(again)]) == 0
+    keep = ("loss", "target_ce", "source_ce", "grad_norm", "test_top1", "lr_backbone")
+    a = [{k: x[k] for k in keep} for x in _lines(first / "metrics.jsonl")]
+    b = [{k: x[k] for k in keep} for x in _lines(again / "metrics.jsonl")]
+    assert a == b
+    assert (
+        json.loads((again / "config.json").read_text())["config"]
+        == json.loads((first / "config.json").read_text())["config"]
+    )
+    assert main([*args, *tiny_overrides(paths)]) == 2  # the same folder, without --resume
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def _load(paths, **changes):
+    overrides = [p[len("--config.") :] for p in tiny_overrides(paths, **changes)]
+    cfg = config.override(config.load("table1_resnet18"), overrides)
+    config.validate(cfg)
+    return input_pipeline.load_inputs(cfg)
+
+
+def test_the_selection_file_is_consumed_whole_and_checked(tmp_path):
+    paths = tiny_project(tmp_path, pretrain_classes=4)
+    record = json.loads(open(paths["selection"]).read())
+    pretrain = data.ImageFolder(paths["pretrain"])
+
+    def images_of(units):
+        return np.flatnonzero(np.isin(pretrain.labels, units))
+
+    got = _load(paths).pretrain_indices
+    np.testing.assert_array_equal(got, images_of(record["selected"]))
+    got = _load(paths, top_k=1).pretrain_indices
+    np.testing.assert_array_equal(got, images_of(record["ranking"][:1]))
+    got = _load(paths, group=3).pretrain_indices
+    np.testing.assert_array_equal(got, images_of(record["groups"][3]))
+    with pytest.raises(ValueError, match=r"group: the selection has 4 groups"):
+        _load(paths, group=4)
+    with pytest.raises(ValueError, match=r"selection: made by strategy 'uot'.*expects 'random'"):
+        _load(paths, selection_strategy="random")
+    other = image_folder(tmp_path / "other", 5, 2, 3)
+    with pytest.raises(ValueError, match=r"selection: made for 4 pre-training units, .* has 5"):
+        _load(paths, pretrain=other)
+
+
+def test_cluster_selections_are_checked_against_their_unit_file(tmp_path):
+    paths = tiny_project(tmp_path)
+    ids = np.asarray(data.ImageFolder(paths["pretrain"]).labels)
+    np.savez(tmp_path / "units.npz", means=np.ones((3, 4), np.float32), assignment=ids)
+    with pytest.raises(ValueError, match=r"selection: was made from another unit file"):
+        _load(paths, unit_ids=str(tmp_path / "units.npz"))
+    np.save(tmp_path / "short.npy", ids[:-1])
+    with pytest.raises(ValueError, match=r"unit_ids: .* holds 8 ids for 9 pre-training images"):
+        _load(paths, unit_ids=str(tmp_path / "short.npy"))
+    np.save(tmp_path / "ids.npy", ids)
+    np.testing.assert_array_equal(
+        _load(paths, unit_ids=str(tmp_path / "ids.npy")).pretrain_indices,
+        _load(paths).pretrain_indices,
+    )
+
+
+def test_target_subsets_and_the_validation_split(tmp_path):
+    paths = tiny_project(tmp_path, target_per_class=10)
+    labels = data.ImageFolder(paths["target"]).labels
+    half = _load(paths, target_fraction=0.5, batch_size=2)
+    assert np.bincount(labels[half.train_indices]).tolist() == [5, 5]
+    tail = _load(paths, long_tail=10, batch_size=2)
+    assert sorted(np.bincount(labels[tail.train_indices]).tolist()) == [1, 10]
+    split = _load(paths, val_fraction=0.2, batch_size=2)
+    assert np.bincount(labels[split.val_indices]).tolist() == [2, 2]
+    assert not set(split.val_indices) & set(split.train_indices)
+    assert len(split.train_indices) + len(split.val_indices) == 20
+
+
+def test_a_test_set_with_other_classes_is_refused(tmp_path, capsys):
+    from uotsel_train.cli import main
+
+    paths = tiny_project(tmp_path)
+    other = image_folder(tmp_path / "other", 3, 2, 5)
+    with pytest.raises(ValueError, match=r"test: its 3 classes are not the target's 2"):
+        _load(paths, test=other)
+    args = ["finetune", "--config", "table1_resnet18", "--out-dir", str(tmp_path / "run")]
+    assert main([*args, *tiny_overrides(paths, test=other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error: test: its 3 classes are not the target's 2" in err[0]
+
+
+def test_file_problems_are_one_line_and_touch_nothing(tmp_path, capsys):
+    from uotsel_train.cli import main
+
+    paths = tiny_project(tmp_path)
+    (tmp_path / "afile").write_text("keep")
+    (tmp_path / "text.npz").write_text("not a checkpoint")
+    good = open(paths["weights"], "rb").read()
+    (tmp_path / "cut.npz").write_bytes(good[: len(good) // 2])
+    weights = models.backbone("tiny").init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))
+    weights = jax.tree.map(lambda x: np.full_like(x, np.nan), weights)
+    from uotsel_train import convert
+
+    convert.save_variables({"backbone": weights}, str(tmp_path / "nan.npz"))
+    base = ["finetune", "--config", "table1_resnet18"]
+    cases = [
+        ([str(tmp_path / "afile")], {}, "out_dir: is a file"),
+        ([str(tmp_path / "afile" / "run")], {}, "out_dir: cannot create"),
+        ([str(tmp_path / "r1")], {"weights": str(tmp_path)}, "weights: is a folder"),
+        ([str(tmp_path / "r2")], {"weights": str(tmp_path / "text.npz")}, "weights: "),
+        ([str(tmp_path / "r3")], {"weights": str(tmp_path / "cut.npz")}, "weights: "),
+        ([str(tmp_path / "r4")], {"weights": str(tmp_path / "nan.npz")}, "weights: "),
+    ]
+    for out, changes, message in cases:
+        code = main([*base, "--out-dir", *out, *tiny_overrides(paths, **changes)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, (message, err)
+        assert err[0].startswith(f"uotsel-train finetune: error: {message}"), err
+    assert (tmp_path / "afile").read_text() == "keep"
+    assert not any((tmp_path / f"r{i}" / "metrics.jsonl").exists() for i in range(1, 5))
+    assert (
+        main(
+            [
+                *base,
+                "--out-dir",
+                str(tmp_path / "r5"),
+                "--until-epoch",
+                "-1",
+                *tiny_overrides(paths),
+            ]
+        )
+        == 2
+    )
+    assert "--until-epoch: must be between 1 and 2, got -1" in capsys.readouterr().err
+
+
+def test_without_the_train_extra_the_command_says_what_to_install():
+    import subprocess
+
+    code = (
+        "import sys\nsys.modules['flax'] = None\n"
+        "from uotsel_train.cli import main\nsys.exit(main(['--help']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "uotsel-train: error: the training side needs the 'train' extra: "
+        "pip install 'uotsel[train]' (missing: flax)"
+    )
+
+
+def test_resume_refuses_changed_settings(tmp_path, memory):
+    _fit(memory, tmp_path, until_epoch=1)
+    with pytest.raises(ValueError, match=r"lam: the run being resumed used 0.5, not 0.7"):
+        _fit(memory, tmp_path, _cfg(lam=0.7), resume=True)
+    with pytest.raises(ValueError, match=r"out_dir: .* already holds a run"):
+        _fit(memory, tmp_path)
+
+
+def test_bfloat16_trains_with_float32_parameters(tmp_path, memory):
+    out = _fit(memory, tmp_path, _cfg(precision="bfloat16", epochs=1, milestones=""))
+    assert out.step == 2
+    assert {x.dtype for x in jax.tree.leaves(out.state.params)} == {jnp.dtype(jnp.float32)}
+
+
+def test_unreadable_images_are_replaced_within_the_batch(tmp_path):
+    root = image_folder(tmp_path / "target", 2, 4, 3)
+    (tmp_path / "target" / "c1" / "9.png").write_bytes(b"not an image")
+    target = data.ImageFolder(root)
+    cfg = _cfg(objective="vanilla", epochs=2, batch_size=3, milestones="")
+    inputs = input_pipeline.Inputs(
+        target, np.arange(len(target)), np.zeros(0, np.int64), None, None, None, 0
+    )
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        out = train.fit(cfg, inputs, _backbone(), str(tmp_path / "run"), log=lambda x: None)
+    assert out.step == 6
+
+
+def test_progress_line_on_a_terminal(tmp_path, memory, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    cfg = _cfg(objective="vanilla", epochs=1, batch_size=2, milestones="", progress=True)
+    _fit(memory, tmp_path / "shown", cfg)
+    shown = screen.getvalue()
+    assert "\r\x1b[2Kepoch 1/1 step 1/4 loss " in shown and "step 3/4" in shown
+    assert "img/s" in shown and shown.endswith("\r\x1b[2K")  # cleared before the epoch line
+    quiet = Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    _fit(
+        memory, tmp_path / "quiet", _cfg(objective="vanilla", epochs=1, batch_size=2, milestones="")
+    )
+    assert quiet.getvalue() == ""
