@@ -14,7 +14,7 @@ def image_folder(root, classes, per_class, seed):
         (root / f"c{c}").mkdir(parents=True)
         for i in range(per_class):
             pixels = rng.integers(0, 256, size=(20, 18, 3), dtype=np.uint8)
-            pixels[..., c % 3] = 40 * c  # a class signal
+            pixels[..., c % 3] = (40 * c) % 256  # a class signal
             Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
     return str(root)
 
