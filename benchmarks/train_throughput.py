@@ -5,7 +5,7 @@ For each architecture, three figures at ``--image-size`` px with ``--batch`` tar
 
 - *on-device batch*: the jitted step alone on a batch already on the devices (compile time
   measured apart, then the median of ``--steps`` steps);
-- *with the data pipeline*: ``uotsel_train.loop.fit`` itself, JPEG decoding, random resized
+- *with the data pipeline*: ``uotsel_train.train.fit`` itself, JPEG decoding, random resized
   crops and normalisation in the background feeder, transfer and step (the second epoch, so
   compilation is excluded);
 - *loader alone*: how many training images per second the host side produces.
@@ -60,10 +60,10 @@ class JpegSource:
 def on_device(arch: str, batch: int, source_batch: int, size: int, steps: int, precision: str):
     import jax
 
-    from uotsel_train import loop, models, optim, parallel, step
+    from uotsel_train import models, objectives, optim, parallel, step, train
 
     mesh = parallel.data_mesh()
-    model = models.FineTuner(arch, 200, 1000, dtype=loop.PRECISIONS[precision])
+    model = models.FineTuner(arch, 200, 1000, dtype=train.DTYPES[precision])
     variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
     tx = optim.sgd(0.01, 1e-4, 100)
     state = parallel.replicate(mesh, step.init_state(variables, tx))
@@ -71,14 +71,14 @@ def on_device(arch: str, batch: int, source_batch: int, size: int, steps: int, p
     host = {
         "target_images": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
         "target_labels": rng.integers(0, 200, batch).astype(np.int32),
-        "source_images": rng.normal(size=(source_batch, size, size, 3)).astype(np.float32),
+        "source_train_images": rng.normal(size=(source_batch, size, size, 3)).astype(np.float32),
         "source_labels": rng.integers(0, 1000, source_batch).astype(np.int32),
     }
     sizes = {k: v.shape[0] for k, v in host.items()}
     data = parallel.global_batch(mesh, host, sizes)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     train = jax.jit(
-        step.train_step(model, tx, "labelled", 1.0),
+        step.train_step(model, tx, "labelled", objectives.Settings(lam=1.0)),
         donate_argnums=0,
         out_shardings=(replicated, replicated),
     )
@@ -106,37 +106,39 @@ def with_pipeline(
 ):
     import jax
 
-    from uotsel_train import loop, models
+    from uotsel_train import config, input_pipeline, models, train
 
     target = JpegSource(batch * steps, 200, seed=1)
     pretrain = JpegSource(max(source_batch * steps, 1000), 1000, seed=2)
-    model = models.FineTuner(arch, 200, 1000)
-    variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
-    cfg = loop.Config(
-        arch=arch,
-        objective="labelled",
-        lr=0.003,
-        epochs=2,
-        batch_size=batch,
-        source_batch_size=source_batch,
-        image_size=size,
-        eval_every=100,
-        checkpoint_every=100,
-        precision=precision,
-        workers=workers,
-        progress=False,
+    settings = {
+        "arch": arch,
+        "objective": "labelled",
+        "lr": 0.003,
+        "epochs": 2,
+        "milestones": "",
+        "batch_size": batch,
+        "source_batch_size": source_batch,
+        "image_size": size,
+        "eval_every": 100,
+        "checkpoint_every": 100,
+        "precision": precision,
+        "workers": workers,
+        "progress": False,
+    }
+    cfg = config.override(config.default(), [f"{k}={v}" for k, v in settings.items()])
+    config.validate(cfg, check_files=False)
+    inputs = input_pipeline.Inputs(
+        target=target,
+        train_indices=np.arange(len(target)),
+        val_indices=np.zeros(0, np.int64),
+        test=None,
+        pretrain=pretrain,
+        pretrain_indices=np.arange(len(pretrain)),
+        num_source_classes=1000,
     )
+    backbone = models.backbone(arch).init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
     with tempfile.TemporaryDirectory() as out:
-        loop.fit(
-            cfg,
-            model,
-            variables,
-            target,
-            out,
-            pretrain=pretrain,
-            pretrain_indices=np.arange(len(pretrain)),
-            log=lambda line: None,
-        )
+        train.fit(cfg, inputs, backbone, out, log=lambda line: None)
         with open(os.path.join(out, "metrics.jsonl")) as fh:
             epochs = [json.loads(line) for line in fh]
     return {"images_per_s": epochs[-1]["images_per_s"], "epoch_s": epochs[-1]["seconds"]}
@@ -211,7 +213,7 @@ def main() -> None:
             f"Labelled objective (eq. 6), {args.image_size} px, {args.precision}, one forward "
             "pass over the concatenated target + pre-training batch, Nesterov SGD with the "
             f"heads at 10x. Step: median of {args.steps} steps after one warm-up, on a batch "
-            "already on the device. Pipeline: `loop.fit` itself (second epoch), in-memory "
+            "already on the device. Pipeline: `train.fit` itself (second epoch), in-memory "
             f"500x375 JPEGs decoded, cropped and normalised by {args.workers} threads in the "
             f"background while the step runs. The loader alone makes {loader:.0f} training "
             "images / s on this host.",

@@ -3,6 +3,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("flax")
 
@@ -21,14 +23,25 @@ def test_selected_samples_keep_exactly_the_selected_units():
 
 
 def test_read_selection(tmp_path):
-    good = {"format": "uotsel.selection/1", "selected": [1, 2]}
-    (tmp_path / "s.json").write_text(json.dumps(good))
-    assert streams.read_selection(str(tmp_path / "s.json"))["selected"] == [1, 2]
+    from uotsel_train import selected
+
+    good = {"format": "uotsel.selection/1", "selected": [1, 2], "ranking": [2, 1, 0]}
+    (tmp_path / "s.json").write_text(json.dumps({**good, "groups": [[2], [1, 0]]}))
+    assert selected.read(str(tmp_path / "s.json"))["selected"] == [1, 2]
+    (tmp_path / "nogroups.json").write_text(json.dumps(good))
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(ValueError, match="not a uotsel selection file"):
-        streams.read_selection(str(tmp_path / "bad.json"))
-    with pytest.raises(ValueError, match="selection: file not found"):
-        streams.read_selection(str(tmp_path / "none.json"))
+    (tmp_path / "floats.json").write_text(json.dumps({**good, "selected": [1.5]}))
+    (tmp_path / "cut.json").write_text(json.dumps(good)[:20])
+    for name, message in [
+        ("bad.json", "not a uotsel selection file"),
+        ("none.json", "selection: file not found"),
+        ("nogroups.json", "selection: .* has no list of score groups"),
+        ("floats.json", "selection: .* has no valid list 'selected' of unit ids"),
+        ("cut.json", "selection: cannot read"),
+        ("", "selection: is a folder"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            selected.read(str(tmp_path / name))
 
 
 @pytest.mark.parametrize("fraction", [0.2, 0.5, 0.8])
@@ -123,3 +136,24 @@ def test_epoch_order_reshuffles_and_resumes_exactly():
     resumed = streams.EpochOrder(np.arange(10), seed=5, position=13)
     np.testing.assert_array_equal(resumed.take(12), first[13:])
     assert resumed.position == order.position == 25
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    unit_ids=st.lists(st.integers(0, 12), min_size=1, max_size=80),
+    pick=st.integers(1, 6),
+    seed=st.integers(0, 2**31 - 1),
+    batch=st.integers(1, 9),
+)
+def test_the_pretraining_stream_yields_only_and_all_samples_of_the_selected_units(
+    unit_ids, pick, seed, batch
+):
+    unit_ids = np.asarray(unit_ids)
+    present = np.unique(unit_ids)
+    chosen = np.random.default_rng(seed).choice(present, min(pick, present.size), replace=False)
+    samples = streams.selected_samples(unit_ids, chosen)
+    order = streams.EpochOrder(samples, seed)
+    taken = np.concatenate([order.take(batch) for _ in range(-(-2 * samples.size // batch))])
+    assert np.isin(unit_ids[taken], chosen).all()  # only samples of the selected units
+    first_epoch = np.sort(taken[: samples.size])  # every selected sample once per epoch
+    np.testing.assert_array_equal(first_epoch, np.flatnonzero(np.isin(unit_ids, chosen)))

@@ -11,10 +11,8 @@
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
-import os
 from typing import Any
 
 import numpy as np
@@ -24,29 +22,11 @@ __all__ = [
     "EpochOrder",
     "class_fraction",
     "long_tail",
-    "read_selection",
     "selected_samples",
 ]
 
 # "exponential": Cui et al. 2019, as the paper says; "power": this project's earlier profile.
 LONG_TAIL_PROFILES = ("exponential", "power")
-
-
-def read_selection(path: str) -> dict[str, Any]:
-    """A ``uotsel select`` JSON file (``uotsel.selection/1``), checked."""
-    if not os.path.exists(path):
-        raise ValueError(f"selection: file not found: {path}")
-    try:
-        with open(path) as fh:
-            record = json.load(fh)
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"selection: cannot read {path}: {err}") from None
-    if not isinstance(record, dict) or record.get("format") != "uotsel.selection/1":
-        raise ValueError(f"selection: {path} is not a uotsel selection file")
-    selected = record.get("selected")
-    if not isinstance(selected, list) or not all(isinstance(u, int) for u in selected):
-        raise ValueError(f"selection: {path} has no list of selected unit ids")
-    return record
 
 
 def selected_samples(unit_ids: Any, selected: Any) -> np.ndarray:
