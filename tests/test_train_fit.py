@@ -222,6 +222,10 @@ def test_the_selection_file_is_consumed_whole_and_checked(tmp_path):
     other = image_folder(tmp_path / "other", 5, 2, 3)
     with pytest.raises(ValueError, match=r"selection: made for 4 pre-training units, .* has 5"):
         _load(paths, pretrain=other)
+    renamed = dict(record, selected_names=list(reversed(record["selected_names"])))
+    (tmp_path / "renamed.json").write_text(json.dumps(renamed))
+    with pytest.raises(ValueError, match=r"selection: unit \d+ is 'c\d' in the selection but"):
+        _load(paths, selection=str(tmp_path / "renamed.json"))
 
 
 def test_cluster_selections_are_checked_against_their_unit_file(tmp_path):
