@@ -297,6 +297,12 @@ def test_file_problems_are_one_line_and_touch_nothing(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1, (message, err)
         assert err[0].startswith(f"uotsel-train finetune: error: {message}"), err
+    (tmp_path / "blocked" / "config.json").mkdir(parents=True)  # a write that fails
+    code = main([*base, "--out-dir", str(tmp_path / "blocked"), *tiny_overrides(paths)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 3, err  # two lines of what was loaded, then the error
+    assert err[-1].startswith("uotsel-train finetune: error: out_dir: cannot write")
+    assert not (tmp_path / "blocked" / "metrics.jsonl").exists()
     assert (tmp_path / "afile").read_text() == "keep"
     assert not any((tmp_path / f"r{i}" / "metrics.jsonl").exists() for i in range(1, 5))
     assert (
