@@ -41,9 +41,11 @@ def accuracy(
     image_size: int = 224,
     batch_size: int = 64,
     workers: int = 4,
+    pool: Any = None,
 ) -> dict[str, float]:
     """``{"top1", "mean_class_acc"}`` of ``predict`` (from :func:`predictor`) on ``source``
-    (the samples ``indices`` ``[N]``, all when None).
+    (the samples ``indices`` ``[N]``, all when None), decoded in ``pool`` (a run's thread
+    pool) or in ``workers`` new threads.
 
     Raises:
       ValueError: when no image could be read.
@@ -65,6 +67,7 @@ def accuracy(
         lambda img, i: data.eval_transform(img, image_size, resize),
         batch_size,
         workers=workers,
+        pool=pool,
     ):
         n = len(b.labels)
         padded = -(-n // local.size) * local.size

@@ -127,7 +127,7 @@ def _write(path: str, record: dict, append: bool = False) -> None:
         raise ValueError(f"out_dir: cannot write {path}: {err}") from None
 
 
-def _evaluate(predict, state, inputs, cfg) -> dict[str, float]:
+def _evaluate(predict, state, inputs, cfg, pool) -> dict[str, float]:
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     out = {}
     sets = {"test": (inputs.test, None), "val": (inputs.target, inputs.val_indices)}
@@ -135,7 +135,7 @@ def _evaluate(predict, state, inputs, cfg) -> dict[str, float]:
         if source is None or (indices is not None and not indices.size):
             continue
         acc = evaluate.accuracy(
-            predict, variables, source, indices, image_size=cfg.image_size, workers=cfg.workers
+            predict, variables, source, indices, image_size=cfg.image_size, pool=pool
         )
         out |= {f"{name}_{k}": v for k, v in acc.items()}
     return out
@@ -333,7 +333,10 @@ def fit(
             state, terms, positions, seconds = _train_epoch(run, state, epoch, cfg.epochs)
             record = _epoch_record(epoch + 1, state, terms, seconds, run)
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                last = {"epoch": epoch + 1, **_evaluate(run.predict, state, inputs, cfg)}
+                last = {
+                    "epoch": epoch + 1,
+                    **_evaluate(run.predict, state, inputs, cfg, pipeline.pool),
+                }
                 best = last if _better(last, best) else best
                 record |= last
             if lead:
