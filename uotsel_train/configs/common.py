@@ -97,3 +97,16 @@ def whole(number: str | None, default: int) -> int:
     if not value.is_integer():
         raise ValueError(f"expected a whole number, got {number!r}")
     return int(value)
+
+
+def on_uot_ranking(arg: str | None, key: str, default: int, why: str) -> dict[str, Any]:
+    """An experiment on the UOT ranking of a selection file: ``key`` set to the whole number of
+    ``arg`` (``default`` when absent).
+
+    Raises:
+      ValueError: ``why``, for an arm other than ``uot``.
+    """
+    arm, setting, number = parse(arg, "resnet18")
+    if arm != "uot":
+        raise ValueError(why)
+    return config(setting, "uot") | {key: whole(number, default)}

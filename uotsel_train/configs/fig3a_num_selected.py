@@ -16,9 +16,6 @@ from uotsel_train.configs import common
 
 
 def get_config(arg=None):
-    arm, setting, number = common.parse(arg, "resnet18")
-    if arm != "uot":
-        raise ValueError("the number of selected classes is an experiment on the UOT arm")
-    out = common.config(setting, "uot")
-    out["top_k"] = common.whole(number, 100)
-    return out
+    return common.on_uot_ranking(
+        arg, "top_k", 100, "the number of selected classes is an experiment on the UOT arm"
+    )

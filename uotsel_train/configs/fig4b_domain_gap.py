@@ -16,9 +16,4 @@ from uotsel_train.configs import common
 
 
 def get_config(arg=None):
-    arm, setting, number = common.parse(arg, "resnet18")
-    if arm != "uot":
-        raise ValueError("the score groups come from a UOT selection file")
-    out = common.config(setting, "uot")
-    out["group"] = common.whole(number, 0)
-    return out
+    return common.on_uot_ranking(arg, "group", 0, "the score groups come from a UOT selection file")
