@@ -252,7 +252,7 @@ def test_convert_command_round_trip(tmp_path, capsys):
         == 2
     )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("uotsel-train convert: error: --checkpoint: does")
+    assert len(err) == 1 and err[0].startswith("uotsel-train convert: error: checkpoint: does")
     assert not (tmp_path / "bad.npz").exists()
     assert (
         main(

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from uotsel_train import objectives, optim
+from uotsel_train import losses, optim
 
 
 def test_learning_rate_steps_at_epochs_60_and_80():
@@ -57,7 +57,7 @@ def test_sgd_matches_torch_semantics_with_head_multiplier():
 def test_labelled_loss_by_hand():
     t_logits = jnp.array([[2.0, 0.0], [0.0, 1.0]])
     s_logits = jnp.array([[0.0, 0.0, 3.0]])
-    loss, parts = objectives.labelled_loss(
+    loss, parts = losses.labelled_loss(
         t_logits, jnp.array([0, 1]), s_logits, jnp.array([2]), 0.3
     )
     ce_t = np.mean([np.log(1 + np.exp(-2.0)), np.log(1 + np.exp(-1.0))])
@@ -70,16 +70,16 @@ def test_unlabelled_loss_by_hand_and_pseudo_label_gets_no_gradient():
     t_logits = jnp.array([[1.0, 0.0]])
     strong = jnp.array([[0.5, -0.5], [0.0, 2.0]])
     weak = jnp.array([[3.0, 0.0], [0.0, 0.1]])
-    loss, parts = objectives.unlabelled_loss(t_logits, jnp.array([0]), strong, weak, 1.0)
+    loss, parts = losses.unlabelled_loss(t_logits, jnp.array([0]), strong, weak, 1.0)
     q = np.exp(np.asarray(weak)) / np.exp(np.asarray(weak)).sum(1, keepdims=True)
     logp = np.asarray(jax.nn.log_softmax(strong))
     np.testing.assert_allclose(parts["pseudo_ce"], np.mean(-(q * logp).sum(1)), rtol=1e-6)
     grad_weak = jax.grad(
-        lambda w: objectives.unlabelled_loss(t_logits, jnp.array([0]), strong, w, 1.0)[0]
+        lambda w: losses.unlabelled_loss(t_logits, jnp.array([0]), strong, w, 1.0)[0]
     )(weak)
     np.testing.assert_array_equal(grad_weak, 0.0)
     # A threshold nobody reaches: the term is 0, not NaN.
-    loss, parts = objectives.unlabelled_loss(
+    loss, parts = losses.unlabelled_loss(
         t_logits, jnp.array([0]), strong, weak, 1.0, threshold=0.999
     )
     assert float(parts["mask_rate"]) == 0.0 and float(parts["pseudo_ce"]) == 0.0

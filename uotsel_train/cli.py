@@ -320,9 +320,6 @@ def _demo(args: argparse.Namespace, pairs: list[str]) -> int:
 
 
 def _extract(args: argparse.Namespace, pairs: list[str]) -> int:
-    import numpy as np
-
-    from uotsel.io import atomic_writer
     from uotsel_train import extract, initialise, input_pipeline
 
     for path, flag in ((args.out, "--out"), (args.features_out, "--features-out")):
@@ -358,22 +355,7 @@ def _extract(args: argparse.Namespace, pairs: list[str]) -> int:
         allow_empty=args.allow_empty_classes,
         progress=None if args.quiet else _log,
     )
-    if not np.all(np.isfinite(result.means)):
-        raise ValueError(f"--weights: {args.weights} gives non-finite features")
-    try:
-        with atomic_writer(args.out, "wb") as fh:
-            np.savez(
-                fh,
-                means=result.means,
-                counts=result.counts,
-                names=np.asarray(source.classes),
-                assignment=source.labels,
-            )
-        if args.features_out:
-            with atomic_writer(args.features_out, "wb") as fh:
-                np.save(fh, result.features)
-    except OSError as err:
-        raise ValueError(f"--out: cannot write: {err}") from None
+    extract.save(result, source.classes, source.labels, args.out, args.features_out or "")
     print(
         f"{len(source.classes)} class means from {int(result.counts.sum())} images "
         f"({len(result.skipped)} unreadable skipped) -> {args.out}"
