@@ -34,7 +34,9 @@ def test_each_experiment_config_trains_one_epoch_on_tiny_data(project, name, cap
     out = root / name
     args = ["finetune", "--config", name, "--out-dir", str(out), *tiny_overrides(paths, **extra)]
     assert main(args) == 0, capsys.readouterr().err
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    from uotsel_train import metrics
+
+    lines = metrics.read(str(out), "train")
     assert len(lines) == 1 and np.isfinite(lines[0]["loss"])
     saved = json.loads((out / "config.json").read_text())["config"]
     assert saved["objective"] == cfg.objective and saved["group"] == cfg.group

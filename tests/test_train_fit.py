@@ -73,8 +73,10 @@ def _fit(memory, out, cfg=None, **kwargs):
     return train.fit(cfg, _inputs(memory, cfg), _backbone(), str(out), log=lambda x: None, **kwargs)
 
 
-def _lines(path):
-    return [json.loads(x) for x in path.read_text().splitlines()]
+def _records(run_dir, kind):
+    from uotsel_train import metrics
+
+    return metrics.read(str(run_dir), kind)
 
 
 @pytest.mark.parametrize(
@@ -86,25 +88,33 @@ def _lines(path):
     ],
 )
 def test_each_objective_trains_logs_and_reports_last_and_best(tmp_path, memory, objective, terms):
-    out = _fit(memory, tmp_path, _cfg(objective=objective))
+    out = _fit(memory, tmp_path, _cfg(objective=objective, log_every_steps=3))
     assert (out.step, out.epoch) == (6, 3)
-    lines = _lines(tmp_path / "metrics.jsonl")
-    assert [x["epoch"] for x in lines] == [1, 2, 3]
-    for line in lines:
-        assert terms <= set(line) and {"loss", "grad_norm", "test_top1"} <= set(line)
-        assert np.isfinite(line["loss"]) and 0 <= line["test_mean_class_acc"] <= 1
+    train_records = _records(tmp_path, "train")
+    assert [x["step"] for x in train_records] == [2, 3, 4, 6]  # every 3 steps, every epoch end
+    expected = terms | {"loss", "grad_norm", "lr_backbone", "lr_head", "step_s", "images_per_s"}
+    for line in train_records:
+        assert set(line) == expected | {"kind", "step", "epoch"}
+        assert np.isfinite(line["loss"]) and line["step_s"] > 0
+    assert [x["epoch"] for x in train_records] == [1.0, 1.5, 2.0, 3.0]
+    evals = _records(tmp_path, "eval")
+    assert [x["epoch"] for x in evals] == [1, 2, 3]
+    running = np.maximum.accumulate([x["test_top1"] for x in evals])
+    np.testing.assert_array_equal([x["best_test_top1"] for x in evals], running)
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["last"] == out.last and result["last"]["epoch"] == 3
-    best = max(lines, key=lambda x: x["test_top1"])  # the first epoch reaching the maximum
+    best = max(evals, key=lambda x: x["test_top1"])  # the first epoch reaching the maximum
     assert result["best"]["epoch"] == best["epoch"]
     assert result["best"]["test_top1"] == best["test_top1"]
+    if objective == "unlabelled":  # mask_rate: no threshold keeps every pseudo-label
+        assert all(x["mask_rate"] == 1.0 for x in train_records)
 
 
 def test_milestones_follow_target_epochs_and_heads_get_ten_times(tmp_path, memory):
     # 8 target images / 4 = 2 steps an epoch; the pre-training stream (6 images / 2 = 3 steps a
     # pass) runs alongside and does not move the milestones.
     _fit(memory, tmp_path, _cfg(milestones="1,2"))
-    lines = _lines(tmp_path / "metrics.jsonl")
+    lines = _records(tmp_path, "train")
     assert [x["step"] for x in lines] == [2, 4, 6]
     np.testing.assert_allclose([x["lr_backbone"] for x in lines], [0.05, 0.005, 0.0005])
     np.testing.assert_allclose([x["lr_head"] for x in lines], [0.5, 0.05, 0.005])
@@ -121,9 +131,12 @@ def test_resume_after_an_interruption_is_bit_identical(tmp_path, memory):
         strict=True,
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert _lines(tmp_path / "split" / "metrics.jsonl")[-1]["loss"] == pytest.approx(
-        _lines(tmp_path / "whole" / "metrics.jsonl")[-1]["loss"], rel=0, abs=0
-    )
+    split, whole_records = _records(tmp_path / "split", None), _records(tmp_path / "whole", None)
+    assert [(r["kind"], r["step"]) for r in split] == [
+        (r["kind"], r["step"]) for r in whole_records
+    ]
+    assert split[-2]["loss"] == whole_records[-2]["loss"]  # the last train record
+    assert split[-1]["best_test_top1"] == whole_records[-1]["best_test_top1"]
 
 
 def _poison_from_step(monkeypatch, first):
@@ -182,10 +195,10 @@ def test_finetune_reads_a_real_selection_and_its_saved_config_repeats_the_run(tm
     again = tmp_path / "again"
     saved = str(first / "config.json")
     assert main(["finetune", "--config", saved, "--out-dir", str(again)]) == 0
-    keep = ("loss", "target_ce", "source_ce", "grad_norm", "test_top1", "lr_backbone")
-    a = [{k: x[k] for k in keep} for x in _lines(first / "metrics.jsonl")]
-    b = [{k: x[k] for k in keep} for x in _lines(again / "metrics.jsonl")]
-    assert a == b
+    timing = ("step_s", "images_per_s")
+    a = [{k: v for k, v in x.items() if k not in timing} for x in _records(first, None)]
+    b = [{k: v for k, v in x.items() if k not in timing} for x in _records(again, None)]
+    assert a == b and len(a) == 4  # a train and an eval record per epoch
     assert (
         json.loads((again / "config.json").read_text())["config"]
         == json.loads((first / "config.json").read_text())["config"]
@@ -363,21 +376,73 @@ def test_unreadable_images_are_replaced_within_the_batch(tmp_path):
     assert out.step == 6
 
 
-def test_progress_line_on_a_terminal(tmp_path, memory, monkeypatch):
+def test_progress_on_a_terminal_in_a_log_and_quiet(tmp_path, memory, monkeypatch):
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
+    cfg = _cfg(objective="vanilla", epochs=1, batch_size=2, milestones="", progress=True)
     screen = Terminal()
     monkeypatch.setattr(sys, "stderr", screen)
-    cfg = _cfg(objective="vanilla", epochs=1, batch_size=2, milestones="", progress=True)
     _fit(memory, tmp_path / "shown", cfg)
     shown = screen.getvalue()
-    assert "\r\x1b[2Kepoch 1/1 step 1/4 loss " in shown and "step 3/4" in shown
-    assert "img/s" in shown and shown.endswith("\r\x1b[2K")  # cleared before the epoch line
+    # a tqdm bar: count, elapsed<ETA, and the epoch and loss beside it
+    assert re.search(r"training: .* [1-4]/4 \[\d\d:\d\d<\d\d:\d\d, .*epoch=1/1, loss=", shown)
+    log = io.StringIO()  # not a terminal: plain lines, the first and the last
+    monkeypatch.setattr(sys, "stderr", log)
+    _fit(memory, tmp_path / "log", cfg)
+    lines = log.getvalue().splitlines()
+    assert lines[0].startswith("training 1/4 (25%) epoch 1/1 loss ")
+    assert re.fullmatch(r"training 4/4 \(100%\) epoch 1/1 loss \S+ \S+ step/s ETA 0s", lines[-1])
     quiet = Terminal()
     monkeypatch.setattr(sys, "stderr", quiet)
     _fit(
         memory, tmp_path / "quiet", _cfg(objective="vanilla", epochs=1, batch_size=2, milestones="")
     )
     assert quiet.getvalue() == ""
+
+
+def _events(run_dir):
+    """``{tag: [(step, value)]}`` of the TensorBoard event files in ``run_dir``, read with the
+    record framing of the format (length, CRC, payload, CRC) and the Event protocol buffer."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    tags = {}
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (size,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + size])
+            pos += 12 + size + 4
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return tags
+
+
+def test_tensorboard_event_files_hold_every_curve(tmp_path, memory):
+    pytest.importorskip("tensorboardX")
+    _fit(memory, tmp_path, _cfg(objective="unlabelled", log_every_steps=1))
+    tags = _events(tmp_path)
+    for name in (
+        "loss",
+        "target_ce",
+        "pseudo_ce",
+        "mask_rate",
+        "grad_norm",
+        "lr_backbone",
+        "lr_head",
+        "images_per_s",
+        "step_s",
+    ):
+        assert [step for step, _ in tags[f"train/{name}"]] == [1, 2, 3, 4, 5, 6], name
+    for name in ("test_top1", "test_mean_class_acc", "best_test_top1"):
+        assert [step for step, _ in tags[f"eval/{name}"]] == [2, 4, 6], name
+    records = _records(tmp_path, "train")
+    np.testing.assert_allclose(
+        [v for _, v in tags["train/loss"]], [r["loss"] for r in records], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        [v for _, v in tags["train/lr_head"]], [0.5] * 2 + [0.05] * 2 + [0.005] * 2, rtol=1e-6
+    )

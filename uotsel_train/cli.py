@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -220,8 +221,25 @@ def _join(args: argparse.Namespace) -> bool:
     return jax.process_index() == 0
 
 
+class _Stderr(logging.Handler):
+    """Log lines to whatever ``sys.stderr`` is when they are written."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(self.format(record) + "\n")
+        sys.stderr.flush()
+
+
+def _console() -> None:
+    """The package's log lines (``uotsel_train`` logger, INFO) go to standard error, once."""
+    logger = logging.getLogger("uotsel_train")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        logger.addHandler(_Stderr())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def _log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    logging.getLogger("uotsel_train").info(line)
 
 
 def _finetune(args: argparse.Namespace, pairs: list[str]) -> int:
@@ -407,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"uotsel-train: error: {err}", file=sys.stderr)
         return 2
+    _console()
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)

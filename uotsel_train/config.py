@@ -93,11 +93,12 @@ FIELDS: dict[str, Field] = {
     "group": Field(-1, "train on one score group of the file (Fig. 4b: 0-9); -1: 'selected'"),
     # evaluation, checkpoints, machinery
     "eval_every": Field(10, "epochs between evaluations (and always after the last)"),
+    "log_every_steps": Field(10, "steps between training records (and at every epoch's end)"),
     "checkpoint_every": Field(1, "epochs between checkpoints (and always after the last)"),
     "seed": Field(0, "heads, data orders and every augmentation"),
     "workers": Field(4, "image decoding threads per process"),
     "prefetch": Field(2, "batches prepared ahead of the running step"),
-    "progress": Field(True, "a progress line on an interactive terminal"),
+    "progress": Field(True, "a progress bar on a terminal, a line every 30 s otherwise"),
 }
 
 # Choices of modules that import JAX or PIL, written here so that validation imports neither;
@@ -253,7 +254,7 @@ def _check_ranges(cfg: ml_collections.ConfigDict) -> None:
     for key in ("epochs", "batch_size", "source_batch_size", "image_size", "eval_every"):
         if not 1 <= cfg[key] <= 10**7:
             raise ConfigError(f"{key}: must be between 1 and 10^7, got {cfg[key]}")
-    for key in ("checkpoint_every", "workers"):
+    for key in ("checkpoint_every", "workers", "log_every_steps"):
         if not 1 <= cfg[key] <= 10**4:
             raise ConfigError(f"{key}: must be between 1 and 10^4, got {cfg[key]}")
     for key, low in (("prefetch", 0), ("bn_group_size", 0), ("top_k", 0), ("group", -1)):

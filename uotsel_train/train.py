@@ -8,8 +8,9 @@ Batches are split over every device of every process and made ahead of time in a
 thread. At the end of every ``checkpoint_every`` epochs the whole state is checkpointed
 (:mod:`uotsel_train.checkpoints`); every ``eval_every`` epochs the target head is evaluated on
 the test set and the validation samples. The run folder holds ``config.json`` (the whole recipe,
-reloadable), ``metrics.jsonl`` (one line per epoch), ``result.json`` (the last and the best
-evaluation, as the released code reports) and ``checkpoints/``.
+reloadable), ``metrics.jsonl`` and TensorBoard event files (:mod:`uotsel_train.metrics`),
+``result.json`` (the last and the best evaluation, as the released code reports) and
+``checkpoints/``. A progress bar with an ETA shows on a terminal, a line every 30 s otherwise.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from uotsel.io import write_json
+from uotsel.progress import Progress
 from uotsel_train import (
     checkpoints,
     config,
@@ -35,6 +36,7 @@ from uotsel_train import (
     feed,
     initialise,
     input_pipeline,
+    metrics,
     models,
     objectives,
     optim,
@@ -58,7 +60,16 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SAME_ON_RESUME = tuple(
     k
     for k in config.FIELDS
-    if k not in ("epochs", "eval_every", "checkpoint_every", "workers", "prefetch", "progress")
+    if k
+    not in (
+        "epochs",
+        "eval_every",
+        "log_every_steps",
+        "checkpoint_every",
+        "workers",
+        "prefetch",
+        "progress",
+    )
 )
 
 
@@ -116,15 +127,11 @@ def _open_run(cfg: Any, out_dir: str, resume: bool, store: checkpoints.Store) ->
     return resuming
 
 
-def _write(path: str, record: dict, append: bool = False) -> None:
+def _write(path: str, record: dict) -> None:
     try:
-        if append:
-            with open(path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-        else:
-            write_json(path, record)
+        write_json(path, record)
     except OSError as err:
-        raise ValueError(f"out_dir: cannot write {path}: {err}") from None
+        raise ValueError(f"out_dir: cannot write {path}: {err.strerror or err}") from None
 
 
 def _evaluate(predict, state, inputs, cfg, pool) -> dict[str, float]:
@@ -146,23 +153,27 @@ def _better(new: dict, best: dict | None) -> bool:
     return best is None or new.get(key, -1) > best.get(key, -1)
 
 
-def _epoch_record(epoch: int, state, terms: list[dict], seconds: float, run) -> dict:
-    """Means over the epoch's steps of every metric, the learning rates of its last step."""
-    names = [k for k in terms[0] if k != "finite"]
-    means = {k: float(np.mean([float(t[k]) for t in terms])) for k in names}
-    last_step = int(state.step) - 1
-    return {
-        "epoch": epoch,
-        "step": int(state.step),
-        **means,
-        **{f"lr_{group}": float(rate(last_step)) for group, rate in run.rates.items()},
-        "seconds": seconds,
-        "images_per_s": run.images_per_step * len(terms) / seconds,
-    }
+class _Meter:
+    """The per-step metrics since the last ``train`` record, the last record, and the best of
+    every evaluation score so far (``best``, from the run's earlier records when resumed)."""
+
+    def __init__(self, best: dict[str, float]) -> None:
+        self.rows: list[dict] = []
+        self.since = time.perf_counter()
+        self.last: dict[str, Any] = {}
+        self.best = best
+
+    def take(self) -> tuple[dict[str, float], int, float]:
+        """``(means, steps, seconds)`` since the last call."""
+        names = [k for k in self.rows[0] if k != "finite"]
+        means = {k: float(np.mean([float(r[k]) for r in self.rows])) for k in names}
+        steps, seconds = len(self.rows), time.perf_counter() - self.since
+        self.rows, self.since = [], time.perf_counter()
+        return means, steps, seconds
 
 
-def _check_finite(metrics: dict, s: int, epoch: int, store: checkpoints.Store) -> dict:
-    if not bool(metrics["finite"]):
+def _check_finite(values: dict, s: int, epoch: int, store: checkpoints.Store) -> dict:
+    if not bool(values["finite"]):
         kept = store.latest()
         where = (
             f"the last good checkpoint (step {kept}) is intact in {store.path}"
@@ -170,10 +181,9 @@ def _check_finite(metrics: dict, s: int, epoch: int, store: checkpoints.Store) -
             else f"no checkpoint had been written yet in {store.path}"
         )
         raise Diverged(
-            f"the loss became {float(metrics['loss'])} at step {s + 1} (epoch {epoch + 1}); "
-            + where
+            f"the loss became {float(values['loss'])} at step {s + 1} (epoch {epoch + 1}); " + where
         )
-    return metrics
+    return values
 
 
 class _Run(NamedTuple):
@@ -186,23 +196,41 @@ class _Run(NamedTuple):
     rates: dict[str, Callable]  # parameter group -> learning-rate schedule
     steps_per_epoch: int
     images_per_step: int
-    show: bool  # progress line on a terminal
+    log_every: int
+    writer: metrics.Writer
+    bar: Progress
+    epochs: int
 
 
-def _train_epoch(run: _Run, state, epoch: int, epochs: int):
-    """One epoch: ``(state, per-step metrics, stream positions after it, seconds)``."""
-    t0, terms, pending, positions = time.perf_counter(), [], None, None
+def _step_done(run: _Run, meter: _Meter, pending: tuple) -> None:
+    """Book a finished step: check its loss, advance the bar, write a ``train`` record every
+    ``log_every`` steps and at the end of every epoch."""
+    values, s, epoch = pending
+    meter.rows.append(_check_finite(values, s, epoch, run.store))
+    loss = float(meter.rows[-1]["loss"])
+    run.bar.update(1, epoch=f"{epoch + 1}/{run.epochs}", loss=f"{loss:.4g}")
+    done = s + 1
+    if done % run.log_every and done % run.steps_per_epoch:
+        return
+    means, steps, seconds = meter.take()
+    rates = {f"lr_{group}": float(rate(s)) for group, rate in run.rates.items()}
+    scalars = {**means, **rates, "step_s": seconds / steps}
+    scalars["images_per_s"] = run.images_per_step * steps / seconds
+    meter.last = {"step": done, **scalars}
+    run.writer.write("train", done, done / run.steps_per_epoch, scalars)
+
+
+def _train_epoch(run: _Run, state, epoch: int, meter: _Meter):
+    """One epoch: ``(state, stream positions after it)``."""
+    pending = positions = None
     for i in range(run.steps_per_epoch):
         batch, after = run.feeder.next()
-        state, metrics = run.train(state, batch)
+        state, values = run.train(state, batch)
         if pending is not None:  # read the previous step while this one runs
-            terms.append(_check_finite(*pending, run.store))
-            if run.show:
-                rate = run.images_per_step * i / (time.perf_counter() - t0)
-                _progress(epoch, epochs, i, run.steps_per_epoch, terms[-1], rate)
-        pending, positions = (metrics, epoch * run.steps_per_epoch + i, epoch), after
-    terms.append(_check_finite(*pending, run.store))
-    return state, terms, positions, time.perf_counter() - t0
+            _step_done(run, meter, pending)
+        pending, positions = (values, epoch * run.steps_per_epoch + i, epoch), after
+    _step_done(run, meter, pending)
+    return state, positions
 
 
 def prepare_out_dir(out_dir: str, resume: bool, create: bool = True) -> None:
@@ -293,19 +321,8 @@ def fit(
         cfg, inputs, backbone, out_dir, resume, log
     )
     lead = jax.process_index() == 0
-    result_path = os.path.join(out_dir, "result.json")
-    last = best = None
-    if int(state.step) and os.path.exists(result_path):
-        try:
-            with open(result_path) as fh:
-                before = json.load(fh)
-            last, best = before["last"], before["best"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"out_dir: cannot read {result_path}: {err}") from None
-    if lead and not int(state.step):  # a fresh start: drop what a run without checkpoint left
-        for name in ("metrics.jsonl", "result.json"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(out_dir, name))
+    last, best, best_scores = _history(out_dir, int(state.step) > 0, lead)
+    if lead:
         extra = {"devices": mesh.size, "processes": jax.process_count()}
         _write(os.path.join(out_dir, "config.json"), {"config": config.to_dict(cfg), **extra})
     objective = objectives.get(cfg.objective)
@@ -313,7 +330,9 @@ def fit(
     settings = objectives.Settings(cfg.lam, cfg.threshold)
     transfer = np.float32 if cfg.precision == "float32" else jnp.bfloat16
     pipeline = input_pipeline.Pipeline(cfg, inputs, mesh, positions, transfer)
-    run = _Run(
+    spe = inputs.train_indices.size // cfg.batch_size
+    end_epoch = cfg.epochs if until_epoch is None else min(cfg.epochs, until_epoch)
+    loop = _Run(
         train=jax.jit(
             step.train_step(model, tx, objective, settings, model.bn_groups),
             donate_argnums=0,
@@ -323,52 +342,92 @@ def fit(
         feeder=feed.Feeder(pipeline.make, int(state.step), depth=cfg.prefetch),
         store=store,
         rates=rates,
-        steps_per_epoch=inputs.train_indices.size // cfg.batch_size,
+        steps_per_epoch=spe,
         images_per_step=cfg.batch_size + len(objective.source_views) * cfg.source_batch_size,
-        show=cfg.progress and lead and sys.stderr.isatty(),
+        log_every=cfg.log_every_steps,
+        writer=metrics.Writer(out_dir, enabled=lead),
+        bar=Progress(
+            end_epoch * spe,
+            "training",
+            unit="step",
+            initial=int(state.step),
+            enabled=cfg.progress and lead,
+        ),
+        epochs=cfg.epochs,
     )
-    end_epoch = cfg.epochs if until_epoch is None else min(cfg.epochs, until_epoch)
+    meter = _Meter(best_scores)
     try:
-        for epoch in range(int(state.step) // run.steps_per_epoch, end_epoch):
-            state, terms, positions, seconds = _train_epoch(run, state, epoch, cfg.epochs)
-            record = _epoch_record(epoch + 1, state, terms, seconds, run)
+        for epoch in range(int(state.step) // spe, end_epoch):
+            state, positions = _train_epoch(loop, state, epoch, meter)
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                last = {
-                    "epoch": epoch + 1,
-                    **_evaluate(run.predict, state, inputs, cfg, pipeline.pool),
-                }
+                scores = _evaluate(loop.predict, state, inputs, cfg, pipeline.pool)
+                last = {"epoch": epoch + 1, **scores}
                 best = last if _better(last, best) else best
-                record |= last
-            if lead:
-                _report(out_dir, record, last, best, run.show, log)
+                _report_eval(loop, meter, out_dir, int(state.step), last, best)
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == end_epoch:
                 store.save(state, cfg.seed, positions)
+            if lead:
+                loop.bar.clear()
+                log(_epoch_line(epoch + 1, cfg.epochs, meter.last, last))
     finally:
-        run.feeder.close()
+        loop.bar.close()
+        loop.writer.close()
+        loop.feeder.close()
         pipeline.close()
-    return FitResult(int(state.step), int(state.step) // run.steps_per_epoch, state, last, best)
+    return FitResult(int(state.step), int(state.step) // spe, state, last, best)
 
 
-def _report(out_dir: str, record: dict, last, best, show: bool, log: Callable) -> None:
-    """The epoch's line in ``metrics.jsonl``, ``result.json`` and the log."""
-    if show:
-        sys.stderr.write("\r\x1b[2K")
-    _write(os.path.join(out_dir, "metrics.jsonl"), record, append=True)
-    if last is not None:
+def _history(out_dir: str, resumed: bool, lead: bool):
+    """``(last, best, best of every score)`` of the run so far: none on a fresh start (whose
+    folder loses the records a run without a checkpoint left), else from ``result.json`` and
+    the ``eval`` records of ``metrics.jsonl``.
+
+    Raises:
+      ValueError: starting with ``out_dir:`` when those files are damaged.
+    """
+    result_path = os.path.join(out_dir, "result.json")
+    if not resumed:
+        for path in (result_path, os.path.join(out_dir, "metrics.jsonl")):
+            if lead:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        return None, None, {}
+    if not os.path.exists(result_path):
+        return None, None, {}
+    try:
+        with open(result_path) as fh:
+            before = json.load(fh)
+        last, best = before["last"], before["best"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"out_dir: cannot read {result_path}: {err}") from None
+    scores: dict[str, float] = {}
+    for record in metrics.read(out_dir, "eval") if lead else []:
+        for key, value in record.items():
+            if key.startswith(("test_", "val_")):
+                scores[key] = max(value, scores.get(key, value))
+    return last, best, scores
+
+
+def _report_eval(run: _Run, meter: _Meter, out_dir: str, step_: int, last, best) -> None:
+    """The ``eval`` record (with the best of each score so far) and ``result.json``."""
+    scores = {k: v for k, v in last.items() if k != "epoch"}
+    meter.best = {k: max(v, meter.best.get(k, v)) for k, v in scores.items()}
+    if run.writer.enabled:
+        bests = {f"best_{k}": v for k, v in meter.best.items()}
+        run.writer.write("eval", step_, last["epoch"], scores | bests)
         _write(os.path.join(out_dir, "result.json"), {"last": last, "best": best})
-    log(" ".join(_shown(k, v) for k, v in record.items()))
+
+
+def _epoch_line(epoch: int, epochs: int, train: dict, last: dict | None) -> str:
+    """One line per epoch for the log: the last train record and the epoch's evaluation."""
+    shown = dict(train)
+    if last is not None and last["epoch"] == epoch:
+        shown |= {k: v for k, v in last.items() if k != "epoch"}
+    return f"epoch {epoch}/{epochs} " + " ".join(_shown(k, v) for k, v in shown.items())
 
 
 def _shown(key: str, value: Any) -> str:
     return f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
-
-
-def _progress(epoch: int, epochs: int, i: int, steps: int, metrics: dict, rate: float) -> None:
-    sys.stderr.write(
-        f"\r\x1b[2Kepoch {epoch + 1}/{epochs} step {i}/{steps} "
-        f"loss {float(metrics['loss']):.4g} {rate:.0f} img/s"
-    )
-    sys.stderr.flush()
 
 
 def run(
