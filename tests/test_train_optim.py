@@ -57,9 +57,7 @@ def test_sgd_matches_torch_semantics_with_head_multiplier():
 def test_labelled_loss_by_hand():
     t_logits = jnp.array([[2.0, 0.0], [0.0, 1.0]])
     s_logits = jnp.array([[0.0, 0.0, 3.0]])
-    loss, parts = losses.labelled_loss(
-        t_logits, jnp.array([0, 1]), s_logits, jnp.array([2]), 0.3
-    )
+    loss, parts = losses.labelled_loss(t_logits, jnp.array([0, 1]), s_logits, jnp.array([2]), 0.3)
     ce_t = np.mean([np.log(1 + np.exp(-2.0)), np.log(1 + np.exp(-1.0))])
     ce_s = -np.log(np.exp(3) / (2 + np.exp(3)))
     np.testing.assert_allclose(parts["target_ce"], ce_t, rtol=1e-6)
