@@ -151,6 +151,15 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rank the combinations by test top-1 (optimistic; default: validation)",
     )
+    plot = sub.add_parser(
+        "plot",
+        help="draw runs: loss, learning rate and accuracy against epochs",
+        description="Draw the loss terms, the learning rates and the test / validation top-1 "
+        "of one or more run folders against epochs, overlaid (needs matplotlib: "
+        "pip install 'uotsel[plot]').",
+    )
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
+    plot.add_argument("--out", required=True, help="the picture to write (.png)")
     demo = sub.add_parser(
         "demo",
         help="the whole method on generated images, on CPU in a few minutes",
@@ -313,6 +322,19 @@ def _configs(args: argparse.Namespace, pairs: list[str]) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace, pairs: list[str]) -> int:
+    from uotsel_train import plot
+
+    for run_dir in args.runs:
+        if not os.path.isdir(run_dir):
+            raise ValueError(f"RUN_DIR: not a folder: {run_dir}")
+        if os.path.abspath(args.out) == os.path.abspath(os.path.join(run_dir, "metrics.jsonl")):
+            raise ValueError("--out: would overwrite the metrics it draws")
+    plot.curves(args.runs, args.out)
+    print(f"{len(args.runs)} run(s) -> {args.out}")
+    return 0
+
+
 def _demo(args: argparse.Namespace, pairs: list[str]) -> int:
     import dataclasses
     import tempfile
@@ -406,6 +428,7 @@ _COMMANDS = {
     "configs": _configs,
     "finetune": _finetune,
     "grid": _grid,
+    "plot": _plot,
     "demo": _demo,
 }
 
