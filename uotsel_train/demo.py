@@ -1,34 +1,58 @@
 """``uotsel-train demo``: the whole method on CPU in a few minutes, on generated images.
 
-1. Draws a pre-training set (every shape x background pair of :mod:`uotsel_train.synthetic` is
-   a class) and a small target set (a few of the shapes on a background of its own, close to
-   one pre-training background).
-2. Pre-trains the tiny ResNet on the pre-training set.
-3. Computes the class means of both sets under that backbone and selects pre-training classes
-   with ``uotsel.select`` (UOT, the paper's settings), and as many at random (a new draw for
-   every seed).
-4. Clusters the pre-training features with spherical k-means and selects clusters with UOT,
-   as for unlabelled pre-training data.
-5. Fine-tunes from the pre-trained backbone, once per seed: on the target set alone; with the
-   UOT-selected classes (eq. 6, labelled); with the random classes (eq. 6); with the images of
-   the UOT-selected clusters, labels unused (eq. 7).
-6. Prints the test accuracies side by side, per seed and on average.
+The world (:mod:`uotsel_train.synthetic`): a pre-training set that labels every pair of 8
+shapes and 5 *domains* (a background texture and a colour range), and a small target task of 5
+*other* shapes, never drawn in pre-training, on one of those domains. No target class is a
+pre-training class; what the target shares with 8 of the 40 pre-training classes is its domain
+only. Every shape and texture is mirror-symmetric, so the training transform's flip and crop
+keep every image in its own class and domain.
 
-Nothing is tuned to flatter a method: every arm has the same schedule, the seeds are stated,
-and what is printed is what was measured.
+1. Pre-trains the tiny ResNet on the pre-training set.
+2. Computes the class means of both sets under that backbone and ranks the pre-training
+   classes with ``uotsel.select`` (UOT, the paper's settings).
+3. Selects, with the same number of classes (``top_k``) and so the same number of images:
+   the top of the UOT ranking; the bottom of it (the least similar classes); a random draw
+   (a new one for every seed). Without labels: spherical k-means clusters of the pre-training
+   features, ranked with UOT, taken from the top until they hold as many images.
+4. Fine-tunes from the pre-trained backbone with the same schedule for every arm, once per
+   seed: on the target set alone; with each class selection (eq. 6, labelled); with the
+   cluster images, labels unused (eq. 7).
+5. Prints the test accuracies per seed and on average, and how often UOT's classes did better
+   than the random and the least similar ones; writes ``demo.json``.
+
+:func:`domain_gap` measures how different the domains are for the skill the target needs: a
+classifier of the pre-training shapes trained on one domain, tested on every domain.
+
+Nothing is tuned to flatter a method: every arm has the same schedule and the same number of
+pre-training images, the seeds are stated, and what is printed is what was measured.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DemoSettings", "run"]
+__all__ = ["ARMS", "TARGET_DOMAINS", "DemoSettings", "domain_gap", "run", "target_domain"]
+
+# The domains a target task is drawn on, cycled by the data seed: the textured ones ("plain"
+# is a pre-training domain only).
+TARGET_DOMAINS = ("checks", "stripes", "dots", "noise")
+
+# arm name -> run folder
+ARMS = {
+    "target only": "target-only",
+    "+ UOT classes": "uot-classes",
+    "+ random classes": "random-classes",
+    "+ least similar classes": "least-similar-classes",
+    "+ UOT clusters, no labels": "uot-clusters-unlabelled",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +65,15 @@ class DemoSettings:
     image_size: int = 32
     pretrain_per_class: int = 100
     target_per_class: int = 8
-    test_per_class: int = 60
+    test_per_class: int = 200
     pretrain_test_per_class: int = 10
     pretrain_epochs: int = 30
     finetune_epochs: int = 30
     lam: float = 1.0
     pretrain_lr: float = 0.05
     finetune_lr: float = 0.03
+    unlabelled: bool = True  # the eq. 7 arm
+    domain: str = ""  # the target's domain; "" : TARGET_DOMAINS[data_seed % 4]
 
     @classmethod
     def quick(cls) -> DemoSettings:
@@ -58,14 +84,160 @@ class DemoSettings:
             pretrain_test_per_class=2,
             pretrain_epochs=2,
             finetune_epochs=3,
+            unlabelled=False,
         )
 
 
-def _backbone_variables(state: Any) -> dict[str, Any]:
-    return {
-        "params": state.params["backbone"],
-        "batch_stats": state.batch_stats["backbone"],
+def target_domain(settings: DemoSettings) -> str:
+    """The domain of the target task of ``settings``."""
+    return settings.domain or TARGET_DOMAINS[settings.data_seed % len(TARGET_DOMAINS)]
+
+
+_COMMON = {"arch": "tiny", "crop_scale": "0.35,1", "workers": 2, "progress": False}
+
+
+def _config(**settings: Any) -> Any:
+    from uotsel_train import config
+
+    cfg = config.override(
+        config.default(), [f"{k}={v}" for k, v in {**_COMMON, **settings}.items()]
+    )
+    config.validate(cfg, check_files=False)
+    return cfg
+
+
+def _inputs(target: Any, test: Any, pretrain: Any = None, indices: Any = None, heads: int = 0):
+    from uotsel_train import input_pipeline
+
+    return input_pipeline.Inputs(
+        target=target,
+        train_indices=np.arange(len(target)),
+        val_indices=np.zeros(0, np.int64),
+        test=test,
+        pretrain=pretrain,
+        pretrain_indices=indices,
+        num_source_classes=heads,
+    )
+
+
+def _train(
+    source: Any,
+    tests: dict[str, Any],
+    num_classes: int,
+    folder: str,
+    *,
+    epochs: int,
+    lr: float,
+    seed: int,
+    size: int,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Train the tiny ResNet from scratch on the classes of ``source``; return its backbone
+    variables and its top-1 on each of ``tests`` (the first one is also in the run's
+    ``metrics.jsonl``)."""
+    from uotsel_train import evaluate, initialise, models, train
+
+    cfg = _config(
+        objective="vanilla",
+        lr=lr,
+        epochs=epochs,
+        milestones=max(1, epochs * 2 // 3),
+        batch_size=96,
+        eval_every=epochs,
+        checkpoint_every=epochs,
+        seed=seed,
+        image_size=size,
+    )
+    first, *others = tests
+    fresh = initialise.fresh(models.backbone("tiny"), seed, size)
+    out = train.fit(cfg, _inputs(source, tests[first]), fresh, folder, log=lambda line: None)
+    variables = {"params": out.state.params, "batch_stats": out.state.batch_stats}
+    top1 = {first: out.last["test_top1"]}
+    predict = evaluate.predictor(train.build_model(cfg, num_classes, 0))
+    for name in others:
+        top1[name] = evaluate.accuracy(predict, variables, tests[name], image_size=size, workers=2)[
+            "top1"
+        ]
+    params, stats = out.state.params, out.state.batch_stats
+    return {"params": params["backbone"], "batch_stats": stats["backbone"]}, top1
+
+
+def _finetune(
+    s: DemoSettings,
+    objective: str,
+    seed: int,
+    backbone: dict[str, Any],
+    target: Any,
+    test: Any,
+    pretrain: Any,
+    indices: np.ndarray | None,
+    folder: str,
+) -> dict[str, float]:
+    """Fine-tune from ``backbone`` (fresh heads) with ``objective`` on ``target`` (+ the
+    pre-training images at ``indices``); return the test top-1 and mean per-class accuracy."""
+    from uotsel_train import train
+
+    e = s.finetune_epochs
+    cfg = _config(
+        objective=objective,
+        lr=s.finetune_lr,
+        lam=s.lam,
+        epochs=e,
+        milestones=f"{max(1, e * 3 // 5)},{max(1, e * 4 // 5)}",
+        batch_size=10,
+        source_batch_size=30,
+        eval_every=e,
+        checkpoint_every=e,
+        seed=seed,
+        image_size=s.image_size,
+    )
+    inputs = _inputs(
+        target,
+        test,
+        pretrain if indices is not None else None,
+        indices,
+        len(pretrain.classes) if indices is not None else 0,
+    )
+    out = train.fit(cfg, inputs, backbone, folder, log=lambda line: None)
+    return {"top1": out.last["test_top1"], "mean_class_acc": out.last["test_mean_class_acc"]}
+
+
+@contextlib.contextmanager
+def _compilation_cache() -> Iterator[None]:
+    """Every run of the demo compiles the same few steps; a persistent compilation cache in a
+    temporary folder compiles each once (unless the caller set up a cache of their own). The
+    previous settings are restored afterwards."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    if jax.config.jax_compilation_cache_dir:
+        yield
+        return
+    names = {
+        "jax_compilation_cache_dir": None,
+        "jax_persistent_cache_min_compile_time_secs": 0.0,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
     }
+    before = {name: getattr(jax.config, name) for name in names}
+    with tempfile.TemporaryDirectory(prefix="uotsel-demo-xla-") as folder:
+        try:
+            for name, value in names.items():
+                jax.config.update(name, folder if value is None else value)
+            compilation_cache.reset_cache()
+            yield
+        finally:
+            for name, value in before.items():
+                jax.config.update(name, value)
+            compilation_cache.reset_cache()
+
+
+def _first_images(ranking: np.ndarray, unit_ids: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` sample indices taken unit by unit down ``ranking`` (the last unit in part, a
+    seeded subset of it), ascending."""
+    position = np.empty(len(ranking), np.int64)
+    position[ranking] = np.arange(len(ranking))
+    tie = np.random.default_rng([seed, 3]).random(len(unit_ids))
+    order = np.lexsort((tie, position[unit_ids]))
+    return np.sort(order[:count])
 
 
 def run(
@@ -73,205 +245,249 @@ def run(
     settings: DemoSettings = DemoSettings(),
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the demonstration, writing every run under ``out_dir`` and the figures to
-    ``out_dir/demo.json``; returns that record."""
-    import jax
-    import jax.numpy as jnp
+    """Run the demonstration, writing every run under ``out_dir``, the class means to
+    ``out_dir/means.npz`` and the figures to ``out_dir/demo.json``; returns that record."""
+    with _compilation_cache():
+        return _run(out_dir, settings, log)
 
+
+def _run(out_dir: str, s: DemoSettings, log: Callable[[str], None]) -> dict[str, Any]:
     import uotsel
     from uotsel.io import write_json
-    from uotsel_train import data, extract, loop, models, synthetic
+    from uotsel_train import data, extract, synthetic
 
     start = time.perf_counter()
-    s = settings
     size = s.image_size
+    domain = target_domain(s)
     pre = synthetic.pretraining_set(s.pretrain_per_class, s.data_seed, size)
-    target = synthetic.target_set(s.target_per_class, s.data_seed, size)
-    test = synthetic.target_set(s.test_per_class, s.data_seed + 1000, size)
+    target = synthetic.target_set(s.target_per_class, s.data_seed, size, domain=domain)
+    test = synthetic.target_set(s.test_per_class, s.data_seed + 1000, size, domain=domain)
+    held_out = synthetic.pretraining_set(s.pretrain_test_per_class, s.data_seed + 1000, size)
     pre_src = data.ArraySource(pre.images, pre.labels, pre.classes)
     target_src = data.ArraySource(target.images, target.labels, target.classes)
     test_src = data.ArraySource(test.images, test.labels, test.classes)
     log(
-        f"data (seed {s.data_seed}): pre-training {len(pre_src)} images in "
-        f"{len(pre.classes)} classes; target {len(target_src)} training and {len(test_src)} "
-        f"test images in {len(target.classes)} classes ({', '.join(target.classes)})"
+        f"world (data seed {s.data_seed}): pre-training {len(pre_src)} images in "
+        f"{len(pre.classes)} classes ({len(synthetic.SHAPES)} shapes x "
+        f"{len(synthetic.DOMAINS)} domains: {', '.join(synthetic.DOMAINS)})"
     )
-    common = {
-        "arch": "tiny",
-        "image_size": size,
-        "crop_scale": (0.35, 1.0),
-        "workers": 2,
-        "progress": False,
-    }
+    log(
+        f"target: {len(target.classes)} new shapes ({', '.join(target.classes)}) on {domain}, "
+        f"{len(target_src)} training and {len(test_src)} test images; no target class is a "
+        f"pre-training class, {len(synthetic.SHAPES)} pre-training classes share its domain"
+    )
 
     # 1. pre-training: the tiny network learns the pre-training classes.
-    model = models.FineTuner("tiny", num_target=len(pre.classes))
-    init = model.init(jax.random.key(s.data_seed), jnp.zeros((1, size, size, 3)))
-    e = s.pretrain_epochs
-    cfg = loop.Config(
-        objective="vanilla",
-        lr=s.pretrain_lr,
-        weight_decay=1e-4,
-        epochs=e,
-        milestones=(max(1, e * 2 // 3),),
-        batch_size=96,
-        eval_every=e,
-        checkpoint_every=e,
-        seed=s.data_seed,
-        **common,
-    )
-    log(f"pre-training the tiny ResNet for {e} epochs ...")
-    held_out = synthetic.pretraining_set(s.pretrain_test_per_class, s.data_seed + 1000, size)
-    pretrained = loop.fit(
-        cfg,
-        model,
-        init,
+    log(f"pre-training the tiny ResNet for {s.pretrain_epochs} epochs ...")
+    backbone, accuracy = _train(
         pre_src,
+        {"held-out": data.ArraySource(held_out.images, held_out.labels, held_out.classes)},
+        len(pre.classes),
         os.path.join(out_dir, "pretrain"),
-        target_test=data.ArraySource(held_out.images, held_out.labels, held_out.classes),
-        log=lambda line: None,
+        epochs=s.pretrain_epochs,
+        lr=s.pretrain_lr,
+        seed=s.data_seed,
+        size=size,
     )
-    pretrain_top1 = pretrained["eval"]["top1"]
+    pretrain_top1 = accuracy["held-out"]
     log(f"pre-trained: top-1 {pretrain_top1:.3f} on {len(held_out.labels)} held-out images")
-    backbone = _backbone_variables(pretrained["state"])
 
     # 2. class means under the pre-trained backbone, and the selections.
     resize = round(size * 256 / 224)
-    pre_out = extract.extract(
-        pre_src,
-        {"backbone": backbone},
-        "tiny",
-        image_size=size,
-        resize=resize,
-        workers=2,
-        keep_features=True,
+    features = {"image_size": size, "resize": resize, "workers": 2}
+    variables = {"backbone": backbone}
+    pre_out = extract.extract(pre_src, variables, "tiny", keep_features=True, **features)
+    target_means = extract.extract(target_src, variables, "tiny", **features).means
+    np.savez(
+        os.path.join(out_dir, "means.npz"),
+        pretrain=pre_out.means,
+        target=target_means,
+        pretrain_classes=np.asarray(pre.classes),
+        target_classes=np.asarray(target.classes),
     )
-    means = {
-        "pretrain": pre_out.means,
-        "target": extract.extract(
-            target_src, {"backbone": backbone}, "tiny", image_size=size, resize=resize, workers=2
-        ).means,
-    }
-    related = {f"{shape}/stripes" for shape in target.classes}
+    k = s.top_k
+
+    def names(units) -> list[str]:
+        return [pre.classes[u] for u in units]
+
+    def on_domain(units) -> int:
+        return sum(synthetic.class_domain(n) == domain for n in names(units))
+
+    def shapes(units) -> int:
+        return len({n.partition("/")[0] for n in names(units)})
 
     def describe(units) -> str:
-        names = [pre.classes[u] for u in units]
-        hits = sum(n in related for n in names)
-        return f"{', '.join(names)} ({hits} of the {len(related)} target shapes on stripes)"
+        return (
+            f"{', '.join(names(units))} ({on_domain(units)} of {k} on {domain}; "
+            f"{shapes(units)} distinct shapes)"
+        )
 
-    uot = uotsel.select(means["pretrain"], means["target"], top_k=s.top_k)
-    log(f"UOT selects {describe(uot.selected)}")
+    uot = uotsel.select(pre_out.means, target_means, top_k=k)
+    least = uot.ranking[::-1][:k]
     randoms = {
         seed: uotsel.select(
-            means["pretrain"], means["target"], strategy="random", top_k=s.top_k, seed=seed
+            pre_out.means, target_means, strategy="random", top_k=k, seed=1000 * s.data_seed + seed
         ).selected
         for seed in s.seeds
     }
+    log(f"UOT selects {describe(uot.selected)}")
+    log(f"least similar (bottom of the UOT ranking): {describe(least)}")
     for seed, units in randoms.items():
         log(f"random (seed {seed}) selects {describe(units)}")
-    # Without labels: spherical k-means clusters of the per-image features (twice as many
-    # clusters as classes, and twice as many selected, as the paper's 2000 and 200).
-    clusters = uotsel.kmeans(pre_out.features, 2 * len(pre.classes), seed=s.data_seed)
-    by_cluster = uotsel.select(
-        clusters.centroids,
-        means["target"],
-        top_k=2 * s.top_k,
-        unit_ids=clusters.assignment,
-    )
-    picked = pre.labels[by_cluster.sample_indices]
-    share = np.mean([pre.classes[c] in related for c in picked])
-    log(
-        f"UOT selects {2 * s.top_k} of {2 * len(pre.classes)} k-means clusters (labels "
-        f"unused): {picked.size} images, {share:.0%} of them target shapes on stripes"
-    )
 
     def images_of(units) -> np.ndarray:
         return np.flatnonzero(np.isin(pre.labels, np.asarray(units)))
 
-    # 3. fine-tuning: the same schedule for every arm.
-    arms = {  # name: (run folder, objective, selected images for a seed)
-        "target only": ("target-only", "vanilla", lambda seed: None),
-        "+ UOT-selected classes": (
-            "uot-classes",
-            "labelled",
-            lambda seed: images_of(uot.selected),
-        ),
-        "+ random classes": ("random-classes", "labelled", lambda seed: images_of(randoms[seed])),
-        "+ UOT clusters, no labels": (
-            "uot-clusters-unlabelled",
-            "unlabelled",
-            lambda seed: by_cluster.sample_indices,
-        ),
-    }
-    e = s.finetune_epochs
-    results: dict[str, list[float]] = {arm: [] for arm in arms}
-    for seed in s.seeds:
-        for arm, (slug, objective, chosen) in arms.items():
-            indices = chosen(seed)
-            num_source = len(pre.classes) if objective == "labelled" else 0
-            net = models.FineTuner("tiny", num_target=len(target.classes), num_source=num_source)
-            fresh = net.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)))
-            variables = {
-                "params": {**fresh["params"], "backbone": backbone["params"]},
-                "batch_stats": {"backbone": backbone["batch_stats"]},
-            }
-            cfg = loop.Config(
-                objective=objective,
-                lr=s.finetune_lr,
-                weight_decay=1e-4,
-                lam=s.lam,
-                epochs=e,
-                milestones=(max(1, e * 3 // 5), max(1, e * 4 // 5)),
-                batch_size=10,
-                source_batch_size=30,
-                eval_every=e,
-                checkpoint_every=e,
-                seed=seed,
-                **common,
-            )
-            folder = os.path.join(out_dir, f"seed{seed}", slug)
-            out = loop.fit(
-                cfg,
-                net,
-                variables,
-                target_src,
-                folder,
-                target_test=test_src,
-                pretrain=pre_src,
-                pretrain_indices=indices,
-                log=lambda line: None,
-            )
-            results[arm].append(out["eval"]["top1"])
-            log(f"seed {seed}: {arm}: test top-1 {out['eval']['top1']:.3f}")
+    count = images_of(uot.selected).size  # every class arm has this many images
+    clusters = None
+    if s.unlabelled:
+        # Without labels: spherical k-means clusters of the per-image features (twice as many
+        # clusters as classes, as the paper's 2000 for ImageNet's 1000 classes), ranked with
+        # UOT and taken from the top until they hold as many images as the class arms.
+        km = uotsel.kmeans(pre_out.features, 2 * len(pre.classes), seed=s.data_seed)
+        ranked = uotsel.select(km.centroids, target_means, top_k=None)
+        picked = _first_images(ranked.ranking, km.assignment, count, s.data_seed)
+        used = [int(c) for c in ranked.ranking if np.any(km.assignment[picked] == c)]
+        share = float(np.mean(pre.domain[picked] == synthetic.DOMAINS.index(domain)))
+        clusters = {"indices": picked, "clusters": used, "share_on_domain": share}
+        last = np.sum(km.assignment == used[-1]) > np.sum(km.assignment[picked] == used[-1])
+        log(
+            f"UOT ranks {2 * len(pre.classes)} k-means clusters (labels unused); the top "
+            f"{len(used)}{' (the last in part)' if last else ''} give {picked.size} images, "
+            f"{share:.0%} of them on {domain}"
+        )
 
+    arms = {  # name: (objective, selected images for a seed)
+        "target only": ("vanilla", lambda seed: None),
+        "+ UOT classes": ("labelled", lambda seed: images_of(uot.selected)),
+        "+ random classes": ("labelled", lambda seed: images_of(randoms[seed])),
+        "+ least similar classes": ("labelled", lambda seed: images_of(least)),
+    }
+    if clusters is not None:
+        arms["+ UOT clusters, no labels"] = ("unlabelled", lambda seed: clusters["indices"])
+
+    # 3. fine-tuning: the same schedule for every arm.
+    results: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
+    for seed in s.seeds:
+        for arm, (objective, chosen) in arms.items():
+            indices = chosen(seed)
+            assert indices is None or indices.size == count
+            folder = os.path.join(out_dir, f"seed{seed}", ARMS[arm])
+            got = _finetune(
+                s, objective, seed, backbone, target_src, test_src, pre_src, indices, folder
+            )
+            results[arm].append(got)
+            log(f"seed {seed}: {arm}: test top-1 {got['top1']:.3f}")
+
+    top1 = {arm: [r["top1"] for r in rs] for arm, rs in results.items()}
+    uot_top1 = np.asarray(top1["+ UOT classes"])
+    versus = {}
+    for other in ("target only", "+ random classes", "+ least similar classes"):
+        diff = uot_top1 - np.asarray(top1[other])
+        versus[other] = {
+            "differences": diff.tolist(),
+            "mean_difference": float(diff.mean()),
+            "seeds_better": int(np.sum(diff > 0)),
+            "seeds_worse": int(np.sum(diff < 0)),
+        }
     record = {
         "settings": dataclasses.asdict(s),
-        "selected": {
-            "uot": [pre.classes[u] for u in uot.selected],
-            "random": {seed: [pre.classes[u] for u in units] for seed, units in randoms.items()},
-            "uot_clusters": by_cluster.selected.tolist(),
-            "uot_cluster_images_on_target_shapes_and_stripes": float(share),
+        "world": {
+            "pretrain_shapes": list(synthetic.SHAPES),
+            "domains": list(synthetic.DOMAINS),
+            "target_shapes": list(target.classes),
+            "target_domain": domain,
+            "pretrain_images": len(pre_src),
+            "target_train_images": len(target_src),
+            "target_test_images": len(test_src),
         },
         "pretrain_top1": pretrain_top1,
-        "top1": results,
-        "mean_top1": {arm: float(np.mean(v)) for arm, v in results.items()},
+        "selected": {
+            "uot": names(uot.selected),
+            "least_similar": names(least),
+            "random": {seed: names(units) for seed, units in randoms.items()},
+            "uot_clusters": clusters and clusters["clusters"],
+        },
+        "on_target_domain": {
+            "uot": on_domain(uot.selected),
+            "least_similar": on_domain(least),
+            "random": {seed: on_domain(units) for seed, units in randoms.items()},
+            "uot_cluster_images": clusters and clusters["share_on_domain"],
+        },
+        "distinct_shapes": {
+            "uot": shapes(uot.selected),
+            "least_similar": shapes(least),
+            "random": {seed: shapes(units) for seed, units in randoms.items()},
+        },
+        "pretrain_images_per_arm": count,
+        "top1": top1,
+        "mean_class_acc": {arm: [r["mean_class_acc"] for r in rs] for arm, rs in results.items()},
+        "mean_top1": {arm: float(np.mean(v)) for arm, v in top1.items()},
+        "uot_classes_versus": versus,
+        "runs": {arm: [f"seed{seed}/{ARMS[arm]}" for seed in s.seeds] for arm in arms},
         "seconds": time.perf_counter() - start,
     }
     write_json(os.path.join(out_dir, "demo.json"), record)
+
     width = max(len(a) for a in arms)
-    seeds = "  ".join(f"seed {x}" for x in s.seeds)
     log("")
     log(
         f"test top-1 on {len(test_src)} target images ({len(target_src)} training images, "
-        f"{e} epochs):"
+        f"{s.finetune_epochs} epochs; {count} pre-training images in every arm that uses them):"
     )
-    log(f"{'':{width}}  {seeds}    mean")
-    for arm, accs in results.items():
+    log(f"{'':{width}}  {'  '.join(f'seed {x}' for x in s.seeds)}    mean")
+    for arm, accs in top1.items():
         cells = "  ".join(f"{a:6.3f}" for a in accs)
         log(f"{arm:{width}}  {cells}  {np.mean(accs):6.3f}")
+    for other, v in versus.items():
+        log(
+            f"UOT classes - {other.removeprefix('+ ')}: {v['mean_difference']:+.3f} on average; "
+            f"better on {v['seeds_better']}, worse on {v['seeds_worse']} of {len(s.seeds)} seeds"
+        )
     log(
-        f"seeds: data {s.data_seed} (images, pre-training); fine-tuning "
+        f"seeds: data {s.data_seed} (images, pre-training, k-means); fine-tuning "
         f"{', '.join(map(str, s.seeds))} (heads, data order, augmentation, random draw)"
     )
-    log(f"({record['seconds']:.0f} s; runs and demo.json in {out_dir})")
+    log(f"({record['seconds']:.0f} s; runs, means.npz and demo.json in {out_dir})")
     return record
+
+
+def domain_gap(
+    out_dir: str,
+    *,
+    per_class: int = 100,
+    test_per_class: int = 50,
+    epochs: int = 20,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, float]]:
+    """How far apart the domains are: for every domain, a tiny ResNet trained from scratch to
+    tell the pre-training shapes apart on that domain alone (``per_class`` images per shape),
+    tested on every domain (``test_per_class`` per shape). Returns (and writes to
+    ``out_dir/domain_gap.json``) ``{trained on: {tested on: top-1}}``."""
+    from uotsel.io import write_json
+    from uotsel_train import data, synthetic
+
+    def shapes_on(domain: str, count: int, offset: int) -> Any:
+        drawn = synthetic.pretraining_set(count, seed + offset, domains=(domain,))
+        return data.ArraySource(drawn.images, drawn.labels, list(synthetic.SHAPES))
+
+    gap: dict[str, dict[str, float]] = {}
+    with _compilation_cache():
+        tests = {d: shapes_on(d, test_per_class, 1000) for d in synthetic.DOMAINS}
+        for domain in synthetic.DOMAINS:
+            _, top1 = _train(
+                shapes_on(domain, per_class, 0),
+                {domain: tests[domain], **tests},
+                len(synthetic.SHAPES),
+                os.path.join(out_dir, f"trained-on-{domain}"),
+                epochs=epochs,
+                lr=0.05,
+                seed=seed,
+                size=32,
+            )
+            gap[domain] = {d: top1[d] for d in synthetic.DOMAINS}
+            cells = "  ".join(f"{d} {v:.3f}" for d, v in gap[domain].items())
+            log(f"trained on {domain}: {cells}")
+    write_json(os.path.join(out_dir, "domain_gap.json"), {"seed": seed, "top1": gap})
+    return gap
