@@ -35,7 +35,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -251,135 +251,149 @@ def run(
         return _run(out_dir, settings, log)
 
 
-def _run(out_dir: str, s: DemoSettings, log: Callable[[str], None]) -> dict[str, Any]:
-    import uotsel
-    from uotsel.io import write_json
-    from uotsel_train import data, extract, synthetic
+class _World(NamedTuple):
+    """The drawn data sets (as sources) and the target's domain."""
 
-    start = time.perf_counter()
-    size = s.image_size
-    domain = target_domain(s)
+    pre: Any  # synthetic.Drawn of the pre-training set (with ``domain``)
+    pretrain: Any
+    target: Any
+    test: Any
+    held_out: Any
+    domain: str
+
+
+def _world(s: DemoSettings, log: Callable[[str], None]) -> _World:
+    from uotsel_train import data, synthetic
+
+    size, domain = s.image_size, target_domain(s)
     pre = synthetic.pretraining_set(s.pretrain_per_class, s.data_seed, size)
     target = synthetic.target_set(s.target_per_class, s.data_seed, size, domain=domain)
     test = synthetic.target_set(s.test_per_class, s.data_seed + 1000, size, domain=domain)
-    held_out = synthetic.pretraining_set(s.pretrain_test_per_class, s.data_seed + 1000, size)
-    pre_src = data.ArraySource(pre.images, pre.labels, pre.classes)
-    target_src = data.ArraySource(target.images, target.labels, target.classes)
-    test_src = data.ArraySource(test.images, test.labels, test.classes)
+    held = synthetic.pretraining_set(s.pretrain_test_per_class, s.data_seed + 1000, size)
+    world = _World(
+        pre,
+        data.ArraySource(pre.images, pre.labels, pre.classes),
+        data.ArraySource(target.images, target.labels, target.classes),
+        data.ArraySource(test.images, test.labels, test.classes),
+        data.ArraySource(held.images, held.labels, held.classes),
+        domain,
+    )
     log(
-        f"world (data seed {s.data_seed}): pre-training {len(pre_src)} images in "
+        f"world (data seed {s.data_seed}): pre-training {len(world.pretrain)} images in "
         f"{len(pre.classes)} classes ({len(synthetic.SHAPES)} shapes x "
         f"{len(synthetic.DOMAINS)} domains: {', '.join(synthetic.DOMAINS)})"
     )
     log(
         f"target: {len(target.classes)} new shapes ({', '.join(target.classes)}) on {domain}, "
-        f"{len(target_src)} training and {len(test_src)} test images; no target class is a "
-        f"pre-training class, {len(synthetic.SHAPES)} pre-training classes share its domain"
+        f"{len(world.target)} training and {len(world.test)} test images; no target class is "
+        f"a pre-training class, {len(synthetic.SHAPES)} pre-training classes share its domain"
     )
+    return world
 
-    # 1. pre-training: the tiny network learns the pre-training classes.
-    log(f"pre-training the tiny ResNet for {s.pretrain_epochs} epochs ...")
-    backbone, accuracy = _train(
-        pre_src,
-        {"held-out": data.ArraySource(held_out.images, held_out.labels, held_out.classes)},
-        len(pre.classes),
-        os.path.join(out_dir, "pretrain"),
-        epochs=s.pretrain_epochs,
-        lr=s.pretrain_lr,
-        seed=s.data_seed,
-        size=size,
-    )
-    pretrain_top1 = accuracy["held-out"]
-    log(f"pre-trained: top-1 {pretrain_top1:.3f} on {len(held_out.labels)} held-out images")
 
-    # 2. class means under the pre-trained backbone, and the selections.
-    resize = round(size * 256 / 224)
-    features = {"image_size": size, "resize": resize, "workers": 2}
-    variables = {"backbone": backbone}
-    pre_out = extract.extract(pre_src, variables, "tiny", keep_features=True, **features)
-    target_means = extract.extract(target_src, variables, "tiny", **features).means
-    np.savez(
-        os.path.join(out_dir, "means.npz"),
-        pretrain=pre_out.means,
-        target=target_means,
-        pretrain_classes=np.asarray(pre.classes),
-        target_classes=np.asarray(target.classes),
-    )
-    k = s.top_k
+class _Selections(NamedTuple):
+    uot: np.ndarray  # [k] class ids, best first
+    least: np.ndarray  # [k] the bottom of the UOT ranking
+    randoms: dict[int, np.ndarray]  # fine-tuning seed -> [k] class ids
+    clusters: dict[str, Any] | None  # images of the UOT-ranked clusters, or None
+
+
+def _describe(w: _World, k: int):
+    """Functions of a class selection: names, how many on the target's domain, shapes, and
+    one line saying all three."""
+    from uotsel_train import synthetic
 
     def names(units) -> list[str]:
-        return [pre.classes[u] for u in units]
+        return [w.pre.classes[u] for u in units]
 
     def on_domain(units) -> int:
-        return sum(synthetic.class_domain(n) == domain for n in names(units))
+        return sum(synthetic.class_domain(n) == w.domain for n in names(units))
 
     def shapes(units) -> int:
         return len({n.partition("/")[0] for n in names(units)})
 
-    def describe(units) -> str:
+    def line(units) -> str:
         return (
-            f"{', '.join(names(units))} ({on_domain(units)} of {k} on {domain}; "
+            f"{', '.join(names(units))} ({on_domain(units)} of {k} on {w.domain}; "
             f"{shapes(units)} distinct shapes)"
         )
 
+    return names, on_domain, shapes, line
+
+
+def _select(s: DemoSettings, w: _World, backbone: Any, out_dir: str, log) -> _Selections:
+    """Class means under ``backbone``; UOT, least similar, random class selections and, with
+    ``s.unlabelled``, the images of the UOT-ranked k-means clusters."""
+    import uotsel
+    from uotsel_train import extract, synthetic
+
+    features = {"image_size": s.image_size, "resize": round(s.image_size * 256 / 224)}
+    variables = {"backbone": backbone}
+    pre_out = extract.extract(
+        w.pretrain, variables, "tiny", keep_features=True, workers=2, **features
+    )
+    target_means = extract.extract(w.target, variables, "tiny", workers=2, **features).means
+    np.savez(
+        os.path.join(out_dir, "means.npz"),
+        pretrain=pre_out.means,
+        target=target_means,
+        pretrain_classes=np.asarray(w.pre.classes),
+        target_classes=np.asarray(w.target.classes),
+    )
+    k = s.top_k
     uot = uotsel.select(pre_out.means, target_means, top_k=k)
-    least = uot.ranking[::-1][:k]
     randoms = {
         seed: uotsel.select(
             pre_out.means, target_means, strategy="random", top_k=k, seed=1000 * s.data_seed + seed
         ).selected
         for seed in s.seeds
     }
-    log(f"UOT selects {describe(uot.selected)}")
-    log(f"least similar (bottom of the UOT ranking): {describe(least)}")
+    line = _describe(w, k)[3]
+    log(f"UOT selects {line(uot.selected)}")
+    log(f"least similar (bottom of the UOT ranking): {line(uot.ranking[::-1][:k])}")
     for seed, units in randoms.items():
-        log(f"random (seed {seed}) selects {describe(units)}")
-
-    def images_of(units) -> np.ndarray:
-        return np.flatnonzero(np.isin(pre.labels, np.asarray(units)))
-
-    count = images_of(uot.selected).size  # every class arm has this many images
+        log(f"random (seed {seed}) selects {line(units)}")
     clusters = None
     if s.unlabelled:
         # Without labels: spherical k-means clusters of the per-image features (twice as many
-        # clusters as classes, as the paper's 2000 for ImageNet's 1000 classes), ranked with
-        # UOT and taken from the top until they hold as many images as the class arms.
-        km = uotsel.kmeans(pre_out.features, 2 * len(pre.classes), seed=s.data_seed)
-        ranked = uotsel.select(km.centroids, target_means, top_k=None)
+        # clusters as classes, as the paper's 2000 for ImageNet's 1000 classes), each
+        # represented by its members' mean feature (section 3.2), ranked with UOT and taken
+        # from the top until they hold as many images as a class arm.
+        count = int(np.isin(w.pre.labels, uot.selected).sum())
+        km = uotsel.kmeans(pre_out.features, 2 * len(w.pre.classes), seed=s.data_seed)
+        ranked = uotsel.select(km.means, target_means, top_k=None)
         picked = _first_images(ranked.ranking, km.assignment, count, s.data_seed)
         used = [int(c) for c in ranked.ranking if np.any(km.assignment[picked] == c)]
-        share = float(np.mean(pre.domain[picked] == synthetic.DOMAINS.index(domain)))
+        share = float(np.mean(w.pre.domain[picked] == synthetic.DOMAINS.index(w.domain)))
         clusters = {"indices": picked, "clusters": used, "share_on_domain": share}
-        last = np.sum(km.assignment == used[-1]) > np.sum(km.assignment[picked] == used[-1])
+        part = np.sum(km.assignment == used[-1]) > np.sum(km.assignment[picked] == used[-1])
         log(
-            f"UOT ranks {2 * len(pre.classes)} k-means clusters (labels unused); the top "
-            f"{len(used)}{' (the last in part)' if last else ''} give {picked.size} images, "
-            f"{share:.0%} of them on {domain}"
+            f"UOT ranks {2 * len(w.pre.classes)} k-means clusters (labels unused); the top "
+            f"{len(used)}{' (the last in part)' if part else ''} give {picked.size} images, "
+            f"{share:.0%} of them on {w.domain}"
         )
+    return _Selections(uot.selected, uot.ranking[::-1][:k], randoms, clusters)
 
-    arms = {  # name: (objective, selected images for a seed)
+
+def _arms(w: _World, sel: _Selections) -> dict[str, tuple[str, Callable]]:
+    """Arm name -> (objective, seed -> the pre-training images it trains on, or None)."""
+
+    def images_of(units) -> np.ndarray:
+        return np.flatnonzero(np.isin(w.pre.labels, np.asarray(units)))
+
+    arms = {
         "target only": ("vanilla", lambda seed: None),
-        "+ UOT classes": ("labelled", lambda seed: images_of(uot.selected)),
-        "+ random classes": ("labelled", lambda seed: images_of(randoms[seed])),
-        "+ least similar classes": ("labelled", lambda seed: images_of(least)),
+        "+ UOT classes": ("labelled", lambda seed: images_of(sel.uot)),
+        "+ random classes": ("labelled", lambda seed: images_of(sel.randoms[seed])),
+        "+ least similar classes": ("labelled", lambda seed: images_of(sel.least)),
     }
-    if clusters is not None:
-        arms["+ UOT clusters, no labels"] = ("unlabelled", lambda seed: clusters["indices"])
+    if sel.clusters is not None:
+        arms["+ UOT clusters, no labels"] = ("unlabelled", lambda seed: sel.clusters["indices"])
+    return arms
 
-    # 3. fine-tuning: the same schedule for every arm.
-    results: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
-    for seed in s.seeds:
-        for arm, (objective, chosen) in arms.items():
-            indices = chosen(seed)
-            assert indices is None or indices.size == count
-            folder = os.path.join(out_dir, f"seed{seed}", ARMS[arm])
-            got = _finetune(
-                s, objective, seed, backbone, target_src, test_src, pre_src, indices, folder
-            )
-            results[arm].append(got)
-            log(f"seed {seed}: {arm}: test top-1 {got['top1']:.3f}")
 
-    top1 = {arm: [r["top1"] for r in rs] for arm, rs in results.items()}
+def _versus(top1: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """UOT classes minus each other class arm, per seed, on average, and seeds better/worse."""
     uot_top1 = np.asarray(top1["+ UOT classes"])
     versus = {}
     for other in ("target only", "+ random classes", "+ least similar classes"):
@@ -390,56 +404,64 @@ def _run(out_dir: str, s: DemoSettings, log: Callable[[str], None]) -> dict[str,
             "seeds_better": int(np.sum(diff > 0)),
             "seeds_worse": int(np.sum(diff < 0)),
         }
-    record = {
+    return versus
+
+
+def _record(s, w: _World, sel: _Selections, pretrain_top1, results, seconds) -> dict[str, Any]:
+    """Everything demo.json holds."""
+    from uotsel_train import synthetic
+
+    names, on_domain, shapes, _ = _describe(w, s.top_k)
+    top1 = {arm: [r["top1"] for r in rs] for arm, rs in results.items()}
+    kinds = {"uot": sel.uot, "least_similar": sel.least}
+
+    def per_kind(fn):
+        return {
+            **{k: fn(v) for k, v in kinds.items()},
+            "random": {seed: fn(u) for seed, u in sel.randoms.items()},
+        }
+
+    clusters = sel.clusters
+    return {
         "settings": dataclasses.asdict(s),
         "world": {
             "pretrain_shapes": list(synthetic.SHAPES),
             "domains": list(synthetic.DOMAINS),
-            "target_shapes": list(target.classes),
-            "target_domain": domain,
-            "pretrain_images": len(pre_src),
-            "target_train_images": len(target_src),
-            "target_test_images": len(test_src),
+            "target_shapes": list(w.target.classes),
+            "target_domain": w.domain,
+            "pretrain_images": len(w.pretrain),
+            "target_train_images": len(w.target),
+            "target_test_images": len(w.test),
         },
         "pretrain_top1": pretrain_top1,
-        "selected": {
-            "uot": names(uot.selected),
-            "least_similar": names(least),
-            "random": {seed: names(units) for seed, units in randoms.items()},
-            "uot_clusters": clusters and clusters["clusters"],
-        },
-        "on_target_domain": {
-            "uot": on_domain(uot.selected),
-            "least_similar": on_domain(least),
-            "random": {seed: on_domain(units) for seed, units in randoms.items()},
-            "uot_cluster_images": clusters and clusters["share_on_domain"],
-        },
-        "distinct_shapes": {
-            "uot": shapes(uot.selected),
-            "least_similar": shapes(least),
-            "random": {seed: shapes(units) for seed, units in randoms.items()},
-        },
-        "pretrain_images_per_arm": count,
+        "selected": per_kind(names) | {"uot_clusters": clusters and clusters["clusters"]},
+        "on_target_domain": per_kind(on_domain)
+        | {"uot_cluster_images": clusters and clusters["share_on_domain"]},
+        "distinct_shapes": per_kind(shapes),
+        "pretrain_images_per_arm": int(np.isin(w.pre.labels, sel.uot).sum()),
         "top1": top1,
         "mean_class_acc": {arm: [r["mean_class_acc"] for r in rs] for arm, rs in results.items()},
         "mean_top1": {arm: float(np.mean(v)) for arm, v in top1.items()},
-        "uot_classes_versus": versus,
-        "runs": {arm: [f"seed{seed}/{ARMS[arm]}" for seed in s.seeds] for arm in arms},
-        "seconds": time.perf_counter() - start,
+        "uot_classes_versus": _versus(top1),
+        "runs": {arm: [f"seed{seed}/{ARMS[arm]}" for seed in s.seeds] for arm in results},
+        "seconds": seconds,
     }
-    write_json(os.path.join(out_dir, "demo.json"), record)
 
-    width = max(len(a) for a in arms)
+
+def _table(s: DemoSettings, w: _World, record: dict, log: Callable[[str], None]) -> None:
+    top1 = record["top1"]
+    width = max(len(a) for a in top1)
     log("")
     log(
-        f"test top-1 on {len(test_src)} target images ({len(target_src)} training images, "
-        f"{s.finetune_epochs} epochs; {count} pre-training images in every arm that uses them):"
+        f"test top-1 on {len(w.test)} target images ({len(w.target)} training images, "
+        f"{s.finetune_epochs} epochs; {record['pretrain_images_per_arm']} pre-training images "
+        "in every arm that uses them):"
     )
     log(f"{'':{width}}  {'  '.join(f'seed {x}' for x in s.seeds)}    mean")
     for arm, accs in top1.items():
         cells = "  ".join(f"{a:6.3f}" for a in accs)
         log(f"{arm:{width}}  {cells}  {np.mean(accs):6.3f}")
-    for other, v in versus.items():
+    for other, v in record["uot_classes_versus"].items():
         log(
             f"UOT classes - {other.removeprefix('+ ')}: {v['mean_difference']:+.3f} on average; "
             f"better on {v['seeds_better']}, worse on {v['seeds_worse']} of {len(s.seeds)} seeds"
@@ -448,6 +470,39 @@ def _run(out_dir: str, s: DemoSettings, log: Callable[[str], None]) -> dict[str,
         f"seeds: data {s.data_seed} (images, pre-training, k-means); fine-tuning "
         f"{', '.join(map(str, s.seeds))} (heads, data order, augmentation, random draw)"
     )
+
+
+def _run(out_dir: str, s: DemoSettings, log: Callable[[str], None]) -> dict[str, Any]:
+    from uotsel.io import write_json
+
+    start = time.perf_counter()
+    w = _world(s, log)
+    log(f"pre-training the tiny ResNet for {s.pretrain_epochs} epochs ...")
+    backbone, accuracy = _train(
+        w.pretrain,
+        {"held-out": w.held_out},
+        len(w.pre.classes),
+        os.path.join(out_dir, "pretrain"),
+        epochs=s.pretrain_epochs,
+        lr=s.pretrain_lr,
+        seed=s.data_seed,
+        size=s.image_size,
+    )
+    log(f"pre-trained: top-1 {accuracy['held-out']:.3f} on {len(w.held_out)} held-out images")
+    sel = _select(s, w, backbone, out_dir, log)
+    arms = _arms(w, sel)
+    results: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
+    for seed in s.seeds:  # the same schedule for every arm
+        for arm, (objective, chosen) in arms.items():
+            folder = os.path.join(out_dir, f"seed{seed}", ARMS[arm])
+            got = _finetune(
+                s, objective, seed, backbone, w.target, w.test, w.pretrain, chosen(seed), folder
+            )
+            results[arm].append(got)
+            log(f"seed {seed}: {arm}: test top-1 {got['top1']:.3f}")
+    record = _record(s, w, sel, accuracy["held-out"], results, time.perf_counter() - start)
+    write_json(os.path.join(out_dir, "demo.json"), record)
+    _table(s, w, record, log)
     log(f"({record['seconds']:.0f} s; runs, means.npz and demo.json in {out_dir})")
     return record
 
