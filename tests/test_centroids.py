@@ -64,7 +64,10 @@ def test_empty_classes_raise_unless_allowed():
         (np.array([0, 1, 5]), {"num_classes": 3}, "labels: class id 5 is out of range"),
         (np.array([0, -1, 1]), {}, "labels: contains a negative class id"),
         (np.array([0, 1]), {}, "labels: has 2 entries but features has 3 rows"),
-        (np.array([0.5, 1, 2]), {}, "labels: expected integer class ids"),
+        (np.array([0.5, 1, 2]), {}, "labels: 0.5 is not a whole number"),
+        (np.array([0.0, 1, np.nan]), {}, "labels: nan is not a whole number"),
+        (np.array(["0", "1", "2"]), {}, "labels: expected integer class ids"),
+        (np.array([0, 1, 10**12]), {}, r"labels: at least 999999999998 of 1000000000001 classes"),
         (np.array([[0, 1, 2]]), {}, "labels: expected a 1-d array"),
     ],
 )
@@ -73,8 +76,27 @@ def test_bad_labels(labels, kwargs, match):
         uotsel.class_means(np.ones((3, 2)), labels, **kwargs)
 
 
+def test_whole_float_labels_are_accepted():
+    cm = uotsel.class_means(np.ones((3, 2)), np.array([0.0, 1.0, 1.0]))
+    assert cm.counts.tolist() == [1, 2]
+
+
+def test_huge_labels_are_refused_before_allocating():
+    labels = np.array([0, 1, 10**15])
+    with pytest.raises(ValueError, match="labels: class id 1000000000000000 implies"):
+        uotsel.class_means(np.ones((3, 2)), labels, allow_empty=True)
+    with pytest.raises(ValueError, match="num_classes: 1000000000000001 classes of dimension 2"):
+        uotsel.class_means(np.ones((3, 2)), labels, 10**15 + 1, allow_empty=True)
+
+
 def test_bad_features():
     with pytest.raises(ValueError, match="features: contains 1 NaN"):
         uotsel.class_means(np.array([[1.0, np.nan]]), np.array([0]))
     with pytest.raises(ValueError, match="features: is empty"):
         uotsel.class_means(np.ones((0, 2)), np.array([], int))
+    with pytest.raises(
+        ValueError, match=r"features: expected a 2-d array \[N, D\], got shape \(5,\)"
+    ):
+        uotsel.class_means(np.ones(5), np.zeros(5, int))
+    with pytest.raises(ValueError, match="features: has dimension 0"):
+        uotsel.class_means(np.ones((3, 0)), np.zeros(3, int))

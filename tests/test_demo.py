@@ -18,6 +18,30 @@ def test_demo_reproduces_table_4(capsys):
     out = capsys.readouterr().out
     assert "98.31 (58/59)" in out and "<- differs" not in out
     assert "goldfinch" in out
+    lines = out.splitlines()
+    table = lines[1:8]
+    assert table[0].split() == ["method", "cost", "backbone", "uotsel", "paper"]
+    # Aligned columns: every cell of a column starts (text) or ends (numbers) where its
+    # header does.
+    assert len({len(line) for line in table}) == 1, table
+    for name in ("cost", "backbone"):
+        start = table[0].index(name)
+        assert all(line[start - 2 : start] == "  " and line[start] != " " for line in table)
+    assert [line.split(". ")[0] for line in lines if ". " in line and "(class" in line] == [
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+    ]
+
+
+def test_demo_says_compilation_only_when_it_compiled(capsys):
+    demo.run(top=1)
+    capsys.readouterr()
+    demo.run(top=1)  # the same programs again: nothing left to compile
+    out = capsys.readouterr().out
+    assert "6 selections in" in out and "compilation" not in out
 
 
 @pytest.mark.parametrize(

@@ -35,13 +35,9 @@ def _check_labels(labels: Any, n: int, num_classes: int | None, name: str = "lab
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"{name}: expected a 1-d array, got shape {labels.shape}")
-    if labels.dtype.kind not in "iu":
-        if labels.dtype.kind == "f" and labels.size and np.all(np.mod(labels, 1) == 0):
-            labels = labels.astype(np.int64)
-        elif labels.size:
-            raise TypeError(f"{name}: expected integer class ids, got dtype {labels.dtype}")
-        else:
-            labels = labels.astype(np.int64)
+    if labels.dtype.kind not in "iuf":
+        raise TypeError(f"{name}: expected integer class ids, got dtype {labels.dtype}")
+    labels = _checks.whole_numbers(labels, name)
     if labels.shape[0] != n:
         raise ValueError(f"{name}: has {labels.shape[0]} entries but features has {n} rows")
     if labels.size and labels.min() < 0:
@@ -50,7 +46,16 @@ def _check_labels(labels: Any, n: int, num_classes: int | None, name: str = "lab
         raise ValueError(
             f"{name}: class id {int(labels.max())} is out of range for num_classes={num_classes}"
         )
-    return labels.astype(np.int64, copy=False)
+    return labels
+
+
+def _zeros(shape: tuple[int, ...], dtype: Any, name: str) -> np.ndarray:
+    try:
+        return np.zeros(shape, dtype)
+    except (MemoryError, ValueError, OverflowError):
+        raise ValueError(
+            f"{name}: {shape[0]} classes of dimension {shape[1]} do not fit in memory"
+        ) from None
 
 
 class ClassMeanAccumulator:
@@ -68,12 +73,14 @@ class ClassMeanAccumulator:
 
     def __init__(self, num_classes: int, dim: int | None = None):
         self.num_classes = _checks.check_positive_int(num_classes, "num_classes")
-        self._sums = None if dim is None else np.zeros((num_classes, dim), np.float64)
-        self._counts = np.zeros(num_classes, np.int64)
+        if dim is not None:
+            dim = _checks.check_positive_int(dim, "dim")
+        self._sums = None if dim is None else _zeros((num_classes, dim), np.float64, "num_classes")
+        self._counts = _zeros((num_classes,), np.int64, "num_classes")
 
     def _init(self, dim: int) -> None:
         if self._sums is None:
-            self._sums = np.zeros((self.num_classes, dim), np.float64)
+            self._sums = _zeros((self.num_classes, dim), np.float64, "num_classes")
         elif self._sums.shape[1] != dim:
             raise ValueError(
                 f"features: dimension {dim} does not match earlier chunks' {self._sums.shape[1]}"
@@ -156,17 +163,43 @@ def class_means(
       >>> cm.means.tolist(), cm.counts.tolist()
       ([[2.0, 3.0], [3.0, 4.0]], [1, 2])
     """
-    if not hasattr(features, "shape"):
-        features = np.asarray(features)
+    if not hasattr(features, "shape") or not hasattr(features, "dtype"):
+        try:
+            features = np.asarray(features)
+        except Exception:
+            raise TypeError(f"features: expected an array, got {type(features).__name__}") from None
+    if features.ndim != 2:
+        raise ValueError(f"features: expected a 2-d array [N, D], got shape {features.shape}")
     _checks.as_float_array(features[:0], "features", 2)
-    n = features.shape[0]
+    n, dim = features.shape
     if n == 0:
         raise ValueError("features: is empty (0 rows)")
+    if dim == 0:
+        raise ValueError(f"features: has dimension 0 (shape {features.shape})")
+    if num_classes is not None:
+        num_classes = _checks.check_positive_int(num_classes, "num_classes")
+    chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
     labels = _check_labels(labels, n, num_classes)
+    given = num_classes is not None
     if num_classes is None:
         num_classes = int(labels.max()) + 1
-    acc = ClassMeanAccumulator(num_classes, features.shape[1])
-    chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
+    counts = np.bincount(labels, minlength=num_classes) if num_classes <= n else None
+    if not allow_empty and (counts is None or not counts.all()):
+        missing = num_classes - n if counts is None else int(np.count_nonzero(counts == 0))
+        first = "" if counts is None else f" (first: {int(np.flatnonzero(counts == 0)[0])})"
+        raise ValueError(
+            f"labels: {'at least ' if counts is None else ''}{missing} of {num_classes} classes "
+            f"have no samples{first}; pass allow_empty=True to keep them as zero rows"
+        )
+    try:
+        acc = ClassMeanAccumulator(num_classes, dim)
+    except ValueError:
+        if given:
+            raise
+        raise ValueError(
+            f"labels: class id {num_classes - 1} implies {num_classes} classes of dimension "
+            f"{dim}, which do not fit in memory"
+        ) from None
     for lo, hi in _chunks(n, chunk_size):
         acc.update(np.asarray(features[lo:hi]), labels[lo:hi])
     return acc.result(allow_empty=allow_empty)

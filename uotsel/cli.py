@@ -1,48 +1,34 @@
-"""The ``uotsel`` command line: ``select``, ``centroids`` and ``demo``.
+"""The ``uotsel`` command line: ``select``, ``centroids``, ``kmeans`` and ``demo``.
 
-Bad input ends the command with exit status 2 and one line naming the argument; no output file
-is created (outputs are written atomically, after all checks and computation succeeded).
+Every argument is checked here, with the flag's own name, before the library is called: bad
+input ends the command with exit status 2 and one line ``uotsel COMMAND: error: --FLAG: ...``.
+The outputs of a command are checked before any work and written together at the end
+(:class:`uotsel.io.Outputs`): a failed command leaves every existing file as it was.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["OneLineParser", "main"]
+from uotsel import paper
 
-# Library argument names -> the flags that set them, for error messages.
-_FLAGS = {
-    "source": "--source",
-    "target": "--target",
-    "strategy": "--strategy",
-    "top_k": "--top-k",
-    "cost": "--cost",
-    "eps_c": "--eps-c",
-    "eps": "--eps",
-    "tau_source": "--tau-source",
-    "tau_target": "--tau-target",
-    "threshold": "--threshold",
-    "max_iter": "--max-iter",
-    "seed": "--seed",
-    "matching": "--matching",
-    "n_groups": "--groups",
-    "features": "--features",
-    "labels": "--labels",
-    "num_classes": "--num-classes",
-    "chunk_size": "--chunk-size",
-    "names": "--names",
-    "k": "--k",
-    "n_init": "--n-init",
-    "tol": "--tol",
-}
+__all__ = ["MAX_CHUNK", "MAX_ITER", "MAX_N_INIT", "MAX_SEED", "MAX_UNITS", "OneLineParser", "main"]
+
+# Upper bounds of the integer options (docs/cli.md).
+MAX_UNITS = 1_000_000  # --top-k, --groups, --num-classes, --k
+MAX_ITER = 1_000_000  # --max-iter
+MAX_SEED = 2**32 - 1  # --seed
+MAX_N_INIT = 1000  # --n-init
+MAX_CHUNK = 2**24  # --chunk-size
 
 
 class UsageError(Exception):
@@ -50,51 +36,77 @@ class UsageError(Exception):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line (``prog: error: ...``), status 2."""
+    """An ArgumentParser whose usage errors are one line, ``prog: error: --flag: ...``, status 2."""
 
     def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {_flag_first(message)}\n")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if math.isnan(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def _flag_first(message: str) -> str:
+    """argparse's usage messages in the form ``--flag: what is wrong``."""
+    text = " ".join(message.split())
+    argument = re.fullmatch(r"argument (\S+?)(?:/\S+)?: (.*)", text)
+    if argument:
+        return f"{argument[1]}: {argument[2]}"
+    required = re.fullmatch(r"the following arguments are required: (.*)", text)
+    if required:
+        first, *rest = required[1].split(", ")
+        also = f" (also missing: {', '.join(rest)})" if rest else ""
+        return f"{first}: required{also}"
+    unknown = re.fullmatch(r"unrecognized arguments: (.*)", text)
+    if unknown:
+        return f"{unknown[1].split()[0]}: unrecognized argument"
+    ambiguous = re.fullmatch(r"ambiguous option: (\S+?)(?:=\S*)? could match (.*)", text)
+    if ambiguous:
+        return f"{ambiguous[1]}: ambiguous, could be {ambiguous[2]}"
+    return text
 
 
-def _finite_positive(text: str) -> float:
-    value = _positive_float(text)
-    if math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-    return value
-
-
-def _int_at_least(minimum: int):
-    """An argparse type: an integer ``>= minimum``."""
+def _integer(minimum: int, maximum: int) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[minimum, maximum]``."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not re.fullmatch(r"\s*[+-]?\d{1,4000}\s*", text):
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+        value = int(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
         return value
 
     return parse
 
 
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
+def _number(*, allow_zero: bool = False, allow_inf: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number > 0 (``>= 0`` with ``allow_zero``), finite unless
+    ``allow_inf``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if allow_zero else '>'} 0, got {text}")
+        if math.isinf(value) and not allow_inf:
+            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+        return value
+
+    return parse
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _default(fn: Callable[..., Any], name: str) -> Any:
+    """The default of parameter ``name`` of ``fn``: the library's default, stated once."""
+    return inspect.signature(fn).parameters[name].default
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     from uotsel import __version__
+    from uotsel.centroids import class_means
+    from uotsel.clustering import kmeans
     from uotsel.costs import COSTS
+    from uotsel.demo import run
     from uotsel.strategies import STRATEGIES
 
     parser = OneLineParser(
@@ -125,9 +137,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sel.add_argument(
         "--top-k",
-        type=_positive_int,
+        type=_integer(1, MAX_UNITS),
         default=None,
-        help="number of units to select (default: 100; label: all matching)",
+        help=f"number of units to select (default: {paper.TOP_K_CLASSES}; label: all matching)",
     )
     sel.add_argument(
         "--cost",
@@ -138,59 +150,69 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sel.add_argument(
         "--eps-c",
-        type=_finite_positive,
-        default=0.01,
-        help="cosine cost temperature: C = (1 - cos) / eps_c (default: 0.01; the l2 and "
-        "sqeuclidean costs ignore it)",
+        type=_number(),
+        default=paper.EPS_C,
+        help=f"cosine cost temperature: C = (1 - cos) / eps_c (default: {paper.EPS_C}; the l2 "
+        "and sqeuclidean costs ignore it)",
     )
     sel.add_argument(
-        "--eps", type=_finite_positive, default=1.0, help="entropic regularisation (default: 1.0)"
+        "--eps",
+        type=_number(),
+        default=paper.EPS,
+        help=f"entropic regularisation (default: {paper.EPS})",
     )
     sel.add_argument(
         "--tau-source",
-        type=_positive_float,
-        default=1.0,
-        help="KL weight of the source marginal; inf = exact (default: 1.0)",
+        type=_number(allow_inf=True),
+        default=paper.TAU_SOURCE,
+        help=f"KL weight of the source marginal; inf = exact (default: {paper.TAU_SOURCE})",
     )
     sel.add_argument(
         "--tau-target",
-        type=_positive_float,
-        default=100.0,
-        help="KL weight of the target marginal; inf = exact (default: 100.0)",
+        type=_number(allow_inf=True),
+        default=paper.TAU_TARGET,
+        help=f"KL weight of the target marginal; inf = exact (default: {paper.TAU_TARGET})",
     )
     sel.add_argument(
         "--threshold",
-        type=_finite_positive,
-        default=1e-5,
-        help="certified relative error of P 1 at which to stop (default: 1e-5)",
+        type=_number(),
+        default=paper.SOLVER_RTOL,
+        help=f"certified relative error of P 1 at which to stop (default: {paper.SOLVER_RTOL})",
     )
     sel.add_argument(
         "--max-iter",
-        type=_positive_int,
-        default=1000,
-        help="Sinkhorn iteration cap (default: 1000)",
+        type=_integer(1, MAX_ITER),
+        default=paper.SOLVER_MAX_ITER,
+        help=f"Sinkhorn iteration cap (default: {paper.SOLVER_MAX_ITER})",
     )
+    seed = STRATEGIES["random"].defaults["seed"]
     sel.add_argument(
-        "--seed", type=_non_negative_int, default=0, help="seed of the random strategy (default: 0)"
+        "--seed",
+        type=_integer(0, MAX_SEED),
+        default=seed,
+        help=f"seed of the random strategy (default: {seed})",
     )
     sel.add_argument(
         "--matching",
-        help="label strategy: matching source unit ids, comma-separated, or a "
-        "text file with one id per line",
+        help="label strategy: matching source unit ids, comma-separated, or a file with one id "
+        "a line (or a .npy/.npz array)",
     )
     sel.add_argument(
         "--groups",
-        type=_positive_int,
+        type=_integer(1, MAX_UNITS),
         default=None,
-        help="split the ranking into this many equal groups (default: 10, or K if fewer)",
+        help=f"split the ranking into this many equal groups (default: {paper.N_GROUPS}, or K "
+        "if fewer)",
     )
-    sel.add_argument("--out", required=True, help="selection file to write (JSON)")
-    sel.add_argument("--names-out", help="also write the selected unit names (or ids), one a line")
+    sel.add_argument("--out", required=True, help="selection file to write (.json)")
+    sel.add_argument(
+        "--names-out", help="also write the selected unit names (or ids), one a line (.txt)"
+    )
     sel.add_argument(
         "--samples-out",
-        help="also write the samples of the selected units: their indices (.npy) or, for any "
-        "other file name, one sample name (or index) a line; needs per-sample unit ids in the "
-        "source file ('labels' or 'assignment')",
+        help="also write the samples of the selected units: their indices (.npy) or one sample "
+        "name (or index) a line (.txt); needs per-sample unit ids in the source file "
+        "('labels' or 'assignment')",
     )
 
     cen = sub.add_parser(
@@ -203,18 +225,27 @@ def _build_parser() -> argparse.ArgumentParser:
     cen.add_argument("--features", required=True, help="[N, D] features: .npy or .npz")
     cen.add_argument(
         "--labels",
-        help="[N] integer labels: .npy, .npz or a text file "
+        help="[N] integer labels: .npy, .npz or a text file with one label a line "
         "(default: 'labels' inside the --features .npz)",
     )
     cen.add_argument(
-        "--num-classes", type=_positive_int, help="number of classes (default: max label + 1)"
+        "--num-classes",
+        type=_integer(1, MAX_UNITS),
+        help="number of classes (default: max label + 1, which must be at most the number of "
+        "samples)",
+    )
+    cen.add_argument(
+        "--allow-empty-classes",
+        action="store_true",
+        help="keep classes without samples as zero rows (count 0) instead of refusing them",
     )
     cen.add_argument("--names", help="text file with one class name per line")
+    chunk = _default(class_means, "chunk_size")
     cen.add_argument(
         "--chunk-size",
-        type=_positive_int,
-        default=65536,
-        help="rows reduced at a time (default: 65536)",
+        type=_integer(1, MAX_CHUNK),
+        default=chunk,
+        help=f"rows reduced at a time (default: {chunk})",
     )
     cen.add_argument("--out", required=True, help=".npz to write (means, counts, assignment)")
 
@@ -229,33 +260,47 @@ def _build_parser() -> argparse.ArgumentParser:
         "'assignment'.",
     )
     km.add_argument("--features", required=True, help="[N, D] features: .npy or .npz")
-    km.add_argument("--k", type=_positive_int, required=True, help="number of clusters")
+    km.add_argument(
+        "--k",
+        type=_integer(1, MAX_UNITS),
+        required=True,
+        help=f"number of clusters (the paper: {paper.N_CLUSTERS})",
+    )
     km.add_argument(
         "--euclidean",
         action="store_true",
         help="Euclidean k-means instead of spherical (cosine) k-means",
     )
+    defaults = {name: _default(kmeans, name) for name in ("n_init", "max_iter", "tol", "seed")}
     km.add_argument(
         "--n-init",
-        type=_positive_int,
-        default=1,
-        help="seeded restarts; the lowest objective is kept (default: 1)",
+        type=_integer(1, MAX_N_INIT),
+        default=defaults["n_init"],
+        help=f"seeded restarts; the lowest objective is kept (default: {defaults['n_init']})",
     )
     km.add_argument(
         "--max-iter",
-        type=_positive_int,
-        default=50,
-        help="Lloyd iterations per restart (default: 50)",
+        type=_integer(1, MAX_ITER),
+        default=defaults["max_iter"],
+        help=f"Lloyd iterations per restart (default: {defaults['max_iter']})",
     )
     km.add_argument(
         "--tol",
-        type=float,
-        default=1e-4,
-        help="stop when the objective improves by less than this, relative (default: 1e-4)",
+        type=_number(allow_zero=True),
+        default=defaults["tol"],
+        help="stop when the objective improves by less than this, relative (default: "
+        f"{defaults['tol']})",
     )
-    km.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
     km.add_argument(
-        "--chunk-size", type=_positive_int, help="rows per assignment block (default: automatic)"
+        "--seed",
+        type=_integer(0, MAX_SEED),
+        default=defaults["seed"],
+        help=f"seed (default: {defaults['seed']})",
+    )
+    km.add_argument(
+        "--chunk-size",
+        type=_integer(1, MAX_CHUNK),
+        help="rows per assignment block (default: automatic)",
     )
     km.add_argument(
         "--sample-names",
@@ -272,13 +317,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "on the embedded supervised and self-supervised class means, and compare the recall "
         "of bird classes with the published figures.",
     )
+    top = _default(run, "top")
     demo.add_argument(
         "--top",
-        type=_non_negative_int,
-        default=15,
-        help="how many selected class names to list (default: 15)",
+        type=_integer(0, paper.TOP_K_CLASSES),
+        default=top,
+        help=f"how many selected class names to list (default: {top})",
     )
-    return parser
+    return parser, {"select": sel, "centroids": cen, "kmeans": km, "demo": demo}
 
 
 def _enable_compilation_cache() -> None:
@@ -303,106 +349,153 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def _check_out_path(path: str, flag: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise UsageError(f"{flag}: directory does not exist: {directory}")
-    if os.path.isdir(path):
-        raise UsageError(f"{flag}: is a directory: {path}")
+def _is_id_list(text: str) -> bool:
+    return bool(re.fullmatch(r"[\s\d,+\-.eE]*\d[\s\d,+\-.eE]*", text))
 
 
-def _read_ids(text: str, flag: str) -> np.ndarray:
-    if os.path.exists(text):
-        if text.endswith((".npy", ".npz")):
-            from uotsel.io import read_array
+def _matching_file(text: str | None) -> str | None:
+    """The file ``--matching`` names, or None when it is a comma-separated list."""
+    if text is None or (_is_id_list(text) and not os.path.lexists(text)):
+        return None
+    return text
 
-            values = read_array(text, flag, mmap=False)
-        else:
-            with open(text) as fh:
-                values = [line.strip() for line in fh if line.strip()]
-    elif re.fullmatch(r"\s*-?\d+(\s*,\s*-?\d+)*\s*,?\s*", text):
-        values = [v for v in text.split(",") if v.strip()]
+
+def _read_matching(text: str, num_units: int) -> np.ndarray:
+    from uotsel import io
+
+    path = _matching_file(text)
+    if path is not None:
+        if not os.path.lexists(path):
+            raise UsageError(
+                f"--matching: neither an existing file nor a comma-separated list of ids: {text!r}"
+            )
+        ids = io.read_ids(path, "--matching")
     else:
-        raise UsageError(f"{flag}: neither a file nor a comma-separated list of ids: {text!r}")
-    try:
-        return np.asarray([int(v) for v in np.asarray(values).ravel()], np.int64)
-    except ValueError:
-        raise UsageError(f"{flag}: expected integer ids") from None
+        ids = io.parse_ids(text.split(","), "--matching")
+    if ids.size == 0:
+        raise UsageError("--matching: no ids given")
+    if ids.min() < 0 or ids.max() >= num_units:
+        bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+        raise UsageError(
+            f"--matching: id {bad} is not a source unit (ids must be in [0, {num_units}))"
+        )
+    return ids
+
+
+def _check_units_for_cost(units: Any, flag: str, cost: str) -> None:
+    from uotsel import _checks
+
+    if cost == "cosine":
+        _checks.check_nonzero_rows(units.means, flag)
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
-    from uotsel import __version__
-    from uotsel.io import read_units, selection_record, write_json, write_lines
+    from uotsel import __version__, io
     from uotsel.selection import select
     from uotsel.strategies import STRATEGIES
 
-    for path, flag in (
-        (args.out, "--out"),
-        (args.names_out, "--names-out"),
-        (args.samples_out, "--samples-out"),
-    ):
-        if path:
-            _check_out_path(path, flag)
     spec = STRATEGIES[args.strategy]
     if spec.needs_target and not args.target:
-        raise UsageError(f"--target: required by strategy {args.strategy!r}")
-    if args.strategy == "label" and not args.matching:
-        raise UsageError("--matching: required by strategy 'label'")
-    source = read_units(args.source, "--source")
-    target = read_units(args.target, "--target") if args.target else None
-    if args.samples_out and source.unit_ids is None:
-        raise UsageError(
-            "--samples-out: the source file has no per-sample unit ids ('labels' or 'assignment')"
-        )
-    # Without --cost every strategy keeps its own default cost (greedy_ot: l2, the others:
-    # cosine).
-    cost = {} if args.cost is None else {"cost": args.cost}
-    settings: dict[str, Any] = {
-        "uot": dict(
-            **cost,
-            eps_c=args.eps_c,
-            eps=args.eps,
-            tau_source=args.tau_source,
-            tau_target=args.tau_target,
-            threshold=args.threshold,
-            max_iter=args.max_iter,
-        ),
-        "greedy_ot": dict(**cost, eps_c=args.eps_c),
-        "nearest": dict(**cost, eps_c=args.eps_c),
-        "random": dict(seed=args.seed),
-        "label": dict(matching=_read_ids(args.matching, "--matching") if args.matching else None),
-    }[args.strategy]
-    top_k = args.top_k
-    if top_k is None and args.strategy != "label":
-        top_k = 100
-    selection = select(
-        source.means,
-        None if target is None else target.means,
-        strategy=args.strategy,
-        top_k=top_k,
-        n_groups=args.groups,
-        unit_ids=source.unit_ids,
-        **settings,
-    )
-    record = selection_record(selection, source, target, __version__)
-    write_json(args.out, record)
-    if args.names_out:
-        names = source.names
-        write_lines(
-            args.names_out, (names[i] if names is not None else int(i) for i in selection.selected)
-        )
-    if args.samples_out:
-        if args.samples_out.endswith(".npy"):
-            from uotsel.io import atomic_writer
+        raise UsageError(f"--target: required by --strategy {args.strategy}")
+    if args.strategy == "label" and args.matching is None:
+        raise UsageError("--matching: required by --strategy label")
+    inputs = [
+        ("--source", io.input_path(args.source)),
+        ("--target", io.input_path(args.target)),
+        ("--matching", _matching_file(args.matching)),
+    ]
+    with io.Outputs(inputs) as outputs:
+        outputs.add("--out", args.out, ("json",))
+        if args.names_out is not None:
+            outputs.add("--names-out", args.names_out, ("txt",))
+        if args.samples_out is not None:
+            outputs.add("--samples-out", args.samples_out, ("npy", "txt"))
 
-            with atomic_writer(args.samples_out, "wb") as fh:
-                np.save(fh, selection.sample_indices)
-        else:
-            names = source.sample_names
-            write_lines(
-                args.samples_out,
-                (names[i] if names is not None else int(i) for i in selection.sample_indices),
+        source = io.read_units(args.source, "--source")
+        target = io.read_units(args.target, "--target") if args.target else None
+        num_units, dim = source.means.shape
+        if target is not None and target.means.shape[1] != dim:
+            raise UsageError(
+                f"--target: feature dimension {target.means.shape[1]} does not match the "
+                f"source's {dim}"
             )
+        if args.samples_out is not None and source.unit_ids is None:
+            raise UsageError(
+                "--samples-out: the source file has no per-sample unit ids ('labels' or "
+                "'assignment')"
+            )
+        cost = args.cost or spec.defaults.get("cost")
+        if spec.needs_target:
+            _check_units_for_cost(source, "--source", cost)
+            _check_units_for_cost(target, "--target", cost)
+        matching = None
+        if args.strategy == "label":
+            matching = _read_matching(args.matching, num_units)
+        top_k = args.top_k
+        if top_k is None and args.strategy != "label":
+            top_k = paper.TOP_K_CLASSES
+            if top_k > num_units:
+                raise UsageError(
+                    f"--top-k: the default {top_k} is more than the {num_units} source units; "
+                    "give --top-k"
+                )
+        if top_k is not None and top_k > num_units:
+            raise UsageError(f"--top-k: {top_k} is more than the {num_units} source units")
+        if matching is not None and top_k is not None and top_k > np.unique(matching).size:
+            raise UsageError(
+                f"--top-k: {top_k} is more than the {np.unique(matching).size} units listed in "
+                "--matching"
+            )
+        if args.groups is not None and args.groups > num_units:
+            raise UsageError(f"--groups: {args.groups} is more than the {num_units} source units")
+
+        with_cost = {} if args.cost is None else {"cost": args.cost}
+        settings: dict[str, Any] = {
+            "uot": dict(
+                **with_cost,
+                eps_c=args.eps_c,
+                eps=args.eps,
+                tau_source=args.tau_source,
+                tau_target=args.tau_target,
+                threshold=args.threshold,
+                max_iter=args.max_iter,
+            ),
+            "greedy_ot": dict(**with_cost, eps_c=args.eps_c),
+            "nearest": dict(**with_cost, eps_c=args.eps_c),
+            "random": dict(seed=args.seed),
+            "label": dict(matching=matching),
+        }[args.strategy]
+        selection = select(
+            source.means,
+            None if target is None else target.means,
+            strategy=args.strategy,
+            top_k=top_k,
+            n_groups=args.groups if args.groups is not None else min(paper.N_GROUPS, num_units),
+            unit_ids=source.unit_ids,
+            **settings,
+        )
+
+        record = io.selection_record(selection, source, target, __version__)
+        outputs.write("--out", io.write_selection, record)
+        if args.names_out is not None:
+            names = source.names
+            outputs.write(
+                "--names-out",
+                io.write_lines,
+                (names[i] if names is not None else int(i) for i in selection.selected),
+            )
+        if args.samples_out is not None:
+            if outputs.format("--samples-out") == "npy":
+                outputs.write("--samples-out", io.write_indices, selection.sample_indices)
+            else:
+                names = source.sample_names
+                outputs.write(
+                    "--samples-out",
+                    io.write_lines,
+                    (names[i] if names is not None else int(i) for i in selection.sample_indices),
+                )
+        outputs.commit()
+
     diag = selection.diagnostics
     note = ""
     if diag:
@@ -421,40 +514,71 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_centroids(args: argparse.Namespace) -> int:
-    from uotsel.centroids import class_means
-    from uotsel.io import atomic_writer, read_array
+def _read_labels(args: argparse.Namespace, keys: list[str] | None, n: int) -> np.ndarray:
+    from uotsel import io
 
-    _check_out_path(args.out, "--out")
-    if args.features.endswith(".npz"):
-        features = read_array(args.features, "--features", key="features")
-        if args.labels is None:
-            labels = read_array(args.features, "--labels", key="labels")
-        else:
-            labels = None
+    if args.labels is not None:
+        labels = io.read_ids(args.labels, "--labels")
+    elif keys is not None and "labels" in keys:
+        labels = io.read_ids(args.features, "--labels", key="labels")
     else:
-        features, labels = read_array(args.features, "--features"), None
-    if labels is None:
-        if args.labels is None:
-            raise UsageError("--labels: required unless --features is an .npz with 'labels'")
-        if args.labels.endswith((".npy", ".npz")):
-            labels = read_array(args.labels, "--labels", mmap=False)
-        else:
-            labels = _read_ids(args.labels, "--labels")
-    names = None
-    if args.names:
-        if not os.path.exists(args.names):
-            raise UsageError(f"--names: file not found: {args.names}")
-        with open(args.names) as fh:
-            names = np.asarray([line.rstrip("\n") for line in fh if line.strip()])
-    result = class_means(features, labels, args.num_classes, chunk_size=args.chunk_size)
-    if names is not None and names.shape[0] != result.means.shape[0]:
-        raise UsageError(f"--names: {names.shape[0]} names for {result.means.shape[0]} classes")
-    arrays = dict(means=result.means, counts=result.counts, assignment=np.asarray(labels, np.int64))
-    if names is not None:
-        arrays["names"] = names
-    with atomic_writer(args.out, "wb") as fh:
-        np.savez(fh, **arrays)
+        raise UsageError("--labels: required unless --features is an .npz with 'labels'")
+    if labels.shape != (n,):
+        raise UsageError(f"--labels: {labels.size} labels for the {n} rows of --features")
+    if labels.min() < 0:
+        raise UsageError(f"--labels: label {int(labels.min())} is negative")
+    top = int(labels.max())
+    if args.num_classes is not None and top >= args.num_classes:
+        raise UsageError(
+            f"--labels: class id {top} is out of range for --num-classes {args.num_classes}"
+        )
+    if args.num_classes is None and top >= n:
+        raise UsageError(
+            f"--labels: label {top} is not below the number of samples ({n}), so classes would "
+            "be left without samples; give --num-classes (and --allow-empty-classes) for more "
+            "classes than samples"
+        )
+    return labels
+
+
+def _cmd_centroids(args: argparse.Namespace) -> int:
+    from uotsel import _checks, io
+    from uotsel.centroids import class_means
+
+    inputs = [("--features", args.features), ("--labels", args.labels), ("--names", args.names)]
+    with io.Outputs(inputs) as outputs:
+        outputs.add("--out", args.out, ("npz",))
+        features = io.read_features(args.features, "--features")
+        n = features.shape[0]
+        labels = _read_labels(args, io.npz_keys(args.features, "--features"), n)
+        num_classes = args.num_classes or int(labels.max()) + 1
+        counts = np.bincount(labels, minlength=num_classes)
+        empty = np.flatnonzero(counts == 0)
+        if empty.size and not args.allow_empty_classes:
+            raise UsageError(
+                f"--labels: {empty.size} of {num_classes} classes have no samples (first: "
+                f"{int(empty[0])}); give --allow-empty-classes to keep them as zero rows"
+            )
+        names = None
+        if args.names is not None:
+            names = io.read_names(args.names, "--names", num_classes, "classes")
+        _checks.check_rows(features, "--features", chunk_size=args.chunk_size)
+        result = class_means(
+            features,
+            labels,
+            num_classes,
+            chunk_size=args.chunk_size,
+            allow_empty=args.allow_empty_classes,
+        )
+        outputs.write(
+            "--out",
+            io.write_units,
+            result.means,
+            counts=result.counts,
+            names=names,
+            assignment=labels,
+        )
+        outputs.commit()
     print(
         f"{result.means.shape[0]} class means of dimension {result.means.shape[1]} from "
         f"{int(result.counts.sum())} samples -> {args.out}"
@@ -462,57 +586,39 @@ def _cmd_centroids(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_names(path: str, flag: str, count: int | None = None) -> np.ndarray:
-    if not os.path.exists(path):
-        raise UsageError(f"{flag}: file not found: {path}")
-    with open(path) as fh:
-        names = np.asarray([line.rstrip("\n") for line in fh if line.strip()])
-    if count is not None and names.shape[0] != count:
-        raise UsageError(f"{flag}: {names.shape[0]} names for {count} samples")
-    return names
-
-
 def _cmd_kmeans(args: argparse.Namespace) -> int:
+    from uotsel import _checks, io
     from uotsel.clustering import kmeans, print_progress
-    from uotsel.io import atomic_writer, read_array
 
-    _check_out_path(args.out, "--out")
-    if not (args.tol >= 0 and np.isfinite(args.tol)):
-        raise UsageError(f"--tol: must be a finite number >= 0, got {args.tol}")
-    key = "features" if args.features.endswith(".npz") else None
-    features = read_array(args.features, "--features", key=key)
-    names = None
-    if args.sample_names:
-        names = _read_names(args.sample_names, "--sample-names", features.shape[0])
-    result = kmeans(
-        features,
-        args.k,
-        spherical=not args.euclidean,
-        n_init=args.n_init,
-        max_iter=args.max_iter,
-        tol=args.tol,
-        seed=args.seed,
-        chunk_size=args.chunk_size,
-        progress=None if args.quiet else print_progress,
-    )
-    arrays = dict(
-        means=result.means,
-        centroids=result.centroids,
-        counts=result.sizes,
-        assignment=result.assignment,
-        objective=np.float64(result.objective),
-        spherical=np.bool_(result.spherical),
-        n_iters=np.int64(result.n_iters),
-        converged=np.bool_(result.converged),
-        seed=np.int64(result.seed),
-    )
-    if names is not None:
-        arrays["sample_names"] = names
-    with atomic_writer(args.out, "wb") as fh:
-        np.savez(fh, **arrays)
+    inputs = [("--features", args.features), ("--sample-names", args.sample_names)]
+    with io.Outputs(inputs) as outputs:
+        outputs.add("--out", args.out, ("npz",))
+        features = io.read_features(args.features, "--features")
+        n = features.shape[0]
+        if args.k > n:
+            raise UsageError(f"--k: {args.k} clusters for only {n} samples")
+        names = None
+        if args.sample_names is not None:
+            names = io.read_names(args.sample_names, "--sample-names", n, "samples")
+        _checks.check_rows(
+            features, "--features", chunk_size=args.chunk_size or 65536, nonzero=not args.euclidean
+        )
+        result = kmeans(
+            features,
+            args.k,
+            spherical=not args.euclidean,
+            n_init=args.n_init,
+            max_iter=args.max_iter,
+            tol=args.tol,
+            seed=args.seed,
+            chunk_size=args.chunk_size,
+            progress=None if args.quiet else print_progress,
+        )
+        outputs.write("--out", io.write_clusters, result, sample_names=names)
+        outputs.commit()
     state = "converged" if result.converged else "stopped at --max-iter"
     print(
-        f"{args.k} clusters of {features.shape[0]} samples, objective {result.objective:.6g}, "
+        f"{args.k} clusters of {n} samples, objective {result.objective:.6g}, "
         f"{result.n_iters} iterations ({state}) -> {args.out}"
     )
     return 0
@@ -525,33 +631,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_flag(message: str) -> str:
-    name, sep, rest = message.partition(":")
-    if sep and name in _FLAGS:
-        return f"{_FLAGS[name]}:{rest}"
-    return message
+_COMMANDS = {
+    "select": _cmd_select,
+    "centroids": _cmd_centroids,
+    "kmeans": _cmd_kmeans,
+    "demo": _cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, or 2 for bad input)."""
-    parser = _build_parser()
+    parser, commands = _build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as done:  # --help, --version, or a usage error already printed
         return int(done.code or 0)
-    command = {
-        "select": _cmd_select,
-        "centroids": _cmd_centroids,
-        "kmeans": _cmd_kmeans,
-        "demo": _cmd_demo,
-    }
     if args.command in ("select", "kmeans", "demo"):
         _enable_compilation_cache()
     try:
-        return command[args.command](args)
-    except (UsageError, ValueError, TypeError) as err:
-        text = " ".join(str(err).split())
-        print(f"uotsel {args.command}: error: {_with_flag(text)}", file=sys.stderr)
+        return _COMMANDS[args.command](args)
+    except (UsageError, ValueError, TypeError, OSError, MemoryError) as err:
+        text = " ".join(str(err).split()) or type(err).__name__
+        print(f"uotsel {args.command}: error: {text}", file=sys.stderr)
         return 2
 
 

@@ -91,33 +91,94 @@ def recall_table(target: str = "cub", concept: str = "bird") -> list[RecallRow]:
     return rows
 
 
+class _Compilations:
+    """Counts the programs JAX compiles (loads from the persistent cache are not compiles)."""
+
+    def __init__(self) -> None:
+        self.compiles = 0
+        self.cache_hits = 0
+        self._registered = False
+
+    def register(self) -> None:
+        if self._registered:
+            return
+        from jax import monitoring
+
+        monitoring.register_event_duration_secs_listener(self._on_duration)
+        monitoring.register_event_listener(self._on_event)
+        self._registered = True
+
+    def _on_duration(self, event: str, duration: float, **kwargs: Any) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.compiles += 1
+
+    def _on_event(self, event: str, **kwargs: Any) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            self.cache_hits += 1
+
+    def count(self) -> int:
+        """Programs compiled so far (backend compiles less persistent-cache hits)."""
+        return self.compiles - self.cache_hits
+
+
+_COMPILATIONS = _Compilations()
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    """Rows of cells as aligned text columns (columns in ``right`` right-aligned)."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return [line(header)] + [line(row) for row in rows]
+
+
 def run(top: int = 15, out: TextIO | None = None) -> list[RecallRow]:
     """Print the Table 4 comparison and the top ImageNet classes UOT selects for CUB."""
     out = sys.stdout if out is None else out
+    _COMPILATIONS.register()
+    compiled = _COMPILATIONS.count()
     start = time.perf_counter()
     rows = recall_table()
     elapsed = time.perf_counter() - start
+    compiled = _COMPILATIONS.count() - compiled
     names = embedded.imagenet_classes()["name"]
     print(
         f"Recall of ImageNet bird classes among the top {TOP_K} selected for CUB-200 "
         "(paper, Table 4)",
         file=out,
     )
-    print(f"{'method':<10} {'cost':<7} {'backbone':<20} {'uotsel':>13} {'paper':>13}", file=out)
-    for r in rows:
-        ours = f"{100 * r.matches / r.relevant:5.2f} ({r.matches}/{r.relevant})"
-        paper = f"{100 * r.published / r.relevant:5.2f} ({r.published}/{r.relevant})"
-        mark = "" if r.matches == r.published else "  <- differs"
+
+    def recall_cell(matches: int, relevant: int) -> str:
+        return f"{100 * matches / relevant:.2f} ({matches}/{relevant})"
+
+    cells = [
+        [
+            r.method,
+            r.cost,
+            BACKBONE_LABELS[r.backbone],
+            recall_cell(r.matches, r.relevant),
+            recall_cell(r.published, r.relevant),
+            "" if r.matches == r.published else "<- differs",
+        ]
+        for r in rows
+    ]
+    header = ["method", "cost", "backbone", "uotsel", "paper", ""]
+    for line in _table(header, cells, right={3, 4}):
+        print(line, file=out)
+    uot = next(r for r in rows if r.method == "UOT" and r.backbone == "resnet18_supervised")
+    if top > 0:
         print(
-            f"{r.method:<10} {r.cost:<7} {BACKBONE_LABELS[r.backbone]:<20} {ours:>13} "
-            f"{paper:>13}{mark}",
+            f"\nTop {top} ImageNet classes selected by UOT for CUB-200 (supervised ResNet18):",
             file=out,
         )
-    uot = next(r for r in rows if r.method == "UOT" and r.backbone == "resnet18_supervised")
-    print(
-        f"\nTop {top} ImageNet classes selected by UOT for CUB-200 (supervised ResNet18):", file=out
-    )
-    for rank_, unit in enumerate(uot.selected[:top], 1):
-        print(f"{rank_:3d}. {names[unit]} (class {unit})", file=out)
-    print(f"\n6 selections in {elapsed:.1f} s (including compilation).", file=out)
+        width = len(str(top))
+        for rank_, unit in enumerate(uot.selected[:top], 1):
+            print(f"{rank_:>{width}}. {names[unit]} (class {unit})", file=out)
+    note = " (including compilation)" if compiled > 0 else ""
+    print(f"\n{len(rows)} selections in {elapsed:.1f} s{note}.", file=out)
     return rows

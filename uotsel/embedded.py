@@ -78,6 +78,15 @@ def load(backbone: str, dataset: str) -> EmbeddedMeans:
       >>> embedded.load("resnet18_supervised", "cub").means.shape
       (200, 512)
     """
+    if not isinstance(backbone, str) or backbone not in DATASETS:
+        raise ValueError(
+            f"backbone: unknown backbone {backbone!r}; available: {', '.join(BACKBONES)}"
+        )
+    if not isinstance(dataset, str) or dataset not in DATASETS[backbone]:
+        raise ValueError(
+            f"dataset: unknown data set {dataset!r} for {backbone}; available: "
+            f"{', '.join(DATASETS[backbone])}"
+        )
     path, names = resolve(f"{backbone}/{dataset}", "dataset")
     with np.load(path, allow_pickle=False) as data:
         return EmbeddedMeans(data["means"], data["counts"], names)

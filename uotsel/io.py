@@ -1,17 +1,27 @@
-"""Reading unit features from files and writing selection files, without ever unpickling.
+"""Every file format of uotsel, read and written in one place, without ever unpickling.
 
-Accepted inputs (``read_units``):
+Unit files (read by :func:`read_units`, written by :func:`write_units` and
+:func:`write_clusters`):
 
 - ``.npz`` with ``means`` ``[K, D]`` (optional ``counts`` ``[K]``, ``names`` ``[K]`` strings,
-  ``assignment`` ``[N]`` per-sample unit ids), as written by ``uotsel centroids`` (class means)
-  and by ``uotsel kmeans`` (cluster means: the mean raw feature of each cluster's members; its
-  ``centroids`` and other keys are not read), or with ``features`` ``[N, D]`` and ``labels``
-  ``[N]`` (the class means are computed);
+  ``assignment`` ``[N]`` per-sample unit ids, ``sample_names`` ``[N]``), as written by
+  ``uotsel centroids`` (class means) and by ``uotsel kmeans`` (cluster means: the mean raw
+  feature of each cluster's members; its ``centroids`` and other keys are not read), or with
+  ``features`` ``[N, D]`` and ``labels`` ``[N]`` (the class means are computed);
 - ``.npy`` holding ``means`` ``[K, D]`` (memory-mapped);
 - ``embedded:<backbone>/<dataset>``: the paper's class means shipped with the package.
 
-Outputs are written to a temporary file beside the destination and renamed into place, so a
-failed run never leaves a partial file.
+Selection files (``uotsel.selection/1`` JSON): :func:`selection_record`, :func:`write_selection`,
+:func:`read_selection`. Text files (one name or id a line): :func:`read_names`,
+:func:`read_ids`, :func:`write_lines`. Sample indices: :func:`write_indices` (``.npy``).
+
+Numpy files are recognised by their first bytes; a folder, an empty, truncated or corrupt file,
+a file that is not numpy at all and an array of Python objects each get their own one-line
+``ValueError`` naming the argument.
+
+Outputs: :class:`Outputs` writes all the files of one command to temporaries beside their
+destinations and renames them into place only when every one is complete (see its docstring);
+:func:`atomic_writer` does the same for a single file.
 """
 
 from __future__ import annotations
@@ -19,9 +29,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import re
+import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,17 +46,36 @@ from uotsel import _checks, embedded
 from uotsel.centroids import class_means
 
 __all__ = [
+    "FORMATS",
+    "SELECTION_FORMAT",
+    "Outputs",
     "Units",
     "atomic_writer",
+    "input_path",
+    "npz_keys",
+    "parse_ids",
     "read_array",
+    "read_features",
+    "read_ids",
+    "read_names",
+    "read_selection",
     "read_units",
     "selection_record",
     "sha256_file",
+    "write_clusters",
+    "write_indices",
     "write_json",
     "write_lines",
+    "write_selection",
+    "write_units",
 ]
 
 SELECTION_FORMAT = "uotsel.selection/1"
+# File name extension -> format written.
+FORMATS = {".npy": "npy", ".npz": "npz", ".json": "json", ".txt": "txt"}
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 class Units(NamedTuple):
@@ -65,6 +100,10 @@ class Units(NamedTuple):
     sha256: str
 
 
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
 def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -73,150 +112,516 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def _open_npz(path: str, arg: str):
+def input_path(spec: str) -> str | None:
+    """The file behind an input ``spec`` (an ``embedded:`` name resolved), or None."""
+    if not spec:
+        return None
+    if spec.startswith(embedded.PREFIX):
+        try:
+            return embedded.resolve(spec[len(embedded.PREFIX) :])[0]
+        except ValueError:
+            return None
+    return spec
+
+
+def _check_file(path: str, arg: str) -> int:
+    """The size of the regular, non-empty file at ``path``, or a one-line error."""
+    if not path:
+        raise ValueError(f"{arg}: no file name given")
     try:
-        return np.load(path, allow_pickle=False)
+        info = os.stat(path)
     except FileNotFoundError:
         raise ValueError(f"{arg}: file not found: {path}") from None
-    except IsADirectoryError:
-        raise ValueError(f"{arg}: is a directory, not a file: {path}") from None
-    except Exception as err:
-        raise ValueError(f"{arg}: cannot read {path}: {_first_line(err)}") from None
+    except OSError as err:
+        raise ValueError(f"{arg}: cannot read {path}: {_reason(err)}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ValueError(f"{arg}: is a folder, expected a file: {path}")
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{arg}: is not a regular file: {path}")
+    if info.st_size == 0:
+        raise ValueError(f"{arg}: {path} is empty (0 bytes)")
+    return info.st_size
 
 
-def _get(archive, key: str, path: str, arg: str) -> np.ndarray:
+def _read_head(path: str, arg: str, size: int = 8) -> bytes:
     try:
-        return np.asarray(archive[key])
-    except ValueError as err:  # object arrays need pickle, which we never allow
+        with open(path, "rb") as fh:
+            return fh.read(size)
+    except OSError as err:
+        raise ValueError(f"{arg}: cannot read {path}: {_reason(err)}") from None
+
+
+def _kind(head: bytes) -> str:
+    if head.startswith(_NPY_MAGIC):
+        return "npy"
+    if head.startswith(_ZIP_MAGICS):
+        return "npz"
+    return ""
+
+
+def _sniff(path: str, arg: str) -> str:
+    """``"npy"`` or ``"npz"`` from the file's first bytes, after the file checks."""
+    _check_file(path, arg)
+    kind = _kind(_read_head(path, arg))
+    if not kind:
+        raise ValueError(f"{arg}: {path} is not a numpy file (neither .npy nor .npz)")
+    return kind
+
+
+def _npy_header(fh: Any, where: str, arg: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran order, dtype, data bytes) of the ``.npy`` stream at ``fh``."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(fh)
+        else:
+            shape, fortran, dtype = fmt._read_array_header(fh, version)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(
-            f"{arg}: key {key!r} in {path} is not a plain array ({_first_line(err)})"
+            f"{arg}: {where} is truncated or corrupt (unreadable .npy header: {_first_line(err)})"
         ) from None
+    if dtype.hasobject:
+        raise ValueError(
+            f"{arg}: {where} holds Python objects ({dtype}), not plain numbers or strings"
+        )
+    return shape, fortran, dtype, math.prod(shape) * dtype.itemsize
+
+
+def _read_npy(path: str, arg: str, mmap: bool) -> np.ndarray:
+    size = _check_file(path, arg)
+    try:
+        with open(path, "rb") as fh:
+            shape, _, _, nbytes = _npy_header(fh, path, arg)
+            offset = fh.tell()
+    except OSError as err:
+        raise ValueError(f"{arg}: cannot read {path}: {_reason(err)}") from None
+    if size - offset < nbytes:
+        raise ValueError(
+            f"{arg}: {path} is truncated: its header announces {nbytes} bytes of data "
+            f"(shape {shape}), the file holds {size - offset}"
+        )
+    try:
+        return np.load(path, mmap_mode="r" if mmap and nbytes else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{arg}: {path} is truncated or corrupt ({_first_line(err)})") from None
+
+
+class _Npz:
+    """The arrays of an ``.npz`` archive, read one by one with their headers checked."""
+
+    def __init__(self, path: str, arg: str):
+        self.path, self.arg = path, arg
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, EOFError, ValueError) as err:
+            raise ValueError(
+                f"{arg}: {path} is truncated or corrupt (not a readable .npz archive: "
+                f"{_first_line(err)})"
+            ) from None
+        except OSError as err:
+            raise ValueError(f"{arg}: cannot read {path}: {_reason(err)}") from None
+        self._members = {}
+        for info in self._zip.infolist():
+            name = info.filename
+            self._members[name[:-4] if name.endswith(".npy") else name] = info
+        self.files = list(self._members)
+
+    def __enter__(self) -> _Npz:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._zip.close()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._members
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        info = self._members[key]
+        where = f"key {key!r} in {self.path}"
+        try:
+            with self._zip.open(info) as fh:
+                _, _, _, nbytes = _npy_header(fh, where, self.arg)
+                if info.file_size - fh.tell() < nbytes:
+                    raise ValueError(
+                        f"{self.arg}: {where} is truncated: its header announces {nbytes} bytes, "
+                        f"the archive holds {info.file_size - fh.tell()}"
+                    )
+                fh.seek(0)
+                return np.lib.format.read_array(fh, allow_pickle=False)
+        except ValueError as err:
+            if str(err).startswith(f"{self.arg}: "):
+                raise
+            raise ValueError(f"{self.arg}: {where} is corrupt ({_first_line(err)})") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+            raise ValueError(
+                f"{self.arg}: {where} is truncated or corrupt ({_first_line(err)})"
+            ) from None
+
+
+def _open_npz(path: str, arg: str) -> _Npz:
+    return _Npz(path, arg)
 
 
 def read_array(path: str, arg: str, *, key: str | None = None, mmap: bool = True) -> np.ndarray:
-    """One array from ``.npy`` (memory-mapped) or from ``key`` of an ``.npz``."""
-    if not os.path.exists(path):
-        raise ValueError(f"{arg}: file not found: {path}")
-    if path.endswith(".npy"):
-        try:
-            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except Exception as err:
-            raise ValueError(f"{arg}: cannot read {path}: {_first_line(err)}") from None
-    archive = _open_npz(path, arg)
-    with archive:
+    """One array from a ``.npy`` file (memory-mapped unless ``mmap=False``) or from ``key`` of
+    an ``.npz`` archive (``key=None``: its only array). The content decides which it is.
+
+    Raises:
+      ValueError: starting with ``arg``: a folder, a missing, empty, truncated, corrupt or
+        non-numpy file, a missing key, or an array of Python objects.
+    """
+    kind = _sniff(path, arg)
+    if kind == "npy":
+        if key is not None:
+            raise ValueError(f"{arg}: {path} is a single .npy array; expected an .npz with {key!r}")
+        return _read_npy(path, arg, mmap)
+    with _open_npz(path, arg) as archive:
         if key is None:
             if len(archive.files) != 1:
-                raise ValueError(f"{arg}: {path} holds {archive.files}; expected a single array")
+                raise ValueError(
+                    f"{arg}: {path} holds {len(archive.files)} arrays "
+                    f"({', '.join(archive.files) or 'none'}); expected a single array"
+                )
             key = archive.files[0]
-        if key not in archive.files:
-            raise ValueError(f"{arg}: {path} has no key {key!r} (keys: {', '.join(archive.files)})")
-        return _get(archive, key, path, arg)
+        if key not in archive:
+            raise ValueError(
+                f"{arg}: {path} has no key {key!r} (keys: {', '.join(archive.files) or 'none'})"
+            )
+        return archive[key]
+
+
+def npz_keys(path: str, arg: str) -> list[str] | None:
+    """The array names of an ``.npz`` archive, or None for a ``.npy`` file."""
+    if _sniff(path, arg) == "npy":
+        return None
+    with _open_npz(path, arg) as archive:
+        return list(archive.files)
+
+
+def read_features(path: str, arg: str, *, key: str = "features") -> np.ndarray:
+    """Per-sample features ``[N, D]`` (N, D >= 1): a ``.npy`` (memory-mapped) or ``key`` of an
+    ``.npz``. Values are not scanned (see ``_checks.check_rows``).
+
+    Raises:
+      ValueError, TypeError: starting with ``arg``, as :func:`read_array`, or for a shape other
+        than ``[N, D]`` or a non-numeric dtype.
+    """
+    kind = _sniff(path, arg)
+    features = read_array(path, arg, key=None if kind == "npy" else key)
+    if features.ndim != 2:
+        raise ValueError(f"{arg}: {path} must hold a 2-d array [N, D], got shape {features.shape}")
+    if features.dtype.kind not in "fiub":
+        raise TypeError(f"{arg}: {path} holds {features.dtype}, expected numbers")
+    if features.shape[0] == 0:
+        raise ValueError(f"{arg}: {path} holds no samples (shape {features.shape})")
+    if features.shape[1] == 0:
+        raise ValueError(f"{arg}: {path} holds features of dimension 0 (shape {features.shape})")
+    return features
+
+
+def _read_text_lines(path: str, arg: str) -> list[str]:
+    _check_file(path, arg)
+    head = _read_head(path, arg)
+    if _kind(head):
+        raise ValueError(f"{arg}: {path} is a numpy file, expected text (one entry a line)")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{arg}: {path} is not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise ValueError(f"{arg}: cannot read {path}: {_reason(err)}") from None
+    return text.splitlines()
+
+
+def read_names(path: str, arg: str, count: int | None = None, what: str = "entries") -> np.ndarray:
+    """One name a line (blank lines skipped); ``count`` names when given.
+
+    Raises:
+      ValueError: starting with ``arg``: unreadable or non-text file, or not ``count`` names.
+    """
+    names = np.asarray([line for line in _read_text_lines(path, arg) if line.strip()], dtype=str)
+    if count is not None and names.shape[0] != count:
+        raise ValueError(f"{arg}: {path} holds {names.shape[0]} names for {count} {what}")
+    return names
+
+
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def parse_ids(tokens: Iterable[str], arg: str, where: str = "") -> np.ndarray:
+    """Decimal integers as int64, blank tokens skipped (``where``: the file, for messages)."""
+    values = []
+    for number, token in enumerate(tokens, 1):
+        text = token.strip()
+        if not text:
+            continue
+        if not _INTEGER.fullmatch(text):
+            place = f" (line {number} of {where})" if where else ""
+            raise ValueError(f"{arg}: {text!r} is not an integer{place}")
+        value = int(text)
+        if abs(value) >= 2**63:
+            raise ValueError(f"{arg}: {text} is too large (at most 2**63 - 1)")
+        values.append(value)
+    return np.asarray(values, np.int64)
+
+
+def read_ids(path: str, arg: str, *, key: str | None = None) -> np.ndarray:
+    """Integer ids ``[n]``: a ``.npy``/``.npz`` array (``key`` of an ``.npz``) of whole numbers,
+    or text with one integer a line (blank lines skipped).
+
+    Raises:
+      ValueError, TypeError: starting with ``arg``: unreadable file, fractional or non-numeric
+        values, or not a 1-d list.
+    """
+    _check_file(path, arg)
+    if _kind(_read_head(path, arg)):
+        values = np.asarray(read_array(path, arg, key=key, mmap=False))
+        if values.ndim != 1:
+            raise ValueError(f"{arg}: expected a 1-d list of ids, got shape {values.shape}")
+        return _checks.whole_numbers(values, arg)
+    return parse_ids(_read_text_lines(path, arg), arg, path)
 
 
 def read_units(spec: str, arg: str = "source") -> Units:
     """Read unit features from a file or an ``embedded:`` spec (see the module docstring).
 
     Raises:
-      ValueError: naming ``arg`` for a missing file or key, unreadable data, NaN/inf, or
-        inconsistent shapes.
+      ValueError: naming ``arg`` for a folder, a missing, empty, truncated or non-numpy file, a
+        missing key, Python objects, NaN/inf, or inconsistent shapes.
     """
     if spec.startswith(embedded.PREFIX):
         path, names = embedded.resolve(spec[len(embedded.PREFIX) :], arg)
     else:
         path, names = spec, None
-    if not os.path.exists(path):
-        raise ValueError(f"{arg}: file not found: {path}")
     counts = unit_ids = sample_names = None
-    if path.endswith(".npy"):
+    if _sniff(path, arg) == "npy":
         means = read_array(path, arg)
     else:
         with _open_npz(path, arg) as archive:
             keys = set(archive.files)
             if "means" in keys:
-                means = _get(archive, "means", path, arg)
-                counts = _get(archive, "counts", path, arg) if "counts" in keys else None
-                unit_ids = _get(archive, "assignment", path, arg) if "assignment" in keys else None
+                means = archive["means"]
+                counts = archive["counts"] if "counts" in keys else None
+                if "assignment" in keys:
+                    unit_ids = _unit_ids(archive["assignment"], path, arg)
             elif {"features", "labels"} <= keys:
-                labels = _get(archive, "labels", path, arg)
-                try:
-                    cm = class_means(_get(archive, "features", path, arg), labels)
-                except (ValueError, TypeError) as err:
-                    raise ValueError(f"{arg}: {path}: {err}") from None
-                means, counts, unit_ids = cm.means, cm.counts, labels
+                means, counts, unit_ids = _means_from_samples(
+                    archive["features"], archive["labels"], path, arg
+                )
             else:
                 raise ValueError(
                     f"{arg}: {path} needs 'means' or 'features' + 'labels' "
                     f"(keys: {', '.join(sorted(keys)) or 'none'})"
                 )
             if "names" in keys and names is None:
-                names = _get(archive, "names", path, arg)
+                names = archive["names"]
             if "sample_names" in keys:
-                sample_names = _get(archive, "sample_names", path, arg).astype(str)
+                sample_names = archive["sample_names"]
     means = _check_means(means, path, arg)
     k = means.shape[0]
     if counts is not None:
         counts = np.asarray(counts)
-        if counts.shape != (k,) or counts.dtype.kind not in "iu":
-            raise ValueError(f"{arg}: 'counts' in {path} must be {k} integers")
+        if counts.shape != (k,) or counts.dtype.kind not in "iu" or (counts < 0).any():
+            raise ValueError(f"{arg}: 'counts' in {path} must be {k} non-negative integers")
     if names is not None:
         names = np.asarray(names)
         if names.shape != (k,) or names.dtype.kind not in "US":
             raise ValueError(f"{arg}: 'names' in {path} must be {k} strings")
         names = names.astype(str)
-    if unit_ids is not None:
-        unit_ids = np.asarray(unit_ids)
-        if unit_ids.ndim != 1 or unit_ids.dtype.kind not in "iu":
-            raise ValueError(f"{arg}: per-sample unit ids in {path} must be 1-d integers")
-        if unit_ids.size and (unit_ids.min() < 0 or unit_ids.max() >= k):
-            raise ValueError(f"{arg}: per-sample unit ids in {path} are out of range [0, {k})")
-        unit_ids = unit_ids.astype(np.int64)
-    if sample_names is not None and (unit_ids is None or sample_names.shape != unit_ids.shape):
-        raise ValueError(f"{arg}: 'sample_names' in {path} must match the per-sample unit ids")
+    if unit_ids is not None and unit_ids.size and unit_ids.max() >= k:
+        raise ValueError(
+            f"{arg}: per-sample unit ids in {path} go up to {int(unit_ids.max())}, beyond the "
+            f"{k} units"
+        )
+    if sample_names is not None:
+        sample_names = np.asarray(sample_names)
+        if (
+            unit_ids is None
+            or sample_names.shape != unit_ids.shape
+            or sample_names.dtype.kind not in "US"
+        ):
+            raise ValueError(
+                f"{arg}: 'sample_names' in {path} must be strings matching the per-sample unit ids"
+            )
+        sample_names = sample_names.astype(str)
     return Units(means, counts, names, unit_ids, sample_names, spec, sha256_file(path))
+
+
+def _unit_ids(values: np.ndarray, path: str, arg: str) -> np.ndarray:
+    if values.ndim != 1:
+        raise ValueError(f"{arg}: per-sample unit ids in {path} must be 1-d, got {values.shape}")
+    ids = _checks.whole_numbers(values, f"{arg}: per-sample unit ids in {path}")
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"{arg}: per-sample unit ids in {path} include {int(ids.min())} (< 0)")
+    return ids
+
+
+def _means_from_samples(features: np.ndarray, labels: np.ndarray, path: str, arg: str):
+    if features.ndim != 2 or features.dtype.kind not in "fiub":
+        raise ValueError(
+            f"{arg}: 'features' in {path} must be a 2-d numeric array [N, D], got "
+            f"{features.dtype} of shape {features.shape}"
+        )
+    n = features.shape[0]
+    labels = _unit_ids(labels, path, arg)
+    if labels.shape != (n,):
+        raise ValueError(f"{arg}: {path} has {labels.size} labels for {n} feature rows")
+    if n == 0:
+        raise ValueError(f"{arg}: {path} has no samples")
+    top = int(labels.max())
+    if top >= n:
+        raise ValueError(
+            f"{arg}: label {top} in {path} is not below the {n} samples, so some classes would "
+            "have no samples"
+        )
+    present = np.bincount(labels, minlength=top + 1)
+    if (present == 0).any():
+        empty = np.flatnonzero(present == 0)
+        raise ValueError(
+            f"{arg}: {empty.size} of the {top + 1} classes in {path} have no samples (first: "
+            f"{int(empty[0])}); number the classes 0..K-1"
+        )
+    _checks.check_rows(features, f"{arg}: 'features' in {path}")
+    cm = class_means(features, labels, top + 1)
+    return cm.means, cm.counts, labels
 
 
 def _check_means(means: np.ndarray, path: str, arg: str) -> np.ndarray:
     if means.ndim != 2:
         raise ValueError(f"{arg}: unit features in {path} must be 2-d [K, D], got {means.shape}")
-    if means.dtype.kind not in "fiu":
+    if means.dtype.kind not in "fiub":
         raise ValueError(f"{arg}: unit features in {path} are not numeric ({means.dtype})")
-    if means.shape[0] == 0 or means.shape[1] == 0:
+    if means.shape[0] == 0:
         raise ValueError(f"{arg}: unit features in {path} are empty (shape {means.shape})")
-    means = np.asarray(means, np.float32)
+    if means.shape[1] == 0:
+        raise ValueError(f"{arg}: unit features in {path} have dimension 0 (shape {means.shape})")
+    _checks.check_rows(means, f"{arg}: unit features in {path}")
+    return np.asarray(means, np.float32)
+
+
+def read_selection(path: str, arg: str = "selection") -> dict[str, Any]:
+    """The ``uotsel.selection/1`` record at ``path``, checked for the fields training reads:
+    ``selected`` and ``ranking`` lists of non-negative integers (booleans refused) and
+    ``groups`` a list of such lists.
+
+    Raises:
+      ValueError: one line starting with ``arg``: a folder, a missing, empty or unreadable
+        file, not JSON, or not a selection.
+    """
+    if os.path.isdir(path):
+        raise ValueError(f"{arg}: is a folder, expected a file: {path}")
+    if not os.path.exists(path):
+        raise ValueError(f"{arg}: file not found: {path}")
+    _check_file(path, arg)
     try:
-        _checks.check_finite(means, arg)
-    except ValueError as err:
-        raise ValueError(f"{err} in {path}") from None
-    return means
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{arg}: cannot read {path}: {_first_line(err)}") from None
+    if not isinstance(record, dict) or record.get("format") != SELECTION_FORMAT:
+        raise ValueError(f"{arg}: {path} is not a uotsel selection file")
+    for key in ("selected", "ranking"):
+        if not _id_list(record.get(key)):
+            raise ValueError(f"{arg}: {path} has no valid list {key!r} of unit ids")
+    groups = record.get("groups")
+    if not isinstance(groups, list) or not all(_id_list(g) for g in groups):
+        raise ValueError(f"{arg}: {path} has no list of score groups")
+    return record
 
 
-@contextlib.contextmanager
-def atomic_writer(path: str, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary file beside ``path``; rename it onto ``path`` only on success."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".uotsel-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def _id_list(ids: Any) -> bool:
+    return isinstance(ids, list) and all(
+        isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in ids
+    )
 
 
-def write_json(path: str, record: dict[str, Any]) -> None:
-    with atomic_writer(path) as fh:
-        json.dump(record, fh, indent=1, allow_nan=False)
-        fh.write("\n")
+# ---------------------------------------------------------------------------------------------
+# Writers: each takes a path (written atomically) or a binary file object.
 
 
-def write_lines(path: str, lines: Any) -> None:
-    with atomic_writer(path) as fh:
+def _write_bytes(target: Any, write: Callable[[Any], None]) -> None:
+    if hasattr(target, "write"):
+        write(target)
+    else:
+        with atomic_writer(target, "wb") as fh:
+            write(fh)
+
+
+def write_units(
+    target: Any,
+    means: Any,
+    *,
+    counts: Any = None,
+    names: Any = None,
+    assignment: Any = None,
+    sample_names: Any = None,
+    **extra: Any,
+) -> None:
+    """A unit file (``.npz``) that :func:`read_units` reads: ``means`` ``[K, D]`` float32 and
+    the optional ``counts`` ``[K]``, ``names`` ``[K]``, ``assignment`` ``[N]`` (int64),
+    ``sample_names`` ``[N]``, plus any ``extra`` arrays (not read back)."""
+    arrays = {"means": np.asarray(means, np.float32)}
+    if counts is not None:
+        arrays["counts"] = np.asarray(counts, np.int64)
+    if names is not None:
+        arrays["names"] = np.asarray(names, dtype=str)
+    if assignment is not None:
+        arrays["assignment"] = np.asarray(assignment, np.int64)
+    if sample_names is not None:
+        arrays["sample_names"] = np.asarray(sample_names, dtype=str)
+    arrays.update({k: np.asarray(v) for k, v in extra.items()})
+    _write_bytes(target, lambda fh: np.savez(fh, **arrays))
+
+
+def write_clusters(target: Any, result: Any, sample_names: Any = None) -> None:
+    """The unit file of a :class:`~uotsel.KMeansResult`: ``means`` (the units), ``centroids``,
+    ``counts``, ``assignment``, ``objective``, ``spherical``, ``n_iters``, ``converged``,
+    ``seed`` and, when given, ``sample_names``."""
+    write_units(
+        target,
+        result.means,
+        counts=result.sizes,
+        assignment=result.assignment,
+        sample_names=sample_names,
+        centroids=np.asarray(result.centroids, np.float32),
+        objective=np.float64(result.objective),
+        spherical=np.bool_(result.spherical),
+        n_iters=np.int64(result.n_iters),
+        converged=np.bool_(result.converged),
+        seed=np.int64(result.seed),
+    )
+
+
+def write_indices(target: Any, indices: Any) -> None:
+    """Sample indices ``[S]`` as an int64 ``.npy``."""
+    _write_bytes(target, lambda fh: np.save(fh, np.asarray(indices, np.int64)))
+
+
+def write_json(target: Any, record: dict[str, Any]) -> None:
+    """``record`` as indented JSON (NaN and inf refused); atomic when ``target`` is a path."""
+    text = json.dumps(record, indent=1, allow_nan=False) + "\n"
+    _write_bytes(target, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def write_selection(target: Any, record: dict[str, Any]) -> None:
+    """A selection file (``uotsel.selection/1``, see :func:`selection_record`)."""
+    if record.get("format") != SELECTION_FORMAT:
+        raise ValueError(f"record: not a {SELECTION_FORMAT} record")
+    write_json(target, record)
+
+
+def write_lines(target: Any, lines: Iterable[Any]) -> None:
+    """One item a line (UTF-8)."""
+
+    def write(fh: Any) -> None:
         for line in lines:
-            fh.write(f"{line}\n")
+            fh.write(f"{line}\n".encode())
+
+    _write_bytes(target, write)
 
 
 def selection_record(selection: Any, source: Units, target: Units | None, version: str) -> dict:
@@ -225,8 +630,8 @@ def selection_record(selection: Any, source: Units, target: Units | None, versio
     def ids(a: np.ndarray) -> list[int]:
         return [int(x) for x in a]
 
-    def floats(a: np.ndarray | None) -> list[float] | None:
-        return None if a is None else [float(x) for x in a]
+    def floats(a: np.ndarray | None) -> list[float | str | None] | None:
+        return None if a is None else [_json_number(x) for x in a]
 
     def describe(units: Units) -> dict[str, Any]:
         return {
@@ -250,13 +655,275 @@ def selection_record(selection: Any, source: Units, target: Units | None, versio
         scores=floats(selection.scores),
         log_scores=floats(selection.log_scores),
         groups=[ids(g) for g in selection.groups],
-        settings=selection.settings,
-        solver=selection.diagnostics or None,
+        settings={k: _json_number(v) for k, v in selection.settings.items()},
+        solver={k: _json_number(v) for k, v in selection.diagnostics.items()} or None,
         inputs={"source": describe(source), "target": None if target is None else describe(target)},
     )
     if selection.sample_indices is not None:
         record["num_selected_samples"] = int(selection.sample_indices.size)
     return record
+
+
+def _json_number(value: Any) -> Any:
+    """A number as JSON holds it: infinities as the strings ``"inf"``/``"-inf"``, NaN as null;
+    anything else unchanged."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+    elif isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing files atomically, alone or all together
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode() -> int:
+    """The permissions ``open`` gives a new file under the process umask."""
+    return 0o666 & ~_umask()
+
+
+def _create_temp(folder: str) -> tuple[int, str]:
+    return tempfile.mkstemp(prefix=".uotsel-", suffix=".tmp", dir=folder)
+
+
+def _finish(fh: Any, mode: int) -> None:
+    fh.flush()
+    os.fchmod(fh.fileno(), mode)
+    os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file beside ``path``; rename it onto ``path`` only on success.
+
+    The file gets the permissions of a new file under the process umask. Raises ``OSError``
+    when the file cannot be written.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = _create_temp(directory)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            _finish(fh, _new_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _identity(path: str) -> tuple[Any, ...]:
+    """What makes two names the same file: device and inode when it exists, else its real
+    path."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ("path", os.path.realpath(path))
+    return ("inode", info.st_dev, info.st_ino)
+
+
+class _Pending:
+    def __init__(self, arg: str, path: str, final: str, fmt: str, fd: int, tmp: str):
+        self.arg, self.path, self.final, self.fmt = arg, path, final, fmt
+        self.fd: int | None = fd
+        self.tmp = tmp
+        self.written = False
+        self.existed = False
+        self.backup: str | None = None
+
+
+class Outputs:
+    """The output files of one command, written together or not at all.
+
+    :meth:`add` checks an output before any work: its extension gives its format (one of
+    ``formats``), it is neither a folder nor a special file, its folder exists, it is not an
+    input (same device and inode, which catches symbolic and hard links, or the same real path
+    when it does not exist yet) nor another output, and a temporary file can be created beside
+    it. :meth:`write` fills that temporary; :meth:`commit` renames all of them into place once
+    every one is complete, and puts back what it replaced if a rename fails. Leaving the
+    ``with`` block without :meth:`commit` deletes the temporaries: existing files stay
+    byte-identical. Files get the permissions of a new file under the process umask (0666 less
+    the umask), a replaced file too.
+
+    Every error is a one-line ``ValueError`` starting with the output's ``arg``.
+
+    Example:
+      >>> import os, tempfile
+      >>> from uotsel import io
+      >>> folder = tempfile.mkdtemp()
+      >>> with io.Outputs() as outputs:
+      ...     outputs.add("--out", os.path.join(folder, "a.txt"), ("txt",))
+      ...     outputs.write("--out", io.write_lines, ["x", "y"])
+      ...     outputs.commit()
+      'txt'
+      >>> open(os.path.join(folder, "a.txt")).read()
+      'x\\ny\\n'
+    """
+
+    def __init__(self, inputs: Iterable[tuple[str, str | None]] = ()):
+        self._inputs = [(arg, path, _identity(path)) for arg, path in inputs if path]
+        self._items: dict[str, _Pending] = {}
+        self._mode = _new_file_mode()
+
+    def __enter__(self) -> Outputs:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.discard()
+
+    def add(self, arg: str, path: str, formats: tuple[str, ...]) -> str:
+        """Check the output ``path`` of ``arg`` and create its temporary; returns its format."""
+        if not path:
+            raise ValueError(f"{arg}: no file name given")
+        if path.endswith(("/", os.sep)):
+            raise ValueError(f"{arg}: {path} names a folder, expected a file name")
+        fmt = FORMATS.get(os.path.splitext(path)[1].lower())
+        if fmt not in formats:
+            want = " or ".join(sorted(e for e, f in FORMATS.items() if f in formats))
+            raise ValueError(f"{arg}: {path} must end in {want} (the extension sets the format)")
+        final = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
+        folder = os.path.dirname(final)
+        if not os.path.exists(folder):
+            raise ValueError(f"{arg}: folder does not exist: {folder}")
+        if not os.path.isdir(folder):
+            raise ValueError(f"{arg}: {folder} is not a folder")
+        existed = os.path.lexists(final)
+        if existed:
+            info = os.stat(final)
+            if stat.S_ISDIR(info.st_mode):
+                raise ValueError(f"{arg}: {path} is a folder, expected a file name")
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError(f"{arg}: {path} exists and is not a regular file")
+        ident = _identity(final)
+        for other, other_path, other_ident in self._inputs:
+            if ident == other_ident:
+                raise ValueError(f"{arg}: {path} is the input file of {other} ({other_path})")
+        for item in self._items.values():
+            if _identity(item.final) == ident:
+                raise ValueError(f"{arg}: {path} is also the output of {item.arg}")
+        try:
+            fd, tmp = _create_temp(folder)
+        except OSError as err:
+            raise ValueError(f"{arg}: cannot create a file in {folder}: {_reason(err)}") from None
+        item = _Pending(arg, path, final, fmt, fd, tmp)
+        item.existed = existed
+        self._items[arg] = item
+        return fmt
+
+    def format(self, arg: str) -> str:
+        """The format (``npy``, ``npz``, ``json``, ``txt``) of the output ``arg``."""
+        return self._items[arg].fmt
+
+    def write(self, arg: str, writer: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Fill the temporary of ``arg`` with ``writer(binary_file, *args, **kwargs)``."""
+        item = self._items[arg]
+        if item.fd is None:
+            raise RuntimeError(f"{arg}: written twice")
+        fd, item.fd = item.fd, None
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                writer(fh, *args, **kwargs)
+                _finish(fh, self._mode)
+        except OSError as err:
+            self.discard()
+            raise ValueError(f"{arg}: cannot write {item.path}: {_reason(err)}") from None
+        except BaseException:
+            self.discard()
+            raise
+        item.written = True
+
+    def commit(self) -> None:
+        """Rename every temporary onto its output; all of them or none."""
+        items = list(self._items.values())
+        unwritten = [item.arg for item in items if not item.written]
+        if unwritten:
+            self.discard()
+            raise RuntimeError(f"{unwritten[0]}: never written")
+        for item in items:
+            if item.existed:
+                try:
+                    item.backup = _keep(item)
+                except OSError as err:
+                    self.discard()
+                    raise ValueError(
+                        f"{item.arg}: cannot replace {item.path}: {_reason(err)}"
+                    ) from None
+        done: list[_Pending] = []
+        for item in items:
+            try:
+                os.replace(item.tmp, item.final)
+            except OSError as err:
+                self._roll_back(done)
+                self.discard()
+                raise ValueError(f"{item.arg}: cannot write {item.path}: {_reason(err)}") from None
+            done.append(item)
+        for item in items:
+            if item.backup:
+                with contextlib.suppress(OSError):
+                    os.unlink(item.backup)
+            item.backup = None
+        for folder in {os.path.dirname(item.final) for item in items}:
+            _sync_folder(folder)
+        self._items.clear()
+
+    def _roll_back(self, done: list[_Pending]) -> None:
+        for item in reversed(done):
+            with contextlib.suppress(OSError):
+                if item.backup:
+                    os.replace(item.backup, item.final)
+                    item.backup = None
+                else:
+                    os.unlink(item.final)
+
+    def discard(self) -> None:
+        """Delete every temporary (and backup); no output is touched."""
+        for item in self._items.values():
+            if item.fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(item.fd)
+                item.fd = None
+            for name in (item.tmp, item.backup):
+                if name:
+                    with contextlib.suppress(OSError):
+                        os.unlink(name)
+            item.backup = None
+        self._items.clear()
+
+
+def _keep(item: _Pending) -> str:
+    """A second name for the file about to be replaced, so that it can be put back."""
+    backup = item.tmp[: -len(".tmp")] + ".old"
+    try:
+        os.link(item.final, backup)
+    except OSError:
+        shutil.copy2(item.final, backup)
+    return backup
+
+
+def _sync_folder(folder: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or _first_line(err)
 
 
 def _first_line(err: BaseException) -> str:

@@ -12,13 +12,11 @@ refused with one line.
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from uotsel.io import SELECTION_FORMAT, read_array, sha256_file
+from uotsel.io import read_array, read_selection, sha256_file
 
 __all__ = ["Choice", "check_against", "read", "unit_ids", "units"]
 
@@ -36,27 +34,7 @@ def read(path: str) -> dict[str, Any]:
     Raises:
       ValueError: starting with ``selection:``: missing, a folder, not JSON, not a selection.
     """
-    if os.path.isdir(path):
-        raise ValueError(f"selection: is a folder, expected a file: {path}")
-    if not os.path.exists(path):
-        raise ValueError(f"selection: file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            record = json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"selection: cannot read {path}: {err}") from None
-    if not isinstance(record, dict) or record.get("format") != SELECTION_FORMAT:
-        raise ValueError(f"selection: {path} is not a uotsel selection file")
-    for key in ("selected", "ranking"):
-        ids = record.get(key)
-        if not isinstance(ids, list) or not all(
-            isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in ids
-        ):
-            raise ValueError(f"selection: {path} has no valid list {key!r} of unit ids")
-    groups = record.get("groups")
-    if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
-        raise ValueError(f"selection: {path} has no list of score groups")
-    return record
+    return read_selection(path, "selection")
 
 
 def units(record: dict[str, Any], *, top_k: int = 0, group: int = -1) -> Choice:
