@@ -360,13 +360,11 @@ def _demo(args: argparse.Namespace, pairs: list[str]) -> int:
 
 
 def _extract(args: argparse.Namespace, pairs: list[str]) -> int:
+    import numpy as np
+
+    from uotsel import io
     from uotsel_train import extract, initialise, input_pipeline
 
-    for path, flag in ((args.out, "--out"), (args.features_out, "--features-out")):
-        if path and os.path.isdir(path):
-            raise ValueError(f"{flag}: is a folder, expected a file: {path}")
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise ValueError(f"{flag}: directory does not exist: {path}")
     for value, flag in (
         (args.image_size, "--image-size"),
         (args.batch_size, "--batch-size"),
@@ -376,26 +374,40 @@ def _extract(args: argparse.Namespace, pairs: list[str]) -> int:
             raise ValueError(f"{flag}: must be between 1 and 10^5, got {value}")
     if os.path.isdir(args.weights) or not os.path.exists(args.weights):
         raise ValueError(f"--weights: not a file: {args.weights}")
-    source = input_pipeline.open_source(args.data, args.data_dir or "", "train", "--data")
-    variables = {"backbone": initialise.load_backbone(args.weights)}
-    if args.moco_head:
-        from uotsel_train import convert
+    with io.Outputs([("--weights", args.weights)]) as outputs:
+        outputs.add("--out", args.out, ("npz",))
+        if args.features_out:
+            outputs.add("--features-out", args.features_out, ("npy",))
+        source = input_pipeline.open_source(args.data, args.data_dir or "", "train", "--data")
+        variables = {"backbone": initialise.load_backbone(args.weights)}
+        if args.moco_head:
+            from uotsel_train import convert
 
-        variables = convert.load_variables(args.weights)
-    result = extract.extract(
-        source,
-        variables,
-        args.arch,
-        moco_head=args.moco_head,
-        image_size=args.image_size,
-        resize=round(args.image_size * 256 / 224),
-        batch_size=args.batch_size,
-        workers=args.workers,
-        keep_features=bool(args.features_out),
-        allow_empty=args.allow_empty_classes,
-        progress=None if args.quiet else _log,
-    )
-    extract.save(result, source.classes, source.labels, args.out, args.features_out or "")
+            variables = convert.load_variables(args.weights)
+        result = extract.extract(
+            source,
+            variables,
+            args.arch,
+            moco_head=args.moco_head,
+            image_size=args.image_size,
+            resize=round(args.image_size * 256 / 224),
+            batch_size=args.batch_size,
+            workers=args.workers,
+            keep_features=bool(args.features_out),
+            allow_empty=args.allow_empty_classes,
+            progress=None if args.quiet else _log,
+        )
+        outputs.write(
+            "--out",
+            io.write_units,
+            result.means,
+            counts=result.counts,
+            names=source.classes,
+            assignment=source.labels,
+        )
+        if args.features_out:
+            outputs.write("--features-out", lambda fh: np.save(fh, result.features))
+        outputs.commit()
     print(
         f"{len(source.classes)} class means from {int(result.counts.sum())} images "
         f"({len(result.skipped)} unreadable skipped) -> {args.out}"
@@ -404,19 +416,15 @@ def _extract(args: argparse.Namespace, pairs: list[str]) -> int:
 
 
 def _convert(args: argparse.Namespace, pairs: list[str]) -> int:
+    from uotsel import io
     from uotsel_train import convert
 
-    if os.path.isdir(args.out):
-        raise ValueError(f"--out: is a folder, expected a file: {args.out}")
-    directory = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(directory):
-        raise ValueError(f"--out: directory does not exist: {directory}")
-    state = convert.load_state_dict(args.checkpoint)
-    converted = convert.convert_state_dict(state, args.arch)
-    try:
-        convert.save_variables(converted, args.out)
-    except OSError as err:
-        raise ValueError(f"--out: cannot write {args.out}: {err}") from None
+    with io.Outputs([("--checkpoint", args.checkpoint)]) as outputs:
+        outputs.add("--out", args.out, ("npz",))
+        state = convert.load_state_dict(args.checkpoint)
+        converted = convert.convert_state_dict(state, args.arch)
+        outputs.write("--out", lambda fh: convert.save_variables(converted, fh))
+        outputs.commit()
     parts = [name for name in ("backbone", "fc", "moco_head") if converted.get(name) is not None]
     print(f"converted {len(state)} tensors ({', '.join(parts)}) for {args.arch} -> {args.out}")
     return 0

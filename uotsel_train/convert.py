@@ -285,18 +285,22 @@ def convert_state_dict(state: Mapping[str, np.ndarray], arch: str) -> Converted:
     )
 
 
-def save_variables(converted: Mapping[str, Any], path: str) -> None:
-    """Write converted variables as one ``.npz`` with ``/``-joined keys (no pickle)."""
+def save_variables(converted: Mapping[str, Any], target: Any) -> None:
+    """Write converted variables as one ``.npz`` with ``/``-joined keys (no pickle) to
+    ``target``, a path (written atomically) or a binary file."""
     flat = {
         "/".join(k): np.asarray(v)
         for k, v in _flatten(
             {name: tree for name, tree in converted.items() if tree is not None}
         ).items()
     }
-    tmp = f"{path}.partial"
-    with open(tmp, "wb") as fh:
+    if not isinstance(target, str | os.PathLike):
+        np.savez(target, **flat)
+        return
+    from uotsel.io import atomic_writer
+
+    with atomic_writer(os.fspath(target), "wb") as fh:
         np.savez(fh, **flat)
-    os.replace(tmp, path)
 
 
 _PARTS = ("backbone", "fc", "moco_head")

@@ -19,7 +19,7 @@ import numpy as np
 from uotsel import ClassMeanAccumulator
 from uotsel_train import data, models
 
-__all__ = ["Extracted", "extract", "save"]
+__all__ = ["Extracted", "extract"]
 
 
 class Extracted(NamedTuple):
@@ -139,36 +139,3 @@ def _check_finite_weights(variables: dict[str, Any], parts: tuple[str, ...]) -> 
 
 def _eval(img: Any, index: int, size: int, resize: int) -> np.ndarray:
     return data.eval_transform(img, size=size, resize=resize)
-
-
-def save(result: Extracted, classes: Any, labels: Any, out: str, features_out: str = "") -> None:
-    """Write the class means as the ``.npz`` ``uotsel select`` reads (``means``, ``counts``,
-    ``names``, and every sample's class as ``assignment``) and, with ``features_out``, the
-    per-sample features ``[N, D]`` as ``.npy``; each file atomically.
-
-    Raises:
-      ValueError: starting with ``out:`` (or ``features_out:``) when a file cannot be written.
-    """
-    from uotsel.io import atomic_writer
-
-    outputs = [
-        (
-            "out",
-            out,
-            lambda fh: np.savez(
-                fh,
-                means=result.means,
-                counts=result.counts,
-                names=np.asarray(classes),
-                assignment=np.asarray(labels),
-            ),
-        )
-    ]
-    if features_out:
-        outputs.append(("features_out", features_out, lambda fh: np.save(fh, result.features)))
-    for key, path, write in outputs:
-        try:
-            with atomic_writer(path, "wb") as fh:
-                write(fh)
-        except OSError as err:
-            raise ValueError(f"{key}: cannot write {path}: {err.strerror or err}") from None
