@@ -154,6 +154,12 @@ def test_extract_command_writes_a_file_uotsel_select_reads(folder, tmp_path, cap
         ]
     )
     assert code == 0 and "3 class means from 9 images" in capsys.readouterr().out
+    args = ["extract", "--data", str(folder), "--arch", "tiny", "--weights"]
+    args += [str(tmp_path / "w.npz"), "--image-size", "32", "--batch-size", "4"]
+    assert main([*args, "--out", str(tmp_path / "again.npz")]) == 0
+    log = capsys.readouterr().err.splitlines()  # not a terminal: the first and the last line
+    assert log[0].startswith("extracting 4/9 (44%) ") and " img/s ETA " in log[0]
+    assert log[-1].startswith("extracting 9/9 (100%) ") and log[-1].endswith("ETA 0s")
     with np.load(out, allow_pickle=False) as m:
         assert m["means"].shape == (3, 16) and m["names"].tolist()[0] == "aardvark"
     assert np.load(tmp_path / "f.npy").shape == (9, 16)

@@ -117,7 +117,7 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep classes without images as zero rows (default: an error)",
     )
-    ext.add_argument("--quiet", action="store_true", help="no progress lines")
+    ext.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     ext.add_argument("--out", required=True, help="class means .npz to write")
     cfgs = sub.add_parser(
         "configs",
@@ -395,7 +395,7 @@ def _extract(args: argparse.Namespace, pairs: list[str]) -> int:
             workers=args.workers,
             keep_features=bool(args.features_out),
             allow_empty=args.allow_empty_classes,
-            progress=None if args.quiet else _log,
+            progress=not args.quiet,
         )
         outputs.write(
             "--out",

@@ -8,8 +8,6 @@ pooled features, MoCo-v2 the 128-d output of its projection head.
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -17,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uotsel import ClassMeanAccumulator
+from uotsel.progress import Progress
 from uotsel_train import data, models
 
 __all__ = ["Extracted", "extract"]
@@ -53,12 +52,13 @@ def extract(
     workers: int = 4,
     keep_features: bool = False,
     allow_empty: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> Extracted:
     """Class means of ``source`` (an :class:`~uotsel_train.data.ImageFolder` or any object with
     ``__len__``, ``load(i) -> (PIL image, label)`` and ``labels``) under ``variables`` as
     returned by :func:`uotsel_train.convert.load_variables` (``backbone``, and ``moco_head``
-    when ``moco_head``).
+    when ``moco_head``). ``progress``: a bar with images per second and the time left on a
+    terminal, a line every 30 s otherwise (:class:`uotsel.progress.Progress`).
 
     Raises:
       ValueError: starting with ``weights:`` when the weights lack a part, hold NaN/inf, or give
@@ -82,11 +82,12 @@ def extract(
     acc = ClassMeanAccumulator(num_classes)
     skipped: list[int] = []
     features = None
-    start = time.perf_counter()
     done = 0
-    for batch in data.batches(
+    bar = Progress(len(source), "extracting", unit="img", enabled=progress)
+    batches = data.batches(
         source, range(len(source)), transform, batch_size, workers=workers, skipped=skipped
-    ):
+    )
+    for batch in batches:
         emb = np.asarray(_embed(variables, jnp.asarray(batch.images), arch, moco_head), np.float64)
         bad = ~np.all(np.isfinite(emb), axis=1)
         if bad.any():
@@ -101,8 +102,8 @@ def extract(
                 features = np.zeros((len(source), emb.shape[1]), np.float32)
             features[batch.indices] = emb
         done += len(batch.indices)
-        if progress is not None:
-            progress(f"{done}/{len(source)} images, {time.perf_counter() - start:.1f} s")
+        bar.update(len(batch.indices))
+    bar.close()
     if done == 0:
         raise ValueError(f"data: none of the {len(source)} images could be read")
     result = acc.result(allow_empty=True)
