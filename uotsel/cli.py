@@ -1,4 +1,5 @@
-"""The ``uotsel`` command line: ``select``, ``centroids``, ``kmeans`` and ``demo``.
+"""The ``uotsel`` command line: ``select``, ``plot``, ``centroids``, ``kmeans``, ``embedded`` and
+``demo``.
 
 Every argument is checked here, with the flag's own name, before the library is called: bad
 input ends the command with exit status 2 and one line ``uotsel COMMAND: error: --FLAG: ...``.
@@ -206,7 +207,9 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     )
     sel.add_argument("--out", required=True, help="selection file to write (.json)")
     sel.add_argument(
-        "--names-out", help="also write the selected unit names (or ids), one a line (.txt)"
+        "--names-out",
+        help="also write the selected unit names (or ids), one a line (.txt); for the embedded "
+        "ImageNet classes 'wnid<TAB>name'",
     )
     sel.add_argument(
         "--samples-out",
@@ -214,6 +217,17 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
         "name (or index) a line (.txt); needs per-sample unit ids in the source file "
         "('labels' or 'assignment')",
     )
+
+    plot = sub.add_parser(
+        "plot",
+        help="draw a selection file as a PNG",
+        description="Draw a selection file: the scores of all units sorted, with the top-K "
+        "cut-off and the score groups; the top units by name; and, when the file has it, the "
+        "mass each target class receives from the selected units. Needs matplotlib "
+        "(pip install 'uotsel[plot]').",
+    )
+    plot.add_argument("selection", metavar="SELECTION", help="selection file (.json)")
+    plot.add_argument("--out", required=True, help="picture to write (.png)")
 
     cen = sub.add_parser(
         "centroids",
@@ -324,7 +338,20 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
         default=top,
         help=f"how many selected class names to list (default: {top})",
     )
-    return parser, {"select": sel, "centroids": cen, "kmeans": km, "demo": demo}
+    emb = sub.add_parser(
+        "embedded",
+        help="list the embedded class-mean feature sets",
+        description="List the class-mean feature sets shipped with uotsel (backbone, data set, "
+        "units, dimension); use them as embedded:<backbone>/<dataset>.",
+    )
+    return parser, {
+        "select": sel,
+        "plot": plot,
+        "centroids": cen,
+        "kmeans": km,
+        "embedded": emb,
+        "demo": demo,
+    }
 
 
 def _enable_compilation_cache() -> None:
@@ -475,15 +502,20 @@ def _cmd_select(args: argparse.Namespace) -> int:
             **settings,
         )
 
-        record = io.selection_record(selection, source, target, __version__)
+        mass = None
+        if args.strategy == "uot":
+            from uotsel.plan import target_mass
+
+            mass = target_mass(
+                source.means,
+                target.means,
+                selection.selected,
+                **{k: v for k, v in selection.settings.items() if k in _MASS_SETTINGS},
+            )
+        record = io.selection_record(selection, source, target, __version__, mass)
         outputs.write("--out", io.write_selection, record)
         if args.names_out is not None:
-            names = source.names
-            outputs.write(
-                "--names-out",
-                io.write_lines,
-                (names[i] if names is not None else int(i) for i in selection.selected),
-            )
+            outputs.write("--names-out", io.write_lines, _unit_lines(source, selection.selected))
         if args.samples_out is not None:
             if outputs.format("--samples-out") == "npy":
                 outputs.write("--samples-out", io.write_indices, selection.sample_indices)
@@ -511,6 +543,50 @@ def _cmd_select(args: argparse.Namespace) -> int:
         f"selected {selection.selected.size} of {selection.ranking.size} units with "
         f"{args.strategy}{note} -> {args.out}"
     )
+    return 0
+
+
+_MASS_SETTINGS = ("cost", "eps_c", "eps", "tau_source", "tau_target", "threshold", "max_iter")
+
+
+def _unit_lines(source: Any, ids: np.ndarray) -> list[Any]:
+    """One line per unit: ``wnid<TAB>name`` for the embedded ImageNet classes, else the name or
+    the id."""
+    from uotsel import io
+
+    names, wnids = source.names, io.unit_wnids(source)
+    if wnids is not None and names is not None:
+        return [f"{wnids[i]}\t{names[i]}" for i in ids]
+    return [names[i] if names is not None else int(i) for i in ids]
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from uotsel import io, plot
+
+    with io.Outputs([("SELECTION", args.selection)]) as outputs:
+        outputs.add("--out", args.out, ("png",))
+        plot.require_matplotlib("--out")
+        record = io.read_selection(args.selection, "SELECTION")
+        data = plot.check_record(record, args.selection, "SELECTION")
+        outputs.write("--out", plot.write_png, data, os.path.basename(args.selection))
+        outputs.commit()
+    print(f"drew {args.selection} -> {args.out}")
+    return 0
+
+
+def _cmd_embedded(args: argparse.Namespace) -> int:
+    from uotsel import embedded
+
+    rows = [("backbone", "dataset", "units", "dim")]
+    for name in embedded.available():
+        backbone, _, dataset = name.partition("/")
+        units, dim = embedded.shape(backbone, dataset)
+        rows.append((backbone, dataset, str(units), str(dim)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [row[2].rjust(widths[2]), row[3].rjust(widths[3])]
+        print("  ".join(cells))
     return 0
 
 
@@ -633,6 +709,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "select": _cmd_select,
+    "plot": _cmd_plot,
+    "embedded": _cmd_embedded,
     "centroids": _cmd_centroids,
     "kmeans": _cmd_kmeans,
     "demo": _cmd_demo,

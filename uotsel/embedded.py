@@ -15,7 +15,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["BACKBONES", "DATASETS", "EmbeddedMeans", "available", "imagenet_classes", "load"]
+__all__ = [
+    "BACKBONES",
+    "DATASETS",
+    "EmbeddedMeans",
+    "available",
+    "imagenet_classes",
+    "load",
+    "shape",
+]
 
 PREFIX = "embedded:"
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -90,6 +98,18 @@ def load(backbone: str, dataset: str) -> EmbeddedMeans:
     path, names = resolve(f"{backbone}/{dataset}", "dataset")
     with np.load(path, allow_pickle=False) as data:
         return EmbeddedMeans(data["means"], data["counts"], names)
+
+
+def shape(backbone: str, dataset: str) -> tuple[int, int]:
+    """``(units, dimension)`` of the embedded class means of ``dataset`` under ``backbone``.
+
+    Example:
+      >>> from uotsel import embedded
+      >>> embedded.shape("mocov2_resnet50", "imagenet")
+      (1000, 128)
+    """
+    means = load(backbone, dataset).means
+    return int(means.shape[0]), int(means.shape[1])
 
 
 def imagenet_classes() -> dict[str, np.ndarray]:

@@ -61,6 +61,7 @@ __all__ = [
     "read_selection",
     "read_units",
     "selection_record",
+    "unit_wnids",
     "sha256_file",
     "write_clusters",
     "write_indices",
@@ -72,7 +73,7 @@ __all__ = [
 
 SELECTION_FORMAT = "uotsel.selection/1"
 # File name extension -> format written.
-FORMATS = {".npy": "npy", ".npz": "npz", ".json": "json", ".txt": "txt"}
+FORMATS = {".npy": "npy", ".npz": "npz", ".json": "json", ".txt": "txt", ".png": "png"}
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
@@ -624,8 +625,18 @@ def write_lines(target: Any, lines: Iterable[Any]) -> None:
     _write_bytes(target, write)
 
 
-def selection_record(selection: Any, source: Units, target: Units | None, version: str) -> dict:
-    """The JSON-ready record of a :class:`~uotsel.Selection` (see ``docs/cli.md``)."""
+def selection_record(
+    selection: Any,
+    source: Units,
+    target: Units | None,
+    version: str,
+    target_mass: Any = None,
+) -> dict:
+    """The JSON-ready record of a :class:`~uotsel.Selection` (see ``docs/cli.md``).
+
+    ``selected_wnids`` is added for the embedded ImageNet classes, and ``target_mass`` /
+    ``target_mass_total`` when ``target_mass`` (a :class:`uotsel.plan.TargetMass`) is given.
+    """
 
     def ids(a: np.ndarray) -> list[int]:
         return [int(x) for x in a]
@@ -650,6 +661,9 @@ def selection_record(selection: Any, source: Units, target: Units | None, versio
     }
     if source.names is not None:
         record["selected_names"] = [str(source.names[i]) for i in selection.selected]
+    wnids = unit_wnids(source)
+    if wnids is not None:
+        record["selected_wnids"] = [str(wnids[i]) for i in selection.selected]
     record.update(
         ranking=ids(selection.ranking),
         scores=floats(selection.scores),
@@ -659,9 +673,22 @@ def selection_record(selection: Any, source: Units, target: Units | None, versio
         solver={k: _json_number(v) for k, v in selection.diagnostics.items()} or None,
         inputs={"source": describe(source), "target": None if target is None else describe(target)},
     )
+    if target_mass is not None:
+        record["target_mass"] = floats(np.asarray(target_mass.selected, np.float64))
+        record["target_mass_total"] = floats(np.asarray(target_mass.total, np.float64))
     if selection.sample_indices is not None:
         record["num_selected_samples"] = int(selection.sample_indices.size)
     return record
+
+
+def unit_wnids(units: Units) -> np.ndarray | None:
+    """The ImageNet wnids of the units when they are the embedded ImageNet classes, else None."""
+    spec = units.source
+    if not isinstance(spec, str) or not spec.startswith(embedded.PREFIX):
+        return None
+    if spec[len(embedded.PREFIX) :].partition("/")[2] != "imagenet":
+        return None
+    return embedded.imagenet_classes()["wnid"].astype(str)
 
 
 def _json_number(value: Any) -> Any:

@@ -1,0 +1,273 @@
+"""``uotsel plot``, the target mass of a ``uot`` selection, ImageNet wnids and ``uotsel
+embedded``."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from reference import pot_marginals
+
+import uotsel
+from uotsel import embedded
+from uotsel.cli import main
+from uotsel.plan import column_mass, target_mass
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CUB = [
+    "select",
+    "--source",
+    "embedded:resnet18_supervised/imagenet",
+    "--target",
+    "embedded:resnet18_supervised/cub",
+]
+
+
+def _run(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def cub(tmp_path_factory):
+    """The CUB selection of the embedded supervised features, with its names file."""
+    folder = tmp_path_factory.mktemp("cub")
+    code = main(CUB + ["--out", str(folder / "sel.json"), "--names-out", str(folder / "n.txt")])
+    assert code == 0
+    return folder, json.loads((folder / "sel.json").read_text())
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    return struct.unpack(">II", data[16:24])
+
+
+def _no_temporaries(folder):
+    return not [n for n in os.listdir(folder) if n.startswith(".uotsel-")]
+
+
+# ---------------------------------------------------------------------------------------------
+# uotsel plot
+
+
+def test_plot_writes_a_png(cub, capsys):
+    folder, _ = cub
+    code, out, err = _run(["plot", folder / "sel.json", "--out", folder / "sel.png"], capsys)
+    assert code == 0, err
+    assert _png_size(folder / "sel.png") == (1400, 1000)
+    assert "-> " in out and _no_temporaries(folder)
+
+
+def test_plot_without_target_mass_or_log_scores(tmp_path, capsys):
+    means = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    np.savez(tmp_path / "s.npz", means=means)
+    args = ["select", "--source", tmp_path / "s.npz", "--target", tmp_path / "s.npz"]
+    code, _, err = _run(
+        args + ["--strategy", "nearest", "--top-k", 5, "--out", tmp_path / "n.json"], capsys
+    )
+    assert code == 0, err
+    record = json.loads((tmp_path / "n.json").read_text())
+    assert "target_mass" not in record and record["log_scores"] is None
+    code, _, err = _run(["plot", tmp_path / "n.json", "--out", tmp_path / "n.png"], capsys)
+    assert code == 0, err
+    assert _png_size(tmp_path / "n.png") == (1400, 950)
+
+
+@pytest.mark.parametrize(
+    "content, out_name, flag, contains",
+    [
+        ('{"a": 1}', "p.png", "SELECTION", "is not a uotsel selection file"),
+        ("not json", "p.png", "SELECTION", "cannot read"),
+        (None, "p.jpg", "--out", "must end in .png"),
+        (None, "sel.png", "--out", "is the input file of SELECTION"),
+        (None, "nope/p.png", "--out", "folder does not exist"),
+    ],
+)
+def test_plot_bad_inputs(cub, tmp_path, capsys, content, out_name, flag, contains):
+    src = tmp_path / ("sel.png" if out_name == "sel.png" else "sel.json")
+    if content is None:
+        src.write_text((cub[0] / "sel.json").read_text())
+    else:
+        src.write_text(content)
+    before = sorted(os.listdir(tmp_path))
+    code, _, err = _run(["plot", src, "--out", tmp_path / out_name], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"uotsel plot: error: {flag}: ")
+    assert contains in err
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_plot_inconsistent_selection(cub, tmp_path, capsys):
+    record = dict(cub[1])
+    record["scores"] = record["scores"][:-1]
+    record["log_scores"] = None
+    (tmp_path / "bad.json").write_text(json.dumps(record))
+    code, _, err = _run(["plot", tmp_path / "bad.json", "--out", tmp_path / "p.png"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "SELECTION: " in err and "'scores'" in err
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_plot_without_matplotlib(cub, tmp_path):
+    script = (
+        "import sys; sys.modules['matplotlib'] = None; from uotsel.cli import main; "
+        f"sys.exit(main(['plot', {str(cub[0] / 'sel.json')!r}, '--out', "
+        f"{str(tmp_path / 'p.png')!r}]))"
+    )
+    env = dict(os.environ, UOTSEL_CACHE_DIR="")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    assert done.stderr == (
+        "uotsel plot: error: --out: drawing needs matplotlib: pip install 'uotsel[plot]'\n"
+    )
+    assert os.listdir(tmp_path) == []
+
+
+def test_matplotlib_is_not_imported_with_uotsel():
+    script = (
+        "import sys, uotsel, uotsel.cli, uotsel.plot, uotsel.plan; "
+        "assert 'matplotlib' not in sys.modules and 'uotsel_train' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# target_mass
+
+
+def _small_problem():
+    rng = np.random.default_rng(7)
+    source = rng.normal(size=(40, 6)).astype(np.float32)
+    target = rng.normal(size=(9, 6)).astype(np.float32)
+    return source, target
+
+
+def test_column_mass_matches_pot():
+    """Column sums over chosen rows of our plan against POT float64 on the same cost: within
+    1e-4 relative (the solver stops at a certified 1e-5 relative error of the marginals)."""
+    source, target = _small_problem()
+    cost = np.asarray(uotsel.cost_matrix(source, target, eps_c=0.1), np.float64)
+    out = uotsel.sinkhorn(cost, eps=1.0, tau_source=1.0, tau_target=100.0, threshold=1e-6)
+    rows = np.array([3, 0, 17, 25])
+    import ot
+
+    plan = ot.unbalanced.sinkhorn_knopp_unbalanced(
+        np.ones(40),
+        np.ones(9),
+        cost,
+        1.0,
+        (1.0, 100.0),
+        reg_type="entropy",
+        numItermax=200000,
+        stopThr=1e-13,
+    )
+    np.testing.assert_allclose(column_mass(cost, out, rows), plan[rows].sum(0), rtol=1e-4)
+    np.testing.assert_allclose(
+        column_mass(cost, out), pot_marginals(cost, 1.0, 1.0, 100.0)[1], rtol=1e-4
+    )
+
+
+def test_select_records_target_mass(tmp_path, capsys):
+    """``target_mass`` in the selection file against POT float64 on the same cost, 1e-4
+    relative."""
+    source, target = _small_problem()
+    np.save(tmp_path / "s.npy", source)
+    np.save(tmp_path / "t.npy", target)
+    args = ["select", "--source", tmp_path / "s.npy", "--target", tmp_path / "t.npy"]
+    args += ["--top-k", 6, "--eps-c", 0.1, "--threshold", 1e-6, "--out", tmp_path / "sel.json"]
+    code, _, err = _run(args, capsys)
+    assert code == 0, err
+    record = json.loads((tmp_path / "sel.json").read_text())
+    selected = np.asarray(record["selected"])
+    cost = np.asarray(uotsel.cost_matrix(source, target, eps_c=0.1), np.float64)
+    import ot
+
+    plan = ot.unbalanced.sinkhorn_knopp_unbalanced(
+        np.ones(40),
+        np.ones(9),
+        cost,
+        1.0,
+        (1.0, 100.0),
+        reg_type="entropy",
+        numItermax=200000,
+        stopThr=1e-13,
+    )
+    np.testing.assert_allclose(record["target_mass"], plan[selected].sum(0), rtol=1e-4)
+    np.testing.assert_allclose(record["target_mass_total"], plan.sum(0), rtol=1e-4)
+    # the plan's column sums over all units are the solver's own P^T 1
+    mass = target_mass(source, target, selected, eps_c=0.1, threshold=1e-6)
+    np.testing.assert_allclose(mass.total, record["target_mass_total"], rtol=1e-6)
+
+
+def test_target_mass_only_for_uot(tmp_path, capsys):
+    source, target = _small_problem()
+    np.save(tmp_path / "s.npy", source)
+    np.save(tmp_path / "t.npy", target)
+    args = ["select", "--source", tmp_path / "s.npy", "--target", tmp_path / "t.npy"]
+    code, _, err = _run(
+        args + ["--strategy", "greedy_ot", "--top-k", 5, "--out", tmp_path / "g.json"], capsys
+    )
+    assert code == 0, err
+    assert "target_mass" not in json.loads((tmp_path / "g.json").read_text())
+
+
+def test_cub_target_mass(cub):
+    _, record = cub
+    mass, total = np.asarray(record["target_mass"]), np.asarray(record["target_mass_total"])
+    assert mass.shape == total.shape == (200,)
+    assert np.all(mass > 0) and np.all(mass <= total * (1 + 1e-9))
+
+
+# ---------------------------------------------------------------------------------------------
+# wnids and names
+
+
+def test_selected_wnids_match_imagenet_classes(cub):
+    folder, record = cub
+    classes = embedded.imagenet_classes()
+    ids = record["selected"]
+    assert record["selected_wnids"] == [str(classes["wnid"][i]) for i in ids]
+    assert record["selected_names"] == [str(classes["name"][i]) for i in ids]
+    lines = (folder / "n.txt").read_text().splitlines()
+    assert lines == [f"{classes['wnid'][i]}\t{classes['name'][i]}" for i in ids]
+
+
+def test_wnids_are_sorted_so_label_ids_are_folder_order():
+    """ImageFolder and TFDS imagenet2012 number the classes in sorted wnid order."""
+    wnid = embedded.imagenet_classes()["wnid"].astype(str)
+    assert wnid.size == 1000 and list(wnid) == sorted(wnid)
+
+
+def test_names_out_keeps_plain_names_for_other_sources(tmp_path, capsys):
+    means = np.random.default_rng(1).normal(size=(6, 3)).astype(np.float32)
+    np.savez(tmp_path / "s.npz", means=means, names=np.array([f"c{i}" for i in range(6)]))
+    args = ["select", "--source", tmp_path / "s.npz", "--target", tmp_path / "s.npz"]
+    args += ["--top-k", 2, "--out", tmp_path / "o.json", "--names-out", tmp_path / "n.txt"]
+    code, _, err = _run(args, capsys)
+    assert code == 0, err
+    record = json.loads((tmp_path / "o.json").read_text())
+    assert "selected_wnids" not in record
+    assert (tmp_path / "n.txt").read_text() == "".join(f"c{i}\n" for i in record["selected"])
+
+
+def test_embedded_lists_every_set(capsys):
+    code, out, _ = _run(["embedded"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["backbone", "dataset", "units", "dim"]
+    rows = [line.split() for line in lines[1:]]
+    assert [f"{r[0]}/{r[1]}" for r in rows] == embedded.available()
+    for backbone, dataset, units, dim in rows:
+        assert (int(units), int(dim)) == embedded.load(backbone, dataset).means.shape
+    assert len({len(line) for line in lines}) == 1
+
+
+def test_docs_show_the_embedded_table(capsys):
+    _, out, _ = _run(["embedded"], capsys)
+    docs = open(os.path.join(os.path.dirname(__file__), "..", "docs", "cli.md")).read()
+    assert f"```\n{out}```" in docs
