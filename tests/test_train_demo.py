@@ -111,6 +111,8 @@ def test_quick_demo_reports_what_the_runs_measured(tmp_path, capsys):
 
     assert main(["demo", "--quick", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
+    assert f"curves of the seed 0 runs: {tmp_path / 'curves.png'}" in out
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     record = json.loads((tmp_path / "demo.json").read_text())
     settings = demo.DemoSettings.quick()
     domain = record["world"]["target_domain"]

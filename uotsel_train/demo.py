@@ -504,7 +504,24 @@ def _run(out_dir: str, s: DemoSettings, log: Callable[[str], None]) -> dict[str,
     write_json(os.path.join(out_dir, "demo.json"), record)
     _table(s, w, record, log)
     log(f"({record['seconds']:.0f} s; runs, means.npz and demo.json in {out_dir})")
+    picture = _draw(out_dir, s.seeds[0], list(arms))
+    if picture:
+        log(f"curves of the seed {s.seeds[0]} runs: {picture}")
     return record
+
+
+def _draw(out_dir: str, seed: int, arms: list[str]) -> str:
+    """``curves.png`` of one seed's runs beside demo.json, when matplotlib is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return ""
+    from uotsel_train import plot
+
+    path = os.path.join(out_dir, "curves.png")
+    runs = [os.path.join(out_dir, f"seed{seed}", ARMS[arm]) for arm in arms]
+    plot.curves(runs, path, names=[arm.removeprefix("+ ") for arm in arms])
+    return path
 
 
 def domain_gap(
