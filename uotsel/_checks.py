@@ -57,7 +57,10 @@ def check_positive_scalar(value: Any, name: str, allow_inf: bool = False) -> Non
     """Raise unless ``value`` (scalar or array) is > 0 (and finite unless ``allow_inf``)."""
     if not is_concrete(value):
         return
-    arr = np.asarray(value, dtype=np.float64)
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name}: expected a positive number, got {value!r}") from err
     if arr.dtype.kind not in "fiu" or np.isnan(arr).any():
         raise ValueError(f"{name}: must be a positive number, got {value!r}")
     if (arr <= 0).any():
@@ -92,3 +95,56 @@ def _show(value: Any) -> str:
         v = float(arr)
         return "inf" if math.isinf(v) else repr(v)
     return f"an array with min {float(arr.min())!r}"
+
+
+def whole_numbers(values: Any, name: str) -> np.ndarray:
+    """``values`` as an int64 array of whole numbers, or raise naming ``name``.
+
+    Integer arrays pass; float arrays pass when every value is finite and whole (a fractional
+    value is refused, never truncated); booleans, strings and objects are refused.
+    """
+    arr = np.asarray(values)
+    kind = arr.dtype.kind
+    if kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: {int(arr.max())} is too large (at most 2**63 - 1)")
+    if kind in "iu":
+        return arr.astype(np.int64, copy=False)
+    if kind != "f":
+        raise TypeError(f"{name}: expected whole numbers, got dtype {arr.dtype}")
+    if not arr.size:
+        return arr.astype(np.int64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise ValueError(f"{name}: {arr[bad].ravel()[0].item()!r} is not a whole number")
+    fractional = arr != np.floor(arr)
+    if fractional.any():
+        raise ValueError(f"{name}: {arr[fractional].ravel()[0].item()!r} is not a whole number")
+    if np.abs(arr).max() >= 2.0**63:
+        raise ValueError(f"{name}: {np.abs(arr).max():.0f} is too large (at most 2**63 - 1)")
+    return arr.astype(np.int64)
+
+
+def check_rows(
+    x: Any, name: str, *, chunk_size: int = 65536, nonzero: bool = False, float32: bool = True
+) -> None:
+    """Scan a concrete ``[n, d]`` array (a ``np.memmap`` too) ``chunk_size`` rows at a time.
+
+    Raises naming ``name`` and the first bad row when a row holds NaN or inf, a value beyond
+    float32's range (``float32``), or only zeros (``nonzero``).
+    """
+    limit = float(np.finfo(np.float32).max)
+    for lo in range(0, x.shape[0], chunk_size):
+        block = np.asarray(x[lo : lo + chunk_size])
+        if block.dtype.kind == "b":
+            block = block.astype(np.uint8)
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            row = lo + int(np.flatnonzero(~finite)[0])
+            raise ValueError(f"{name}: row {row} contains NaN or inf")
+        top = np.abs(block).max(axis=1) if block.shape[1] else np.zeros(block.shape[0])
+        if float32 and block.dtype.kind in "fiu" and block.size and top.max() > limit:
+            row = lo + int(np.flatnonzero(top > limit)[0])
+            raise ValueError(f"{name}: row {row} holds a value beyond float32's range")
+        if nonzero and (top == 0).any():
+            row = lo + int(np.flatnonzero(top == 0)[0])
+            raise ValueError(f"{name}: row {row} is all zeros")
