@@ -42,8 +42,7 @@ def objective(x: np.ndarray, centroids: np.ndarray) -> float:
 
     c = np.asarray(centroids, np.float32)
     c = c / np.linalg.norm(c, axis=1, keepdims=True)
-    _, _, _, obj, _ = clustering._assign(jnp.asarray(x), jnp.asarray(c), True, 8192)
-    return float(obj)
+    return float(clustering.assign(jnp.asarray(x), jnp.asarray(c), True, 8192).objective)
 
 
 def child(tool: str, n: int, k: int, iters: int) -> dict:
@@ -54,7 +53,7 @@ def child(tool: str, n: int, k: int, iters: int) -> dict:
     from uotsel import clustering
 
     init = np.asarray(
-        clustering._seed_plus_plus(
+        clustering.greedy_plus_plus(
             jnp.asarray(
                 x[np.random.default_rng(1).choice(n, min(n, 16 * k + 1024), replace=False)]
             ),
@@ -68,13 +67,13 @@ def child(tool: str, n: int, k: int, iters: int) -> dict:
     start = time.perf_counter()
     if tool == "uotsel":
         xj = jax.device_put(x)  # one copy, as uotsel.kmeans makes
-        chunk = max(256, min(n, clustering._SCORE_BLOCK // k))
+        chunk = clustering.default_chunk(n, k)
         centroids = jnp.asarray(init)
-        clustering._assign(xj, centroids, True, chunk)[0].block_until_ready()  # compile
+        clustering.assign(xj, centroids, True, chunk).labels.block_until_ready()  # compile
         start = time.perf_counter()
         for _ in range(iters):
-            _, sums, counts, _, far = clustering._assign(xj, centroids, True, chunk)
-            centroids = clustering._update(xj, sums, counts, far, centroids, True)
+            step = clustering.assign(xj, centroids, True, chunk)
+            centroids = clustering.update(xj, step, centroids, True)
         centroids = np.asarray(centroids)
     elif tool == "faiss":
         import faiss

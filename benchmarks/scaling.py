@@ -55,17 +55,8 @@ def child(n: int, m: int, dtype: str, threshold: float, repeats: int) -> dict:
         del cost
     cost_bytes = n * m * jnp.dtype(dtype).itemsize
     spec = jax.ShapeDtypeStruct((n, m), dtype)
-    compiled = unbalanced._solve_one.lower(
-        spec,
-        None,
-        None,
-        None,
-        None,
-        None,
-        *(np.asarray(x, dtype) for x in (1.0, 1.0, 100.0, threshold)),
-        np.int32(1000),
-        method="auto",
-    ).compile()
+    settings = unbalanced.prepare((), n, m, jnp.dtype(dtype), threshold=threshold)
+    compiled = unbalanced.solve.lower(spec, settings, method="auto").compile()
     temp = compiled.memory_analysis().temp_size_in_bytes
     return {
         "n": n,

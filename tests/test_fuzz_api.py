@@ -26,10 +26,6 @@ def _sel(**kw):
     return lambda: uotsel.select(S, T, top_k=2, **kw)
 
 
-def _xfail(reason):
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
 # (name, call, the argument the message must start with)
 CASES = [
     # select
@@ -71,7 +67,6 @@ CASES = [
         "eps_c text",
         _sel(eps_c="a"),
         "eps_c",
-        marks=_xfail("costs.py/feature_transport.py: a text eps_c fails in float(), unnamed"),
     ),
     ("eps 0", _sel(eps=0.0), "eps"),
     ("eps -1", _sel(eps=-1.0), "eps"),
@@ -88,7 +83,6 @@ CASES = [
         "max_iter huge",
         _sel(max_iter=99999999999999),
         "max_iter",
-        marks=_xfail("unbalanced.py: max_iter beyond int32 raises OverflowError while tracing"),
     ),
     ("source_weights <0", _sel(source_weights=-np.ones(6)), "source_weights"),
     ("source_weights shape", _sel(source_weights=np.ones(5)), "source_weights"),
@@ -158,7 +152,6 @@ CASES = [
         "cost kind",
         lambda: uotsel.cost_matrix(S, T, "manhattan"),
         "kind",
-        marks=_xfail("costs.py: cost_matrix's argument is 'kind', its message says 'cost'"),
     ),
     ("l2 NaN", lambda: uotsel.l2_cost(NAN_S, T), "source"),
     # class means
@@ -203,7 +196,6 @@ CASES = [
         "kmeans features 1-d",
         lambda: uotsel.kmeans(np.ones(5), 2),
         "features: expected a 2-d array, got shape (5,)",
-        marks=_xfail("clustering.py: 1-d features reported as shape (0,)"),
     ),
     ("kmeans NaN", lambda: uotsel.kmeans(F * np.nan, 2), "features"),
     ("kmeans zero row", lambda: uotsel.kmeans(np.zeros((8, 3)), 2), "features"),
@@ -218,7 +210,6 @@ CASES = [
         "kmeans seed 2**70",
         lambda: uotsel.kmeans(F, 2, seed=2**70),
         "seed",
-        marks=_xfail("clustering.py: a seed beyond 64 bits raises OverflowError"),
     ),
     ("kmeans chunk", lambda: uotsel.kmeans(F, 2, chunk_size=0), "chunk_size"),
     ("kmeans init_sample", lambda: uotsel.kmeans(F, 4, init_sample=2), "init_sample"),
@@ -259,11 +250,6 @@ def test_n_init_has_a_bound():
 
     with pytest.raises(ValueError, match=r"^n_init:"):
         uotsel.kmeans(F, 2, n_init=10**14, max_iter=1, progress=stop)
-
-
-test_n_init_has_a_bound = _xfail("clustering.py: n_init has no upper bound")(
-    test_n_init_has_a_bound
-)
 
 
 # Files: every failure its own one line, starting with the argument given.

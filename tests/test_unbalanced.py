@@ -231,10 +231,10 @@ def test_no_recompilation_when_settings_change():
     source = rng.normal(size=(50, 8)).astype(np.float32)
     target = rng.normal(size=(12, 8)).astype(np.float32)
     uotsel.sinkhorn(uotsel.cosine_cost(source, target))
-    solve_before = unbalanced._solve_one._cache_size()
+    solve_before = unbalanced.solve._cache_size()
     from uotsel import costs
 
-    cost_before = costs._pairwise._cache_size()
+    cost_before = costs.pairwise._cache_size()
     for eps_c, eps, tau_s, tau_t, thr in [
         (0.02, 0.5, 2.0, 10.0, 1e-4),
         (0.05, 2.0, math.inf, 100.0, 1e-3),
@@ -243,8 +243,8 @@ def test_no_recompilation_when_settings_change():
         c = uotsel.cosine_cost(source, target, eps_c)
         uotsel.sinkhorn(c, eps=eps, tau_source=tau_s, tau_target=tau_t, threshold=thr, max_iter=500)
         uotsel.sinkhorn(3.0 * c, eps=eps, tau_source=tau_s, tau_target=tau_t)
-    assert unbalanced._solve_one._cache_size() == solve_before
-    assert costs._pairwise._cache_size() == cost_before
+    assert unbalanced.solve._cache_size() == solve_before
+    assert costs.pairwise._cache_size() == cost_before
 
 
 def test_batch_with_masks_equals_separate_solves():
@@ -413,22 +413,21 @@ def test_lockstep_batches_match_sequential_batches():
     easy = rng.uniform(0, 8, size=(10, 2)).astype(np.float32)
     costs = np.stack([easy, _hard_for_the_kernel(), np.where(np.arange(2) < 1, easy, 1e6)])
     mask_b = np.array([[True, True], [True, True], [True, False]])
-    args = (
-        jnp.asarray(costs),
-        None,
-        None,
-        None,
-        mask_b,
-        None,
-        np.float32(1.0),
-        np.float32(1.0),
-        np.full(3, 0.05, np.float32),
-        np.float32(1e-5),
-        np.int32(1000),
+    settings = unbalanced.SolverSettings(
+        source_weights=None,
+        target_weights=None,
+        source_mask=None,
+        target_mask=mask_b,
+        init=None,
+        eps=np.float32(1.0),
+        tau_source=np.float32(1.0),
+        tau_target=np.full(3, 0.05, np.float32),
+        threshold=np.float32(1e-5),
+        max_iter=np.int32(1000),
     )
     for method in unbalanced.METHODS:
-        seq, ok_seq = unbalanced._solve_batch(*args, method=method, lockstep=False)
-        lock, ok_lock = unbalanced._solve_batch(*args, method=method, lockstep=True)
+        seq, ok_seq = unbalanced.solve(costs, settings, method=method, lockstep=False)
+        lock, ok_lock = unbalanced.solve(costs, settings, method=method, lockstep=True)
         assert bool(ok_seq) and bool(ok_lock)
         np.testing.assert_array_equal(seq.n_iters, lock.n_iters)
         np.testing.assert_allclose(seq.log_row_sums, lock.log_row_sums, atol=1e-6)

@@ -23,10 +23,11 @@ not lowered the error (rounding has taken over).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -44,15 +45,15 @@ class Problem(NamedTuple):
     """One problem and the constants derived from its settings (all arrays)."""
 
     cost: Array  # [n, m]
-    log_a: Array  # [n], 0 on masked rows
-    log_b: Array  # [m], 0 on masked columns
-    mask_a: Array  # [n] bool
-    mask_b: Array  # [m] bool
+    log_source_weights: Array  # [n], 0 on masked rows
+    log_target_weights: Array  # [m], 0 on masked columns
+    source_mask: Array  # [n] bool
+    target_mask: Array  # [m] bool
     eps: Array
-    inv_rho_a: Array  # 1 / tau_source (0 for an exact side)
-    inv_rho_b: Array
-    k_a: Array  # tau / (tau + eps), 1 for an exact side
-    k_b: Array
+    inv_tau_source: Array  # 1 / tau_source, 0 for a side held exactly
+    inv_tau_target: Array
+    k_source: Array  # tau / (tau + eps), 1 for a side held exactly
+    k_target: Array
     row_gain: Array  # turns delta = |f_new - f_old|_inf into a log-marginal error bound
     col_gain: Array
     shift_gain: Array  # optimal dual translation per unit of log-mass difference
@@ -70,29 +71,56 @@ class Progress(NamedTuple):
     since_best: Array  # iterations since the error last improved
 
 
-def make_problem(cost, log_a, log_b, mask_a, mask_b, eps, rho_a, rho_b, threshold, max_iter):
+def held_exactly(eps: Any, tau: Any, dtype: Any) -> Any:
+    """Whether a marginal with KL weight ``tau`` is held exactly in ``dtype``: ``tau = inf``, or
+    ``tau / eps`` so large that ``k = tau / (tau + eps)`` rounds to 1 (beyond ``2 / finfo.eps``,
+    2^24 in float32). Works on numpy and jax values alike."""
+    return eps < tau * (0.5 * float(np.finfo(dtype).eps))
+
+
+def make_problem(
+    cost,
+    log_source_weights,
+    log_target_weights,
+    source_mask,
+    target_mask,
+    eps,
+    tau_source,
+    tau_target,
+    threshold,
+    max_iter,
+):
     inv_eps = 1.0 / eps
-    inv_rho_a, inv_rho_b = 1.0 / rho_a, 1.0 / rho_b
-    k_a = 1.0 / (1.0 + eps * inv_rho_a)
-    k_b = 1.0 / (1.0 + eps * inv_rho_b)
-    kappa = k_a * k_b
-    finite_a, finite_b = inv_rho_a > 0, inv_rho_b > 0
+    exact_s = held_exactly(eps, tau_source, cost.dtype)
+    exact_t = held_exactly(eps, tau_target, cost.dtype)
+    inv_tau_s = jnp.where(exact_s, 0.0, 1.0 / tau_source)
+    inv_tau_t = jnp.where(exact_t, 0.0, 1.0 / tau_target)
+    k_s = 1.0 / (1.0 + eps * inv_tau_s)
+    k_t = 1.0 / (1.0 + eps * inv_tau_t)
+    # 1 - k = eps / (tau + eps) and 1 - kappa from them, without the cancellation of 1 - k_s k_t
+    # when both taus are large relative to eps.
+    slack_s = jnp.where(exact_s, 0.0, 1.0 / (1.0 + tau_source * inv_eps))
+    slack_t = jnp.where(exact_t, 0.0, 1.0 / (1.0 + tau_target * inv_eps))
+    kappa = k_s * k_t
+    one_minus_kappa = slack_s + slack_t - slack_s * slack_t
+    relaxed_s, relaxed_t = inv_tau_s > 0, inv_tau_t > 0
+    safe = jnp.where(relaxed_s | relaxed_t, one_minus_kappa, 1.0)
     return Problem(
         cost=cost,
-        log_a=jnp.where(mask_a, log_a, 0.0),
-        log_b=jnp.where(mask_b, log_b, 0.0),
-        mask_a=mask_a,
-        mask_b=mask_b,
+        log_source_weights=jnp.where(source_mask, log_source_weights, 0.0),
+        log_target_weights=jnp.where(target_mask, log_target_weights, 0.0),
+        source_mask=source_mask,
+        target_mask=target_mask,
         eps=eps,
-        inv_rho_a=inv_rho_a,
-        inv_rho_b=inv_rho_b,
-        k_a=k_a,
-        k_b=k_b,
-        row_gain=jnp.where(finite_a, kappa / (1.0 - kappa) * inv_rho_a, 0.0),
-        col_gain=jnp.where(finite_b, k_b / (1.0 - kappa) * inv_rho_b, 0.0) + inv_eps,
+        inv_tau_source=inv_tau_s,
+        inv_tau_target=inv_tau_t,
+        k_source=k_s,
+        k_target=k_t,
+        row_gain=jnp.where(relaxed_s, kappa / safe * inv_tau_s, 0.0),
+        col_gain=jnp.where(relaxed_t, k_t / safe * inv_tau_t, 0.0) + inv_eps,
         # With one side exact this is the limit tau -> inf of the formula; with both exact
         # the problem is translation invariant and needs no shift.
-        shift_gain=jnp.where(finite_a | finite_b, 1.0 / (inv_rho_a + inv_rho_b), 0.0),
+        shift_gain=jnp.where(relaxed_s | relaxed_t, 1.0 / (inv_tau_s + inv_tau_t), 0.0),
         threshold=threshold,
         max_iter=max_iter,
     )
@@ -108,22 +136,22 @@ def masked_lse(z: Array, mask: Array, axis: int) -> Array:
 
 
 def _grid(p: Problem) -> Array:
-    return p.mask_a[:, None] & p.mask_b[None, :]
+    return p.source_mask[:, None] & p.target_mask[None, :]
 
 
 def g_update(p: Problem, f: Array) -> Array:
     lse = masked_lse((f[:, None] - p.cost) / p.eps, _grid(p), axis=0)
-    return jnp.where(p.mask_b, p.k_b * p.eps * (p.log_b - lse), 0.0)
+    return jnp.where(p.target_mask, p.k_target * p.eps * (p.log_target_weights - lse), 0.0)
 
 
 def f_update(p: Problem, g: Array) -> Array:
     lse = masked_lse((g[None, :] - p.cost) / p.eps, _grid(p), axis=1)
-    return jnp.where(p.mask_a, p.k_a * p.eps * (p.log_a - lse), 0.0)
+    return jnp.where(p.source_mask, p.k_source * p.eps * (p.log_source_weights - lse), 0.0)
 
 
 def _step_error(p: Problem, step: Array) -> Array:
     """Certified error bound from one plain step ``f_new - f_old``."""
-    delta = jnp.max(jnp.where(p.mask_a, jnp.abs(step), 0.0))
+    delta = jnp.max(jnp.where(p.source_mask, jnp.abs(step), 0.0))
     return jnp.expm1(jnp.maximum(p.row_gain, p.col_gain) * delta)
 
 
@@ -131,20 +159,22 @@ def _shift(p: Problem, f_new: Array, g: Array) -> Array:
     """Optimal translation of the dual at ``(f_new, g)``, or 0 when the log-mass difference it
     comes from is within rounding (the gain can be large, and a shift made of rounding noise
     would keep the iteration from settling)."""
-    mass_a = masked_lse(p.log_a - f_new * p.inv_rho_a, p.mask_a, axis=0)
-    mass_b = masked_lse(p.log_b - g * p.inv_rho_b, p.mask_b, axis=0)
-    diff = mass_a - mass_b
+    mass_source = masked_lse(p.log_source_weights - f_new * p.inv_tau_source, p.source_mask, axis=0)
+    mass_target = masked_lse(p.log_target_weights - g * p.inv_tau_target, p.target_mask, axis=0)
+    diff = mass_source - mass_target
     # Rounding of the two log-masses: a few ulps of each, plus the float sums over n and m
     # terms (relative error ~ sqrt(terms) * eps).
     terms = f_new.shape[0] + g.shape[0]
     noise = jnp.finfo(diff.dtype).eps * (
-        4 * (jnp.abs(mass_a) + jnp.abs(mass_b) + 1.0) + 2 * math.sqrt(terms)
+        4 * (jnp.abs(mass_source) + jnp.abs(mass_target) + 1.0) + 2 * math.sqrt(terms)
     )
     return jnp.where(jnp.abs(diff) > noise, p.shift_gain * diff, 0.0)
 
 
 def _record(progress: Progress, f_new: Array, g: Array, error: Array) -> Progress:
-    better = error < progress.error
+    # The first iterate is always kept, so that the output is an iterate of the loop even when
+    # no error bound is finite (the caller then reports the problem).
+    better = (error < progress.error) | (progress.n_iters == 0)
     return Progress(
         n_iters=progress.n_iters + 1,
         f=jnp.where(better, f_new, progress.f),
@@ -166,8 +196,8 @@ def start(p: Problem, f0: Array) -> Progress:
     dtype = p.cost.dtype
     return Progress(
         n_iters=jnp.int32(0),
-        f=jnp.where(p.mask_a, f0, 0.0).astype(dtype),
-        g=jnp.zeros(p.log_b.shape, dtype),
+        f=jnp.where(p.source_mask, f0, 0.0).astype(dtype),
+        g=jnp.zeros(p.log_target_weights.shape, dtype),
         error=jnp.asarray(jnp.inf, dtype),
         since_best=jnp.int32(0),
     )
@@ -187,7 +217,7 @@ def log_loop(p: Problem, f: Array, progress: Progress) -> Progress:
         g = g_update(p, f)
         f_new = f_update(p, g)
         progress = _record(progress, f_new, g, _step_error(p, f_new - f))
-        f_next = jnp.where(p.mask_a, f_new + _shift(p, f_new, g), 0.0)
+        f_next = jnp.where(p.source_mask, f_new + _shift(p, f_new, g), 0.0)
         return f_next, progress
 
     _, progress = jax.lax.while_loop(lambda s: keep_going(p, s[1]), body, (f, progress))
@@ -213,33 +243,35 @@ def kernel_loop(p: Problem, f: Array, progress: Progress):
 
     def absorb(f, g):
         z = jnp.where(grid, (f[:, None] + g[None, :] - p.cost) / p.eps, -jnp.inf)
-        r = jnp.where(p.mask_a, jnp.max(z, axis=1), 0.0)
+        r = jnp.where(p.source_mask, jnp.max(z, axis=1), 0.0)
         return jnp.exp(z - r[:, None]), r
 
     def inner(kernel, f, g, r, progress):
         # Potentials are tracked as deviations from the absorption point: f + eps * w and
         # g + eps * lv. The large per-row offsets r enter only through constants computed once
         # here, so the step w_new - w carries no rounding of |f| (the stopping rule needs it).
-        top_r = jnp.max(jnp.where(p.mask_a, r, -jnp.inf))
-        rel_r = jnp.where(p.mask_a, r - top_r, -jnp.inf)
-        e = p.log_a - f * p.inv_rho_a - r
-        c = p.log_b - g * p.inv_rho_b - top_r
+        top_r = jnp.max(jnp.where(p.source_mask, r, -jnp.inf))
+        rel_r = jnp.where(p.source_mask, r - top_r, -jnp.inf)
+        e = p.log_source_weights - f * p.inv_tau_source - r
+        c = p.log_target_weights - g * p.inv_tau_target - top_r
 
         def body(state):
             w, lv_prev, progress, _, _ = state
             z = rel_r + w
             top_u = jnp.max(z)
             s = jnp.exp(z - top_u) @ kernel
-            lv = jnp.where(p.mask_b, p.k_b * (c - jnp.log(s) - top_u), 0.0)
-            top_v = jnp.max(jnp.where(p.mask_b, lv, -jnp.inf))
-            rv = kernel @ jnp.where(p.mask_b, jnp.exp(lv - top_v), 0.0)
-            w_new = jnp.where(p.mask_a, p.k_a * (e - jnp.log(rv) - top_v), 0.0)
+            lv = jnp.where(p.target_mask, p.k_target * (c - jnp.log(s) - top_u), 0.0)
+            top_v = jnp.max(jnp.where(p.target_mask, lv, -jnp.inf))
+            rv = kernel @ jnp.where(p.target_mask, jnp.exp(lv - top_v), 0.0)
+            w_new = jnp.where(p.source_mask, p.k_source * (e - jnp.log(rv) - top_v), 0.0)
             # Sums in range (NaN fails the comparison) also make both logarithms finite.
-            bad = jnp.any(p.mask_b & ~(s >= tiny_cols)) | jnp.any(p.mask_a & ~(rv >= tiny_rows))
+            bad = jnp.any(p.target_mask & ~(s >= tiny_cols)) | jnp.any(
+                p.source_mask & ~(rv >= tiny_rows)
+            )
             f_new = f + p.eps * w_new
             g_new = g + p.eps * lv
             updated = _record(progress, f_new, g_new, _step_error(p, p.eps * (w_new - w)))
-            w_next = jnp.where(p.mask_a, w_new + _shift(p, f_new, g_new) / p.eps, 0.0)
+            w_next = jnp.where(p.source_mask, w_new + _shift(p, f_new, g_new) / p.eps, 0.0)
             keep = lambda new, old: jnp.where(bad, old, new)  # noqa: E731
             far = jnp.max(jnp.abs(w_next)) > REABSORB_AT
             return (
@@ -255,13 +287,13 @@ def kernel_loop(p: Problem, f: Array, progress: Progress):
             lambda s: keep_going(p, s[2]) & ~s[3] & ~s[4], body, state
         )
         # Column sums of the best plan, from this kernel: one more matrix-vector product.
-        z = jnp.where(p.mask_a, rel_r + (progress.f - f) / p.eps, -jnp.inf)
+        z = jnp.where(p.source_mask, rel_r + (progress.f - f) / p.eps, -jnp.inf)
         top = jnp.max(z)
         s_best = jnp.exp(z - top) @ kernel
         log_cols = (progress.g - g) / p.eps + jnp.log(s_best) + top + top_r
-        cols_ok = jnp.all(~p.mask_b | ((s_best >= tiny_cols) & jnp.isfinite(log_cols)))
-        f_next = jnp.where(p.mask_a, f + p.eps * w, 0.0)
-        g_next = jnp.where(p.mask_b, g + p.eps * lv, 0.0)
+        cols_ok = jnp.all(~p.target_mask | ((s_best >= tiny_cols) & jnp.isfinite(log_cols)))
+        f_next = jnp.where(p.source_mask, f + p.eps * w, 0.0)
+        g_next = jnp.where(p.target_mask, g + p.eps * lv, 0.0)
         return f_next, g_next, progress, bad | far, bad, log_cols, cols_ok
 
     def outer_body(state):
@@ -274,7 +306,8 @@ def kernel_loop(p: Problem, f: Array, progress: Progress):
 
     # First absorption at the eps = 0 transform of f: every row and column of the kernel
     # then has its maximum at 1.
-    g0 = jnp.where(p.mask_b, jnp.min(jnp.where(grid, p.cost - f[:, None], jnp.inf), axis=0), 0.0)
+    g0 = jnp.min(jnp.where(grid, p.cost - f[:, None], jnp.inf), axis=0)
+    g0 = jnp.where(p.target_mask, g0, 0.0)
     state = (
         f,
         g0,

@@ -7,7 +7,11 @@ on one machine:
 - spherical k-means: features and centroids live on the unit sphere, every sample goes to the
   centroid of largest cosine, and centroids are re-normalised after every update;
 - Euclidean k-means (``spherical=False``) with the usual squared-distance objective;
-- greedy k-means++ seeding on a random subsample (``2 + log K`` candidates per step);
+- seeding by restarts on samples: greedy k-means++ (``2 + log K`` candidates per step) on a
+  random sample, refined by a few Lloyd iterations on it, several times; the candidate with the
+  lowest objective on a larger evaluation sample starts the Lloyd iterations on all the data
+  (a cheap stand-in for several full restarts: a single k-means++ run often leaves two
+  centroids in one cluster and one for two clusters, which Lloyd cannot undo);
 - Lloyd iterations whose assignment step runs over fixed-size row chunks inside one compiled
   program, so the ``[chunk, K]`` score block is the only large temporary: memory stays near one
   copy of the features;
@@ -35,13 +39,49 @@ import numpy as np
 from uotsel import _checks
 from uotsel.centroids import ClassMeanAccumulator
 
-__all__ = ["KMeansResult", "kmeans"]
+__all__ = [
+    "Assignment",
+    "KMeansResult",
+    "assign",
+    "default_chunk",
+    "greedy_plus_plus",
+    "kmeans",
+    "print_progress",
+    "seed_centroids",
+    "update",
+]
 
 Array = jax.Array
 # Candidates kept per pass for re-seeding empty clusters.
-_RESEED_POOL = 256
+RESEED_POOL = 256
 # Budget for the [chunk, K] score block of the assignment step, in float32 entries.
-_SCORE_BLOCK = 1 << 23
+SCORE_BLOCK = 1 << 23
+# Seeding: candidate seedings, and Lloyd iterations refining each on its sample.
+INIT_RESTARTS = 8
+INIT_ITERATIONS = 10
+# The evaluation sample that picks among the candidates is this many times the seeding sample.
+EVALUATION_FACTOR = 8
+# Upper bound on n_init and init_restarts (a typo should not run for days).
+MAX_RESTARTS = 1000
+
+
+class Assignment(NamedTuple):
+    """Result of :func:`assign`, one Lloyd assignment step.
+
+    Attributes:
+      labels: ``[N]`` int32 cluster of every sample.
+      sums: ``[K, D]`` per-cluster sums of the (unit, when spherical) rows.
+      counts: ``[K]`` int32 samples per cluster.
+      objective: scalar, the objective of ``labels`` under the given centroids.
+      far: ``(distances, indices)`` ``[RESEED_POOL]`` of the samples farthest from their
+        centroids (candidates for re-seeding empty clusters).
+    """
+
+    labels: Array
+    sums: Array
+    counts: Array
+    objective: Array
+    far: tuple[Array, Array]
 
 
 class KMeansResult(NamedTuple):
@@ -86,6 +126,7 @@ def kmeans(
     tol: float = 1e-4,
     seed: int = 0,
     init_sample: int | None = None,
+    init_restarts: int = INIT_RESTARTS,
     chunk_size: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> KMeansResult:
@@ -95,11 +136,17 @@ def kmeans(
       features: ``[N, D]`` array (a ``np.memmap`` is read in chunks).
       k: number of clusters, ``1 <= k <= N``.
       spherical: cosine k-means on the unit sphere (the paper's choice) or Euclidean.
-      n_init: seeded restarts (seeds ``seed, seed + 1, ...``); the lowest objective is kept.
+      n_init: seeded restarts of the whole run (seeds ``seed, seed + 1, ...``), at most
+        ``MAX_RESTARTS``; the lowest objective is kept.
       max_iter: Lloyd iterations per restart.
       tol: stop when an iteration lowers the objective by less than ``tol`` relative.
-      seed: base seed; equal seeds give equal results on the same machine.
-      init_sample: subsample size for k-means++ seeding (default ``min(N, 16 k + 1024)``).
+      seed: base seed, ``seed + n_init <= 2^63``; equal seeds give equal results on the same
+        machine.
+      init_sample: size of the random sample the seeding runs on (default
+        ``min(N, 16 k + 4096)``); candidates are compared on ``8`` times as many samples.
+      init_restarts: candidate seedings (greedy k-means++ plus ``INIT_ITERATIONS`` Lloyd
+        iterations on the sample); the one with the lowest objective on the evaluation sample
+        starts the Lloyd iterations on all the data.
       chunk_size: rows per assignment block (default: keep the ``[chunk, k]`` block near 32 MB).
       progress: called with a one-line status after every iteration (e.g. ``print``).
 
@@ -122,7 +169,9 @@ def kmeans(
       [[0.01, 1.01], [3.01, 0.01]]
     """
     if not hasattr(features, "shape"):
-        features = np.asarray(features)
+        features = _checks.as_float_array(features, "features", 2)
+    if len(features.shape) != 2:
+        raise ValueError(f"features: expected a 2-d array, got shape {tuple(features.shape)}")
     _checks.as_float_array(features[:0], "features", 2)
     n, d = features.shape
     if n == 0 or d == 0:
@@ -132,14 +181,20 @@ def kmeans(
         raise ValueError(f"k: {k} clusters for only {n} samples")
     n_init = _checks.check_positive_int(n_init, "n_init")
     max_iter = _checks.check_positive_int(max_iter, "max_iter")
+    init_restarts = _checks.check_positive_int(init_restarts, "init_restarts")
+    for name, value in (("n_init", n_init), ("init_restarts", init_restarts)):
+        if value > MAX_RESTARTS:
+            raise ValueError(f"{name}: at most {MAX_RESTARTS} restarts, got {value}")
     if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol: must be a finite number >= 0, got {tol!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    if seed + n_init > 2**63:
+        raise ValueError(f"seed: must be below 2**63 - n_init = {2**63 - n_init}, got {seed}")
     if chunk_size is None:
-        chunk_size = max(256, min(n, _SCORE_BLOCK // k))
+        chunk_size = default_chunk(n, k)
     chunk_size = min(_checks.check_positive_int(chunk_size, "chunk_size"), n)
-    sample = min(n, 16 * k + 1024) if init_sample is None else init_sample
+    sample = min(n, 16 * k + 4096) if init_sample is None else init_sample
     sample = _checks.check_positive_int(sample, "init_sample")
     if sample < k:
         raise ValueError(f"init_sample: {sample} is fewer than k={k}")
@@ -150,23 +205,30 @@ def kmeans(
     objectives = []
     for restart in range(n_init):
         run_seed = int(seed) + restart
-        result = _run(
+        label = f"restart {restart + 1}/{n_init}: " if n_init > 1 else ""
+        centroids = seed_centroids(
             x,
             k,
-            spherical,
-            max_iter,
-            tol,
-            run_seed,
-            sample,
-            chunk_size,
-            progress,
-            f"restart {restart + 1}/{n_init}: " if n_init > 1 else "",
+            spherical=spherical,
+            seed=run_seed,
+            sample=sample,
+            restarts=init_restarts,
+            tol=tol,
+            progress=progress,
+            label=label,
         )
+        result = _run(x, centroids, spherical, max_iter, tol, run_seed, chunk_size, progress, label)
         objectives.append(result.objective)
         if best is None or result.objective < best.objective:
             best = result
     means = _member_means(features, best.assignment, best.centroids, max(chunk_size, 65536))
     return best._replace(means=means, restart_objectives=np.asarray(objectives))
+
+
+def default_chunk(n: int, k: int) -> int:
+    """Rows per assignment block: the ``[chunk, k]`` score block stays near ``SCORE_BLOCK``
+    float32 entries (32 MB), and at least 256 rows (or all of them)."""
+    return min(n, max(256, SCORE_BLOCK // k))
 
 
 def _member_means(features: Any, assignment: np.ndarray, centroids: np.ndarray, chunk: int):
@@ -212,20 +274,63 @@ def _put_rows(buffer: Array, rows: Array, start: int) -> Array:
     return jax.lax.dynamic_update_slice(buffer, rows, (start, 0))
 
 
-def _run(x, k, spherical, max_iter, tol, seed, sample, chunk, progress, label) -> KMeansResult:
+def _subset(x: Array, size: int, rng: np.random.Generator) -> Array:
+    """A uniform random sample of ``size`` rows of ``x`` (``x`` itself when that is all)."""
     n = x.shape[0]
-    rng = np.random.default_rng(seed)
-    subset = np.sort(rng.choice(n, size=sample, replace=False)) if sample < n else np.arange(n)
+    if size >= n:
+        return x
+    return x[jnp.asarray(np.sort(rng.choice(n, size=size, replace=False)))]
+
+
+def seed_centroids(
+    x: Array,
+    k: int,
+    *,
+    spherical: bool = True,
+    seed: int = 0,
+    sample: int | None = None,
+    restarts: int = INIT_RESTARTS,
+    tol: float = 1e-4,
+    progress: Callable[[str], None] | None = None,
+    label: str = "",
+) -> Array:
+    """Initial centroids ``[k, D]`` for Lloyd iterations on ``x`` ``[N, D]`` (unit rows when
+    spherical): ``restarts`` candidates, each greedy k-means++ (:func:`greedy_plus_plus`) on a
+    random sample of ``sample`` rows followed by ``INIT_ITERATIONS`` Lloyd iterations on it; the
+    candidate with the lowest objective on an evaluation sample of ``EVALUATION_FACTOR * sample``
+    rows is returned (ties go to the earlier one). Memory: the two samples, ``O(k)`` rows each.
+    """
+    n = x.shape[0]
+    sample = min(n, 16 * k + 4096) if sample is None else min(n, sample)
+    rng = np.random.default_rng(seed)  # any non-negative integer, however large
+    y = _subset(x, sample, rng)
+    z = _subset(x, EVALUATION_FACTOR * sample, rng)
+    chunk_y, chunk_z = default_chunk(y.shape[0], k), default_chunk(z.shape[0], k)
     trials = 2 + int(math.log(k))
-    centroids = _seed_plus_plus(x[jnp.asarray(subset)], k, trials, spherical, jax.random.key(seed))
+    keys = jax.random.split(jax.random.key(int(rng.integers(2**62))), restarts)
+    best, best_objective = None, math.inf
+    for r in range(restarts):
+        centroids = greedy_plus_plus(y, k, trials, spherical, keys[r])
+        centroids, _, _ = _lloyd(y, centroids, spherical, INIT_ITERATIONS, tol, chunk_y)
+        objective = float(assign(z, centroids, spherical, chunk_z).objective)
+        if progress is not None:
+            progress(
+                f"{label}seeding {r + 1}/{restarts}: objective {objective:.6g} "
+                f"on {z.shape[0]} samples"
+            )
+        if objective < best_objective * (1.0 - 1e-6):
+            best, best_objective = centroids, objective
+    return best
+
+
+def _lloyd(x, centroids, spherical, max_iter, tol, chunk, progress=None, label=""):
+    """Lloyd iterations from ``centroids``; returns ``(centroids, iterations, converged)``."""
     previous = math.inf
-    converged = False
-    iters = 0
     start = time.perf_counter()
     for iters in range(1, max_iter + 1):
-        labels, sums, counts, objective, far = _assign(x, centroids, spherical, chunk)
-        centroids = _update(x, sums, counts, far, centroids, spherical)
-        objective = float(objective)
+        step = assign(x, centroids, spherical, chunk)
+        centroids = update(x, step, centroids, spherical)
+        objective = float(step.objective)
         if progress is not None:
             change = "" if math.isinf(previous) else f" ({(objective - previous) / previous:+.2e})"
             progress(
@@ -233,16 +338,22 @@ def _run(x, k, spherical, max_iter, tol, seed, sample, chunk, progress, label) -
                 f"{time.perf_counter() - start:.1f} s"
             )
         if previous - objective <= tol * abs(objective):
-            converged = True
-            break
+            return centroids, iters, True
         previous = objective
-    labels, _, counts, objective, _ = _assign(x, centroids, spherical, chunk)
+    return centroids, max_iter, False
+
+
+def _run(x, centroids, spherical, max_iter, tol, seed, chunk, progress, label) -> KMeansResult:
+    centroids, iters, converged = _lloyd(
+        x, centroids, spherical, max_iter, tol, chunk, progress, label
+    )
+    final = assign(x, centroids, spherical, chunk)
     return KMeansResult(
         centroids=np.asarray(centroids),
         means=np.zeros((0, x.shape[1]), np.float32),  # filled in for the kept restart
-        assignment=np.asarray(labels),
-        sizes=np.asarray(counts).astype(np.int64),
-        objective=float(objective),
+        assignment=np.asarray(final.labels),
+        sizes=np.asarray(final.counts).astype(np.int64),
+        objective=float(final.objective),
         n_iters=iters,
         converged=converged,
         spherical=spherical,
@@ -261,10 +372,10 @@ def _distances(x: Array, centroids: Array, spherical: bool) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("k", "trials", "spherical"))
-def _seed_plus_plus(y: Array, k: int, trials: int, spherical: bool, key: Array) -> Array:
-    """Greedy k-means++ on the sample ``y`` ``[S, D]``: every step draws ``trials`` candidates
+def greedy_plus_plus(y: Array, k: int, trials: int, spherical: bool, key: Array) -> Array:
+    """Greedy k-means++ on the rows of ``y`` ``[S, D]``: every step draws ``trials`` candidates
     with probability proportional to the current dissimilarity and keeps the one that lowers
-    the total the most."""
+    the total the most. Returns ``[k, D]`` rows of ``y``."""
     s = y.shape[0]
     key, first = jax.random.split(key)
     idx0 = jax.random.randint(first, (), 0, s)
@@ -286,13 +397,13 @@ def _seed_plus_plus(y: Array, k: int, trials: int, spherical: bool, key: Array) 
 
 
 @functools.partial(jax.jit, static_argnames=("spherical", "chunk"))
-def _assign(x: Array, centroids: Array, spherical: bool, chunk: int):
-    """Assignment step over row chunks. Returns labels ``[N]``, per-cluster sums ``[K, D]`` and
-    counts ``[K]``, the objective, and the ``_RESEED_POOL`` samples farthest from their
-    centroids (distances, indices)."""
+def assign(x: Array, centroids: Array, spherical: bool, chunk: int) -> Assignment:
+    """Assignment step over row chunks of ``x`` ``[N, D]`` (unit rows when spherical) for
+    ``centroids`` ``[K, D]``; ``chunk`` rows per ``[chunk, K]`` score block (see
+    :func:`default_chunk`)."""
     n, d = x.shape
     k = centroids.shape[0]
-    pool = min(_RESEED_POOL, n)
+    pool = min(RESEED_POOL, n)
 
     c_sq = jnp.sum(centroids * centroids, axis=1)
     ids = jnp.arange(k, dtype=jnp.int32)
@@ -307,7 +418,7 @@ def _assign(x: Array, centroids: Array, spherical: bool, chunk: int):
         top = jnp.max(scores, axis=1)
         lab = jnp.min(jnp.where(scores >= top[:, None], ids[None, :], k), axis=1)
         if spherical:
-            best = 1.0 - top
+            best = jnp.maximum(1.0 - top, 0.0)  # rounding can push a cosine past 1
         else:
             best = jnp.maximum(jnp.sum(rows * rows, axis=1) - top, 0.0)
         sums = sums + jax.ops.segment_sum(rows, lab, num_segments=k)
@@ -337,14 +448,16 @@ def _assign(x: Array, centroids: Array, spherical: bool, chunk: int):
     if n % chunk:
         state = block(x[full * chunk :], full * chunk, state)
     labels, sums, counts, objective, far_d, far_i = state
-    return labels, sums, counts, objective, (far_d, far_i)
+    return Assignment(labels, sums, counts, objective, (far_d, far_i))
 
 
 @functools.partial(jax.jit, static_argnames=("spherical",))
-def _update(x, sums, counts, far, previous, spherical: bool):
-    """New centroids; empty clusters take the farthest samples (the e-th empty cluster the e-th
-    farthest, cycling if there are more empty clusters than pooled samples)."""
-    _far_d, far_i = far
+def update(x: Array, step: Assignment, previous: Array, spherical: bool) -> Array:
+    """New centroids ``[K, D]`` from an :func:`assign` step (re-normalised when spherical);
+    empty clusters take the farthest samples (the e-th empty cluster the e-th farthest, cycling
+    if there are more empty clusters than pooled samples), without Python branches."""
+    _far_d, far_i = step.far
+    sums, counts = step.sums, step.counts
     empty = counts == 0
     rank = jnp.cumsum(empty) - 1
     reseed = x[far_i[rank % far_i.shape[0]]]

@@ -4,23 +4,68 @@ All costs are computed at the highest matmul precision: with the paper's ``eps_c
 error of ``5e-4`` in a cosine (what a TF32/bf16 matmul pass can make on a GPU) is a 5% change
 of the transport plan. Large problems can be computed in row chunks (``chunk_size``) so that
 the temporaries stay ``[chunk_size, m]`` instead of ``[n, m]``-sized copies of the inputs.
+
+Every finite input is safe, from subnormal numbers to the largest finite float:
+
+- cosine: rows whose norm is far from 1 are first scaled by a power of two read from their bits
+  (exact, and the only way to see subnormal entries: XLA on CPU flushes them to zero in
+  arithmetic), then normalised; the cost lies in ``[0, 2 / eps_c]`` and ``eps_c`` must be a
+  normal number, so it never overflows;
+- ``l2``/``sqeuclidean``: the features are divided by a power of two near their largest
+  magnitude (exact) before anything is squared, and the result is scaled back; only a distance
+  that itself exceeds the float range is refused, naming ``source``.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uotsel import _checks
+from uotsel import _checks, paper
 
-__all__ = ["COSTS", "cosine_cost", "cost_matrix", "l2_cost", "sqeuclidean_cost"]
+__all__ = [
+    "COSTS",
+    "PairwiseCost",
+    "check_eps_c",
+    "check_kind",
+    "cosine_cost",
+    "cost_matrix",
+    "l2_cost",
+    "pairwise",
+    "prepare",
+    "raise_if_flagged",
+    "sqeuclidean_cost",
+]
 
 Array = jax.Array
 _HIGHEST = jax.lax.Precision.HIGHEST
+COSTS = ("cosine", "l2", "sqeuclidean")
+# Row norms in [2^-40, 2^40] take the direct path (dot products scaled by the norms afterwards):
+# neither the products nor their flushed-to-zero parts can then matter. Others are rescaled
+# exactly first.
+_DIRECT = 2.0**40
+
+
+class PairwiseCost(NamedTuple):
+    """Result of :func:`pairwise`.
+
+    Attributes:
+      cost: ``[n, m]`` costs in units of ``2 ** exponent``.
+      exponent: int32 scalar; 0 unless :func:`pairwise` was asked to leave the scale out.
+      valid: ``[3]`` bool, in one array so that checking them costs one transfer: every source
+        row finite (and, for the cosine, not all zero); the same for the target rows; no
+        ``l2``/``sqeuclidean`` cost can have overflowed to ``inf``. A False entry is explained
+        by :func:`raise_if_flagged`.
+    """
+
+    cost: Array
+    exponent: Array
+    valid: Array
 
 
 def prepare(source: Any, target: Any):
@@ -33,8 +78,22 @@ def prepare(source: Any, target: Any):
         raise ValueError(
             f"target: feature dimension {target.shape[1]} does not match source's {source.shape[1]}"
         )
+    if source.shape[1] == 0:
+        raise ValueError("source: has no features (D = 0); source and target need D >= 1")
     dtype = jax.dtypes.canonicalize_dtype(np.result_type(source.dtype, target.dtype))
     return _to_device(source, dtype), _to_device(target, dtype)
+
+
+def check_eps_c(eps_c: Any, dtype: Any = np.float32) -> None:
+    """``eps_c`` must be a positive, finite, normal number of ``dtype`` (so that
+    ``2 / eps_c`` is finite)."""
+    _checks.check_positive_scalar(eps_c, "eps_c")
+    tiny = float(np.finfo(dtype).tiny)
+    if _checks.is_concrete(eps_c) and np.any(np.asarray(eps_c, np.float64) < tiny):
+        raise ValueError(
+            f"eps_c: must be at least {tiny:.3g} (the smallest normal {np.dtype(dtype).name}), "
+            f"got {float(np.min(eps_c)):.3g}"
+        )
 
 
 def _to_device(x: Any, dtype: Any) -> Any:
@@ -44,9 +103,58 @@ def _to_device(x: Any, dtype: Any) -> Any:
     return jnp.asarray(x, dtype)
 
 
+def _int_type(dtype: Any) -> Any:
+    return jnp.int64 if np.dtype(dtype).itemsize == 8 else jnp.int32
+
+
+def _pow2(e: Array, dtype: Any) -> Array:
+    """Exactly ``2 ** e`` for integer ``e`` in the normal range of ``dtype``, from its bits."""
+    info = np.finfo(dtype)
+    itype = _int_type(dtype)
+    bits = (e.astype(itype) + (info.maxexp - 1)) << info.nmant
+    return jax.lax.bitcast_convert_type(bits, dtype)
+
+
+def _times_pow2(x: Array, e: Array, steps: int = 2) -> Array:
+    """``x * 2 ** e`` for ``|e| <= 64 * steps``, in ``steps`` exact multiplications (every
+    factor a normal number)."""
+    out = x
+    for part in range(steps):
+        out = out * _pow2((e + part) // steps, x.dtype)
+    return out
+
+
+def _exponent(top: Array) -> Array:
+    """int32 ``e`` with ``top < 2 ** e`` for a normal, finite ``top``; 0 otherwise."""
+    _, e = jnp.frexp(top)
+    usable = jnp.isfinite(top) & (top >= np.finfo(top.dtype).tiny)
+    return jnp.where(usable, e, 0).astype(jnp.int32)
+
+
+def _exact_rows(x: Array) -> Array:
+    """``x`` ``[r, d]`` with every row scaled by a power of two so that its largest magnitude
+    lies in ``[2^p, 2^(p+1))`` (``p`` the mantissa bits), read from the bits: exact for
+    subnormal entries too. All-zero rows stay zero."""
+    info = np.finfo(x.dtype)
+    itype = _int_type(x.dtype)
+    bits = jax.lax.bitcast_convert_type(x, itype)
+    magnitude = bits & jnp.asarray(np.iinfo(np.dtype(itype)).max, itype)
+    field = magnitude >> info.nmant
+    fraction = magnitude & ((1 << info.nmant) - 1)
+    significand = jnp.where(field > 0, fraction | (1 << info.nmant), fraction)
+    # value = significand * 2 ** (max(field, 1) - bias - nmant)
+    power = jnp.where(significand > 0, jnp.maximum(field, 1), jnp.iinfo(itype).min // 2)
+    shift = power - jnp.max(power, axis=1, keepdims=True)
+    smallest = -(info.maxexp - 2)
+    factor = jnp.where(shift >= smallest, _pow2(jnp.maximum(shift, smallest), x.dtype), 0.0)
+    value = significand.astype(x.dtype) * factor
+    return jnp.where(bits < 0, -value, value)
+
+
 def _row_norms(x: Array) -> tuple[Array, Array]:
     """Row norms ``[n]``, computed as max|x| * |x / max|x||| so that tiny or huge rows neither
-    under- nor overflow when squared, and whether every row is finite and non-zero."""
+    under- nor overflow when squared, and whether every row is finite and non-zero (False also
+    for rows of subnormal numbers, which arithmetic sees as zero: the host check decides)."""
     top = jnp.max(jnp.abs(x), axis=1)
     safe_top = jnp.where(top > 0, top, 1.0)
     norms = top * jnp.sqrt(jnp.sum(jnp.square(x / safe_top[:, None]), axis=1))
@@ -54,23 +162,27 @@ def _row_norms(x: Array) -> tuple[Array, Array]:
 
 
 def _cos_block(rows: Array, row_norms: Array, target: Array, target_norms: Array) -> Array:
-    """``1 - cos`` ``[r, m]``; the dot products are scaled by the norms afterwards (no
-    normalised copies of the inputs), unless a norm is so extreme that they could overflow."""
-    lo, hi = 1e-18, 1e18
-    safe = jnp.all((row_norms > lo) & (row_norms < hi)) & jnp.all(
-        (target_norms > lo) & (target_norms < hi)
-    )
+    """``1 - cos`` ``[r, m]``. Norms in ``[2^-40, 2^40]``: the dot products are scaled by the
+    norms afterwards (no normalised copies of the inputs); otherwise both sides are first
+    rescaled exactly (:func:`_exact_rows`) and normalised."""
+
+    def direct(n):
+        return jnp.all((n >= 1.0 / _DIRECT) & (n <= _DIRECT))
 
     def scale_after(rows, target):
         dots = jnp.matmul(rows, target.T, precision=_HIGHEST)
         return dots / row_norms[:, None] / target_norms[None, :]
 
-    def scale_before(rows, target):
-        return jnp.matmul(
-            rows / row_norms[:, None], (target / target_norms[:, None]).T, precision=_HIGHEST
-        )
+    def rescale_first(rows, target):
+        def unit(x):
+            x = _exact_rows(x)
+            norms = jnp.sqrt(jnp.sum(x * x, axis=1, keepdims=True))
+            return x / jnp.where(norms > 0, norms, 1.0)
 
-    cos = jax.lax.cond(safe, scale_after, scale_before, rows, target)
+        return jnp.matmul(unit(rows), unit(target).T, precision=_HIGHEST)
+
+    safe = direct(row_norms) & direct(target_norms)
+    cos = jax.lax.cond(safe, scale_after, rescale_first, rows, target)
     return 1.0 - jnp.clip(cos, -1.0, 1.0)
 
 
@@ -86,68 +198,118 @@ def _sq_block(rows: Array, target: Array, mean: Array) -> Array:
     return jnp.maximum(d2, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "chunk_size"))
-def _pairwise(kind: str, source: Array, target: Array, scale: Array, chunk_size: int):
-    """The ``[n, m]`` cost of ``kind`` over row blocks of ``source``, and a validity flag per
-    input (finite, and for the cosine no all-zero row), computed in the same pass."""
-    n = source.shape[0]
+@functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "rescale"))
+def pairwise(
+    kind: str,
+    source: Array,
+    target: Array,
+    eps_c: Array,
+    chunk_size: int,
+    rescale: bool = True,
+) -> PairwiseCost:
+    """The ``[n, m]`` cost of ``kind`` over row blocks of ``source``, with validity flags
+    computed in the same pass: the compiled core of :func:`cost_matrix`.
+
+    Traceable (call it inside your own ``jax.jit``); nothing is checked here: inputs come from
+    :func:`prepare`, and the flags go to :func:`raise_if_flagged`.
+
+    Args:
+      kind: one of :data:`COSTS`.
+      source: ``[n, d]``; target: ``[m, d]`` (same float dtype).
+      eps_c: cosine temperature (ignored by the other kinds), a traced scalar.
+      chunk_size: source rows per block.
+      rescale: ``l2``/``sqeuclidean`` only: False leaves the power-of-two scale of the features
+        out (``PairwiseCost.exponent``), so that no cost can overflow.
+
+    Returns:
+      A :class:`PairwiseCost`.
+    """
+    n, d = source.shape
+    dtype = source.dtype
     if kind == "cosine":
         source_norms, source_ok = _row_norms(source)
         target_norms, target_ok = _row_norms(target)
+        exponent = jnp.int32(0)
+        in_range = jnp.bool_(True)
 
         def block(rows, norms):
-            return _cos_block(rows, norms, target, target_norms) / scale
+            return _cos_block(rows, norms, target, target_norms) / eps_c
 
         extra = source_norms
     else:
         source_ok = jnp.all(jnp.isfinite(source))
         target_ok = jnp.all(jnp.isfinite(target))
-        mean = jnp.mean(target, axis=0)
+        top = jnp.maximum(jnp.max(jnp.abs(source)), jnp.max(jnp.abs(target)))
+        e = _exponent(top)  # features / 2^e lie in (-1, 1): nothing below can overflow
+        power = 1 if kind == "l2" else 2
+        unit = power * e  # the cost of the scaled features is in units of 2^unit
+        scaled_target = _times_pow2(target, -e)
+        mean = jnp.mean(scaled_target, axis=0)
+        # |s - t| < 2 sqrt(d) for the scaled features: the cost fits when this bound does.
+        bound = math.ceil(math.log2(2.0 * math.sqrt(d)) * power)
+        in_range = (unit + bound < np.finfo(dtype).maxexp) if rescale else jnp.bool_(True)
+        exponent = jnp.int32(0) if rescale else unit
 
         def block(rows, _):
-            d2 = _sq_block(rows, target, mean)
-            return jnp.sqrt(d2) if kind == "l2" else d2
+            d2 = _sq_block(_times_pow2(rows, -e), scaled_target, mean)
+            c = jnp.sqrt(d2) if kind == "l2" else d2
+            return _times_pow2(c, unit, 2 * power) if rescale else c
 
-        extra = jnp.zeros(n, source.dtype)
-    flags = jnp.stack([source_ok, target_ok])
+        extra = jnp.zeros(n, dtype)
     if chunk_size >= n:
-        return block(source, extra), flags
-    pad = (-n) % chunk_size
-    rows = jnp.pad(source, ((0, pad), (0, 0))).reshape(-1, chunk_size, source.shape[1])
-    extra = jnp.pad(extra, (0, pad), constant_values=1).reshape(-1, chunk_size)
-    out = jax.lax.map(lambda xs: block(*xs), (rows, extra))
-    return out.reshape(-1, out.shape[-1])[:n], flags
+        cost = block(source, extra)
+    else:
+        pad = (-n) % chunk_size
+        rows = jnp.pad(source, ((0, pad), (0, 0))).reshape(-1, chunk_size, d)
+        chunks = jnp.pad(extra, (0, pad), constant_values=1).reshape(-1, chunk_size)
+        out = jax.lax.map(lambda xs: block(*xs), (rows, chunks))
+        cost = out.reshape(-1, out.shape[-1])[:n]
+    return PairwiseCost(cost, exponent, jnp.stack([source_ok, target_ok, in_range]))
 
 
-def _run(kind: str, source: Any, target: Any, scale: Any, chunk_size: int | None) -> Array:
+def _run(kind: str, source: Any, target: Any, eps_c: Any, chunk_size: int | None) -> Array:
     source, target = prepare(source, target)
+    if kind == "cosine":
+        check_eps_c(eps_c, source.dtype)
     if chunk_size is None:
         chunk_size = source.shape[0]
     chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
-    cost, flags = _pairwise(kind, source, target, jnp.asarray(scale, source.dtype), chunk_size)
-    raise_if_flagged(flags, source, target, kind)
-    return cost
+    result = pairwise(kind, source, target, jnp.asarray(eps_c, source.dtype), chunk_size)
+    raise_if_flagged(result, source, target, kind)
+    return result.cost
 
 
-def raise_if_flagged(flags: Any, source: Any, target: Any, kind: str) -> None:
-    """The checks ran inside the computation (``flags`` from ``_pairwise``); only a failure
-    pays for the detailed one-line message."""
-    if _checks.is_concrete(flags) and not bool(np.all(flags)):
-        for x, name in ((source, "source"), (target, "target")):
-            _checks.check_finite(x, name)
-            if kind == "cosine":
-                _checks.check_nonzero_rows(x, name)
+def raise_if_flagged(result: PairwiseCost, source: Any, target: Any, kind: str) -> None:
+    """Raise the one-line error for bad features or an overflowing cost. The checks ran inside
+    the computation (the flags of ``result``); only a raised flag pays for looking at the
+    inputs on the host."""
+    if not _checks.is_concrete(result.valid) or bool(np.all(result.valid)):
+        return
+    for x, name in ((source, "source"), (target, "target")):
+        _checks.check_finite(x, name)
+        if kind == "cosine":
+            _checks.check_nonzero_rows(x, name)
+    cost = result.cost
+    if cost is not None and _checks.is_concrete(cost) and not bool(jnp.all(cost < jnp.inf)):
+        top = max(float(jnp.max(jnp.abs(x))) for x in (source, target))
+        raise ValueError(
+            f"source: {kind} costs between source and target exceed the "
+            f"{np.dtype(cost.dtype).name} range (features up to {top:.3g}); divide both "
+            "by a common factor"
+        )
 
 
 def cosine_cost(
-    source: Any, target: Any, eps_c: Any = 0.01, *, chunk_size: int | None = None
+    source: Any, target: Any, eps_c: Any = paper.EPS_C, *, chunk_size: int | None = None
 ) -> Array:
     """Cosine cost ``C[j, i] = (1 - cos(source_j, target_i)) / eps_c``.
 
     Args:
-      source: ``[n, d]`` source unit features (any scale; rows are normalised here).
+      source: ``[n, d]`` source unit features (any scale, subnormal to huge; rows are
+        normalised here).
       target: ``[m, d]`` target unit features.
-      eps_c: temperature ``> 0`` (paper: ``0.01``); traced, so changing it never recompiles.
+      eps_c: temperature ``> 0`` (paper: ``0.01``), at least the smallest normal number of the
+        dtype; traced, so changing it never recompiles.
       chunk_size: compute ``chunk_size`` source rows at a time (``None``: all at once).
 
     Returns:
@@ -163,7 +325,6 @@ def cosine_cost(
       >>> np.asarray(c).round(3).tolist()
       [[0.0], [2.0], [4.0]]
     """
-    _checks.check_positive_scalar(eps_c, "eps_c")
     return _run("cosine", source, target, eps_c, chunk_size)
 
 
@@ -174,7 +335,11 @@ def sqeuclidean_cost(source: Any, target: Any, *, chunk_size: int | None = None)
       source: ``[n, d]``; target: ``[m, d]``; chunk_size: as in :func:`cosine_cost`.
 
     Returns:
-      ``[n, m]`` non-negative costs.
+      ``[n, m]`` non-negative costs (squares below the smallest normal number are 0).
+
+    Raises:
+      ValueError: as :func:`cosine_cost`, and naming ``source`` when a squared distance
+        exceeds the float range.
     """
     return _run("sqeuclidean", source, target, 1.0, chunk_size)
 
@@ -187,19 +352,19 @@ def l2_cost(source: Any, target: Any, *, chunk_size: int | None = None) -> Array
 
     Returns:
       ``[n, m]`` non-negative costs.
+
+    Raises:
+      ValueError: as :func:`sqeuclidean_cost`.
     """
     return _run("l2", source, target, 1.0, chunk_size)
-
-
-COSTS = ("cosine", "l2", "sqeuclidean")
 
 
 def cost_matrix(
     source: Any,
     target: Any,
-    kind: str = "cosine",
+    kind: str = paper.COST,
     *,
-    eps_c: Any = 0.01,
+    eps_c: Any = paper.EPS_C,
     chunk_size: int | None = None,
 ) -> Array:
     """The ``[n, m]`` cost of the given ``kind`` (one of :data:`COSTS`).
@@ -209,10 +374,11 @@ def cost_matrix(
     Raises:
       ValueError: for an unknown ``kind`` (the message lists the valid ones) or bad inputs.
     """
-    if kind == "cosine":
-        return cosine_cost(source, target, eps_c, chunk_size=chunk_size)
-    if kind == "l2":
-        return l2_cost(source, target, chunk_size=chunk_size)
-    if kind == "sqeuclidean":
-        return sqeuclidean_cost(source, target, chunk_size=chunk_size)
-    raise ValueError(f"cost: unknown cost {kind!r}; valid: {', '.join(COSTS)}")
+    check_kind(kind, "kind")
+    return _run(kind, source, target, eps_c, chunk_size)
+
+
+def check_kind(kind: Any, name: str = "cost") -> None:
+    """Raise unless ``kind`` is one of :data:`COSTS`; ``name`` is the caller's argument."""
+    if not isinstance(kind, str) or kind not in COSTS:
+        raise ValueError(f"{name}: unknown cost {kind!r}; valid: {', '.join(COSTS)}")

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uotsel import _checks, costs, unbalanced
+from uotsel import _checks, costs, paper, unbalanced
 from uotsel.unbalanced import SinkhornOutput
 
 __all__ = ["transport"]
@@ -24,15 +24,15 @@ def transport(
     source: Any,
     target: Any,
     *,
-    cost: str = "cosine",
-    eps_c: Any = 0.01,
-    eps: Any = 1.0,
-    tau_source: Any = 1.0,
-    tau_target: Any = 100.0,
+    cost: str = paper.COST,
+    eps_c: Any = paper.EPS_C,
+    eps: Any = paper.EPS,
+    tau_source: Any = paper.TAU_SOURCE,
+    tau_target: Any = paper.TAU_TARGET,
     source_weights: Any = None,
     target_weights: Any = None,
-    threshold: Any = 1e-5,
-    max_iter: int = 1000,
+    threshold: Any = paper.SOLVER_RTOL,
+    max_iter: int = paper.SOLVER_MAX_ITER,
     init: Any = None,
     method: str = "auto",
     chunk_size: int | None = None,
@@ -51,7 +51,9 @@ def transport(
       A :class:`~uotsel.SinkhornOutput` (``log_row_sums`` ``[n]`` ranks the source units).
 
     Raises:
-      ValueError, TypeError: bad features or settings, named in the message.
+      ValueError, TypeError: bad features or settings, named in the message; as
+        :func:`uotsel.sinkhorn`, ``eps`` is named when it is too small for the cost in the
+        features' dtype.
 
     Example:
       >>> import numpy as np, uotsel
@@ -59,13 +61,12 @@ def transport(
       >>> int(np.argmax(out.log_row_sums))
       0
     """
-    if cost not in costs.COSTS:
-        raise ValueError(f"cost: unknown cost {cost!r}; valid: {', '.join(costs.COSTS)}")
-    if cost == "cosine":
-        _checks.check_positive_scalar(eps_c, "eps_c")
+    costs.check_kind(cost)
     source, target = costs.prepare(source, target)
+    if cost == "cosine":
+        costs.check_eps_c(eps_c, source.dtype)
     (n, _), (m, _) = source.shape, target.shape
-    solver_args = unbalanced.prepare(
+    settings = unbalanced.prepare(
         (),
         n,
         m,
@@ -75,8 +76,6 @@ def transport(
         tau_target=tau_target,
         source_weights=source_weights,
         target_weights=target_weights,
-        source_mask=None,
-        target_mask=None,
         threshold=threshold,
         max_iter=max_iter,
         init=init,
@@ -84,15 +83,22 @@ def transport(
     )
     chunk = n if chunk_size is None else _checks.check_positive_int(chunk_size, "chunk_size")
     scale = np.asarray(eps_c if cost == "cosine" else 1.0, source.dtype)
-    out, flags, ok = _transport_one(cost, source, target, scale, chunk, *solver_args, method=method)
-    costs.raise_if_flagged(flags, source, target, cost)
-    if _checks.is_concrete(ok) and not bool(ok):
-        raise FloatingPointError("transport: the potentials became non-finite")
+    out, valid = _transport_one(cost, source, target, scale, chunk, settings, method=method)
+    # One transfer for all four flags; only a raised flag pays for a closer look.
+    if _checks.is_concrete(valid) and not bool(np.all(valid)):
+        costs.raise_if_flagged(costs.PairwiseCost(None, 0, valid[:3]), source, target, cost)
+        # The cost matrix is built again to name the cause.
+        matrix = costs.cost_matrix(source, target, cost, eps_c=eps_c, chunk_size=chunk)
+        if not bool(valid[3]):
+            unbalanced.explain_failure(matrix, settings, out)
     return out
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "method"))
-def _transport_one(kind, source, target, scale, chunk_size, *solver_args, method):
-    cost, flags = costs._pairwise(kind, source, target, jnp.asarray(scale), chunk_size)
-    out, ok = unbalanced._solve_one(cost, *solver_args, method=method)
-    return out, flags, ok
+def _transport_one(kind, source, target, eps_c, chunk_size, settings, *, method):
+    """Cost and solve in one program; returns the output and the ``[4]`` validity flags
+    (:class:`~uotsel.costs.PairwiseCost` ``valid``, then :class:`~uotsel.unbalanced.Solved`
+    ``ok``)."""
+    built = costs.pairwise(kind, source, target, jnp.asarray(eps_c), chunk_size)
+    solved = unbalanced.solve(built.cost, settings, method=method)
+    return solved.output, jnp.concatenate([built.valid, solved.ok[None]])

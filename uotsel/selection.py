@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from uotsel import _checks
+from uotsel import _checks, paper
 from uotsel.strategies import STRATEGIES, Scores
 
 __all__ = ["Selection", "expand_to_samples", "rank", "select", "split_groups"]
@@ -86,7 +86,7 @@ def select(
     target: Any,
     *,
     strategy: str = "uot",
-    top_k: int | None = 100,
+    top_k: int | None = paper.TOP_K_CLASSES,
     n_groups: int | None = None,
     unit_ids: Any = None,
     **settings: Any,
@@ -101,10 +101,11 @@ def select(
         ``label`` (see :mod:`uotsel.strategies`).
       top_k: how many units to select; ``None`` selects every unit ``label`` matches (for the
         other strategies ``None`` means all units).
-      n_groups: number of equal groups the ranking is split into; default ``min(10, K)`` (the
-        paper's domain-gap study uses 10).
+      n_groups: number of equal groups the ranking is split into; default
+        ``min(paper.N_GROUPS, K)`` (the paper's domain-gap study uses 10).
       unit_ids: optional ``[N]`` unit id of every pre-training sample; fills ``sample_indices``.
-      **settings: the strategy's settings; paper defaults for all of them. ``uot``: ``cost``
+      **settings: the strategy's settings; paper defaults for all of them (from
+        :mod:`uotsel.paper`). ``uot``: ``cost``
         (``"cosine"``), ``eps_c`` (0.01), ``eps`` (1.0), ``tau_source`` (1.0), ``tau_target``
         (100.0), ``source_weights``, ``target_weights`` (ones), ``threshold`` (1e-5),
         ``max_iter`` (1000), ``init``. ``greedy_ot``: ``cost`` (``"l2"`` on the raw means, as
@@ -143,6 +144,8 @@ def select(
     source = _checks.as_float_array(source, "source", 2)
     _checks.check_nonempty(source, "source", 0, "units")
     num_units = source.shape[0]
+    if spec.check is not None:
+        spec.check(num_units, used)
     if spec.needs_target:
         target = _checks.as_float_array(target, "target", 2)
         _checks.check_nonempty(target, "target", 0, "units")
@@ -150,7 +153,7 @@ def select(
         top_k = _checks.check_positive_int(top_k, "top_k")
         if top_k > num_units:
             raise ValueError(f"top_k: {top_k} is more than the {num_units} source units")
-    n_groups = min(10, num_units) if n_groups is None else n_groups
+    n_groups = min(paper.N_GROUPS, num_units) if n_groups is None else n_groups
     n_groups = _checks.check_positive_int(n_groups, "n_groups")
     if n_groups > num_units:
         raise ValueError(f"n_groups: {n_groups} is more than the {num_units} source units")

@@ -17,9 +17,11 @@ looked up by name in :data:`STRATEGIES`:
 ``eps_c`` only scales the cosine cost (``l2`` and ``sqeuclidean`` ignore it), and a ranking by
 mean or smallest cost does not depend on it. ``greedy_ot`` and ``nearest`` compute the cost on
 rescaled inputs and scale it back in float64: the cosine cost with ``eps_c = 1``, then divided
-by ``eps_c``; ``l2``/``sqeuclidean`` on features divided by a common power of two (exact). The
-scores are those of the cost as defined, but neither a small ``eps_c`` nor very large or very
-small features overflow or underflow in float32.
+by ``eps_c``; ``l2``/``sqeuclidean`` on features divided by a common power of two (exact, see
+:func:`uotsel.costs.pairwise`). The scores are those of the cost as defined, but neither a small
+``eps_c`` nor very large or very small features overflow or underflow in float32.
+
+Every default that follows the paper comes from :mod:`uotsel.paper`.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 
-from uotsel import _checks
-from uotsel.costs import COSTS, cost_matrix
+from uotsel import _checks, costs, paper
 from uotsel.feature_transport import transport
 from uotsel.unbalanced import SinkhornOutput
 
@@ -53,17 +55,17 @@ class Scores(NamedTuple):
 
 
 class Strategy(NamedTuple):
-    """A named scoring rule with its settings and their defaults."""
+    """A named scoring rule with its settings and their defaults.
+
+    ``check(num_units, settings)``, when given, validates the settings before anything else
+    (so that a missing setting is reported before, say, a ``top_k`` larger than it allows).
+    """
 
     name: str
     fn: Callable[..., Scores]
     defaults: dict[str, Any]
     needs_target: bool = True
-
-
-def _check_cost_name(cost: str) -> None:
-    if cost not in COSTS:
-        raise ValueError(f"cost: unknown cost {cost!r}; valid: {', '.join(COSTS)}")
+    check: Callable[[int, dict[str, Any]], None] | None = None
 
 
 def _uot(
@@ -99,25 +101,19 @@ def _uot(
     return Scores(np.exp(log_scores), log_scores, out)
 
 
-def _power_of_two(*arrays: Any) -> float:
-    """A power of two near the largest magnitude in ``arrays`` (1 when there is none)."""
-    top = max(float(np.max(np.abs(np.asarray(a)))) for a in arrays)
-    if not (np.isfinite(top) and top > 0):
-        return 1.0  # non-finite inputs are reported by the cost itself
-    return float(2.0 ** np.floor(np.log2(top)))
-
-
 def _cost64(source, target, cost, eps_c) -> np.ndarray:
     """The ``[K, M]`` cost in float64, computed on rescaled inputs (see the module docstring);
     power-of-two factors are exact, so only overflow and underflow change."""
-    _check_cost_name(cost)
+    costs.check_kind(cost)
     if cost == "cosine":
         _checks.check_positive_scalar(eps_c, "eps_c")
-        c = np.asarray(cost_matrix(source, target, "cosine", eps_c=1.0), np.float64)
+        c = np.asarray(costs.cost_matrix(source, target, "cosine", eps_c=1.0), np.float64)
         return c / np.asarray(eps_c, np.float64)
-    scale = _power_of_two(source, target)
-    c = np.asarray(cost_matrix(source / scale, target / scale, cost), np.float64)
-    return c * (scale if cost == "l2" else scale * scale)
+    source, target = costs.prepare(source, target)
+    one = jnp.asarray(1.0, source.dtype)
+    built = costs.pairwise(cost, source, target, one, source.shape[0], rescale=False)
+    costs.raise_if_flagged(built, source, target, cost)
+    return np.ldexp(np.asarray(built.cost, np.float64), int(built.exponent))
 
 
 def _greedy_ot(source, target, *, cost, eps_c, target_weights) -> Scores:
@@ -139,46 +135,65 @@ def _nearest(source, target, *, cost, eps_c) -> Scores:
     return Scores(-c.min(axis=1))
 
 
-def _random(source, target, *, seed) -> Scores:
+def _check_seed(num_units: int, settings: dict[str, Any]) -> None:
+    seed = settings["seed"]
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+
+
+def _random(source, target, *, seed) -> Scores:
+    _check_seed(source.shape[0], {"seed": seed})
     return Scores(np.random.default_rng(int(seed)).random(source.shape[0]))
 
 
-def _label(source, target, *, matching) -> Scores:
-    n = source.shape[0]
+def _check_matching(num_units: int, settings: dict[str, Any]) -> None:
+    matching = settings["matching"]
     if matching is None:
-        raise ValueError("matching: the label strategy needs the ids of the matching source units")
+        raise ValueError(
+            "matching: the label strategy needs the ids of the matching source units "
+            "(e.g. matching=[3, 17, 40])"
+        )
     ids = np.asarray(matching)
     if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
         raise ValueError("matching: expected a 1-d list of integer source unit ids")
     if ids.size == 0:
         raise ValueError("matching: is empty")
-    if ids.min() < 0 or ids.max() >= n:
-        raise ValueError(f"matching: ids must be in [0, {n}), got range [{ids.min()}, {ids.max()}]")
+    if ids.min() < 0 or ids.max() >= num_units:
+        raise ValueError(
+            f"matching: ids must be in [0, {num_units}), got range [{ids.min()}, {ids.max()}]"
+        )
+
+
+def _label(source, target, *, matching) -> Scores:
+    n = source.shape[0]
+    _check_matching(n, {"matching": matching})
     scores = np.zeros(n)
-    scores[ids] = 1.0
+    scores[np.asarray(matching)] = 1.0
     return Scores(scores)
 
 
 _SOLVER = dict(
-    eps=1.0,
-    tau_source=1.0,
-    tau_target=100.0,
+    eps=paper.EPS,
+    tau_source=paper.TAU_SOURCE,
+    tau_target=paper.TAU_TARGET,
     source_weights=None,
     target_weights=None,
-    threshold=1e-5,
-    max_iter=1000,
+    threshold=paper.SOLVER_RTOL,
+    max_iter=paper.SOLVER_MAX_ITER,
     init=None,
 )
 
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
-        Strategy("uot", _uot, dict(cost="cosine", eps_c=0.01, **_SOLVER)),
-        Strategy("greedy_ot", _greedy_ot, dict(cost="l2", eps_c=0.01, target_weights=None)),
-        Strategy("nearest", _nearest, dict(cost="cosine", eps_c=0.01)),
-        Strategy("random", _random, dict(seed=0), needs_target=False),
-        Strategy("label", _label, dict(matching=None), needs_target=False),
+        Strategy("uot", _uot, dict(cost=paper.COST, eps_c=paper.EPS_C, **_SOLVER)),
+        Strategy(
+            "greedy_ot",
+            _greedy_ot,
+            dict(cost=paper.GREEDY_OT_COST, eps_c=paper.EPS_C, target_weights=None),
+        ),
+        Strategy("nearest", _nearest, dict(cost=paper.COST, eps_c=paper.EPS_C)),
+        Strategy("random", _random, dict(seed=0), needs_target=False, check=_check_seed),
+        Strategy("label", _label, dict(matching=None), needs_target=False, check=_check_matching),
     )
 }

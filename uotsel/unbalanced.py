@@ -19,8 +19,17 @@ Stopping rule: the map ``f -> F(G(f))`` is a contraction in the sup norm with fa
 relative error of both marginals of the returned plan (see :class:`SinkhornOutput`). A marginal
 test such as ``|P^T 1 - b|`` would never reach its threshold on a relaxed side.
 
+Floating-point range: a problem is solved only when its dtype resolves the potentials to a
+small fraction of ``eps`` (``|f|, |g| <= resolved_range(dtype) * eps``, 2^20 in float32); beyond
+that the plan ``exp((f + g - C) / eps)`` would be made of rounding, and :func:`sinkhorn` raises a
+``ValueError`` naming the setting to change and the smallest ``eps`` that works. A marginal whose
+``tau / eps`` exceeds ``2 / finfo(dtype).eps`` (2^24 in float32) is held exactly, as for
+``tau = inf``: ``tau / (tau + eps)`` rounds to 1.
+
 The iterations themselves (an absorbed-kernel loop with a log-domain fallback, the optimal dual
-translation between iterations, stall detection) live in :mod:`uotsel._iterations`.
+translation between iterations, stall detection) live in :mod:`uotsel._iterations`;
+:func:`prepare` and :func:`solve` are the two halves of :func:`sinkhorn` for callers that build
+the cost inside their own compiled program (:func:`uotsel.transport`).
 """
 
 from __future__ import annotations
@@ -32,14 +41,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uotsel import _checks
+from uotsel import _checks, paper
 from uotsel import _iterations as _it
 
-__all__ = ["METHODS", "STALL_PATIENCE", "SinkhornOutput", "sinkhorn"]
+__all__ = [
+    "METHODS",
+    "STALL_PATIENCE",
+    "SinkhornOutput",
+    "Solved",
+    "SolverSettings",
+    "eps_range",
+    "explain_failure",
+    "prepare",
+    "resolved_range",
+    "sinkhorn",
+    "solve",
+]
 
 Array = jax.Array
 STALL_PATIENCE = _it.STALL_PATIENCE
 METHODS = ("auto", "log")
+# Relative tolerance on equal total masses for a problem held exactly on both sides.
+MASS_RTOL = 1e-5
 
 
 class SinkhornOutput(NamedTuple):
@@ -90,18 +113,61 @@ class SinkhornOutput(NamedTuple):
         return jnp.where(active, jnp.exp(log_p), 0.0)
 
 
+class SolverSettings(NamedTuple):
+    """The settings of :func:`sinkhorn`, validated by :func:`prepare`, as :func:`solve` takes them.
+
+    ``None`` stands for the default (unit weights, no mask, a cold start). Scalars are arrays of
+    the cost's dtype (``[B]`` for per-problem values); they are traced, never static.
+    """
+
+    source_weights: Any
+    target_weights: Any
+    source_mask: Any
+    target_mask: Any
+    init: Any
+    eps: Any
+    tau_source: Any
+    tau_target: Any
+    threshold: Any
+    max_iter: Any
+
+
+class Solved(NamedTuple):
+    """Result of :func:`solve`: the output, and whether it can be trusted (``ok``: potentials
+    finite and within :func:`resolved_range` of ``eps``). When ``ok`` is False,
+    :func:`explain_failure` raises the error that says why."""
+
+    output: SinkhornOutput
+    ok: Array
+
+
+def resolved_range(dtype: Any) -> float:
+    """Largest ``|potential| / eps`` that ``dtype`` resolves to ``eps / 16`` (half an ulp):
+    2^20 in float32, 2^49 in float64."""
+    return 1.0 / (8.0 * float(np.finfo(dtype).eps))
+
+
+def eps_range(dtype: Any) -> tuple[float, float]:
+    """Smallest and largest ``eps`` (and ``tau / eps``) accepted in ``dtype``: from
+    ``finfo.tiny / finfo.eps`` (9.9e-32 in float32), so that every quantity down to an ulp of
+    ``eps`` is a normal number, to its inverse."""
+    info = np.finfo(dtype)
+    low = float(info.tiny) / float(info.eps)
+    return low, 1.0 / low
+
+
 def sinkhorn(
     cost: Any,
     *,
-    eps: Any = 1.0,
-    tau_source: Any = 1.0,
-    tau_target: Any = 100.0,
+    eps: Any = paper.EPS,
+    tau_source: Any = paper.TAU_SOURCE,
+    tau_target: Any = paper.TAU_TARGET,
     source_weights: Any = None,
     target_weights: Any = None,
     source_mask: Any = None,
     target_mask: Any = None,
-    threshold: Any = 1e-5,
-    max_iter: int = 1000,
+    threshold: Any = paper.SOLVER_RTOL,
+    max_iter: int = paper.SOLVER_MAX_ITER,
     init: Any = None,
     method: str = "auto",
 ) -> SinkhornOutput:
@@ -115,9 +181,12 @@ def sinkhorn(
       cost: ``[n, m]`` cost, or ``[B, n, m]`` for a batch of problems; rows are source
         (pre-training) units, columns target units. Computed in its own float dtype (ints are
         cast to float32).
-      eps: entropic regularisation ``> 0``; scalar or ``[B]``.
+      eps: entropic regularisation ``> 0``; scalar or ``[B]``. At least ``9.9e-32`` in float32,
+        and large enough for the dtype to resolve the potentials (about ``max |C| * 2^-18`` in
+        float32, see :func:`resolved_range`).
       tau_source: KL weight of the source marginal ``> 0`` (``math.inf``: held exactly);
-        scalar or ``[B]``. The paper's ``tau1``.
+        scalar or ``[B]``. The paper's ``tau1``. Beyond ``2^24 * eps`` in float32 it is held
+        exactly too.
       tau_target: KL weight of the target marginal ``> 0`` (``math.inf``: held exactly);
         scalar or ``[B]``. The paper's ``tau2``.
       source_weights: ``[n]`` or ``[B, n]`` positive weights ``a``; default all ones.
@@ -141,7 +210,9 @@ def sinkhorn(
       A :class:`SinkhornOutput`; non-convergence is reported in it, never raised.
 
     Raises:
-      ValueError, TypeError: on a bad argument (named in the message), before tracing.
+      ValueError, TypeError: on a bad argument (named in the message), before tracing; and
+        ``ValueError`` naming ``eps`` (or ``tau_source``/``tau_target``) when the problem is
+        beyond what the dtype resolves, with the smallest ``eps`` that works.
 
     Example:
       >>> import numpy as np, uotsel
@@ -151,14 +222,13 @@ def sinkhorn(
       (True, (3,))
     """
     cost = _checks.as_float_array(cost, "cost", (2, 3))
-    batched = cost.ndim == 3
     lead = tuple(cost.shape[:-2])
     n, m = cost.shape[-2:]
     if n == 0:
         raise ValueError("cost: has no rows (no source units)")
     if m == 0:
         raise ValueError("cost: has no columns (no target units)")
-    solver_args = prepare(
+    settings = prepare(
         lead,
         n,
         m,
@@ -175,15 +245,11 @@ def sinkhorn(
         init=init,
         method=method,
     )
-    if batched:
-        lockstep = jax.default_backend() != "cpu"
-        out, cost_ok = _solve_batch(cost, *solver_args, method=method, lockstep=lockstep)
-    else:
-        out, cost_ok = _solve_one(cost, *solver_args, method=method)
-    # A bad cost shows up as non-finite potentials; only then is the cost itself inspected.
-    if _checks.is_concrete(cost_ok) and not bool(cost_ok):
-        _diagnose_cost(cost, solver_args[2], solver_args[3])
-    return out
+    solved = solve(cost, settings, method=method, lockstep=jax.default_backend() != "cpu")
+    # Only a failed solve pays for inspecting the cost on the host.
+    if _checks.is_concrete(solved.ok) and not bool(solved.ok):
+        explain_failure(cost, settings, solved.output)
+    return solved.output
 
 
 def prepare(
@@ -192,29 +258,38 @@ def prepare(
     m: int,
     dtype: Any,
     *,
-    eps,
-    tau_source,
-    tau_target,
-    source_weights,
-    target_weights,
-    source_mask,
-    target_mask,
-    threshold,
-    max_iter,
-    init,
-    method,
-) -> tuple:
-    """Validate the solver settings of :func:`sinkhorn` for problems of shape ``lead + [n, m]``
-    and return the solver's arguments after the cost: ``(a, b, mask_a, mask_b, f0, eps,
-    tau_source, tau_target, threshold, max_iter)`` (None for defaults)."""
+    eps: Any = paper.EPS,
+    tau_source: Any = paper.TAU_SOURCE,
+    tau_target: Any = paper.TAU_TARGET,
+    source_weights: Any = None,
+    target_weights: Any = None,
+    source_mask: Any = None,
+    target_mask: Any = None,
+    threshold: Any = paper.SOLVER_RTOL,
+    max_iter: int = paper.SOLVER_MAX_ITER,
+    init: Any = None,
+    method: str = "auto",
+) -> SolverSettings:
+    """Validate the settings of :func:`sinkhorn` for problems of shape ``lead + [n, m]`` in
+    ``dtype``, before anything is traced.
+
+    Returns:
+      The :class:`SolverSettings` that :func:`solve` takes.
+
+    Raises:
+      ValueError, TypeError: naming the bad argument.
+    """
     _checks.check_positive_scalar(eps, "eps")
     _checks.check_positive_scalar(tau_source, "tau_source", allow_inf=True)
     _checks.check_positive_scalar(tau_target, "tau_target", allow_inf=True)
     _checks.check_positive_scalar(threshold, "threshold")
     max_iter = _checks.check_positive_int(max_iter, "max_iter")
+    if max_iter > np.iinfo(np.int32).max:
+        raise ValueError(f"max_iter: must be at most {np.iinfo(np.int32).max}, got {max_iter}")
     if method not in METHODS:
         raise ValueError(f"method: unknown method {method!r}; valid: {', '.join(METHODS)}")
-    scalars = [
+    _check_ranges(eps, tau_source, tau_target, dtype)
+    eps, tau_source, tau_target, threshold = (
         _scalar(value, name, lead, dtype)
         for name, value in (
             ("eps", eps),
@@ -222,46 +297,153 @@ def prepare(
             ("tau_target", tau_target),
             ("threshold", threshold),
         )
-    ]
-    mask_a = _vector(source_mask, "source_mask", lead, n, bool)
-    mask_b = _vector(target_mask, "target_mask", lead, m, bool)
-    a = _vector(source_weights, "source_weights", lead, n, dtype)
-    b = _vector(target_weights, "target_weights", lead, m, dtype)
-    _check_weights(a, mask_a, "source_weights")
-    _check_weights(b, mask_b, "target_weights")
-    for name, unit, mask in (("source_mask", "source", mask_a), ("target_mask", "target", mask_b)):
+    )
+    source_mask = _vector(source_mask, "source_mask", lead, n, bool)
+    target_mask = _vector(target_mask, "target_mask", lead, m, bool)
+    source_weights = _vector(source_weights, "source_weights", lead, n, dtype)
+    target_weights = _vector(target_weights, "target_weights", lead, m, dtype)
+    _check_weights(source_weights, source_mask, "source_weights")
+    _check_weights(target_weights, target_mask, "target_weights")
+    for name, unit, mask in (
+        ("source_mask", "source", source_mask),
+        ("target_mask", "target", target_mask),
+    ):
         if mask is not None and _checks.is_concrete(mask) and not np.any(mask, axis=-1).all():
             raise ValueError(f"{name}: masks out every {unit} unit of a problem")
-    _check_balanced_masses(scalars[1], scalars[2], a, b, mask_a, mask_b, n, m)
+    settings = SolverSettings(
+        source_weights=source_weights,
+        target_weights=target_weights,
+        source_mask=source_mask,
+        target_mask=target_mask,
+        init=_init(init, lead, n),
+        eps=eps,
+        tau_source=tau_source,
+        tau_target=tau_target,
+        threshold=threshold,
+        max_iter=np.int32(max_iter),
+    )
+    _check_balanced_masses(settings, n, m, dtype)
+    return settings
 
+
+def _init(init: Any, lead: tuple[int, ...], n: int) -> Any:
     if isinstance(init, SinkhornOutput):
         init = init.f
-    f0 = None
-    if init is not None:
-        f0 = _checks.as_float_array(init, "init", (1, 2))
-        if tuple(f0.shape) != lead + (n,):
-            raise ValueError(f"init: expected shape {list(lead + (n,))}, got {list(f0.shape)}")
-        _checks.check_finite(f0, "init")
-    return (a, b, mask_a, mask_b, f0, *scalars, np.int32(max_iter))
+    if init is None:
+        return None
+    f0 = _checks.as_float_array(init, "init", (1, 2))
+    if tuple(f0.shape) != lead + (n,):
+        raise ValueError(f"init: expected shape {list(lead + (n,))}, got {list(f0.shape)}")
+    _checks.check_finite(f0, "init")
+    return f0
 
 
-def _diagnose_cost(cost: Any, mask_a: Any, mask_b: Any) -> None:
-    """Raise the one-line error that explains non-finite potentials. ``+inf`` entries are
-    allowed (they forbid a pair) as long as every unit keeps a finite cost."""
+def _check_ranges(eps: Any, tau_source: Any, tau_target: Any, dtype: Any) -> None:
+    """``eps`` and ``tau / eps`` within what ``dtype`` represents with full precision."""
+    low, high = eps_range(dtype)
+    name = np.dtype(dtype).name
+    if _checks.is_concrete(eps):
+        e = np.asarray(eps, np.float64)
+        if np.any(e < low) or np.any(e > high):
+            bad = float(e[(e < low) | (e > high)].flat[0])
+            raise ValueError(
+                f"eps: {bad:.3g} is outside the range {name} supports, [{low:.2g}, {high:.2g}]"
+            )
+    for tname, tau in (("tau_source", tau_source), ("tau_target", tau_target)):
+        if _checks.is_concrete(tau) and _checks.is_concrete(eps):
+            ratio = np.asarray(tau, np.float64) / np.asarray(eps, np.float64)
+            if np.any(ratio < low):
+                raise ValueError(
+                    f"{tname}: {tname} / eps = {float(np.min(ratio)):.3g} is below the "
+                    f"{low:.2g} that {name} supports; raise {tname} or lower eps"
+                )
+
+
+def explain_failure(cost: Any, settings: SolverSettings, output: SinkhornOutput) -> None:
+    """Raise the one-line ``ValueError`` that explains a solve whose ``ok`` flag is False.
+
+    ``+inf`` entries are allowed (they forbid a pair) as long as every unit keeps a finite cost;
+    otherwise the cost, ``eps`` (too small for the cost in this dtype) or the marginal weights
+    (too strong for the difference between the total masses) are named.
+    """
     c = np.asarray(cost)
+    dtype = jax.dtypes.canonicalize_dtype(c.dtype)  # the dtype the solve ran in
     nan, neg = int(np.isnan(c).sum()), int(np.isneginf(c).sum())
     if nan or neg:
         raise ValueError(f"cost: contains {nan} NaN and {neg} -inf value(s)")
+    lead = c.shape[:-2]
+    c = c.reshape((-1,) + c.shape[-2:])
+    count = c.shape[0]
+
+    def per_problem(x, tail, fill):
+        if x is None:
+            return np.full((count,) + tail, fill)
+        return np.broadcast_to(np.asarray(x), lead + tail).reshape((count,) + tail)
+
+    rows_on = per_problem(settings.source_mask, c.shape[1:2], True)
+    cols_on = per_problem(settings.target_mask, c.shape[2:], True)
+    a = per_problem(settings.source_weights, c.shape[1:2], 1.0)
+    b = per_problem(settings.target_weights, c.shape[2:], 1.0)
+    eps = per_problem(settings.eps, (), 1.0).astype(np.float64)
+    tau_s = per_problem(settings.tau_source, (), 1.0).astype(np.float64)
+    tau_t = per_problem(settings.tau_target, (), 1.0).astype(np.float64)
+    f = np.asarray(output.f, np.float64).reshape(count, -1)
+    g = np.asarray(output.g, np.float64).reshape(count, -1)
     finite = np.isfinite(c)
-    row_mask = np.ones(c.shape[:-1], bool) if mask_a is None else np.asarray(mask_a)
-    col_mask = np.ones(c.shape[:-2] + c.shape[-1:], bool) if mask_b is None else np.asarray(mask_b)
-    row_mask = np.broadcast_to(row_mask, c.shape[:-1])
-    col_mask = np.broadcast_to(col_mask, c.shape[:-2] + c.shape[-1:])
-    rows = np.flatnonzero(row_mask & ~(finite & col_mask[..., None, :]).any(axis=-1))
-    cols = np.flatnonzero(col_mask & ~(finite & row_mask[..., :, None]).any(axis=-2))
+    grid = rows_on[:, :, None] & cols_on[:, None, :]
+    rows = np.flatnonzero(rows_on & ~(finite & grid).any(axis=2))
+    cols = np.flatnonzero(cols_on & ~(finite & grid).any(axis=1))
     if rows.size or cols.size:
         raise ValueError(f"cost: {rows.size} row(s) and {cols.size} column(s) have no finite entry")
-    raise FloatingPointError("sinkhorn: the potentials became non-finite")
+    limit = resolved_range(dtype)
+    name = np.dtype(dtype).name
+    for i in range(count):
+        top_cost = float(np.max(np.abs(np.where(finite[i] & grid[i], c[i], 0.0))))
+        top = max(np.max(np.abs(f[i][rows_on[i]])), np.max(np.abs(g[i][cols_on[i]])))
+        if top_cost >= eps[i] * limit / 4:
+            smallest = _round_up(4 * top_cost / limit)
+            raise ValueError(
+                f"eps: {eps[i]:.3g} is too small for this cost in {name}: the costs reach "
+                f"{top_cost:.3g} = {top_cost / eps[i]:.3g} x eps, beyond the {limit:.3g} x eps "
+                f"that {name} resolves; the smallest eps it supports here is about "
+                f"{smallest:.2g} (float64 inputs under jax.enable_x64 go further)"
+            )
+        mass_s = (float(np.sum(a[i][rows_on[i]])), int(np.sum(rows_on[i])))
+        mass_t = (float(np.sum(b[i][cols_on[i]])), int(np.sum(cols_on[i])))
+        exact = _it.held_exactly(eps[i], tau_s[i], dtype) & _it.held_exactly(
+            eps[i], tau_t[i], dtype
+        )
+        if exact and not np.isclose(mass_s[0], mass_t[0], rtol=MASS_RTOL):
+            ratio = 2.0 / float(np.finfo(dtype).eps)
+            why = (
+                f"both are at least {ratio:.3g} x eps (eps = {eps[i]:.3g}), which {name} "
+                "cannot tell from inf"
+            )
+            raise ValueError(_unequal_masses(why, settings, mass_s, mass_t))
+        if np.isfinite(top) and top <= eps[i] * limit:
+            continue
+        if not np.isfinite(top):
+            raise ValueError(
+                f"eps, tau_source, tau_target: {name} could not solve this problem (costs up to "
+                f"{top_cost:.3g}, eps = {eps[i]:.3g}, tau = {tau_s[i]:.3g}, {tau_t[i]:.3g}): "
+                "its potentials are not finite; try float64 inputs under jax.enable_x64"
+            )
+        raise ValueError(
+            f"tau_source, tau_target: {tau_s[i]:.3g} and {tau_t[i]:.3g} at eps = {eps[i]:.3g} "
+            f"move the potentials to {top / eps[i]:.3g} x eps, beyond the {limit:.3g} x eps "
+            f"that {name} resolves: the marginal penalties are too strong for the difference "
+            f"between the source mass ({mass_s[0]:.6g}) and the target mass ({mass_t[0]:.6g}); "
+            "lower them, or hold one side exactly with math.inf"
+        )
+    raise ValueError("cost: the solver did not produce finite potentials")
+
+
+def _round_up(x: float) -> float:
+    """``x`` rounded up to two significant digits."""
+    if x <= 0 or not np.isfinite(x):
+        return x
+    scale = 10.0 ** (np.floor(np.log10(x)) - 1)
+    return float(np.ceil(x / scale) * scale)
 
 
 def _scalar(value: Any, name: str, lead: tuple[int, ...], dtype: Any) -> Any:
@@ -301,24 +483,54 @@ def _check_weights(w: Any, mask: Any, name: str) -> None:
         raise ValueError(f"{name}: must be finite and > 0 on every unmasked unit")
 
 
-def _check_balanced_masses(tau_a, tau_b, a, b, mask_a, mask_b, n, m) -> None:
-    """A problem held exactly on both sides needs equal total masses."""
-    if not all(_checks.is_concrete(x) for x in (tau_a, tau_b, a, b, mask_a, mask_b)):
+def _check_balanced_masses(s: SolverSettings, n: int, m: int, dtype: Any) -> None:
+    """A problem held exactly on both sides (both taus inf) needs equal total masses. (Taus
+    that are only too large for the dtype to tell from inf are caught after the solve, so that
+    an ``eps`` too small for the cost is named first.)"""
+    values = (s.tau_source, s.tau_target, s.source_weights, s.target_weights)
+    if not all(_checks.is_concrete(x) for x in (*values, s.source_mask, s.target_mask)):
         return
-    both = np.isinf(np.asarray(tau_a)) & np.isinf(np.asarray(tau_b))
+    both = np.isinf(np.asarray(s.tau_source)) & np.isinf(np.asarray(s.tau_target))
     if not both.any():
         return
-
-    def mass(w, mask, size):
-        w = np.ones(size) if w is None else np.asarray(w, np.float64)
-        mask = np.ones(size, bool) if mask is None else np.asarray(mask)
-        return np.where(mask, w, 0.0).sum(-1)
-
-    if np.any(both & ~np.isclose(mass(a, mask_a, n), mass(b, mask_b, m), rtol=1e-5)):
+    mass_s = _masses(s.source_weights, s.source_mask, n)
+    mass_t = _masses(s.target_weights, s.target_mask, m)
+    unequal = both & ~np.isclose(mass_s[0], mass_t[0], rtol=MASS_RTOL)
+    if np.any(unequal):
+        i = np.unravel_index(int(np.argmax(unequal)), unequal.shape) if unequal.ndim else ()
+        pick = lambda x: np.broadcast_to(x, unequal.shape)[i]  # noqa: E731
         raise ValueError(
-            "tau_source, tau_target: both are inf (balanced), so the source and target "
-            "weights must have equal total mass"
+            _unequal_masses(
+                "both are inf",
+                s,
+                (pick(mass_s[0]), pick(mass_s[1])),
+                (pick(mass_t[0]), pick(mass_t[1])),
+            )
         )
+
+
+def _masses(w: Any, mask: Any, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Total mass and number of unmasked units, per problem."""
+    w = np.ones(size) if w is None else np.asarray(w, np.float64)
+    mask = np.ones(size, bool) if mask is None else np.asarray(mask)
+    return np.where(mask, w, 0.0).sum(-1), np.sum(mask, axis=-1)
+
+
+def _unequal_masses(why: str, s: SolverSettings, source: tuple, target: tuple) -> str:
+    def describe(side, mass, weights):
+        total, units = mass
+        if weights is None:
+            return f"the {side} has {int(units)} units of mass 1"
+        return f"the {side} weights sum to {float(total):.6g}"
+
+    weights = s.source_weights is not None or s.target_weights is not None
+    return (
+        f"tau_source, tau_target: {why}, so both marginals are held exactly and need equal "
+        f"total mass, but {describe('source', source, s.source_weights)} and "
+        f"{describe('target', target, s.target_weights)}; make one of them finite"
+        + (" (and below that bound)" if why != "both are inf" else "")
+        + (", or give weights of equal sums" if weights else "")
+    )
 
 
 def _finish(p: _it.Problem, progress: _it.Progress, log_cols: Array) -> SinkhornOutput:
@@ -326,8 +538,10 @@ def _finish(p: _it.Problem, progress: _it.Progress, log_cols: Array) -> Sinkhorn
     return SinkhornOutput(
         f=f,
         g=g,
-        log_row_sums=jnp.where(p.mask_a, p.log_a - f * p.inv_rho_a, -jnp.inf),
-        log_col_sums=jnp.where(p.mask_b, log_cols, -jnp.inf),
+        log_row_sums=jnp.where(
+            p.source_mask, p.log_source_weights - f * p.inv_tau_source, -jnp.inf
+        ),
+        log_col_sums=jnp.where(p.target_mask, log_cols, -jnp.inf),
         n_iters=progress.n_iters,
         error=progress.error,
         converged=progress.error <= p.threshold,
@@ -335,8 +549,8 @@ def _finish(p: _it.Problem, progress: _it.Progress, log_cols: Array) -> Sinkhorn
     )
 
 
-def _defaults(cost, a, b, mask_a, mask_b, f0, eps, rho_a, rho_b, threshold, max_iter):
-    """Fill in defaults and broadcast every argument to the leading shape of ``cost``."""
+def _defaults(cost: Array, s: SolverSettings):
+    """Fill in defaults and broadcast every setting to the leading shape of ``cost``."""
     lead, (n, m), dtype = cost.shape[:-2], cost.shape[-2:], cost.dtype
 
     def full(x, size, fill, kind):
@@ -346,18 +560,18 @@ def _defaults(cost, a, b, mask_a, mask_b, f0, eps, rho_a, rho_b, threshold, max_
 
     problem_args = (
         cost,
-        jnp.log(full(a, (n,), 1.0, dtype)),
-        jnp.log(full(b, (m,), 1.0, dtype)),
-        full(mask_a, (n,), True, jnp.bool_),
-        full(mask_b, (m,), True, jnp.bool_),
-        *(full(x, (), 0.0, dtype) for x in (eps, rho_a, rho_b, threshold)),
-        full(max_iter, (), 0, jnp.int32),
+        jnp.log(full(s.source_weights, (n,), 1.0, dtype)),
+        jnp.log(full(s.target_weights, (m,), 1.0, dtype)),
+        full(s.source_mask, (n,), True, jnp.bool_),
+        full(s.target_mask, (m,), True, jnp.bool_),
+        *(full(x, (), 0.0, dtype) for x in (s.eps, s.tau_source, s.tau_target, s.threshold)),
+        full(s.max_iter, (), 0, jnp.int32),
     )
-    return problem_args, full(f0, (n,), 0.0, dtype)
+    return problem_args, full(s.init, (n,), 0.0, dtype)
 
 
-def _solve_problem(p: _it.Problem, f0: Array, method: str):
-    """One problem, with real branches for the hand-overs. Returns (output, finite flag)."""
+def _solve_problem(p: _it.Problem, f0: Array, method: str) -> Solved:
+    """One problem, with real branches for the hand-overs."""
     progress = _it.start(p, f0)
     if method == "log":
         progress = _it.log_loop(p, progress.f, progress)
@@ -369,10 +583,10 @@ def _solve_problem(p: _it.Problem, f0: Array, method: str):
             stuck | ~cols_ok, lambda: _it.log_col_sums(p, progress), lambda: log_cols
         )
     out = _finish(p, progress, log_cols)
-    return out, _outputs_finite(p, out)
+    return Solved(out, _resolved(p, out))
 
 
-def _solve_vmapped(p: _it.Problem, f0: Array, method: str):
+def _solve_vmapped(p: _it.Problem, f0: Array, method: str) -> Solved:
     """A batch solved in lock-step (accelerators): vmapped loops, and hand-overs taken by a
     non-vmapped ``cond`` only when some problem needs them."""
     every = jax.vmap
@@ -399,33 +613,50 @@ def _solve_vmapped(p: _it.Problem, f0: Array, method: str):
             log_cols,
         )
     out = every(_finish)(p, progress, log_cols)
-    return out, jnp.all(every(_outputs_finite)(p, out))
+    return Solved(out, jnp.all(every(_resolved)(p, out)))
 
 
-def _outputs_finite(p: _it.Problem, out: SinkhornOutput) -> Array:
-    """False when NaN or -inf costs (or a row or column without any finite cost) made the
-    potentials or every step's error non-finite; checked here instead of by a separate pass
-    over the cost."""
-    return (
-        jnp.isfinite(out.error)
-        & jnp.all(jnp.isfinite(jnp.where(p.mask_a, out.f, 0.0)))
-        & jnp.all(jnp.isfinite(jnp.where(p.mask_b, out.g, 0.0)))
-    )
+def _resolved(p: _it.Problem, out: SinkhornOutput) -> Array:
+    """False when the potentials are not finite (NaN or -inf costs, a row or column without a
+    finite cost) or beyond what the dtype resolves, or when both sides are held exactly with
+    unequal total masses (no solution); checked on the outputs, O(n + m), instead of by a
+    separate pass over the cost."""
+    f = jnp.where(p.source_mask, out.f, 0.0)
+    g = jnp.where(p.target_mask, out.g, 0.0)
+    top = jnp.maximum(jnp.max(jnp.abs(f)), jnp.max(jnp.abs(g)))
+    both_exact = (p.inv_tau_source == 0) & (p.inv_tau_target == 0)
+    mass_s = _it.masked_lse(p.log_source_weights, p.source_mask, axis=0)
+    mass_t = _it.masked_lse(p.log_target_weights, p.target_mask, axis=0)
+    balanced = ~both_exact | (jnp.abs(mass_s - mass_t) <= MASS_RTOL)
+    return (top <= p.eps * resolved_range(p.cost.dtype)) & ~jnp.isnan(out.error) & balanced
 
 
 @functools.partial(jax.jit, static_argnames=("method", "lockstep"))
-def _solve_batch(cost, *args, method, lockstep):
-    """``cost`` ``[B, n, m]``. ``lockstep``: vmapped (accelerators); otherwise one problem after
-    another inside one program, each stopping on its own and keeping its kernel in cache."""
-    problem_args, f0 = _defaults(cost, *args)
+def solve(
+    cost: Array, settings: SolverSettings, *, method: str = "auto", lockstep: bool = False
+) -> Solved:
+    """Solve prepared problems: the compiled half of :func:`sinkhorn`.
+
+    Traceable: call it inside your own ``jax.jit`` to build the cost and solve in one program
+    (as :func:`uotsel.transport` does). Nothing is checked here: ``settings`` come from
+    :func:`prepare`, and a ``Solved.ok`` of False must be passed to :func:`explain_failure`.
+
+    Args:
+      cost: ``[n, m]``, or ``[B, n, m]`` for a batch.
+      settings: from :func:`prepare` for the same shape and dtype.
+      method: ``"auto"`` or ``"log"`` (see :func:`sinkhorn`).
+      lockstep: batches only: solve the problems in lock-step (``vmap``; the default on
+        accelerators) rather than one after another inside the program (CPU: each problem
+        stops on its own and keeps its kernel in cache).
+
+    Returns:
+      :class:`Solved`.
+    """
+    problem_args, f0 = _defaults(cost, settings)
+    if cost.ndim == 2:
+        return _solve_problem(_it.make_problem(*problem_args), f0, method)
     p = jax.vmap(_it.make_problem)(*problem_args)
     if lockstep:
         return _solve_vmapped(p, f0, method)
-    out, ok = jax.lax.map(lambda x: _solve_problem(x[0], x[1], method), (p, f0))
-    return out, jnp.all(ok)
-
-
-@functools.partial(jax.jit, static_argnames="method")
-def _solve_one(cost, *args, method):
-    problem_args, f0 = _defaults(cost, *args)
-    return _solve_problem(_it.make_problem(*problem_args), f0, method)
+    solved = jax.lax.map(lambda x: _solve_problem(x[0], x[1], method), (p, f0))
+    return Solved(solved.output, jnp.all(solved.ok))
