@@ -258,11 +258,23 @@ def _write(path, data):
     return str(path)
 
 
+def _object_npy(shape):
+    """The bytes of a ``.npy`` whose header declares Python objects, with an opaque payload:
+    what a pickled object array looks like to a reader that must refuse it (nothing here
+    pickles or unpickles)."""
+    import io as _io
+
+    buf = _io.BytesIO()
+    header = {"descr": "|O", "fortran_order": False, "shape": tuple(shape)}
+    np.lib.format.write_array_header_1_0(buf, header)
+    return buf.getvalue() + bytes(16)
+
+
 @pytest.fixture
 def files(tmp_path):
     np.save(tmp_path / "means.npy", S)
     good = (tmp_path / "means.npy").read_bytes()
-    np.save(tmp_path / "obj.npy", OBJ, allow_pickle=True)
+    (tmp_path / "obj.npy").write_bytes(_object_npy(OBJ.shape))
     np.savez(tmp_path / "units.npz", means=S)
     (tmp_path / "folder").mkdir()
     return {

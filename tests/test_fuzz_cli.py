@@ -28,6 +28,18 @@ def _npy_bytes(array):
         return fh.read()
 
 
+def _object_npy(shape):
+    """The bytes of a ``.npy`` whose header declares Python objects, with an opaque payload:
+    what a pickled object array looks like to a reader that must refuse it (nothing here
+    pickles or unpickles)."""
+    import io as _io
+
+    buf = _io.BytesIO()
+    header = {"descr": "|O", "fortran_order": False, "shape": tuple(shape)}
+    np.lib.format.write_array_header_1_0(buf, header)
+    return buf.getvalue() + bytes(16)
+
+
 @pytest.fixture
 def d(tmp_path):
     """A folder of tiny valid inputs, broken inputs and existing outputs."""
@@ -61,8 +73,9 @@ def d(tmp_path):
     (tmp_path / "trunc.npz").write_bytes((tmp_path / "src.npz").read_bytes()[:300])
     (tmp_path / "text.npz").write_text("hello\n")
     (tmp_path / "text.npy").write_text("1,2,3\n")
-    np.save(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
-    np.savez(tmp_path / "objmeans.npz", means=np.array([[1, 2], [3, None]], dtype=object))
+    (tmp_path / "obj.npy").write_bytes(_object_npy((2,)))
+    with zipfile.ZipFile(tmp_path / "objmeans.npz", "w") as archive:
+        archive.writestr("means.npy", _object_npy((2, 2)))
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00\x81bad\n")
     (tmp_path / "frac.txt").write_text("1\n2.5\n")
     (tmp_path / "names5.txt").write_text("".join(f"class {i}\n" for i in range(5)))
