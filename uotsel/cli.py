@@ -102,22 +102,9 @@ def _default(fn: Callable[..., Any], name: str) -> Any:
     return inspect.signature(fn).parameters[name].default
 
 
-def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    from uotsel import __version__
-    from uotsel.centroids import class_means
-    from uotsel.clustering import kmeans
+def _add_select(sub: Any) -> argparse.ArgumentParser:
     from uotsel.costs import COSTS
-    from uotsel.demo import run
     from uotsel.strategies import STRATEGIES
-
-    parser = OneLineParser(
-        prog="uotsel",
-        description="Choose which pre-training classes or clusters to reuse while fine-tuning, "
-        "by unbalanced optimal transport (Liu et al., NeurIPS 2022).",
-    )
-    parser.add_argument("--version", action="version", version=f"uotsel {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
-    sub.required = True
 
     sel = sub.add_parser(
         "select",
@@ -217,7 +204,10 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
         "name (or index) a line (.txt); needs per-sample unit ids in the source file "
         "('labels' or 'assignment')",
     )
+    return sel
 
+
+def _add_plot(sub: Any) -> argparse.ArgumentParser:
     plot = sub.add_parser(
         "plot",
         help="draw a selection file as a PNG",
@@ -228,6 +218,11 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     )
     plot.add_argument("selection", metavar="SELECTION", help="selection file (.json)")
     plot.add_argument("--out", required=True, help="picture to write (.png)")
+    return plot
+
+
+def _add_centroids(sub: Any) -> argparse.ArgumentParser:
+    from uotsel.centroids import class_means
 
     cen = sub.add_parser(
         "centroids",
@@ -262,6 +257,11 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
         help=f"rows reduced at a time (default: {chunk})",
     )
     cen.add_argument("--out", required=True, help=".npz to write (means, counts, assignment)")
+    return cen
+
+
+def _add_kmeans(sub: Any) -> argparse.ArgumentParser:
+    from uotsel.clustering import kmeans
 
     km = sub.add_parser(
         "kmeans",
@@ -323,6 +323,11 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     )
     km.add_argument("--quiet", action="store_true", help="no progress lines")
     km.add_argument("--out", required=True, help=".npz to write")
+    return km
+
+
+def _add_demo(sub: Any) -> argparse.ArgumentParser:
+    from uotsel.demo import run
 
     demo = sub.add_parser(
         "demo",
@@ -338,20 +343,33 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
         default=top,
         help=f"how many selected class names to list (default: {top})",
     )
+    return demo
+
+
+def _add_embedded(sub: Any) -> argparse.ArgumentParser:
     emb = sub.add_parser(
         "embedded",
         help="list the embedded class-mean feature sets",
         description="List the class-mean feature sets shipped with uotsel (backbone, data set, "
         "units, dimension); use them as embedded:<backbone>/<dataset>.",
     )
-    return parser, {
-        "select": sel,
-        "plot": plot,
-        "centroids": cen,
-        "kmeans": km,
-        "embedded": emb,
-        "demo": demo,
-    }
+    return emb
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    from uotsel import __version__
+
+    parser = OneLineParser(
+        prog="uotsel",
+        description="Choose which pre-training classes or clusters to reuse while fine-tuning, "
+        "by unbalanced optimal transport (Liu et al., NeurIPS 2022).",
+    )
+    parser.add_argument("--version", action="version", version=f"uotsel {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+
+    added = [_add_select, _add_plot, _add_centroids, _add_kmeans, _add_demo, _add_embedded]
+    return parser, {fn.__name__.removeprefix("_add_"): fn(sub) for fn in added}
 
 
 def _enable_compilation_cache() -> None:
