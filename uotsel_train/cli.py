@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
 
@@ -68,17 +69,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--process-id", type=int, help="with --coordinator")
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    from uotsel_train import __version__, config
+def _add_convert_and_extract(sub: Any) -> None:
+    """The ``convert`` and ``extract`` parsers."""
+    from uotsel_train import config
 
-    parser = OneLineParser(
-        prog="uotsel-train",
-        description="Fine-tuning with selected pre-training data (uotsel's training adapter, "
-        "Flax).",
-    )
-    parser.add_argument("--version", action="version", version=f"uotsel-train {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
-    sub.required = True
     conv = sub.add_parser(
         "convert",
         help="torchvision / MoCo-v2 checkpoint to Flax variables",
@@ -119,6 +113,20 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ext.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     ext.add_argument("--out", required=True, help="class means .npz to write")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from uotsel_train import __version__
+
+    parser = OneLineParser(
+        prog="uotsel-train",
+        description="Fine-tuning with selected pre-training data (uotsel's training adapter, "
+        "Flax).",
+    )
+    parser.add_argument("--version", action="version", version=f"uotsel-train {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+    _add_convert_and_extract(sub)
     cfgs = sub.add_parser(
         "configs",
         help="list the paper's experiments as configs, or show one",
