@@ -34,7 +34,8 @@ def block(x: Any) -> Any:
 
 
 def timed(fn: Callable[[], Any], repeats: int = 20, warmup: int = 2) -> dict[str, float]:
-    """First-call time, then the median / min of ``repeats`` calls after ``warmup`` calls (s)."""
+    """First-call time, then the median / min / max of ``repeats`` calls after ``warmup``
+    calls (s); ``steady`` holds the last three as a :func:`spread`."""
     start = time.perf_counter()
     block(fn())
     first = time.perf_counter() - start
@@ -49,7 +50,9 @@ def timed(fn: Callable[[], Any], repeats: int = 20, warmup: int = 2) -> dict[str
         "first_s": first,
         "median_s": statistics.median(times),
         "min_s": min(times),
+        "max_s": max(times),
         "repeats": repeats,
+        "steady": spread(times),
     }
 
 
@@ -78,6 +81,7 @@ def machine() -> dict[str, Any]:
             pass
     dev = jax.devices()[0]
     return {
+        **threads(),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory_gb": mem_gb,
@@ -89,14 +93,70 @@ def machine() -> dict[str, Any]:
     }
 
 
+def threads() -> dict[str, Any]:
+    """What decides the speed besides the CPU: numpy's BLAS, thread settings, JAX flags, and
+    the load average when the benchmark started (other work on the machine)."""
+    blas = "unknown"
+    try:
+        config = np.show_config(mode="dicts")
+        blas_info = config.get("Build Dependencies", {}).get("blas", {})
+        blas = f"{blas_info.get('name', '?')} {blas_info.get('version', '')}".strip()
+    except (TypeError, AttributeError):
+        pass
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")
+    env = {name: os.environ[name] for name in names if name in os.environ}
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    import jax
+
+    return {
+        "blas": blas,
+        "env": env,
+        "jax_x64": bool(jax.config.jax_enable_x64),
+        "load_average": load,
+    }
+
+
 def machine_line(info: dict[str, Any]) -> str:
     v = info["versions"]
+    env = ", ".join(f"{k}={val}" for k, val in info.get("env", {}).items())
+    env = env or "no thread or XLA flags set"
     return (
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; JAX "
         f"{v.get('jax')} on {info['jax_backend']} ({info['jax_device']}); numpy "
-        f"{v.get('numpy')}, POT {v.get('pot', '-')}, ott-jax {v.get('ott-jax', '-')}; "
-        f"{info['date']}."
+        f"{v.get('numpy')} ({info.get('blas', '?')} BLAS), POT {v.get('pot', '-')}, ott-jax "
+        f"{v.get('ott-jax', '-')}; {env}; load average {info.get('load_average')} at the "
+        f"start; {info['date']}."
     )
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Minimum, median and maximum of repeated measurements."""
+    return {
+        "min": float(min(values)),
+        "median": float(statistics.median(values)),
+        "max": float(max(values)),
+        "runs": len(values),
+    }
+
+
+def ratio(a: dict[str, float], b: dict[str, float]) -> str:
+    """``a / b`` of two :func:`spread` medians, to one significant figure, or two when both
+    spreads ((max - min) / median) are under 10 %."""
+    r = a["median"] / b["median"]
+    rel = max((x["max"] - x["min"]) / x["median"] for x in (a, b))
+    digits = 2 if rel < 0.1 else 1
+    text = f"{r:.{digits}g}"
+    if "e" in text:  # large ratios: plain integers
+        text = f"{float(text):.0f}"
+    return text
+
+
+def span_ms(x: dict[str, float]) -> str:
+    """``median (min-max)`` in milliseconds."""
+    return f"{x['median'] * 1e3:.3g} ({x['min'] * 1e3:.3g}-{x['max'] * 1e3:.3g})"
 
 
 def write_results(name: str, markdown: str, payload: dict[str, Any]) -> None:

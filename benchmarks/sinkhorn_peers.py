@@ -7,7 +7,10 @@ Problems (cosine cost, eps_c = 0.01, eps = 1, tau 1 / 100, unit weights):
   random-2000x200: Gaussian features, D = 128;
   cub-1000x200: the paper's ImageNet x CUB class means (ResNet18).
 
-For every peer: first call (compilation) and steady state (median of >= 20 runs), cost
+Peers in float32 and float64 where they run in both (POT computes in its inputs' dtype;
+ott-jax and uotsel in float64 under ``jax.enable_x64``). For every peer: first call in this
+process (compilation included, after ``jax.clear_caches``; ``benchmarks.first_call`` measures
+first calls in new processes) and steady state (median, min and max of >= 20 runs), cost
 computation included; iterations; the largest relative error of ``P 1`` over all rows against
 a float64 reference converged to 1e-13; top-100 agreement; and time to accuracy (1e-4, 1e-6).
 
@@ -32,6 +35,8 @@ from benchmarks import _common as C
 EPS, TAU_S, TAU_T, EPS_C = 1.0, 1.0, 100.0, 0.01
 K_S, K_T = TAU_S / (TAU_S + EPS), TAU_T / (TAU_T + EPS)
 HIGHEST = jax.lax.Precision.HIGHEST
+# Thresholds tried, tightest first, for ott-jax's best converging setting in each dtype.
+OTT_THRESHOLDS = {32: (1e-5, 3e-5, 1e-4, 2e-4, 5e-4), 64: (1e-8, 1e-7, 1e-6, 1e-5)}
 
 
 def problems():
@@ -60,21 +65,23 @@ def reference_log_rows(cost64: np.ndarray) -> np.ndarray:
 # --- peers: each returns (log row sums float64, iterations) -------------------------------
 
 
-def _pot(solver_name, check_every, src, tgt, n_iter=None):
-    """POT's solver; iterations from its error log, which it fills every ``check_every``
-    iterations (and at the first)."""
+def _pot(solver_name, check_every, dtype, src, tgt, n_iter=None):
+    """POT's solver on inputs of ``dtype`` (it computes in their dtype); iterations from its
+    error log, which it fills every ``check_every`` iterations (and at the first)."""
     import ot
 
-    cost = C.cosine64(src, tgt, EPS_C)
+    cost = C.cosine64(src, tgt, EPS_C).astype(dtype)
     n, m = cost.shape
     kw = {"numItermax": n_iter, "stopThr": 0.0} if n_iter else {}
     solve = getattr(ot.unbalanced, solver_name)
-    plan, log = solve(np.ones(n), np.ones(m), cost, EPS, (TAU_S, TAU_T), log=True, **kw)
-    return np.log(plan.sum(1)), check_every * (len(log["err"]) - 1) + 1
+    a, b = np.ones(n, dtype), np.ones(m, dtype)
+    plan, log = solve(a, b, cost, EPS, (TAU_S, TAU_T), log=True, **kw)
+    return np.log(plan.sum(1).astype(np.float64)), check_every * (len(log["err"]) - 1) + 1
 
 
-pot_knopp = functools.partial(_pot, "sinkhorn_knopp_unbalanced", 1)
-pot_stabilized = functools.partial(_pot, "sinkhorn_stabilized_unbalanced", 10)
+pot_knopp = functools.partial(_pot, "sinkhorn_knopp_unbalanced", 1, np.float64)
+pot_knopp32 = functools.partial(_pot, "sinkhorn_knopp_unbalanced", 1, np.float32)
+pot_stabilized = functools.partial(_pot, "sinkhorn_stabilized_unbalanced", 10, np.float64)
 
 
 def paper_numpy(src, tgt, n_iter=None):
@@ -229,6 +236,7 @@ def bench_problem(name, src, tgt, repeats):
 
     as_pair = lambda out: out  # noqa: E731
     record("POT sinkhorn_knopp_unbalanced (f64)", lambda: pot_knopp(src, tgt), as_pair)
+    record("POT sinkhorn_knopp_unbalanced (f32)", lambda: pot_knopp32(src, tgt), as_pair)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         record(
@@ -240,23 +248,27 @@ def bench_problem(name, src, tgt, repeats):
         f, g, n_iters, _ = out
         return ott_log_rows(src, tgt, f, g), int(n_iters)
 
-    ott_default = _ott_solver(1e-3)
-    rec = record(
-        "ott-jax Sinkhorn, threshold 1e-3 (f32)", lambda: ott_default(srcj, tgtj), ott_rows
-    )
-    rec["converged"] = bool(ott_default(srcj, tgtj)[3])
-    tight = None
-    for thr in (1e-5, 3e-5, 1e-4, 2e-4, 5e-4):
-        if bool(_ott_solver(thr)(srcj, tgtj)[3]):
-            tight = thr
-            break
-    if tight is not None:
-        ott_tight = _ott_solver(tight)
-        record(
-            f"ott-jax Sinkhorn, threshold {tight:g} (f32, tightest reached)",
-            lambda: ott_tight(srcj, tgtj),
-            ott_rows,
-        )
+    for bits in (32, 64):
+        with jax.enable_x64(bits == 64):
+            dtype = jnp.float32 if bits == 32 else jnp.float64
+            s_in, t_in = jnp.asarray(src, dtype), jnp.asarray(tgt, dtype)
+            ott_default = _ott_solver(1e-3)
+            rec = record(
+                f"ott-jax Sinkhorn, threshold 1e-3 (f{bits})",
+                lambda: ott_default(s_in, t_in),  # noqa: B023
+                ott_rows,
+            )
+            rec["converged"] = bool(ott_default(s_in, t_in)[3])
+            tight = next(
+                (t for t in OTT_THRESHOLDS[bits] if bool(_ott_solver(t)(s_in, t_in)[3])), None
+            )
+            if tight is not None:
+                ott_tight = _ott_solver(tight)
+                record(
+                    f"ott-jax Sinkhorn, threshold {tight:g} (f{bits}, tightest reached)",
+                    lambda: ott_tight(s_in, t_in),  # noqa: B023
+                    ott_rows,
+                )
 
     def ours(out):
         return np.asarray(out.log_row_sums, np.float64), int(out.n_iters)
@@ -268,6 +280,9 @@ def bench_problem(name, src, tgt, repeats):
     record("uotsel cosine_cost + sinkhorn, two calls (f32)", lambda: split(srcj, tgtj), ours)
     log_only = uotsel_run(method="log")
     record("uotsel transport method='log' (f32)", lambda: log_only(srcj, tgtj), ours)
+    with jax.enable_x64(True):
+        s64, t64 = jnp.asarray(src, jnp.float64), jnp.asarray(tgt, jnp.float64)
+        record("uotsel transport (f64, certified 1e-5)", lambda: auto(s64, t64), ours)
 
     floor = floor_ms(src, tgt, rec_auto["iterations"], repeats)
     tta = time_to_accuracy(src, tgt, srcj, tgtj, ref, repeats)
@@ -284,15 +299,26 @@ def bench_problem(name, src, tgt, repeats):
 def time_to_accuracy(src, tgt, srcj, tgtj, ref, repeats):
     out = []
     ott_rows = lambda o: ott_log_rows(src, tgt, o[0], o[1])  # noqa: E731
+
+    def ott64(k):
+        with jax.enable_x64(True):
+            s64, t64 = jnp.asarray(src, jnp.float64), jnp.asarray(tgt, jnp.float64)
+            return jax.block_until_ready(_ott_solver(0, k)(s64, t64))
+
     peers = {
         "POT knopp (f64)": (
             lambda k: pot_knopp(src, tgt, k)[0],
             lambda k: lambda: pot_knopp(src, tgt, k),
         ),
+        "POT knopp (f32)": (
+            lambda k: pot_knopp32(src, tgt, k)[0],
+            lambda k: lambda: pot_knopp32(src, tgt, k),
+        ),
         "ott-jax (f32)": (
             lambda k: ott_rows(_ott_solver(0, k)(srcj, tgtj)),
             lambda k: functools.partial(_ott_solver(0, k), srcj, tgtj),
         ),
+        "ott-jax (f64)": (lambda k: ott_rows(ott64(k)), lambda k: functools.partial(ott64, k)),
     }
     for target in (1e-4, 1e-6):
         for peer, (rows_at, runner) in peers.items():
@@ -344,15 +370,13 @@ def markdown(info, results, device_label):
     ]
     for res in results:
         peers = res["peers"]
-        pot = next(p for p in peers if p["peer"].startswith("POT sinkhorn_knopp"))
-        ott = next(p for p in peers if p["peer"].startswith("ott-jax Sinkhorn, threshold 1e-3"))
         ours = next(p for p in peers if p["peer"].startswith("uotsel transport (f32"))
         rows = [
             [
                 p["peer"],
                 C.ms(p["first_s"]),
-                C.ms(p["median_s"]),
-                f"{p['median_s'] / ours['median_s']:.1f}",
+                C.span_ms(p["steady"]),
+                C.ratio(p["steady"], ours["steady"]),
                 p["iterations"],
                 f"{p['rel_error']:.1e}",
                 p["top100"],
@@ -367,8 +391,8 @@ def markdown(info, results, device_label):
                 [
                     "peer",
                     "first call ms",
-                    "steady ms",
-                    "x uotsel",
+                    "steady ms, median (min-max)",
+                    "steady x uotsel",
                     "iterations",
                     "max rel. error P1",
                     "top-100 overlap",
@@ -376,14 +400,12 @@ def markdown(info, results, device_label):
                 rows,
             ),
             "",
-            f"uotsel is {pot['median_s'] / ours['median_s']:.1f}x faster than POT's "
-            f"`sinkhorn_knopp_unbalanced` and {ott['median_s'] / ours['median_s']:.1f}x "
-            f"faster than ott-jax at its default threshold; its reported certified error "
-            f"was {ours.get('reported_error', float('nan')):.1e}.",
+            _verdict(peers, ours),
+            f"Its reported certified error was {ours.get('reported_error', float('nan')):.1e}. "
             f"Floor on this machine: cost matmul {C.ms(fl['matmul_s'])} ms + one exp pass "
             f"{C.ms(fl['exp_s'])} ms + {fl['iterations']} x 2 matrix-vector passes "
             f"{C.ms(fl['matvec_passes_s'])} ms = {C.ms(fl['floor_s'])} ms; uotsel is at "
-            f"{ours['median_s'] / fl['floor_s']:.2f}x the floor.",
+            f"{ours['median_s'] / fl['floor_s']:.2g}x the floor.",
             "",
         ]
         tta = [
@@ -404,6 +426,21 @@ def markdown(info, results, device_label):
             "",
         ]
     return "\n".join(lines)
+
+
+def _verdict(peers, ours):
+    """One sentence per problem: uotsel against each external peer, slower ones included."""
+    parts = []
+    for p in peers:
+        if p["peer"].startswith(("uotsel", "paper's")):
+            continue
+        r = C.ratio(p["steady"], ours["steady"])
+        if p["median_s"] >= ours["median_s"]:
+            parts.append(f"{r}x faster than {p['peer']}")
+        else:
+            slower = C.ratio(ours["steady"], p["steady"])
+            parts.append(f"**{slower}x slower** than {p['peer']}")
+    return "Steady state, uotsel `transport` is " + "; ".join(parts) + "."
 
 
 def main() -> None:

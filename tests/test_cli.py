@@ -117,7 +117,7 @@ def test_centroids_then_select(tmp_path, rng, capsys):
     np.save(tmp_path / "f.npy", features)
     np.save(tmp_path / "l.npy", labels)
     (tmp_path / "names.txt").write_text("\n".join(f"class {i}" for i in range(6)) + "\n")
-    code, stdout, _ = _run(
+    code, stdout, err = _run(
         [
             "centroids",
             "--features",
@@ -133,6 +133,13 @@ def test_centroids_then_select(tmp_path, rng, capsys):
         ],
         capsys,
     )
+    # In a log (not a terminal): one line when a pass starts and one when it ends.
+    assert [line.split(")")[0] + ")" for line in err.splitlines()] == [
+        "checking features 17/200 (8%)",
+        "checking features 200/200 (100%)",
+        "class means 17/200 (8%)",
+        "class means 200/200 (100%)",
+    ]
     assert code == 0 and "6 class means" in stdout
     with np.load(tmp_path / "m.npz", allow_pickle=False) as m:
         np.testing.assert_allclose(
@@ -179,7 +186,14 @@ def test_kmeans_then_select_expands_to_sample_names(tmp_path, rng, capsys):
         ],
         capsys,
     )
-    assert code == 0 and "6 clusters of 600 samples" in out and "iteration 1/50" in err
+    assert code == 0 and "6 clusters of 600 samples" in out
+    lines = err.splitlines()
+    assert lines[0].startswith("checking features 600/600 (100%)")
+    assert lines[1].startswith("k-means seeding 1/8 (12%) objective ")
+    assert lines[2].startswith("k-means seeding 8/8 (100%) objective ")
+    assert lines[3].startswith("k-means Lloyd 1/50 (2%) objective ")
+    assert re.match(r"k-means Lloyd \d+/50 \(\d+%\) objective \S+ moved \d+\.\d\d% ", lines[4])
+    assert len(lines) == 5
     with np.load(tmp_path / "c.npz", allow_pickle=False) as c:
         assert c["means"].shape == (6, 8) and c["assignment"].shape == (600,)
         assert (
@@ -304,6 +318,18 @@ def test_greedy_ot_uses_l2_unless_a_cost_is_given(files, capsys):
         capsys,
     )
     assert code == 0 and json.loads((tmp / "n.json").read_text())["settings"]["cost"] == "cosine"
+
+
+def test_quiet_commands_write_nothing_on_stderr(tmp_path, rng, capsys):
+    np.save(tmp_path / "f.npy", rng.normal(size=(100, 4)).astype(np.float32))
+    np.save(tmp_path / "l.npy", np.arange(100) % 3)
+    for args in (
+        ["kmeans", "--features", tmp_path / "f.npy", "--k", 3, "--out", tmp_path / "k.npz"],
+        ["centroids", "--features", tmp_path / "f.npy", "--labels", tmp_path / "l.npy"]
+        + ["--out", tmp_path / "c.npz"],
+    ):
+        code, out, err = _run([*args, "--quiet"], capsys)
+        assert code == 0 and out.strip() and err == ""
 
 
 def test_kmeans_bad_inputs(tmp_path, capsys):

@@ -23,11 +23,34 @@ def test_transport_equals_cost_then_sinkhorn(rng, cost):
 def test_transport_does_not_recompile_for_settings(rng):
     source = rng.normal(size=(40, 5)).astype(np.float32)
     target = rng.normal(size=(7, 5)).astype(np.float32)
+    programs = [
+        getattr(transport_module, name)
+        for name in ("_transport_one", "_transport_first", "_transport_rest")
+    ]
     uotsel.transport(source, target)
-    before = transport_module._transport_one._cache_size()
+    uotsel.transport(source, target, method="log")
+    before = [program._cache_size() for program in programs]
+    assert before[:2] != [0, 0]
     for eps_c, tau in ((0.02, 10.0), (0.5, math.inf), (0.003, 0.5)):
-        uotsel.transport(source, target, eps_c=eps_c, tau_target=tau, eps=2.0, threshold=1e-4)
-    assert transport_module._transport_one._cache_size() == before
+        for method in ("auto", "log"):
+            uotsel.transport(
+                source, target, eps_c=eps_c, tau_target=tau, eps=2.0, threshold=1e-4, method=method
+            )
+    assert [program._cache_size() for program in programs] == before
+
+
+def test_transport_hands_over_like_sinkhorn():
+    """Costs the absorbed kernel cannot carry (see test_unbalanced): the second program runs
+    and gives the answer of the one-program solve."""
+    source = np.array([[0.0]] * 5 + [[300.0]] * 5, np.float32)
+    target = np.array([[0.0], [200.0]], np.float32)
+    before = transport_module._transport_rest._cache_size()
+    fused = uotsel.transport(source, target, cost="l2", tau_target=0.05)
+    assert transport_module._transport_rest._cache_size() == before + 1
+    logs = uotsel.transport(source, target, cost="l2", tau_target=0.05, method="log")
+    assert bool(fused.converged)
+    np.testing.assert_allclose(fused.log_row_sums, logs.log_row_sums, atol=2e-5)
+    np.testing.assert_allclose(fused.log_col_sums, logs.log_col_sums, atol=2e-5)
 
 
 @pytest.mark.parametrize(

@@ -179,7 +179,8 @@ def test_kernel_hands_over_to_the_log_domain_when_out_of_range():
         1000,
     )
     f0 = jnp.zeros(10)
-    _, stuck, *_ = _iterations.kernel_loop(p, f0, _iterations.start(p, f0))
+    start = _iterations.initial_pass(p, f0, _iterations.start(p, f0))
+    _, stuck = _iterations.kernel_loop(p, start, jnp.bool_(False))
     assert bool(stuck)
     auto = uotsel.sinkhorn(cost, tau_target=0.05)
     ref_rows, ref_cols = log_domain_marginals(cost, 1.0, 1.0, 0.05)
@@ -231,7 +232,10 @@ def test_no_recompilation_when_settings_change():
     source = rng.normal(size=(50, 8)).astype(np.float32)
     target = rng.normal(size=(12, 8)).astype(np.float32)
     uotsel.sinkhorn(uotsel.cosine_cost(source, target))
-    solve_before = unbalanced.solve._cache_size()
+    uotsel.sinkhorn(uotsel.cosine_cost(source, target), method="log")
+    programs = (unbalanced.solve, unbalanced._first_program, unbalanced._rest_program)
+    solve_before = [program._cache_size() for program in programs]
+    assert solve_before[:2] != [0, 0]
     from uotsel import costs
 
     cost_before = costs.pairwise._cache_size()
@@ -243,7 +247,8 @@ def test_no_recompilation_when_settings_change():
         c = uotsel.cosine_cost(source, target, eps_c)
         uotsel.sinkhorn(c, eps=eps, tau_source=tau_s, tau_target=tau_t, threshold=thr, max_iter=500)
         uotsel.sinkhorn(3.0 * c, eps=eps, tau_source=tau_s, tau_target=tau_t)
-    assert unbalanced.solve._cache_size() == solve_before
+        uotsel.sinkhorn(c, eps=eps, tau_source=tau_s, tau_target=tau_t, method="log")
+    assert [program._cache_size() for program in programs] == solve_before
     assert costs.pairwise._cache_size() == cost_before
 
 
@@ -432,3 +437,48 @@ def test_lockstep_batches_match_sequential_batches():
         np.testing.assert_array_equal(seq.n_iters, lock.n_iters)
         np.testing.assert_allclose(seq.log_row_sums, lock.log_row_sums, atol=1e-6)
         np.testing.assert_allclose(seq.log_col_sums, lock.log_col_sums, atol=1e-6)
+
+
+def _staged_cases():
+    rng = np.random.default_rng(13)
+    easy = rng.uniform(0, 8, size=(10, 2)).astype(np.float32)
+    hard = _hard_for_the_kernel()
+    batch = np.stack([easy, hard, np.where(np.arange(2) < 1, easy, 1e6)])
+    mask = np.array([[True, True], [True, True], [True, False]])
+    return [
+        ("easy", easy, {}, False),
+        ("hard", hard, {}, True),
+        ("wide", rng.uniform(0, 300, size=(40, 7)).astype(np.float32), {}, None),
+        ("batch", batch, {"target_mask": mask}, True),
+    ]
+
+
+@pytest.mark.parametrize("lockstep", [False, True])
+@pytest.mark.parametrize("case", _staged_cases(), ids=lambda c: c[0])
+def test_two_programs_give_the_answer_of_one(case, lockstep):
+    """solve_first (+ solve_rest when asked) is solve split in two programs: same iterations,
+    same scores; the first alone finishes an easy problem."""
+    _, cost, kwargs, needs_rest = case
+    lead = cost.shape[:-2]
+    settings = unbalanced.prepare(lead, *cost.shape[-2:], np.float32, tau_target=0.05, **kwargs)
+    whole = unbalanced.solve(cost, settings, lockstep=lockstep)
+    _, _, more = unbalanced.solve_first(cost, settings, lockstep=lockstep)
+    if needs_rest is not None:
+        assert bool(more) == needs_rest
+    staged = unbalanced.solve_staged(cost, settings, lockstep=lockstep)
+    assert bool(whole.ok) and bool(staged.ok)
+    np.testing.assert_array_equal(staged.output.n_iters, whole.output.n_iters)
+    for name in ("log_row_sums", "log_col_sums", "error"):
+        np.testing.assert_allclose(
+            getattr(staged.output, name), getattr(whole.output, name), rtol=1e-6, atol=1e-6
+        )
+
+
+def test_second_program_compiled_only_when_needed(paper_features):
+    source, target = paper_features["resnet18_supervised"]
+    before = unbalanced._rest_program._cache_size()
+    out = uotsel.sinkhorn(uotsel.cosine_cost(source[:333], target[:77], 0.1))
+    assert bool(out.converged)
+    assert unbalanced._rest_program._cache_size() == before
+    uotsel.sinkhorn(_hard_for_the_kernel()[:9], tau_target=0.05)
+    assert unbalanced._rest_program._cache_size() == before + 1

@@ -15,6 +15,7 @@ Depends on jax and numpy only.
 """
 
 from uotsel import embedded
+from uotsel.cache import enable_compilation_cache
 from uotsel.centroids import ClassMeanAccumulator, ClassMeans, class_means
 from uotsel.clustering import KMeansResult, kmeans
 from uotsel.costs import COSTS, cosine_cost, cost_matrix, l2_cost, sqeuclidean_cost
@@ -38,6 +39,7 @@ __all__ = [
     "cosine_cost",
     "cost_matrix",
     "embedded",
+    "enable_compilation_cache",
     "expand_to_samples",
     "kmeans",
     "l2_cost",

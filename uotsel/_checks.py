@@ -125,12 +125,19 @@ def whole_numbers(values: Any, name: str) -> np.ndarray:
 
 
 def check_rows(
-    x: Any, name: str, *, chunk_size: int = 65536, nonzero: bool = False, float32: bool = True
+    x: Any,
+    name: str,
+    *,
+    chunk_size: int = 65536,
+    nonzero: bool = False,
+    float32: bool = True,
+    progress: Any = None,
 ) -> None:
     """Scan a concrete ``[n, d]`` array (a ``np.memmap`` too) ``chunk_size`` rows at a time.
 
     Raises naming ``name`` and the first bad row when a row holds NaN or inf, a value beyond
-    float32's range (``float32``), or only zeros (``nonzero``).
+    float32's range (``float32``), or only zeros (``nonzero``). ``progress``, when given, is
+    called with the number of rows checked after every chunk.
     """
     limit = float(np.finfo(np.float32).max)
     for lo in range(0, x.shape[0], chunk_size):
@@ -148,3 +155,5 @@ def check_rows(
         if nonzero and (top == 0).any():
             row = lo + int(np.flatnonzero(top == 0)[0])
             raise ValueError(f"{name}: row {row} is all zeros")
+        if progress is not None:
+            progress(block.shape[0])

@@ -155,20 +155,71 @@ def _step_error(p: Problem, step: Array) -> Array:
     return jnp.expm1(jnp.maximum(p.row_gain, p.col_gain) * delta)
 
 
-def _shift(p: Problem, f_new: Array, g: Array) -> Array:
-    """Optimal translation of the dual at ``(f_new, g)``, or 0 when the log-mass difference it
-    comes from is within rounding (the gain can be large, and a shift made of rounding noise
+def _shift(p: Problem, mass_source: Array, mass_target: Array) -> Array:
+    """Optimal translation of the dual given the log-masses of the current plan's marginals
+    (``log sum P 1`` from the row side, ``log sum P^T 1`` from the column side), or 0 when their
+    difference is within rounding (the gain can be large, and a shift made of rounding noise
     would keep the iteration from settling)."""
-    mass_source = masked_lse(p.log_source_weights - f_new * p.inv_tau_source, p.source_mask, axis=0)
-    mass_target = masked_lse(p.log_target_weights - g * p.inv_tau_target, p.target_mask, axis=0)
     diff = mass_source - mass_target
     # Rounding of the two log-masses: a few ulps of each, plus the float sums over n and m
     # terms (relative error ~ sqrt(terms) * eps).
-    terms = f_new.shape[0] + g.shape[0]
+    terms = p.log_source_weights.shape[0] + p.log_target_weights.shape[0]
     noise = jnp.finfo(diff.dtype).eps * (
         4 * (jnp.abs(mass_source) + jnp.abs(mass_target) + 1.0) + 2 * math.sqrt(terms)
     )
     return jnp.where(jnp.abs(diff) > noise, p.shift_gain * diff, 0.0)
+
+
+def _log_masses(p: Problem, f_new: Array, g: Array) -> tuple[Array, Array]:
+    """Log total masses implied by ``f_new`` (rows) and ``g`` (columns)."""
+    rows = p.log_source_weights - f_new * p.inv_tau_source
+    cols = p.log_target_weights - g * p.inv_tau_target
+    return masked_lse(rows, p.source_mask, axis=0), masked_lse(cols, p.target_mask, axis=0)
+
+
+def reduce_many(*parts: tuple[str, Array]) -> tuple[Array, ...]:
+    """Several full reductions of equally shaped arrays in one pass (one reduction for XLA).
+
+    ``parts`` are ``(kind, array)`` with kind ``"max"``, ``"min"`` or ``"lse"`` (log-sum-exp,
+    accumulated as a running maximum and a sum rescaled to it); one result per part. NaN
+    propagates through every kind.
+    """
+    kinds = [kind for kind, _ in parts]
+    operands, inits = [], []
+    for kind, x in parts:
+        dtype = x.dtype
+        if kind == "lse":
+            operands += [x, jnp.ones_like(x)]
+            inits += [jnp.array(-jnp.inf, dtype), jnp.array(0.0, dtype)]
+        else:
+            operands.append(x)
+            inits.append(jnp.array(-jnp.inf if kind == "max" else jnp.inf, dtype))
+
+    def combine(left, right):
+        out, i = [], 0
+        for kind in kinds:
+            if kind == "lse":
+                (m1, s1), (m2, s2) = left[i : i + 2], right[i : i + 2]
+                top = jnp.maximum(m1, m2)
+                safe = jnp.where(jnp.isfinite(top), top, 0.0)
+                out += [top, s1 * jnp.exp(m1 - safe) + s2 * jnp.exp(m2 - safe)]
+                i += 2
+            else:
+                out.append((jnp.maximum if kind == "max" else jnp.minimum)(left[i], right[i]))
+                i += 1
+        return tuple(out)
+
+    dims = tuple(range(operands[0].ndim))
+    reduced = jax.lax.reduce(tuple(operands), tuple(inits), combine, dims)
+    results, i = [], 0
+    for kind in kinds:
+        if kind == "lse":
+            results.append(reduced[i] + jnp.log(reduced[i + 1]))
+            i += 2
+        else:
+            results.append(reduced[i])
+            i += 1
+    return tuple(results)
 
 
 def _record(progress: Progress, f_new: Array, g: Array, error: Array) -> Progress:
@@ -217,107 +268,149 @@ def log_loop(p: Problem, f: Array, progress: Progress) -> Progress:
         g = g_update(p, f)
         f_new = f_update(p, g)
         progress = _record(progress, f_new, g, _step_error(p, f_new - f))
-        f_next = jnp.where(p.source_mask, f_new + _shift(p, f_new, g), 0.0)
+        f_next = jnp.where(p.source_mask, f_new + _shift(p, *_log_masses(p, f_new, g)), 0.0)
         return f_next, progress
 
     _, progress = jax.lax.while_loop(lambda s: keep_going(p, s[1]), body, (f, progress))
     return progress
 
 
-def kernel_loop(p: Problem, f: Array, progress: Progress):
-    """Absorbed-kernel iterations from ``f``.
+class Pass(NamedTuple):
+    """The end of one run of kernel iterations (see :func:`kernel_pass`)."""
+
+    f: Array  # [n] potentials reached (the next absorption point)
+    g: Array  # [m]
+    progress: Progress
+    again: Array  # absorb again and continue (the kernel left its range, or drifted far)
+    bad: Array  # the last iteration was refused (sums near the float range)
+    log_cols: Array  # [m] log column sums of the best plan, valid where cols_ok
+    cols_ok: Array
+
+
+def _tiny(p: Problem) -> tuple[Array, Array]:
+    """Row and column sums of normalised products below these could be missing underflowed
+    terms worth more than a rounding error: such an iteration is refused."""
+    info = jnp.finfo(p.cost.dtype)
+    n, m = p.cost.shape
+    return info.tiny * m / info.eps, info.tiny * n / info.eps
+
+
+def first_g(p: Problem, f: Array) -> Array:
+    """The eps = 0 transform of ``f``: absorbed at ``(f, first_g(f))`` every row and column of
+    the kernel has its maximum at 1."""
+    g0 = jnp.min(jnp.where(_grid(p), p.cost - f[:, None], jnp.inf), axis=0)
+    return jnp.where(p.target_mask, g0, 0.0)
+
+
+def absorb(p: Problem, f: Array, g: Array) -> tuple[Array, Array]:
+    """The kernel ``[n, m]`` absorbed at ``(f, g)`` with its row maxima ``r`` ``[n]`` taken out."""
+    z = jnp.where(_grid(p), (f[:, None] + g[None, :] - p.cost) / p.eps, -jnp.inf)
+    r = jnp.where(p.source_mask, jnp.max(z, axis=1), 0.0)
+    return jnp.exp(z - r[:, None]), r
+
+
+def kernel_pass(p: Problem, f: Array, g: Array, progress: Progress) -> Pass:
+    """Absorb the kernel at ``(f, g)`` and iterate on it until the stopping rule fires, an
+    iteration is refused, or the potentials drift ``REABSORB_AT`` from the absorption point."""
+    kernel, r = absorb(p, f, g)
+    tiny_rows, tiny_cols = _tiny(p)
+    # Potentials are tracked as deviations from the absorption point: f + eps * w and
+    # g + eps * lv. The large per-row offsets r enter only through constants computed once
+    # here, so the step w_new - w carries no rounding of |f| (the stopping rule needs it).
+    top_r = jnp.max(jnp.where(p.source_mask, r, -jnp.inf))
+    rel_r = jnp.where(p.source_mask, r - top_r, -jnp.inf)
+    e = p.log_source_weights - f * p.inv_tau_source - r
+    c = p.log_target_weights - g * p.inv_tau_target - top_r
+
+    def body(state):
+        w, lv_prev, top_u, progress, _, _ = state
+        s = jnp.exp(rel_r + w - top_u) @ kernel
+        lv = jnp.where(p.target_mask, p.k_target * (c - jnp.log(s) - top_u), 0.0)
+        g_new = g + p.eps * lv
+        top_v, low_s, mass_target = reduce_many(
+            ("max", jnp.where(p.target_mask, lv, -jnp.inf)),
+            ("min", jnp.where(p.target_mask, s, jnp.inf)),
+            (
+                "lse",
+                jnp.where(p.target_mask, p.log_target_weights - g_new * p.inv_tau_target, -jnp.inf),
+            ),
+        )
+        rv = kernel @ jnp.where(p.target_mask, jnp.exp(lv - top_v), 0.0)
+        w_new = jnp.where(p.source_mask, p.k_source * (e - jnp.log(rv) - top_v), 0.0)
+        f_new = f + p.eps * w_new
+        low_rv, step, mass_source = reduce_many(
+            ("min", jnp.where(p.source_mask, rv, jnp.inf)),
+            ("max", jnp.where(p.source_mask, jnp.abs(w_new - w), 0.0)),
+            (
+                "lse",
+                jnp.where(p.source_mask, p.log_source_weights - f_new * p.inv_tau_source, -jnp.inf),
+            ),
+        )
+        # Sums in range (NaN fails the comparison) also make both logarithms finite.
+        bad = ~(low_s >= tiny_cols) | ~(low_rv >= tiny_rows)
+        error = jnp.expm1(jnp.maximum(p.row_gain, p.col_gain) * (p.eps * step))
+        updated = _record(progress, f_new, g_new, error)
+        w_next = jnp.where(p.source_mask, w_new + _shift(p, mass_source, mass_target) / p.eps, 0.0)
+        drift, top_next = reduce_many(
+            ("max", jnp.abs(w_next)), ("max", jnp.where(p.source_mask, rel_r + w_next, -jnp.inf))
+        )
+        keep = lambda new, old: jnp.where(bad, old, new)  # noqa: E731
+        return (
+            keep(w_next, w),
+            keep(lv, lv_prev),
+            keep(top_next, top_u),
+            jax.tree.map(keep, updated, progress),
+            bad,
+            (drift > REABSORB_AT) & ~bad,
+        )
+
+    top_u = jnp.max(rel_r)
+    zero = jnp.bool_(False)
+    state = (jnp.zeros_like(f), jnp.zeros_like(g), top_u, progress, zero, zero)
+    w, lv, _, progress, bad, far = jax.lax.while_loop(
+        lambda s: keep_going(p, s[3]) & ~s[4] & ~s[5], body, state
+    )
+    # Column sums of the best plan, from this kernel: one more matrix-vector product.
+    z = jnp.where(p.source_mask, rel_r + (progress.f - f) / p.eps, -jnp.inf)
+    top = jnp.max(z)
+    s_best = jnp.exp(z - top) @ kernel
+    log_cols = (progress.g - g) / p.eps + jnp.log(s_best) + top + top_r
+    cols_ok = jnp.all(~p.target_mask | ((s_best >= tiny_cols) & jnp.isfinite(log_cols)))
+    return Pass(
+        f=jnp.where(p.source_mask, f + p.eps * w, 0.0),
+        g=jnp.where(p.target_mask, g + p.eps * lv, 0.0),
+        progress=progress,
+        again=bad | far,
+        bad=bad,
+        log_cols=log_cols,
+        cols_ok=cols_ok,
+    )
+
+
+def initial_pass(p: Problem, f: Array, progress: Progress) -> Pass:
+    """The state before any kernel pass: absorb at ``(f, first_g(f))`` next."""
+    zeros = jnp.zeros_like(p.log_target_weights)
+    return Pass(
+        f, first_g(p, f), progress, jnp.bool_(True), jnp.bool_(False), zeros, jnp.bool_(False)
+    )
+
+
+def kernel_loop(p: Problem, last: Pass, stuck: Array) -> tuple[Pass, Array]:
+    """Kernel passes continuing from ``last``, absorbing again as long as a pass asks for it.
 
     Returns:
-      ``(progress, stuck, f, log_cols, cols_ok)``: ``stuck`` says the problem must be finished
-      by :func:`log_loop` from the potential ``f`` (the kernel could not be kept in range);
-      ``log_cols`` ``[m]`` are the column sums of the best plan, valid where ``cols_ok``.
+      ``(last, stuck)``: the last :class:`Pass`; ``stuck`` says the problem must be finished
+      by :func:`log_loop` from ``last.f`` (an iteration was refused right after absorbing).
     """
-    dtype = p.cost.dtype
-    n, m = p.cost.shape
-    info = jnp.finfo(dtype)
-    # A row (column) sum of normalised products below this could be missing underflowed terms
-    # worth more than a rounding error: refuse the iteration.
-    tiny_rows = info.tiny * m / info.eps
-    tiny_cols = info.tiny * n / info.eps
-    grid = _grid(p)
 
-    def absorb(f, g):
-        z = jnp.where(grid, (f[:, None] + g[None, :] - p.cost) / p.eps, -jnp.inf)
-        r = jnp.where(p.source_mask, jnp.max(z, axis=1), 0.0)
-        return jnp.exp(z - r[:, None]), r
+    def body(state):
+        last, _ = state
+        before = last.progress.n_iters
+        last = kernel_pass(p, last.f, last.g, last.progress)
+        return last, last.bad & (last.progress.n_iters == before)
 
-    def inner(kernel, f, g, r, progress):
-        # Potentials are tracked as deviations from the absorption point: f + eps * w and
-        # g + eps * lv. The large per-row offsets r enter only through constants computed once
-        # here, so the step w_new - w carries no rounding of |f| (the stopping rule needs it).
-        top_r = jnp.max(jnp.where(p.source_mask, r, -jnp.inf))
-        rel_r = jnp.where(p.source_mask, r - top_r, -jnp.inf)
-        e = p.log_source_weights - f * p.inv_tau_source - r
-        c = p.log_target_weights - g * p.inv_tau_target - top_r
+    def more(state):
+        last, stuck = state
+        return last.again & ~stuck & keep_going(p, last.progress)
 
-        def body(state):
-            w, lv_prev, progress, _, _ = state
-            z = rel_r + w
-            top_u = jnp.max(z)
-            s = jnp.exp(z - top_u) @ kernel
-            lv = jnp.where(p.target_mask, p.k_target * (c - jnp.log(s) - top_u), 0.0)
-            top_v = jnp.max(jnp.where(p.target_mask, lv, -jnp.inf))
-            rv = kernel @ jnp.where(p.target_mask, jnp.exp(lv - top_v), 0.0)
-            w_new = jnp.where(p.source_mask, p.k_source * (e - jnp.log(rv) - top_v), 0.0)
-            # Sums in range (NaN fails the comparison) also make both logarithms finite.
-            bad = jnp.any(p.target_mask & ~(s >= tiny_cols)) | jnp.any(
-                p.source_mask & ~(rv >= tiny_rows)
-            )
-            f_new = f + p.eps * w_new
-            g_new = g + p.eps * lv
-            updated = _record(progress, f_new, g_new, _step_error(p, p.eps * (w_new - w)))
-            w_next = jnp.where(p.source_mask, w_new + _shift(p, f_new, g_new) / p.eps, 0.0)
-            keep = lambda new, old: jnp.where(bad, old, new)  # noqa: E731
-            far = jnp.max(jnp.abs(w_next)) > REABSORB_AT
-            return (
-                keep(w_next, w),
-                keep(lv, lv_prev),
-                jax.tree.map(keep, updated, progress),
-                bad,
-                far & ~bad,
-            )
-
-        state = (jnp.zeros_like(f), jnp.zeros_like(g), progress, jnp.bool_(False), jnp.bool_(False))
-        w, lv, progress, bad, far = jax.lax.while_loop(
-            lambda s: keep_going(p, s[2]) & ~s[3] & ~s[4], body, state
-        )
-        # Column sums of the best plan, from this kernel: one more matrix-vector product.
-        z = jnp.where(p.source_mask, rel_r + (progress.f - f) / p.eps, -jnp.inf)
-        top = jnp.max(z)
-        s_best = jnp.exp(z - top) @ kernel
-        log_cols = (progress.g - g) / p.eps + jnp.log(s_best) + top + top_r
-        cols_ok = jnp.all(~p.target_mask | ((s_best >= tiny_cols) & jnp.isfinite(log_cols)))
-        f_next = jnp.where(p.source_mask, f + p.eps * w, 0.0)
-        g_next = jnp.where(p.target_mask, g + p.eps * lv, 0.0)
-        return f_next, g_next, progress, bad | far, bad, log_cols, cols_ok
-
-    def outer_body(state):
-        f, g, progress, _, _, _, _ = state
-        kernel, r = absorb(f, g)
-        before = progress.n_iters
-        f, g, progress, again, bad, log_cols, cols_ok = inner(kernel, f, g, r, progress)
-        stuck = bad & (progress.n_iters == before)  # refused right after absorbing
-        return f, g, progress, again, stuck, log_cols, cols_ok
-
-    # First absorption at the eps = 0 transform of f: every row and column of the kernel
-    # then has its maximum at 1.
-    g0 = jnp.min(jnp.where(grid, p.cost - f[:, None], jnp.inf), axis=0)
-    g0 = jnp.where(p.target_mask, g0, 0.0)
-    state = (
-        f,
-        g0,
-        progress,
-        jnp.bool_(True),
-        jnp.bool_(False),
-        jnp.zeros_like(g0),
-        jnp.bool_(False),
-    )
-    f, _, progress, _, stuck, log_cols, cols_ok = jax.lax.while_loop(
-        lambda s: s[3] & ~s[4] & keep_going(p, s[2]), outer_body, state
-    )
-    return progress, stuck, f, log_cols, cols_ok
+    return jax.lax.while_loop(more, body, (last, stuck))

@@ -8,7 +8,7 @@ result does not depend on the chunking.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -139,6 +139,7 @@ def class_means(
     *,
     chunk_size: int = 65536,
     allow_empty: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> ClassMeans:
     """Mean feature and sample count of every class.
 
@@ -149,6 +150,8 @@ def class_means(
       num_classes: ``K``; default ``max(labels) + 1``.
       chunk_size: rows reduced per step.
       allow_empty: keep classes without samples as zero rows (count 0) instead of raising.
+      progress: called with the number of rows reduced after every chunk (e.g. a
+        :class:`uotsel.progress.Progress`'s ``update``).
 
     Returns:
       :class:`ClassMeans` with ``means`` ``[K, D]`` float32 and ``counts`` ``[K]`` int64.
@@ -202,6 +205,8 @@ def class_means(
         ) from None
     for lo, hi in _chunks(n, chunk_size):
         acc.update(np.asarray(features[lo:hi]), labels[lo:hi])
+        if progress is not None:
+            progress(hi - lo)
     return acc.result(allow_empty=allow_empty)
 
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from uotsel import paper
+from uotsel import cache, paper
+from uotsel.progress import Progress
 
 __all__ = ["MAX_CHUNK", "MAX_ITER", "MAX_N_INIT", "MAX_SEED", "MAX_UNITS", "OneLineParser", "main"]
 
@@ -257,6 +258,7 @@ def _add_centroids(sub: Any) -> argparse.ArgumentParser:
         help=f"rows reduced at a time (default: {chunk})",
     )
     cen.add_argument("--out", required=True, help=".npz to write (means, counts, assignment)")
+    cen.add_argument("--quiet", action="store_true", help="no progress display")
     return cen
 
 
@@ -321,7 +323,7 @@ def _add_kmeans(sub: Any) -> argparse.ArgumentParser:
         help="text file with one name per sample, stored with the clusters so "
         "that 'select --samples-out names.txt' can list them",
     )
-    km.add_argument("--quiet", action="store_true", help="no progress lines")
+    km.add_argument("--quiet", action="store_true", help="no progress display")
     km.add_argument("--out", required=True, help=".npz to write")
     return km
 
@@ -370,28 +372,6 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
 
     added = [_add_select, _add_plot, _add_centroids, _add_kmeans, _add_demo, _add_embedded]
     return parser, {fn.__name__.removeprefix("_add_"): fn(sub) for fn in added}
-
-
-def _enable_compilation_cache() -> None:
-    """Keep compiled programs between runs (a second ``uotsel select`` skips compilation).
-
-    ``UOTSEL_CACHE_DIR`` chooses the folder; set it to an empty string to turn the cache off.
-    Default: ``$XDG_CACHE_HOME/uotsel/jax`` or ``~/.cache/uotsel/jax``.
-    """
-    folder = os.environ.get("UOTSEL_CACHE_DIR")
-    if folder is None:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        folder = os.path.join(base, "uotsel", "jax")
-    if not folder:
-        return
-    import jax
-
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError:
-        return  # an unwritable cache only costs time
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _is_id_list(text: str) -> bool:
@@ -656,14 +636,19 @@ def _cmd_centroids(args: argparse.Namespace) -> int:
         names = None
         if args.names is not None:
             names = io.read_names(args.names, "--names", num_classes, "classes")
-        _checks.check_rows(features, "--features", chunk_size=args.chunk_size)
-        result = class_means(
-            features,
-            labels,
-            num_classes,
-            chunk_size=args.chunk_size,
-            allow_empty=args.allow_empty_classes,
-        )
+        with Progress(n, "checking features", unit="rows", enabled=not args.quiet) as bar:
+            _checks.check_rows(
+                features, "--features", chunk_size=args.chunk_size, progress=bar.update
+            )
+        with Progress(n, "class means", unit="rows", enabled=not args.quiet) as bar:
+            result = class_means(
+                features,
+                labels,
+                num_classes,
+                chunk_size=args.chunk_size,
+                allow_empty=args.allow_empty_classes,
+                progress=bar.update,
+            )
         outputs.write(
             "--out",
             io.write_units,
@@ -682,7 +667,7 @@ def _cmd_centroids(args: argparse.Namespace) -> int:
 
 def _cmd_kmeans(args: argparse.Namespace) -> int:
     from uotsel import _checks, io
-    from uotsel.clustering import kmeans, print_progress
+    from uotsel.clustering import ProgressBars, kmeans
 
     inputs = [("--features", args.features), ("--sample-names", args.sample_names)]
     with io.Outputs(inputs) as outputs:
@@ -694,20 +679,26 @@ def _cmd_kmeans(args: argparse.Namespace) -> int:
         names = None
         if args.sample_names is not None:
             names = io.read_names(args.sample_names, "--sample-names", n, "samples")
-        _checks.check_rows(
-            features, "--features", chunk_size=args.chunk_size or 65536, nonzero=not args.euclidean
-        )
-        result = kmeans(
-            features,
-            args.k,
-            spherical=not args.euclidean,
-            n_init=args.n_init,
-            max_iter=args.max_iter,
-            tol=args.tol,
-            seed=args.seed,
-            chunk_size=args.chunk_size,
-            progress=None if args.quiet else print_progress,
-        )
+        with Progress(n, "checking features", unit="rows", enabled=not args.quiet) as bar:
+            _checks.check_rows(
+                features,
+                "--features",
+                chunk_size=args.chunk_size or 65536,
+                nonzero=not args.euclidean,
+                progress=bar.update,
+            )
+        with ProgressBars(enabled=not args.quiet) as bars:
+            result = kmeans(
+                features,
+                args.k,
+                spherical=not args.euclidean,
+                n_init=args.n_init,
+                max_iter=args.max_iter,
+                tol=args.tol,
+                seed=args.seed,
+                chunk_size=args.chunk_size,
+                progress=bars,
+            )
         outputs.write("--out", io.write_clusters, result, sample_names=names)
         outputs.commit()
     state = "converged" if result.converged else "stopped at --max-iter"
@@ -745,7 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # --help, --version, or a usage error already printed
         return int(done.code or 0)
     if args.command in ("select", "kmeans", "demo"):
-        _enable_compilation_cache()
+        cache.enable_compilation_cache()
     try:
         return _COMMANDS[args.command](args)
     except (UsageError, ValueError, TypeError, OSError, MemoryError) as err:

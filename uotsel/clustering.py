@@ -42,12 +42,15 @@ from uotsel.centroids import ClassMeanAccumulator
 __all__ = [
     "Assignment",
     "KMeansResult",
+    "KMeansStatus",
+    "ProgressBars",
     "assign",
     "default_chunk",
     "greedy_plus_plus",
     "kmeans",
     "print_progress",
     "seed_centroids",
+    "status_line",
     "update",
 ]
 
@@ -82,6 +85,29 @@ class Assignment(NamedTuple):
     counts: Array
     objective: Array
     far: tuple[Array, Array]
+
+
+class KMeansStatus(NamedTuple):
+    """What :func:`kmeans` passes to its ``progress`` callback after every step.
+
+    Attributes:
+      stage: ``"seeding"`` (one candidate seeding done) or ``"lloyd"`` (one Lloyd iteration
+        on all the data done).
+      restart: 1-based restart (``n_init``) this step belongs to; restarts: ``n_init``.
+      step: 1-based step within the stage; steps: the most it can take (``init_restarts`` or
+        ``max_iter``).
+      objective: seeding: the candidate's objective on the evaluation sample; Lloyd: the
+        objective of the assignment just made.
+      moved: Lloyd only, from the second iteration: fraction of samples whose cluster changed.
+    """
+
+    stage: str
+    restart: int
+    restarts: int
+    step: int
+    steps: int
+    objective: float
+    moved: float | None = None
 
 
 class KMeansResult(NamedTuple):
@@ -128,7 +154,7 @@ def kmeans(
     init_sample: int | None = None,
     init_restarts: int = INIT_RESTARTS,
     chunk_size: int | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[KMeansStatus], None] | None = None,
 ) -> KMeansResult:
     """Cluster ``features`` into ``k`` clusters.
 
@@ -148,7 +174,8 @@ def kmeans(
         iterations on the sample); the one with the lowest objective on the evaluation sample
         starts the Lloyd iterations on all the data.
       chunk_size: rows per assignment block (default: keep the ``[chunk, k]`` block near 32 MB).
-      progress: called with a one-line status after every iteration (e.g. ``print``).
+      progress: called with a :class:`KMeansStatus` after every seeding candidate and every
+        Lloyd iteration (:func:`print_progress` writes them to stderr as lines).
 
     Returns:
       A :class:`KMeansResult`: ``centroids`` (unit rows when spherical), and ``means``, the
@@ -205,7 +232,7 @@ def kmeans(
     objectives = []
     for restart in range(n_init):
         run_seed = int(seed) + restart
-        label = f"restart {restart + 1}/{n_init}: " if n_init > 1 else ""
+        report = _reporter(progress, restart + 1, n_init)
         centroids = seed_centroids(
             x,
             k,
@@ -214,10 +241,9 @@ def kmeans(
             sample=sample,
             restarts=init_restarts,
             tol=tol,
-            progress=progress,
-            label=label,
+            progress=report,
         )
-        result = _run(x, centroids, spherical, max_iter, tol, run_seed, chunk_size, progress, label)
+        result = _run(x, centroids, spherical, max_iter, tol, run_seed, chunk_size, report)
         objectives.append(result.objective)
         if best is None or result.objective < best.objective:
             best = result
@@ -291,14 +317,14 @@ def seed_centroids(
     sample: int | None = None,
     restarts: int = INIT_RESTARTS,
     tol: float = 1e-4,
-    progress: Callable[[str], None] | None = None,
-    label: str = "",
+    progress: Callable[..., None] | None = None,
 ) -> Array:
     """Initial centroids ``[k, D]`` for Lloyd iterations on ``x`` ``[N, D]`` (unit rows when
     spherical): ``restarts`` candidates, each greedy k-means++ (:func:`greedy_plus_plus`) on a
     random sample of ``sample`` rows followed by ``INIT_ITERATIONS`` Lloyd iterations on it; the
     candidate with the lowest objective on an evaluation sample of ``EVALUATION_FACTOR * sample``
     rows is returned (ties go to the earlier one). Memory: the two samples, ``O(k)`` rows each.
+    ``progress``, when given, is called as ``progress("seeding", step, steps, objective)``.
     """
     n = x.shape[0]
     sample = min(n, 16 * k + 4096) if sample is None else min(n, sample)
@@ -314,39 +340,54 @@ def seed_centroids(
         centroids, _, _ = _lloyd(y, centroids, spherical, INIT_ITERATIONS, tol, chunk_y)
         objective = float(assign(z, centroids, spherical, chunk_z).objective)
         if progress is not None:
-            progress(
-                f"{label}seeding {r + 1}/{restarts}: objective {objective:.6g} "
-                f"on {z.shape[0]} samples"
-            )
+            progress("seeding", r + 1, restarts, objective)
         if objective < best_objective * (1.0 - 1e-6):
             best, best_objective = centroids, objective
     return best
 
 
-def _lloyd(x, centroids, spherical, max_iter, tol, chunk, progress=None, label=""):
-    """Lloyd iterations from ``centroids``; returns ``(centroids, iterations, converged)``."""
-    previous = math.inf
-    start = time.perf_counter()
+def _lloyd(x, centroids, spherical, max_iter, tol, chunk, progress=None):
+    """Lloyd iterations from ``centroids``; returns ``(centroids, iterations, converged)``.
+    ``progress``, when given, is called as ``progress("lloyd", step, steps, objective, moved)``."""
+    previous, labels = math.inf, None
     for iters in range(1, max_iter + 1):
         step = assign(x, centroids, spherical, chunk)
         centroids = update(x, step, centroids, spherical)
         objective = float(step.objective)
         if progress is not None:
-            change = "" if math.isinf(previous) else f" ({(objective - previous) / previous:+.2e})"
-            progress(
-                f"{label}iteration {iters}/{max_iter}: objective {objective:.6g}{change}, "
-                f"{time.perf_counter() - start:.1f} s"
-            )
+            moved = None if labels is None else float(jnp.mean(step.labels != labels))
+            progress("lloyd", iters, max_iter, objective, moved)
+            labels = step.labels
         if previous - objective <= tol * abs(objective):
             return centroids, iters, True
         previous = objective
     return centroids, max_iter, False
 
 
-def _run(x, centroids, spherical, max_iter, tol, seed, chunk, progress, label) -> KMeansResult:
-    centroids, iters, converged = _lloyd(
-        x, centroids, spherical, max_iter, tol, chunk, progress, label
-    )
+def _reporter(progress, restart: int, restarts: int):
+    """The ``progress`` of :func:`seed_centroids` and :func:`_lloyd` as a maker of
+    :class:`KMeansStatus` for ``progress``; None stays None."""
+    if progress is None:
+        return None
+
+    def report(stage, step, steps, objective, moved=None):
+        progress(KMeansStatus(stage, restart, restarts, step, steps, objective, moved))
+
+    return report
+
+
+def status_line(status: KMeansStatus) -> str:
+    """A :class:`KMeansStatus` as one line of text."""
+    head = f"restart {status.restart}/{status.restarts}: " if status.restarts > 1 else ""
+    what = "seeding" if status.stage == "seeding" else "iteration"
+    line = f"{head}{what} {status.step}/{status.steps}: objective {status.objective:.6g}"
+    if status.moved is not None:
+        line += f", {100 * status.moved:.2f}% of samples moved"
+    return line
+
+
+def _run(x, centroids, spherical, max_iter, tol, seed, chunk, progress) -> KMeansResult:
+    centroids, iters, converged = _lloyd(x, centroids, spherical, max_iter, tol, chunk, progress)
     final = assign(x, centroids, spherical, chunk)
     return KMeansResult(
         centroids=np.asarray(centroids),
@@ -468,6 +509,55 @@ def update(x: Array, step: Assignment, previous: Array, spherical: bool) -> Arra
     return jnp.where(empty[:, None], reseed, means)
 
 
-def print_progress(line: str) -> None:
-    """A ``progress`` callback that writes to stderr."""
-    print(line, file=sys.stderr, flush=True)
+class ProgressBars:
+    """A ``progress`` callback for :func:`kmeans` that shows each stage of each restart with
+    :class:`uotsel.progress.Progress`: a bar with the objective and the moved fraction on a
+    terminal, a line every ``every_s`` seconds and at the end of each stage otherwise."""
+
+    def __init__(self, stream: Any = None, every_s: float = 30.0, enabled: bool = True):
+        self.stream, self.every_s, self.enabled = stream, every_s, enabled
+        self._key, self._bar = None, None
+        self._mark = time.perf_counter()  # when the work of the next status began
+
+    def __call__(self, status: KMeansStatus) -> None:
+        from uotsel.progress import Progress
+
+        key = (status.restart, status.stage)
+        if key != self._key:
+            self.close()
+            head = (
+                f"k-means restart {status.restart}/{status.restarts}"
+                if status.restarts > 1
+                else "k-means"
+            )
+            what = "seeding" if status.stage == "seeding" else "Lloyd"
+            self._key = key
+            self._bar = Progress(
+                status.steps,
+                f"{head} {what}",
+                stream=self.stream,
+                every_s=self.every_s,
+                enabled=self.enabled,
+                started=self._mark,
+            )
+        fields = {"objective": f"{status.objective:.6g}"}
+        if status.moved is not None:
+            fields["moved"] = f"{100 * status.moved:.2f}%"
+        self._bar.update(1, **fields)
+        self._mark = time.perf_counter()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._key, self._bar = None, None
+
+    def __enter__(self) -> ProgressBars:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def print_progress(status: KMeansStatus) -> None:
+    """A ``progress`` callback that writes :func:`status_line` to stderr."""
+    print(status_line(status), file=sys.stderr, flush=True)

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 
-from uotsel import embedded
+from uotsel import cache, embedded
 from uotsel.selection import select
 
 __all__ = ["PUBLISHED", "RecallRow", "recall", "recall_table", "run"]
@@ -91,37 +91,7 @@ def recall_table(target: str = "cub", concept: str = "bird") -> list[RecallRow]:
     return rows
 
 
-class _Compilations:
-    """Counts the programs JAX compiles (loads from the persistent cache are not compiles)."""
-
-    def __init__(self) -> None:
-        self.compiles = 0
-        self.cache_hits = 0
-        self._registered = False
-
-    def register(self) -> None:
-        if self._registered:
-            return
-        from jax import monitoring
-
-        monitoring.register_event_duration_secs_listener(self._on_duration)
-        monitoring.register_event_listener(self._on_event)
-        self._registered = True
-
-    def _on_duration(self, event: str, duration: float, **kwargs: Any) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            self.compiles += 1
-
-    def _on_event(self, event: str, **kwargs: Any) -> None:
-        if event == "/jax/compilation_cache/cache_hits":
-            self.cache_hits += 1
-
-    def count(self) -> int:
-        """Programs compiled so far (backend compiles less persistent-cache hits)."""
-        return self.compiles - self.cache_hits
-
-
-_COMPILATIONS = _Compilations()
+_COMPILATIONS = cache.Compilations()
 
 
 def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:

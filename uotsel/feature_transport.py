@@ -83,7 +83,13 @@ def transport(
     )
     chunk = n if chunk_size is None else _checks.check_positive_int(chunk_size, "chunk_size")
     scale = np.asarray(eps_c if cost == "cosine" else 1.0, source.dtype)
-    out, valid = _transport_one(cost, source, target, scale, chunk, settings, method=method)
+    args = (cost, source, target, scale, chunk, settings)
+    if method == "auto" and _checks.is_concrete(source) and _checks.is_concrete(target):
+        out, valid, resume, more = _transport_first(*args)
+        if bool(more):
+            out, valid = _transport_rest(*args, resume)
+    else:
+        out, valid = _transport_one(*args, method=method)
     # One transfer for all four flags; only a raised flag pays for a closer look.
     if _checks.is_concrete(valid) and not bool(np.all(valid)):
         costs.raise_if_flagged(costs.PairwiseCost(None, 0, valid[:3]), source, target, cost)
@@ -101,4 +107,21 @@ def _transport_one(kind, source, target, eps_c, chunk_size, settings, *, method)
     ``ok``)."""
     built = costs.pairwise(kind, source, target, jnp.asarray(eps_c), chunk_size)
     solved = unbalanced.solve(built.cost, settings, method=method)
+    return solved.output, jnp.concatenate([built.valid, solved.ok[None]])
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "chunk_size"))
+def _transport_first(kind, source, target, eps_c, chunk_size, settings):
+    """Cost and :func:`~uotsel.unbalanced.solve_first` in one program: the output so far, the
+    flags as in :func:`_transport_one`, the state to resume from, and whether to."""
+    built = costs.pairwise(kind, source, target, jnp.asarray(eps_c), chunk_size)
+    solved, resume, more = unbalanced.solve_first(built.cost, settings)
+    return solved.output, jnp.concatenate([built.valid, solved.ok[None]]), resume, more
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "chunk_size"))
+def _transport_rest(kind, source, target, eps_c, chunk_size, settings, resume):
+    """The cost again and :func:`~uotsel.unbalanced.solve_rest`, for the problems that need it."""
+    built = costs.pairwise(kind, source, target, jnp.asarray(eps_c), chunk_size)
+    solved = unbalanced.solve_rest(built.cost, settings, resume)
     return solved.output, jnp.concatenate([built.valid, solved.ok[None]])

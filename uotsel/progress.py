@@ -47,6 +47,8 @@ class Progress:
       every_s: seconds between plain lines when ``stream`` is not a terminal.
       enabled: False writes nothing.
       initial: units already done (a resumed run).
+      started: ``time.perf_counter()`` when the work began, if before this object was made
+        (the rate counts from there).
     """
 
     def __init__(
@@ -59,12 +61,14 @@ class Progress:
         every_s: float = 30.0,
         enabled: bool = True,
         initial: int = 0,
+        started: float | None = None,
     ):
         self.total, self.label, self.unit = total, label, unit
         self.stream = sys.stderr if stream is None else stream
         self.enabled, self.every_s = enabled, every_s
-        self.done, self._start, self._last = initial, time.perf_counter(), -float("inf")
-        self._first = initial
+        start = time.perf_counter() if started is None else started
+        self.done, self._start, self._last = initial, start, -float("inf")
+        self._first = self._written = initial
         self._fields: dict[str, Any] = {}
         self._bar = None
         self._tty = enabled and bool(getattr(self.stream, "isatty", lambda: False)())
@@ -123,9 +127,12 @@ class Progress:
             self.stream.write("\r\x1b[2K" + self.line())
             self.stream.flush()
         elif now - self._last >= self.every_s or (self.total and self.done >= self.total):
-            self._last = now
-            self.stream.write(self.line() + "\n")
-            self.stream.flush()
+            self._write_line(now)
+
+    def _write_line(self, now: float) -> None:
+        self._last, self._written = now, self.done
+        self.stream.write(self.line() + "\n")
+        self.stream.flush()
 
     def clear(self) -> None:
         """Take the bar off the screen (before printing a line of results)."""
@@ -136,11 +143,14 @@ class Progress:
             self.stream.flush()
 
     def close(self) -> None:
+        """Take the bar off the screen; in a log, write the last state unless it was written."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        else:
+        elif self._tty:
             self.clear()
+        elif self.enabled and self.done != self._written:
+            self._write_line(time.perf_counter())
 
     def __enter__(self) -> Progress:
         return self

@@ -56,6 +56,9 @@ __all__ = [
     "resolved_range",
     "sinkhorn",
     "solve",
+    "solve_first",
+    "solve_rest",
+    "solve_staged",
 ]
 
 Array = jax.Array
@@ -245,7 +248,11 @@ def sinkhorn(
         init=init,
         method=method,
     )
-    solved = solve(cost, settings, method=method, lockstep=jax.default_backend() != "cpu")
+    lockstep = jax.default_backend() != "cpu"
+    if _checks.is_concrete(cost):
+        solved = solve_staged(cost, settings, method=method, lockstep=lockstep)
+    else:
+        solved = solve(cost, settings, method=method, lockstep=lockstep)
     # Only a failed solve pays for inspecting the cost on the host.
     if _checks.is_concrete(solved.ok) and not bool(solved.ok):
         explain_failure(cost, settings, solved.output)
@@ -570,50 +577,73 @@ def _defaults(cost: Array, s: SolverSettings):
     return problem_args, full(s.init, (n,), 0.0, dtype)
 
 
-def _solve_problem(p: _it.Problem, f0: Array, method: str) -> Solved:
-    """One problem, with real branches for the hand-overs."""
+class Resume(NamedTuple):
+    """Where :func:`solve_first` stopped: the state :func:`solve_rest` continues from."""
+
+    last: _it.Pass
+    stuck: Array
+
+
+def _first_pass(p: _it.Problem, f0: Array) -> tuple[Solved, Resume, Array]:
+    """One problem's first kernel pass, its output, and whether it needs the rest."""
     progress = _it.start(p, f0)
-    if method == "log":
-        progress = _it.log_loop(p, progress.f, progress)
-        log_cols = _it.log_col_sums(p, progress)
-    else:
-        progress, stuck, f, log_cols, cols_ok = _it.kernel_loop(p, progress.f, progress)
-        progress = jax.lax.cond(stuck, lambda pr: _it.log_loop(p, f, pr), lambda pr: pr, progress)
-        log_cols = jax.lax.cond(
-            stuck | ~cols_ok, lambda: _it.log_col_sums(p, progress), lambda: log_cols
-        )
-    out = _finish(p, progress, log_cols)
-    return Solved(out, _resolved(p, out))
+    last = _it.kernel_pass(p, progress.f, _it.first_g(p, progress.f), progress)
+    stuck = last.bad & (last.progress.n_iters == 0)
+    more = (last.again & _it.keep_going(p, last.progress)) | stuck | ~last.cols_ok
+    return _solved(p, last.progress, last.log_cols), Resume(last, stuck), more
 
 
-def _solve_vmapped(p: _it.Problem, f0: Array, method: str) -> Solved:
+def _rest(p: _it.Problem, resume: Resume) -> Solved:
+    """One problem from ``resume`` to the end, with real branches for the hand-overs."""
+    last, stuck = _it.kernel_loop(p, resume.last, resume.stuck)
+    progress = jax.lax.cond(
+        stuck, lambda pr: _it.log_loop(p, last.f, pr), lambda pr: pr, last.progress
+    )
+    log_cols = jax.lax.cond(
+        stuck | ~last.cols_ok, lambda: _it.log_col_sums(p, progress), lambda: last.log_cols
+    )
+    return _solved(p, progress, log_cols)
+
+
+def _log_only(p: _it.Problem, f0: Array) -> Solved:
+    progress = _it.start(p, f0)
+    progress = _it.log_loop(p, progress.f, progress)
+    return _solved(p, progress, _it.log_col_sums(p, progress))
+
+
+def _from_start(p: _it.Problem, f0: Array) -> Resume:
+    progress = _it.start(p, f0)
+    return Resume(_it.initial_pass(p, progress.f, progress), jnp.bool_(False))
+
+
+def _rest_vmapped(p: _it.Problem, resume: Resume) -> Solved:
     """A batch solved in lock-step (accelerators): vmapped loops, and hand-overs taken by a
     non-vmapped ``cond`` only when some problem needs them."""
     every = jax.vmap
-    progress = every(_it.start)(p, f0)
-    if method == "log":
-        progress = every(_it.log_loop)(p, progress.f, progress)
-        log_cols = every(_it.log_col_sums)(p, progress)
-    else:
-        progress, stuck, f, log_cols, cols_ok = every(_it.kernel_loop)(p, progress.f, progress)
+    last, stuck = every(_it.kernel_loop)(p, resume.last, resume.stuck)
 
-        def finish_in_log_domain(progress):
-            done = every(_it.log_loop)(p, f, progress)
-            pick = lambda new, old: jnp.where(  # noqa: E731
-                jnp.reshape(stuck, stuck.shape + (1,) * (new.ndim - 1)), new, old
-            )
-            return jax.tree.map(pick, done, progress)
-
-        progress = jax.lax.cond(jnp.any(stuck), finish_in_log_domain, lambda x: x, progress)
-        exact_cols = stuck | ~cols_ok
-        log_cols = jax.lax.cond(
-            jnp.any(exact_cols),
-            lambda c: jnp.where(exact_cols[:, None], every(_it.log_col_sums)(p, progress), c),
-            lambda c: c,
-            log_cols,
+    def finish_in_log_domain(progress):
+        done = every(_it.log_loop)(p, last.f, progress)
+        pick = lambda new, old: jnp.where(  # noqa: E731
+            jnp.reshape(stuck, stuck.shape + (1,) * (new.ndim - 1)), new, old
         )
-    out = every(_finish)(p, progress, log_cols)
-    return Solved(out, jnp.all(every(_resolved)(p, out)))
+        return jax.tree.map(pick, done, progress)
+
+    progress = jax.lax.cond(jnp.any(stuck), finish_in_log_domain, lambda x: x, last.progress)
+    exact_cols = stuck | ~last.cols_ok
+    log_cols = jax.lax.cond(
+        jnp.any(exact_cols),
+        lambda c: jnp.where(exact_cols[:, None], every(_it.log_col_sums)(p, progress), c),
+        lambda c: c,
+        last.log_cols,
+    )
+    solved = every(_solved)(p, progress, log_cols)
+    return Solved(solved.output, jnp.all(solved.ok))
+
+
+def _solved(p: _it.Problem, progress: _it.Progress, log_cols: Array) -> Solved:
+    out = _finish(p, progress, log_cols)
+    return Solved(out, _resolved(p, out))
 
 
 def _resolved(p: _it.Problem, out: SinkhornOutput) -> Array:
@@ -631,15 +661,30 @@ def _resolved(p: _it.Problem, out: SinkhornOutput) -> Array:
     return (top <= p.eps * resolved_range(p.cost.dtype)) & ~jnp.isnan(out.error) & balanced
 
 
+def _problems(cost: Array, settings: SolverSettings) -> tuple[_it.Problem, Array]:
+    problem_args, f0 = _defaults(cost, settings)
+    if cost.ndim == 2:
+        return _it.make_problem(*problem_args), f0
+    return jax.vmap(_it.make_problem)(*problem_args), f0
+
+
+def _each(fn, p: _it.Problem, *args: Any) -> Any:
+    """``fn`` on every problem of a batch, one after another inside the program."""
+    return jax.lax.map(lambda x: fn(*x), (p, *args))
+
+
 @functools.partial(jax.jit, static_argnames=("method", "lockstep"))
 def solve(
     cost: Array, settings: SolverSettings, *, method: str = "auto", lockstep: bool = False
 ) -> Solved:
-    """Solve prepared problems: the compiled half of :func:`sinkhorn`.
+    """Solve prepared problems: the compiled half of :func:`sinkhorn`, in one program.
 
-    Traceable: call it inside your own ``jax.jit`` to build the cost and solve in one program
-    (as :func:`uotsel.transport` does). Nothing is checked here: ``settings`` come from
-    :func:`prepare`, and a ``Solved.ok`` of False must be passed to :func:`explain_failure`.
+    Traceable: call it inside your own ``jax.jit`` to build the cost and solve in one program.
+    Nothing is checked here: ``settings`` come from :func:`prepare`, and a ``Solved.ok`` of
+    False must be passed to :func:`explain_failure`. :func:`solve_first` and
+    :func:`solve_rest` split the same computation in two programs, so that the second one
+    (the rarely needed re-absorptions and log-domain hand-over) is compiled only when a
+    problem needs it; :func:`sinkhorn` and :func:`uotsel.transport` run them that way.
 
     Args:
       cost: ``[n, m]``, or ``[B, n, m]`` for a batch.
@@ -652,11 +697,66 @@ def solve(
     Returns:
       :class:`Solved`.
     """
-    problem_args, f0 = _defaults(cost, settings)
+    p, f0 = _problems(cost, settings)
+    if method == "log":
+        if cost.ndim == 2:
+            return _log_only(p, f0)
+        solved = jax.vmap(_log_only)(p, f0) if lockstep else _each(_log_only, p, f0)
+        return Solved(solved.output, jnp.all(solved.ok))
     if cost.ndim == 2:
-        return _solve_problem(_it.make_problem(*problem_args), f0, method)
-    p = jax.vmap(_it.make_problem)(*problem_args)
+        return _rest(p, _from_start(p, f0))
+    return solve_rest(cost, settings, jax.vmap(_from_start)(p, f0), lockstep=lockstep)
+
+
+def solve_first(
+    cost: Array, settings: SolverSettings, *, lockstep: bool = False
+) -> tuple[Solved, Resume, Array]:
+    """The first half of :func:`solve` (``method="auto"``): one absorption of the kernel and
+    the scaling iterations on it, which finish most problems. Traceable.
+
+    Returns:
+      ``(solved, resume, more)``: the result so far, the state to continue from, and a bool
+      (over the whole batch) that is True when :func:`solve_rest` must be run; when False,
+      ``solved`` is what :func:`solve` returns.
+    """
+    p, f0 = _problems(cost, settings)
+    if cost.ndim == 2:
+        return _first_pass(p, f0)
+    solved, resume, more = jax.vmap(_first_pass)(p, f0) if lockstep else _each(_first_pass, p, f0)
+    return Solved(solved.output, jnp.all(solved.ok)), resume, jnp.any(more)
+
+
+def solve_rest(
+    cost: Array, settings: SolverSettings, resume: Resume, *, lockstep: bool = False
+) -> Solved:
+    """The second half of :func:`solve` (``method="auto"``), from :func:`solve_first`'s
+    ``resume``: absorb again while needed, then hand over to the log domain where the kernel
+    cannot be kept in range. Traceable."""
+    p, _ = _problems(cost, settings)
+    if cost.ndim == 2:
+        return _rest(p, resume)
     if lockstep:
-        return _solve_vmapped(p, f0, method)
-    solved = jax.lax.map(lambda x: _solve_problem(x[0], x[1], method), (p, f0))
+        return _rest_vmapped(p, resume)
+    solved = _each(_rest, p, resume)
     return Solved(solved.output, jnp.all(solved.ok))
+
+
+@functools.partial(jax.jit, static_argnames=("lockstep",))
+def _first_program(cost, settings, lockstep):
+    return solve_first(cost, settings, lockstep=lockstep)
+
+
+_rest_program = jax.jit(solve_rest, static_argnames=("lockstep",))
+
+
+def solve_staged(
+    cost: Array, settings: SolverSettings, *, method: str = "auto", lockstep: bool = False
+) -> Solved:
+    """:func:`solve` as two compiled programs, the second run (and compiled) only when a
+    problem needs it. Not traceable: it decides on the host."""
+    if method == "log":
+        return solve(cost, settings, method=method, lockstep=lockstep)
+    solved, resume, more = _first_program(cost, settings, lockstep)
+    if bool(more):
+        solved = _rest_program(cost, settings, resume, lockstep=lockstep)
+    return solved
