@@ -58,3 +58,57 @@ def test_uot_recall_with_the_released_eps_c(backbone, released, paper):
 def test_greedy_ot_default_is_the_l2_row_of_table_4():
     assert demo.recall("resnet18_supervised", "greedy_ot") == (51, 59)
     assert demo.recall("mocov2_resnet50", "greedy_ot") == (10, 59)
+
+
+def test_demo_out_writes_the_uot_selection_and_its_picture(tmp_path, capsys):
+    import numpy as np
+
+    import uotsel
+    from uotsel import embedded, io
+    from uotsel.cli import main
+
+    out = tmp_path / "cub.json"
+    assert main(["demo", "--top", "0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out} and its picture {tmp_path / 'cub.png'}" in printed
+    record = io.read_selection(str(out))
+    source = embedded.load("resnet18_supervised", "imagenet").means
+    target = embedded.load("resnet18_supervised", "cub").means
+    expected = uotsel.select(source, target, top_k=100)
+    assert record["selected"] == expected.selected.tolist()
+    birds = embedded.imagenet_classes()["concept"][np.asarray(record["selected"])] == "bird"
+    assert int(birds.sum()) == 58  # Table 4
+    assert len(record["target_mass"]) == 200
+    assert (tmp_path / "cub.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "name, contains",
+    [("cub.png", "--out: "), ("sub/cub.json", "--out: "), ("", "--out: no file name given")],
+)
+def test_demo_out_refused_before_work(tmp_path, capsys, name, contains):
+    from uotsel.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / name) if name else ""]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("uotsel demo: error: ") and contains in captured.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_out_without_matplotlib(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['matplotlib'] = None; from uotsel.cli import main; "
+        f"sys.exit(main(['demo', '--out', {str(tmp_path / 'd.json')!r}]))"
+    )
+    env = dict(os.environ, UOTSEL_CACHE_DIR="")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (
+        "uotsel demo: error: --out: drawing needs matplotlib: pip install 'uotsel[plot]'\n"
+    )
+    assert list(tmp_path.iterdir()) == []

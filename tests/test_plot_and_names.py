@@ -204,6 +204,23 @@ def test_select_records_target_mass(tmp_path, capsys):
     np.testing.assert_allclose(mass.total, record["target_mass_total"], rtol=1e-6)
 
 
+def test_selection_mass_reuses_the_solve():
+    """From the selection's own solver output: the figures of solving again, one solve fewer."""
+    import uotsel
+    from uotsel.plan import selection_mass
+
+    source, target = _small_problem()
+    sel = uotsel.select(source, target, top_k=5, eps_c=0.1, threshold=1e-6)
+    reused = selection_mass(sel, source, target)
+    again = target_mass(source, target, sel.selected, eps_c=0.1, threshold=1e-6)
+    np.testing.assert_allclose(reused.selected, again.selected, rtol=1e-6)
+    np.testing.assert_allclose(reused.total, again.total, rtol=1e-6)
+    np.testing.assert_allclose(reused.total, np.asarray(sel.solver.col_sums), rtol=1e-4)
+    greedy = uotsel.select(source, target, strategy="greedy_ot", top_k=5)
+    with pytest.raises(ValueError, match="selection: target mass needs a 'uot' selection"):
+        selection_mass(greedy, source, target)
+
+
 def test_target_mass_only_for_uot(tmp_path, capsys):
     source, target = _small_problem()
     np.save(tmp_path / "s.npy", source)

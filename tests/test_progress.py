@@ -72,3 +72,29 @@ def test_kmeans_reports_every_seeding_and_lloyd_step():
     ]
     line = clustering.status_line(seen[-1])
     assert line.startswith("restart 2/2: iteration ") and "0.00% of samples moved" in line
+
+
+def test_without_log_start_a_short_job_writes_nothing():
+    out = io.StringIO()
+    with Progress(4, "short", stream=out, every_s=3600, log_start=False) as bar:
+        bar.update(4)
+    assert out.getvalue() == ""
+    with Progress(4, "long", stream=out, every_s=0.0, log_start=False) as bar:
+        bar.update(1)
+        bar.update(3)
+    assert [line.split()[1] for line in out.getvalue().splitlines()] == ["1/4", "4/4"]
+
+
+def test_kmeans_progress_bars_in_a_log():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    out = io.StringIO()
+    with clustering.ProgressBars(stream=out, every_s=0.0) as bars:
+        result = clustering.kmeans(x, 3, init_restarts=2, progress=bars)
+    lines = out.getvalue().splitlines()
+    assert [line.split(" (")[0] for line in lines[:2]] == [
+        "k-means seeding 1/2",
+        "k-means seeding 2/2",
+    ]
+    assert len(lines) == 2 + result.n_iters
+    assert lines[-1].startswith(f"k-means Lloyd {result.n_iters}/50 ")

@@ -4,7 +4,7 @@
 Every argument is checked here, with the flag's own name, before the library is called: bad
 input ends the command with exit status 2 and one line ``uotsel COMMAND: error: --FLAG: ...``.
 The outputs of a command are checked before any work and written together at the end
-(:class:`uotsel.io.Outputs`): a failed command leaves every existing file as it was.
+(:class:`uotsel.outputs.Outputs`): a failed command leaves every existing file as it was.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from uotsel import cache, paper
+from uotsel.outputs import Outputs
 from uotsel.progress import Progress
 
 __all__ = ["MAX_CHUNK", "MAX_ITER", "MAX_N_INIT", "MAX_SEED", "MAX_UNITS", "OneLineParser", "main"]
@@ -345,6 +346,11 @@ def _add_demo(sub: Any) -> argparse.ArgumentParser:
         default=top,
         help=f"how many selected class names to list (default: {top})",
     )
+    demo.add_argument(
+        "--out",
+        help="also write the UOT selection for CUB-200 (supervised ResNet18) to this .json, and "
+        "its picture beside it (.png; needs matplotlib)",
+    )
     return demo
 
 
@@ -429,7 +435,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
         ("--target", io.input_path(args.target)),
         ("--matching", _matching_file(args.matching)),
     ]
-    with io.Outputs(inputs) as outputs:
+    with Outputs(inputs) as outputs:
         outputs.add("--out", args.out, ("json",))
         if args.names_out is not None:
             outputs.add("--names-out", args.names_out, ("txt",))
@@ -502,14 +508,9 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
         mass = None
         if args.strategy == "uot":
-            from uotsel.plan import target_mass
+            from uotsel.plan import selection_mass
 
-            mass = target_mass(
-                source.means,
-                target.means,
-                selection.selected,
-                **{k: v for k, v in selection.settings.items() if k in _MASS_SETTINGS},
-            )
+            mass = selection_mass(selection, source.means, target.means)
         record = io.selection_record(selection, source, target, __version__, mass)
         outputs.write("--out", io.write_selection, record)
         if args.names_out is not None:
@@ -544,9 +545,6 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
-_MASS_SETTINGS = ("cost", "eps_c", "eps", "tau_source", "tau_target", "threshold", "max_iter")
-
-
 def _unit_lines(source: Any, ids: np.ndarray) -> list[Any]:
     """One line per unit: ``wnid<TAB>name`` for the embedded ImageNet classes, else the name or
     the id."""
@@ -561,7 +559,7 @@ def _unit_lines(source: Any, ids: np.ndarray) -> list[Any]:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from uotsel import io, plot
 
-    with io.Outputs([("SELECTION", args.selection)]) as outputs:
+    with Outputs([("SELECTION", args.selection)]) as outputs:
         outputs.add("--out", args.out, ("png",))
         plot.require_matplotlib("--out")
         record = io.read_selection(args.selection, "SELECTION")
@@ -620,7 +618,7 @@ def _cmd_centroids(args: argparse.Namespace) -> int:
     from uotsel.centroids import class_means
 
     inputs = [("--features", args.features), ("--labels", args.labels), ("--names", args.names)]
-    with io.Outputs(inputs) as outputs:
+    with Outputs(inputs) as outputs:
         outputs.add("--out", args.out, ("npz",))
         features = io.read_features(args.features, "--features")
         n = features.shape[0]
@@ -636,11 +634,15 @@ def _cmd_centroids(args: argparse.Namespace) -> int:
         names = None
         if args.names is not None:
             names = io.read_names(args.names, "--names", num_classes, "classes")
-        with Progress(n, "checking features", unit="rows", enabled=not args.quiet) as bar:
+        with Progress(
+            n, "checking features", unit="rows", enabled=not args.quiet, log_start=False
+        ) as bar:
             _checks.check_rows(
                 features, "--features", chunk_size=args.chunk_size, progress=bar.update
             )
-        with Progress(n, "class means", unit="rows", enabled=not args.quiet) as bar:
+        with Progress(
+            n, "class means", unit="rows", enabled=not args.quiet, log_start=False
+        ) as bar:
             result = class_means(
                 features,
                 labels,
@@ -670,7 +672,7 @@ def _cmd_kmeans(args: argparse.Namespace) -> int:
     from uotsel.clustering import ProgressBars, kmeans
 
     inputs = [("--features", args.features), ("--sample-names", args.sample_names)]
-    with io.Outputs(inputs) as outputs:
+    with Outputs(inputs) as outputs:
         outputs.add("--out", args.out, ("npz",))
         features = io.read_features(args.features, "--features")
         n = features.shape[0]
@@ -679,7 +681,9 @@ def _cmd_kmeans(args: argparse.Namespace) -> int:
         names = None
         if args.sample_names is not None:
             names = io.read_names(args.sample_names, "--sample-names", n, "samples")
-        with Progress(n, "checking features", unit="rows", enabled=not args.quiet) as bar:
+        with Progress(
+            n, "checking features", unit="rows", enabled=not args.quiet, log_start=False
+        ) as bar:
             _checks.check_rows(
                 features,
                 "--features",
@@ -710,9 +714,20 @@ def _cmd_kmeans(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from uotsel.demo import run
+    from uotsel import __version__, demo, plot
 
-    run(top=args.top)
+    if args.out is None:
+        demo.run(top=args.top)
+        return 0
+    figure = demo.figure_path(args.out)
+    with Outputs() as outputs:
+        outputs.add("--out", args.out, ("json",))
+        outputs.add("--out figure", figure, ("png",))
+        plot.require_matplotlib("--out")
+        rows = demo.run(top=args.top)
+        demo.save(outputs, rows, __version__, os.path.basename(args.out))
+        outputs.commit()
+    print(f"wrote {args.out} and its picture {figure}")
     return 0
 
 

@@ -512,9 +512,10 @@ def update(x: Array, step: Assignment, previous: Array, spherical: bool) -> Arra
 class ProgressBars:
     """A ``progress`` callback for :func:`kmeans` that shows each stage of each restart with
     :class:`uotsel.progress.Progress`: a bar with the objective and the moved fraction on a
-    terminal, a line every ``every_s`` seconds and at the end of each stage otherwise."""
+    terminal; otherwise a line every ``every_s`` seconds (default
+    :data:`uotsel.progress.LOG_EVERY_S`) and at the end of a stage that wrote one."""
 
-    def __init__(self, stream: Any = None, every_s: float = 30.0, enabled: bool = True):
+    def __init__(self, stream: Any = None, every_s: float | None = None, enabled: bool = True):
         self.stream, self.every_s, self.enabled = stream, every_s, enabled
         self._key, self._bar = None, None
         self._mark = time.perf_counter()  # when the work of the next status began
@@ -539,6 +540,7 @@ class ProgressBars:
                 every_s=self.every_s,
                 enabled=self.enabled,
                 started=self._mark,
+                log_start=False,
             )
         fields = {"objective": f"{status.objective:.6g}"}
         if status.moved is not None:

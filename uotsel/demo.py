@@ -7,6 +7,7 @@ self-supervised MoCo-v2 ResNet50 features.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, NamedTuple, TextIO
@@ -14,9 +15,9 @@ from typing import Any, NamedTuple, TextIO
 import numpy as np
 
 from uotsel import cache, embedded
-from uotsel.selection import select
+from uotsel.selection import Selection, select
 
-__all__ = ["PUBLISHED", "RecallRow", "recall", "recall_table", "run"]
+__all__ = ["PUBLISHED", "RecallRow", "figure_path", "recall", "recall_table", "run", "save"]
 
 TOP_K = 100
 BACKBONE_LABELS = {
@@ -32,6 +33,8 @@ PUBLISHED = {
 
 
 class RecallRow(NamedTuple):
+    """One cell of Table 4: ``matches`` of the ``relevant`` classes among those selected."""
+
     method: str
     cost: str
     backbone: str
@@ -39,6 +42,7 @@ class RecallRow(NamedTuple):
     relevant: int
     published: int
     selected: np.ndarray
+    selection: Selection
 
 
 def recall(
@@ -86,6 +90,7 @@ def recall_table(target: str = "cub", concept: str = "bird") -> list[RecallRow]:
                     int(relevant.sum()),
                     published[backbone],
                     sel.selected,
+                    sel,
                 )
             )
     return rows
@@ -152,3 +157,25 @@ def run(top: int = 15, out: TextIO | None = None) -> list[RecallRow]:
     note = " (including compilation)" if compiled > 0 else ""
     print(f"\n{len(rows)} selections in {elapsed:.1f} s{note}.", file=out)
     return rows
+
+
+def figure_path(path: str) -> str:
+    """Where the figure of a selection file ``path`` goes: beside it, ``.png`` for ``.json``."""
+    return os.path.splitext(path)[0] + ".png"
+
+
+def save(outputs: Any, rows: list[RecallRow], version: str, title: str) -> None:
+    """Write the UOT selection for CUB-200 on supervised ResNet18 features (the paper's main
+    cell) as a selection file, and its picture (:mod:`uotsel.plot`), into ``outputs`` (a
+    :class:`uotsel.outputs.Outputs` holding ``--out`` and ``--out figure``)."""
+    from uotsel import io, plot
+    from uotsel.plan import selection_mass
+
+    row = next(r for r in rows if r.method == "UOT" and r.backbone == "resnet18_supervised")
+    source = io.read_units(f"{embedded.PREFIX}{row.backbone}/imagenet", "source")
+    target = io.read_units(f"{embedded.PREFIX}{row.backbone}/cub", "target")
+    mass = selection_mass(row.selection, source.means, target.means)
+    record = io.selection_record(row.selection, source, target, version, mass)
+    outputs.write("--out", io.write_selection, record)
+    data = plot.check_record(record, "demo", "--out")
+    outputs.write("--out figure", plot.write_png, data, title)

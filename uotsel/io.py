@@ -19,38 +19,31 @@ Numpy files are recognised by their first bytes; a folder, an empty, truncated o
 a file that is not numpy at all and an array of Python objects each get their own one-line
 ``ValueError`` naming the argument.
 
-Outputs: :class:`Outputs` writes all the files of one command to temporaries beside their
-destinations and renames them into place only when every one is complete (see its docstring);
-:func:`atomic_writer` does the same for a single file.
+Writing them into place, all of a command's outputs together: :mod:`uotsel.outputs`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
 import re
-import shutil
 import stat
-import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from uotsel import _checks, embedded
 from uotsel.centroids import class_means
+from uotsel.outputs import atomic_writer, first_line, reason
 
 __all__ = [
-    "FORMATS",
     "SELECTION_FORMAT",
-    "Outputs",
     "Units",
-    "atomic_writer",
     "input_path",
     "npz_keys",
     "parse_ids",
@@ -72,8 +65,6 @@ __all__ = [
 ]
 
 SELECTION_FORMAT = "uotsel.selection/1"
-# File name extension -> format written.
-FORMATS = {".npy": "npy", ".npz": "npz", ".json": "json", ".txt": "txt", ".png": "png"}
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
@@ -134,7 +125,7 @@ def _check_file(path: str, arg: str) -> int:
     except FileNotFoundError:
         raise ValueError(f"{arg}: file not found: {path}") from None
     except OSError as err:
-        raise ValueError(f"{arg}: cannot read {path}: {_reason(err)}") from None
+        raise ValueError(f"{arg}: cannot read {path}: {reason(err)}") from None
     if stat.S_ISDIR(info.st_mode):
         raise ValueError(f"{arg}: is a folder, expected a file: {path}")
     if not stat.S_ISREG(info.st_mode):
@@ -149,7 +140,7 @@ def _read_head(path: str, arg: str, size: int = 8) -> bytes:
         with open(path, "rb") as fh:
             return fh.read(size)
     except OSError as err:
-        raise ValueError(f"{arg}: cannot read {path}: {_reason(err)}") from None
+        raise ValueError(f"{arg}: cannot read {path}: {reason(err)}") from None
 
 
 def _kind(head: bytes) -> str:
@@ -182,7 +173,7 @@ def _npy_header(fh: Any, where: str, arg: str) -> tuple[tuple[int, ...], bool, n
             shape, fortran, dtype = fmt._read_array_header(fh, version)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(
-            f"{arg}: {where} is truncated or corrupt (unreadable .npy header: {_first_line(err)})"
+            f"{arg}: {where} is truncated or corrupt (unreadable .npy header: {first_line(err)})"
         ) from None
     if dtype.hasobject:
         raise ValueError(
@@ -198,7 +189,7 @@ def _read_npy(path: str, arg: str, mmap: bool) -> np.ndarray:
             shape, _, _, nbytes = _npy_header(fh, path, arg)
             offset = fh.tell()
     except OSError as err:
-        raise ValueError(f"{arg}: cannot read {path}: {_reason(err)}") from None
+        raise ValueError(f"{arg}: cannot read {path}: {reason(err)}") from None
     if size - offset < nbytes:
         raise ValueError(
             f"{arg}: {path} is truncated: its header announces {nbytes} bytes of data "
@@ -207,7 +198,7 @@ def _read_npy(path: str, arg: str, mmap: bool) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r" if mmap and nbytes else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"{arg}: {path} is truncated or corrupt ({_first_line(err)})") from None
+        raise ValueError(f"{arg}: {path} is truncated or corrupt ({first_line(err)})") from None
 
 
 class _Npz:
@@ -220,10 +211,10 @@ class _Npz:
         except (zipfile.BadZipFile, EOFError, ValueError) as err:
             raise ValueError(
                 f"{arg}: {path} is truncated or corrupt (not a readable .npz archive: "
-                f"{_first_line(err)})"
+                f"{first_line(err)})"
             ) from None
         except OSError as err:
-            raise ValueError(f"{arg}: cannot read {path}: {_reason(err)}") from None
+            raise ValueError(f"{arg}: cannot read {path}: {reason(err)}") from None
         self._members = {}
         for info in self._zip.infolist():
             name = info.filename
@@ -255,10 +246,10 @@ class _Npz:
         except ValueError as err:
             if str(err).startswith(f"{self.arg}: "):
                 raise
-            raise ValueError(f"{self.arg}: {where} is corrupt ({_first_line(err)})") from None
+            raise ValueError(f"{self.arg}: {where} is corrupt ({first_line(err)})") from None
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
             raise ValueError(
-                f"{self.arg}: {where} is truncated or corrupt ({_first_line(err)})"
+                f"{self.arg}: {where} is truncated or corrupt ({first_line(err)})"
             ) from None
 
 
@@ -334,7 +325,7 @@ def _read_text_lines(path: str, arg: str) -> list[str]:
     except UnicodeDecodeError as err:
         raise ValueError(f"{arg}: {path} is not UTF-8 text (byte {err.start})") from None
     except OSError as err:
-        raise ValueError(f"{arg}: cannot read {path}: {_reason(err)}") from None
+        raise ValueError(f"{arg}: cannot read {path}: {reason(err)}") from None
     return text.splitlines()
 
 
@@ -522,7 +513,7 @@ def read_selection(path: str, arg: str = "selection") -> dict[str, Any]:
         with open(path, encoding="utf-8") as fh:
             record = json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise ValueError(f"{arg}: cannot read {path}: {_first_line(err)}") from None
+        raise ValueError(f"{arg}: cannot read {path}: {first_line(err)}") from None
     if not isinstance(record, dict) or record.get("format") != SELECTION_FORMAT:
         raise ValueError(f"{arg}: {path} is not a uotsel selection file")
     for key in ("selected", "ranking"):
@@ -705,254 +696,3 @@ def _json_number(value: Any) -> Any:
     elif isinstance(value, np.integer):
         return int(value)
     return value
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing files atomically, alone or all together
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _new_file_mode() -> int:
-    """The permissions ``open`` gives a new file under the process umask."""
-    return 0o666 & ~_umask()
-
-
-def _create_temp(folder: str) -> tuple[int, str]:
-    return tempfile.mkstemp(prefix=".uotsel-", suffix=".tmp", dir=folder)
-
-
-def _finish(fh: Any, mode: int) -> None:
-    fh.flush()
-    os.fchmod(fh.fileno(), mode)
-    os.fsync(fh.fileno())
-
-
-@contextlib.contextmanager
-def atomic_writer(path: str, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary file beside ``path``; rename it onto ``path`` only on success.
-
-    The file gets the permissions of a new file under the process umask. Raises ``OSError``
-    when the file cannot be written.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = _create_temp(directory)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            _finish(fh, _new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _identity(path: str) -> tuple[Any, ...]:
-    """What makes two names the same file: device and inode when it exists, else its real
-    path."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return ("path", os.path.realpath(path))
-    return ("inode", info.st_dev, info.st_ino)
-
-
-class _Pending:
-    def __init__(self, arg: str, path: str, final: str, fmt: str, fd: int, tmp: str):
-        self.arg, self.path, self.final, self.fmt = arg, path, final, fmt
-        self.fd: int | None = fd
-        self.tmp = tmp
-        self.written = False
-        self.existed = False
-        self.backup: str | None = None
-
-
-class Outputs:
-    """The output files of one command, written together or not at all.
-
-    :meth:`add` checks an output before any work: its extension gives its format (one of
-    ``formats``), it is neither a folder nor a special file, its folder exists, it is not an
-    input (same device and inode, which catches symbolic and hard links, or the same real path
-    when it does not exist yet) nor another output, and a temporary file can be created beside
-    it. :meth:`write` fills that temporary; :meth:`commit` renames all of them into place once
-    every one is complete, and puts back what it replaced if a rename fails. Leaving the
-    ``with`` block without :meth:`commit` deletes the temporaries: existing files stay
-    byte-identical. Files get the permissions of a new file under the process umask (0666 less
-    the umask), a replaced file too.
-
-    Every error is a one-line ``ValueError`` starting with the output's ``arg``.
-
-    Example:
-      >>> import os, tempfile
-      >>> from uotsel import io
-      >>> folder = tempfile.mkdtemp()
-      >>> with io.Outputs() as outputs:
-      ...     outputs.add("--out", os.path.join(folder, "a.txt"), ("txt",))
-      ...     outputs.write("--out", io.write_lines, ["x", "y"])
-      ...     outputs.commit()
-      'txt'
-      >>> open(os.path.join(folder, "a.txt")).read()
-      'x\\ny\\n'
-    """
-
-    def __init__(self, inputs: Iterable[tuple[str, str | None]] = ()):
-        self._inputs = [(arg, path, _identity(path)) for arg, path in inputs if path]
-        self._items: dict[str, _Pending] = {}
-        self._mode = _new_file_mode()
-
-    def __enter__(self) -> Outputs:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.discard()
-
-    def add(self, arg: str, path: str, formats: tuple[str, ...]) -> str:
-        """Check the output ``path`` of ``arg`` and create its temporary; returns its format."""
-        if not path:
-            raise ValueError(f"{arg}: no file name given")
-        if path.endswith(("/", os.sep)):
-            raise ValueError(f"{arg}: {path} names a folder, expected a file name")
-        fmt = FORMATS.get(os.path.splitext(path)[1].lower())
-        if fmt not in formats:
-            want = " or ".join(sorted(e for e, f in FORMATS.items() if f in formats))
-            raise ValueError(f"{arg}: {path} must end in {want} (the extension sets the format)")
-        final = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
-        folder = os.path.dirname(final)
-        if not os.path.exists(folder):
-            raise ValueError(f"{arg}: folder does not exist: {folder}")
-        if not os.path.isdir(folder):
-            raise ValueError(f"{arg}: {folder} is not a folder")
-        existed = os.path.lexists(final)
-        if existed:
-            info = os.stat(final)
-            if stat.S_ISDIR(info.st_mode):
-                raise ValueError(f"{arg}: {path} is a folder, expected a file name")
-            if not stat.S_ISREG(info.st_mode):
-                raise ValueError(f"{arg}: {path} exists and is not a regular file")
-        ident = _identity(final)
-        for other, other_path, other_ident in self._inputs:
-            if ident == other_ident:
-                raise ValueError(f"{arg}: {path} is the input file of {other} ({other_path})")
-        for item in self._items.values():
-            if _identity(item.final) == ident:
-                raise ValueError(f"{arg}: {path} is also the output of {item.arg}")
-        try:
-            fd, tmp = _create_temp(folder)
-        except OSError as err:
-            raise ValueError(f"{arg}: cannot create a file in {folder}: {_reason(err)}") from None
-        item = _Pending(arg, path, final, fmt, fd, tmp)
-        item.existed = existed
-        self._items[arg] = item
-        return fmt
-
-    def format(self, arg: str) -> str:
-        """The format (``npy``, ``npz``, ``json``, ``txt``) of the output ``arg``."""
-        return self._items[arg].fmt
-
-    def write(self, arg: str, writer: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-        """Fill the temporary of ``arg`` with ``writer(binary_file, *args, **kwargs)``."""
-        item = self._items[arg]
-        if item.fd is None:
-            raise RuntimeError(f"{arg}: written twice")
-        fd, item.fd = item.fd, None
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                writer(fh, *args, **kwargs)
-                _finish(fh, self._mode)
-        except OSError as err:
-            self.discard()
-            raise ValueError(f"{arg}: cannot write {item.path}: {_reason(err)}") from None
-        except BaseException:
-            self.discard()
-            raise
-        item.written = True
-
-    def commit(self) -> None:
-        """Rename every temporary onto its output; all of them or none."""
-        items = list(self._items.values())
-        unwritten = [item.arg for item in items if not item.written]
-        if unwritten:
-            self.discard()
-            raise RuntimeError(f"{unwritten[0]}: never written")
-        for item in items:
-            if item.existed:
-                try:
-                    item.backup = _keep(item)
-                except OSError as err:
-                    self.discard()
-                    raise ValueError(
-                        f"{item.arg}: cannot replace {item.path}: {_reason(err)}"
-                    ) from None
-        done: list[_Pending] = []
-        for item in items:
-            try:
-                os.replace(item.tmp, item.final)
-            except OSError as err:
-                self._roll_back(done)
-                self.discard()
-                raise ValueError(f"{item.arg}: cannot write {item.path}: {_reason(err)}") from None
-            done.append(item)
-        for item in items:
-            if item.backup:
-                with contextlib.suppress(OSError):
-                    os.unlink(item.backup)
-            item.backup = None
-        for folder in {os.path.dirname(item.final) for item in items}:
-            _sync_folder(folder)
-        self._items.clear()
-
-    def _roll_back(self, done: list[_Pending]) -> None:
-        for item in reversed(done):
-            with contextlib.suppress(OSError):
-                if item.backup:
-                    os.replace(item.backup, item.final)
-                    item.backup = None
-                else:
-                    os.unlink(item.final)
-
-    def discard(self) -> None:
-        """Delete every temporary (and backup); no output is touched."""
-        for item in self._items.values():
-            if item.fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(item.fd)
-                item.fd = None
-            for name in (item.tmp, item.backup):
-                if name:
-                    with contextlib.suppress(OSError):
-                        os.unlink(name)
-            item.backup = None
-        self._items.clear()
-
-
-def _keep(item: _Pending) -> str:
-    """A second name for the file about to be replaced, so that it can be put back."""
-    backup = item.tmp[: -len(".tmp")] + ".old"
-    try:
-        os.link(item.final, backup)
-    except OSError:
-        shutil.copy2(item.final, backup)
-    return backup
-
-
-def _sync_folder(folder: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _reason(err: OSError) -> str:
-    return err.strerror or _first_line(err)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

@@ -2,8 +2,9 @@
 
 The entropic plan of :func:`uotsel.sinkhorn` is ``P_ij = exp((f_i + g_j - C_ij) / eps)``.
 :func:`column_mass` sums its columns over chosen rows in float64 (a log-sum-exp, so that no
-entry underflows before it is added); :func:`target_mass` solves the problem of a ``uot``
-selection again and returns the column sums over the selected units and over all units.
+entry underflows before it is added); :func:`selection_mass` does it for a ``uot``
+:class:`~uotsel.Selection` from the solver output it carries, :func:`target_mass` for any
+selected units, solving the problem first.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from uotsel import paper
 
-__all__ = ["TargetMass", "column_mass", "target_mass"]
+__all__ = ["TargetMass", "column_mass", "selection_mass", "target_mass"]
 
 
 class TargetMass(NamedTuple):
@@ -107,3 +108,20 @@ def target_mass(
     )
     matrix = cost_matrix(source, target, cost, eps_c=eps_c)
     return TargetMass(column_mass(matrix, output, selected), column_mass(matrix, output))
+
+
+def selection_mass(selection: Any, source: Any, target: Any) -> TargetMass:
+    """The mass each target unit receives from the selected units of a ``uot`` ``selection``
+    (made by :func:`uotsel.select` from ``source`` ``[N, D]`` and ``target`` ``[M, D]``), from
+    the plan of the solver output it carries: nothing is solved again."""
+    if selection.strategy != "uot" or selection.solver is None:
+        raise ValueError(
+            f"selection: target mass needs a 'uot' selection, got {selection.strategy!r}"
+        )
+    from uotsel.costs import cost_matrix
+
+    settings = selection.settings
+    kind = settings.get("cost", paper.COST)
+    matrix = cost_matrix(source, target, kind, eps_c=settings.get("eps_c", paper.EPS_C))
+    output = selection.solver
+    return TargetMass(column_mass(matrix, output, selection.selected), column_mass(matrix, output))

@@ -21,7 +21,10 @@ import sys
 import time
 from typing import Any, TextIO
 
-__all__ = ["Progress", "format_seconds"]
+__all__ = ["LOG_EVERY_S", "Progress", "format_seconds"]
+
+# Seconds between plain progress lines when the stream is not a terminal.
+LOG_EVERY_S = 30.0
 
 
 def format_seconds(seconds: float) -> str:
@@ -44,7 +47,11 @@ class Progress:
       label: what is being done, first on the line.
       unit: name of a unit, for the rate (``it``, ``img``, ``step``).
       stream: where to write (default: ``sys.stderr`` at creation).
-      every_s: seconds between plain lines when ``stream`` is not a terminal.
+      every_s: seconds between plain lines when ``stream`` is not a terminal (default
+        :data:`LOG_EVERY_S`).
+      log_start: when not a terminal, write a line at the first update; otherwise the first
+        line comes ``every_s`` after the start, and a short job writes none (not even at its
+        end), so that an error it raises stays the only line on the stream.
       enabled: False writes nothing.
       initial: units already done (a resumed run).
       started: ``time.perf_counter()`` when the work began, if before this object was made
@@ -58,16 +65,20 @@ class Progress:
         *,
         unit: str = "it",
         stream: TextIO | None = None,
-        every_s: float = 30.0,
+        every_s: float | None = None,
         enabled: bool = True,
         initial: int = 0,
         started: float | None = None,
+        log_start: bool = True,
     ):
         self.total, self.label, self.unit = total, label, unit
         self.stream = sys.stderr if stream is None else stream
-        self.enabled, self.every_s = enabled, every_s
+        self.enabled = enabled
+        self.every_s = LOG_EVERY_S if every_s is None else every_s
         start = time.perf_counter() if started is None else started
-        self.done, self._start, self._last = initial, start, -float("inf")
+        self.done, self._start = initial, start
+        self._last = -float("inf") if log_start else start
+        self._log_start, self._lines = log_start, 0
         self._first = self._written = initial
         self._fields: dict[str, Any] = {}
         self._bar = None
@@ -126,11 +137,14 @@ class Progress:
         if self._tty:
             self.stream.write("\r\x1b[2K" + self.line())
             self.stream.flush()
-        elif now - self._last >= self.every_s or (self.total and self.done >= self.total):
+        elif now - self._last >= self.every_s or (
+            self.total and self.done >= self.total and (self._log_start or self._lines)
+        ):
             self._write_line(now)
 
     def _write_line(self, now: float) -> None:
         self._last, self._written = now, self.done
+        self._lines += 1
         self.stream.write(self.line() + "\n")
         self.stream.flush()
 
@@ -149,7 +163,7 @@ class Progress:
             self._bar = None
         elif self._tty:
             self.clear()
-        elif self.enabled and self.done != self._written:
+        elif self.enabled and self.done != self._written and (self._log_start or self._lines):
             self._write_line(time.perf_counter())
 
     def __enter__(self) -> Progress:

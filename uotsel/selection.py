@@ -32,6 +32,8 @@ class Selection(NamedTuple):
         when per-sample ``unit_ids`` were given, else None.
       settings: the strategy's settings as used (defaults filled in; arrays omitted).
       diagnostics: solver figures for ``uot`` (``n_iters``, ``error``, ``converged``), else {}.
+      solver: the :class:`~uotsel.SinkhornOutput` for ``uot`` (its potentials rebuild the plan,
+        see :func:`uotsel.plan.selection_mass`), else None.
     """
 
     strategy: str
@@ -43,6 +45,7 @@ class Selection(NamedTuple):
     sample_indices: np.ndarray | None
     settings: dict[str, Any]
     diagnostics: dict[str, Any]
+    solver: Any = None
 
 
 def rank(scores: Any) -> np.ndarray:
@@ -190,6 +193,7 @@ def select(
         sample_indices=None if unit_ids is None else expand_to_samples(selected, unit_ids),
         settings={k: p for k, p in ((k, _plain(v)) for k, v in used.items()) if p is not _OMIT},
         diagnostics=diagnostics,
+        solver=result.solver,
     )
 
 

@@ -585,11 +585,10 @@ class Resume(NamedTuple):
 
 
 def _first_pass(p: _it.Problem, f0: Array) -> tuple[Solved, Resume, Array]:
-    """One problem's first kernel pass, its output, and whether it needs the rest."""
-    progress = _it.start(p, f0)
-    last = _it.kernel_pass(p, progress.f, _it.first_g(p, progress.f), progress)
-    stuck = last.bad & (last.progress.n_iters == 0)
-    more = (last.again & _it.keep_going(p, last.progress)) | stuck | ~last.cols_ok
+    """One problem's kernel iterations (absorbing again as often as needed), its output, and
+    whether it needs the rest: the log-domain hand-over or exact column sums."""
+    last, stuck = _it.kernel_loop(p, *_from_start(p, f0))
+    more = stuck | ~last.cols_ok
     return _solved(p, last.progress, last.log_cols), Resume(last, stuck), more
 
 
@@ -683,8 +682,8 @@ def solve(
     Nothing is checked here: ``settings`` come from :func:`prepare`, and a ``Solved.ok`` of
     False must be passed to :func:`explain_failure`. :func:`solve_first` and
     :func:`solve_rest` split the same computation in two programs, so that the second one
-    (the rarely needed re-absorptions and log-domain hand-over) is compiled only when a
-    problem needs it; :func:`sinkhorn` and :func:`uotsel.transport` run them that way.
+    (the rarely needed log-domain hand-over) is compiled only when a problem needs it;
+    :func:`sinkhorn` and :func:`uotsel.transport` run them that way.
 
     Args:
       cost: ``[n, m]``, or ``[B, n, m]`` for a batch.
@@ -711,8 +710,8 @@ def solve(
 def solve_first(
     cost: Array, settings: SolverSettings, *, lockstep: bool = False
 ) -> tuple[Solved, Resume, Array]:
-    """The first half of :func:`solve` (``method="auto"``): one absorption of the kernel and
-    the scaling iterations on it, which finish most problems. Traceable.
+    """The first half of :func:`solve` (``method="auto"``): the scaling iterations on the
+    absorbed kernel, which finish most problems. Traceable.
 
     Returns:
       ``(solved, resume, more)``: the result so far, the state to continue from, and a bool
@@ -730,8 +729,8 @@ def solve_rest(
     cost: Array, settings: SolverSettings, resume: Resume, *, lockstep: bool = False
 ) -> Solved:
     """The second half of :func:`solve` (``method="auto"``), from :func:`solve_first`'s
-    ``resume``: absorb again while needed, then hand over to the log domain where the kernel
-    cannot be kept in range. Traceable."""
+    ``resume``: the hand-over to the log domain where the kernel could not be kept in range,
+    and exact column sums where its own were not. Traceable."""
     p, _ = _problems(cost, settings)
     if cost.ndim == 2:
         return _rest(p, resume)

@@ -382,7 +382,9 @@ def _extract(args: argparse.Namespace, pairs: list[str]) -> int:
             raise ValueError(f"{flag}: must be between 1 and 10^5, got {value}")
     if os.path.isdir(args.weights) or not os.path.exists(args.weights):
         raise ValueError(f"--weights: not a file: {args.weights}")
-    with io.Outputs([("--weights", args.weights)]) as outputs:
+    from uotsel.outputs import Outputs
+
+    with Outputs([("--weights", args.weights)]) as outputs:
         outputs.add("--out", args.out, ("npz",))
         if args.features_out:
             outputs.add("--features-out", args.features_out, ("npy",))
@@ -424,10 +426,10 @@ def _extract(args: argparse.Namespace, pairs: list[str]) -> int:
 
 
 def _convert(args: argparse.Namespace, pairs: list[str]) -> int:
-    from uotsel import io
+    from uotsel.outputs import Outputs
     from uotsel_train import convert
 
-    with io.Outputs([("--checkpoint", args.checkpoint)]) as outputs:
+    with Outputs([("--checkpoint", args.checkpoint)]) as outputs:
         outputs.add("--out", args.out, ("npz",))
         state = convert.load_state_dict(args.checkpoint)
         converted = convert.convert_state_dict(state, args.arch)

@@ -297,7 +297,7 @@ def save_variables(converted: Mapping[str, Any], target: Any) -> None:
     if not isinstance(target, str | os.PathLike):
         np.savez(target, **flat)
         return
-    from uotsel.io import atomic_writer
+    from uotsel.outputs import atomic_writer
 
     with atomic_writer(os.fspath(target), "wb") as fh:
         np.savez(fh, **flat)

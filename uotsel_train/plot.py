@@ -8,7 +8,7 @@ import io
 import os
 from collections.abc import Sequence
 
-from uotsel.io import atomic_writer
+from uotsel.outputs import atomic_writer
 from uotsel_train import metrics
 
 __all__ = ["curves"]
