@@ -155,8 +155,13 @@ def ratio(a: dict[str, float], b: dict[str, float]) -> str:
 
 
 def span_ms(x: dict[str, float]) -> str:
-    """``median (min-max)`` in milliseconds."""
-    return f"{x['median'] * 1e3:.3g} ({x['min'] * 1e3:.3g}-{x['max'] * 1e3:.3g})"
+    """``median (min-max)`` in milliseconds, three significant digits (whole ms from 100)."""
+
+    def fmt(seconds: float) -> str:
+        ms_ = seconds * 1e3
+        return f"{ms_:.0f}" if ms_ >= 100 else f"{ms_:.3g}"
+
+    return f"{fmt(x['median'])} ({fmt(x['min'])}-{fmt(x['max'])})"
 
 
 def write_results(name: str, markdown: str, payload: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ EPS_C = (0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--device", action="store_true", help="record as the accelerator section")
     args = parser.parse_args()
     info = C.machine()
     source = jnp.asarray(C.target_means("imagenet"))
@@ -122,7 +123,8 @@ def main() -> None:
     ]
     md = "\n".join(
         [
-            "## 64 problems: one batched call against a loop",
+            "## 64 problems: one batched call against a loop"
+            + (f" on {info['jax_device']}" if args.device else ""),
             "",
             C.machine_line(info),
             "",
@@ -141,7 +143,7 @@ def main() -> None:
         ]
     )
     C.write_results(
-        "batched",
+        "batched" + ("_device" if args.device else ""),
         md,
         {
             "machine": info,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ def wall(cmd: list[str], env: dict[str, str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", action="store_true", help="record as the accelerator section")
     args = parser.parse_args()
     info = C.machine()
     problems = {
@@ -81,54 +81,58 @@ def main() -> None:
             no_cache = dict(base, UOTSEL_CACHE_DIR="")
             cache_dir = os.path.join(tmp, f"cache-{name}")
             cached = dict(base, UOTSEL_CACHE_DIR=cache_dir)
-            pot = statistics.median(
-                wall([sys.executable, script, s_path, t_path, out], base)
-                for _ in range(args.repeats)
+            runs = args.repeats
+
+            def times(cmd, env, n=runs):
+                return C.spread([wall(cmd, env) for _ in range(n)])
+
+            pot = times([sys.executable, script, s_path, t_path, out], base)
+            cold = times(ours, no_cache)
+            first_cached = times(ours, cached, 1)  # fills the cache
+            warm = times(ours, cached)
+            imports = times(
+                [sys.executable, "-c", "import uotsel.cli, jax; jax.numpy.zeros(1)"], base
             )
-            cold = statistics.median(wall(ours, no_cache) for _ in range(args.repeats))
-            first_cached = wall(ours, cached)  # fills the cache
-            warm = statistics.median(wall(ours, cached) for _ in range(args.repeats))
-            imports = statistics.median(
-                wall([sys.executable, "-c", "import uotsel.cli, jax; jax.numpy.zeros(1)"], base)
-                for _ in range(args.repeats)
-            )
+
+            def row(how, x, ratio=True, name=name, pot=pot):
+                spread = f"{x['median']:.2f} ({x['min']:.2f}-{x['max']:.2f})"
+                return [name, how, spread, C.ratio(x, pot) if ratio else "-"]
+
             rows += [
-                [name, "POT script (float64)", f"{pot:.2f}", "1.00"],
-                [name, "uotsel select, no compilation cache", f"{cold:.2f}", f"{pot / cold:.2f}"],
-                [
-                    name,
-                    "uotsel select, first run filling the cache",
-                    f"{first_cached:.2f}",
-                    f"{pot / first_cached:.2f}",
-                ],
-                [name, "uotsel select, cache filled", f"{warm:.2f}", f"{pot / warm:.2f}"],
-                [name, "(python + import uotsel, jax alone)", f"{imports:.2f}", "-"],
+                row("POT script (float64)", pot),
+                row("uotsel select, no compilation cache", cold),
+                row("uotsel select, first run filling the cache", first_cached),
+                row("uotsel select, cache filled", warm),
+                row("(python + import uotsel, jax alone)", imports, ratio=False),
             ]
             payload.append(
                 {
                     "problem": name,
-                    "pot_s": pot,
-                    "cold_s": cold,
-                    "first_cached_s": first_cached,
-                    "warm_s": warm,
-                    "imports_s": imports,
+                    "pot": pot,
+                    "cold": cold,
+                    "first_cached": first_cached,
+                    "warm": warm,
+                    "imports": imports,
                 }
             )
     md = "\n".join(
         [
-            "## End to end: `uotsel select` as a process",
+            "## End to end: `uotsel select` as a process"
+            + (f" on {info['jax_device']}" if args.device else ""),
             "",
             C.machine_line(info),
             "",
-            "Wall time from process start to the selection file written, median of "
-            f"{args.repeats} runs; the POT script loads the same files, computes the same cost in "
+            "Wall time from process start to the selection file written, median (min-max) of "
+            f"{args.repeats} runs, in seconds, and as a multiple of the POT script's; the POT "
+            "script loads the same files, computes the same cost in "
             "numpy, calls `sinkhorn_knopp_unbalanced` with its defaults and writes the top 100.",
             "",
-            C.table(["problem", "how", "seconds", "POT / this"], rows),
+            C.table(["problem", "how", "seconds", "x POT"], rows),
             "",
         ]
     )
-    C.write_results("end_to_end", md, {"machine": info, "results": payload})
+    section = "end_to_end" + ("_device" if args.device else "")
+    C.write_results(section, md, {"machine": info, "results": payload})
     print(md)
 
 

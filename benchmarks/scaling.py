@@ -58,6 +58,7 @@ def child(n: int, m: int, dtype: str, threshold: float, repeats: int) -> dict:
     settings = unbalanced.prepare((), n, m, jnp.dtype(dtype), threshold=threshold)
     compiled = unbalanced.solve.lower(spec, settings, method="auto").compile()
     temp = compiled.memory_analysis().temp_size_in_bytes
+    stats = jax.devices()[0].memory_stats() or {}  # accelerators: bytes on the device
     return {
         "n": n,
         "m": m,
@@ -72,6 +73,7 @@ def child(n: int, m: int, dtype: str, threshold: float, repeats: int) -> dict:
         "cost_matrix_mb": cost_bytes / 2**20,
         "peak_above_baseline_mb": C.peak_rss_mb() - baseline,
         "solver_temp_mb": temp / 2**20,
+        "device_peak_mb": stats.get("peak_bytes_in_use", 0) / 2**20 or None,
     }
 
 
@@ -79,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-n", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", action="store_true", help="record as the accelerator section")
     parser.add_argument(
         "--child", nargs=4, metavar=("N", "M", "DTYPE", "THRESHOLD"), help=argparse.SUPPRESS
     )
@@ -123,12 +126,14 @@ def main() -> None:
             f"{r['peak_above_baseline_mb']:.0f}",
             f"{r['peak_above_baseline_mb'] / r['cost_matrix_mb']:.2f}",
             f"{r['solver_temp_mb'] / r['cost_matrix_mb']:.2f}",
+            f"{r['device_peak_mb']:.0f}" if r.get("device_peak_mb") else "-",
         ]
         for r in results
     ]
     md = "\n".join(
         [
-            "## Scaling with the number of source units",
+            "## Scaling with the number of source units"
+            + (f" on {info['jax_device']}" if args.device else ""),
             "",
             C.machine_line(info),
             "",
@@ -137,7 +142,8 @@ def main() -> None:
             f"solve, median of {args.repeats} runs after a first (compiling) run; memory = peak "
             "resident memory above the process's baseline (which already holds the features), "
             "in MB and in cost-matrix units; XLA temp = the compiled solver's own scratch memory "
-            "in cost-matrix units (the cost matrix itself is the solver's input).",
+            "in cost-matrix units (the cost matrix itself is the solver's input); device peak = "
+            "the accelerator's own peak memory (not reported on CPU).",
             "",
             C.table(
                 [
@@ -152,13 +158,15 @@ def main() -> None:
                     "peak MB",
                     "peak / cost",
                     "XLA temp / cost",
+                    "device peak MB",
                 ],
                 rows,
             ),
             "",
         ]
     )
-    C.write_results("scaling", md, {"machine": info, "results": results})
+    section = "scaling" + ("_device" if args.device else "")
+    C.write_results(section, md, {"machine": info, "results": results})
     print(md)
 
 

@@ -98,3 +98,22 @@ def test_unknown_cost_lists_valid_ones():
 def test_zero_rows_are_fine_for_l2():
     c = uotsel.l2_cost(np.zeros((2, 3)), np.array([[3.0, 4.0, 0.0]]))
     np.testing.assert_allclose(c, [[5.0], [5.0]], rtol=1e-6)
+
+
+def test_rows_of_extreme_norm_take_a_second_program_only_then(rng):
+    """The exact rescaling for norms beyond [2^-40, 2^40] is compiled and run only for inputs
+    that need it; under a caller's jit both ways are in the one program."""
+    import jax
+
+    from uotsel import costs
+
+    base = rng.normal(size=(7, 3)).astype(np.float32)
+    target = rng.normal(size=(2, 3)).astype(np.float32)
+    before = costs.pairwise._cache_size()
+    plain = np.asarray(uotsel.cosine_cost(base, target))
+    assert costs.pairwise._cache_size() == before + 1
+    huge = np.asarray(uotsel.cosine_cost(base * np.float32(1e30), target))
+    assert costs.pairwise._cache_size() == before + 2
+    np.testing.assert_allclose(huge, plain, atol=1e-3)
+    traced = jax.jit(lambda s, t: costs.pairwise("cosine", s, t, 0.01, 7, wide=None).cost)
+    np.testing.assert_allclose(traced(base * np.float32(1e30), target), plain, atol=1e-3)

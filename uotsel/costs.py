@@ -36,6 +36,7 @@ __all__ = [
     "cosine_cost",
     "cost_matrix",
     "l2_cost",
+    "needs_wide",
     "pairwise",
     "prepare",
     "raise_if_flagged",
@@ -59,7 +60,9 @@ class PairwiseCost(NamedTuple):
       exponent: int32 scalar; 0 unless :func:`pairwise` was asked to leave the scale out.
       valid: ``[3]`` bool, in one array so that checking them costs one transfer: every source
         row finite (and, for the cosine, not all zero); the same for the target rows; no
-        ``l2``/``sqeuclidean`` cost can have overflowed to ``inf``. A False entry is explained
+        ``l2``/``sqeuclidean`` cost can have overflowed to ``inf``, and for the cosine, every
+        row norm within ``[2^-40, 2^40]`` unless ``wide`` (otherwise compute it again with
+        ``wide=True``, see :func:`needs_wide`). A False entry in the first two is explained
         by :func:`raise_if_flagged`.
     """
 
@@ -161,13 +164,18 @@ def _row_norms(x: Array) -> tuple[Array, Array]:
     return norms, jnp.all(jnp.isfinite(norms) & (top > 0))
 
 
-def _cos_block(rows: Array, row_norms: Array, target: Array, target_norms: Array) -> Array:
-    """``1 - cos`` ``[r, m]``. Norms in ``[2^-40, 2^40]``: the dot products are scaled by the
-    norms afterwards (no normalised copies of the inputs); otherwise both sides are first
-    rescaled exactly (:func:`_exact_rows`) and normalised."""
+def _direct(norms: Array) -> Array:
+    """Whether every norm lies in ``[2^-40, 2^40]``, where scaling after the product is exact."""
+    return jnp.all((norms >= 1.0 / _DIRECT) & (norms <= _DIRECT))
 
-    def direct(n):
-        return jnp.all((n >= 1.0 / _DIRECT) & (n <= _DIRECT))
+
+def _cos_block(
+    rows: Array, row_norms: Array, target: Array, target_norms: Array, wide: bool | None
+) -> Array:
+    """``1 - cos`` ``[r, m]``. Not ``wide`` (norms in ``[2^-40, 2^40]``): the dot products are
+    scaled by the norms afterwards (no normalised copies of the inputs); ``wide``: both sides
+    are first rescaled exactly (:func:`_exact_rows`) and normalised; None: the first when the
+    norms allow it, else the second."""
 
     def scale_after(rows, target):
         dots = jnp.matmul(rows, target.T, precision=_HIGHEST)
@@ -181,9 +189,21 @@ def _cos_block(rows: Array, row_norms: Array, target: Array, target_norms: Array
 
         return jnp.matmul(unit(rows), unit(target).T, precision=_HIGHEST)
 
-    safe = direct(row_norms) & direct(target_norms)
-    cos = jax.lax.cond(safe, scale_after, rescale_first, rows, target)
+    if wide is None:
+        safe = _direct(row_norms) & _direct(target_norms)
+        cos = jax.lax.cond(safe, scale_after, rescale_first, rows, target)
+    else:
+        cos = (rescale_first if wide else scale_after)(rows, target)
     return 1.0 - jnp.clip(cos, -1.0, 1.0)
+
+
+def needs_wide(kind: str, valid: Any) -> bool:
+    """Whether a cosine cost computed without ``wide`` must be computed again with it: some
+    row norm lies outside ``[2^-40, 2^40]`` or could not be computed (subnormal rows; invalid
+    rows are then named by :func:`raise_if_flagged`). ``valid`` from :class:`PairwiseCost`."""
+    if kind != "cosine" or not _checks.is_concrete(valid):
+        return False
+    return not bool(np.all(np.asarray(valid)))
 
 
 def _sq_block(rows: Array, target: Array, mean: Array) -> Array:
@@ -198,7 +218,7 @@ def _sq_block(rows: Array, target: Array, mean: Array) -> Array:
     return jnp.maximum(d2, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "rescale"))
+@functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "rescale", "wide"))
 def pairwise(
     kind: str,
     source: Array,
@@ -206,6 +226,7 @@ def pairwise(
     eps_c: Array,
     chunk_size: int,
     rescale: bool = True,
+    wide: bool | None = False,
 ) -> PairwiseCost:
     """The ``[n, m]`` cost of ``kind`` over row blocks of ``source``, with validity flags
     computed in the same pass: the compiled core of :func:`cost_matrix`.
@@ -220,6 +241,11 @@ def pairwise(
       chunk_size: source rows per block.
       rescale: ``l2``/``sqeuclidean`` only: False leaves the power-of-two scale of the features
         out (``PairwiseCost.exponent``), so that no cost can overflow.
+      wide: cosine only: True rescales every row exactly before normalising it, which any
+        finite non-zero row survives; False divides the dot products by the row norms
+        afterwards (faster, and exact for norms in ``[2^-40, 2^40]``, which ``valid[2]``
+        reports); None chooses between the two inside the program (both are compiled), for
+        callers that cannot look at ``valid`` before going on.
 
     Returns:
       A :class:`PairwiseCost`.
@@ -230,10 +256,12 @@ def pairwise(
         source_norms, source_ok = _row_norms(source)
         target_norms, target_ok = _row_norms(target)
         exponent = jnp.int32(0)
-        in_range = jnp.bool_(True)
+        in_range = _direct(source_norms) & _direct(target_norms)
+        if wide is not False:
+            in_range = jnp.bool_(True)
 
         def block(rows, norms):
-            return _cos_block(rows, norms, target, target_norms) / eps_c
+            return _cos_block(rows, norms, target, target_norms, wide) / eps_c
 
         extra = source_norms
     else:
@@ -274,7 +302,11 @@ def _run(kind: str, source: Any, target: Any, eps_c: Any, chunk_size: int | None
     if chunk_size is None:
         chunk_size = source.shape[0]
     chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
-    result = pairwise(kind, source, target, jnp.asarray(eps_c, source.dtype), chunk_size)
+    eps_c = jnp.asarray(eps_c, source.dtype)
+    concrete = _checks.is_concrete(source) and _checks.is_concrete(target)
+    result = pairwise(kind, source, target, eps_c, chunk_size, wide=False if concrete else None)
+    if needs_wide(kind, result.valid):
+        result = pairwise(kind, source, target, eps_c, chunk_size, wide=True)
     raise_if_flagged(result, source, target, kind)
     return result.cost
 

@@ -83,13 +83,9 @@ def transport(
     )
     chunk = n if chunk_size is None else _checks.check_positive_int(chunk_size, "chunk_size")
     scale = np.asarray(eps_c if cost == "cosine" else 1.0, source.dtype)
-    args = (cost, source, target, scale, chunk, settings)
-    if method == "auto" and _checks.is_concrete(source) and _checks.is_concrete(target):
-        out, valid, resume, more = _transport_first(*args)
-        if bool(more):
-            out, valid = _transport_rest(*args, resume)
-    else:
-        out, valid = _transport_one(*args, method=method)
+    out, valid = _run(cost, source, target, scale, chunk, settings, method, wide=False)
+    if costs.needs_wide(cost, valid[:3]):
+        out, valid = _run(cost, source, target, scale, chunk, settings, method, wide=True)
     # One transfer for all four flags; only a raised flag pays for a closer look.
     if _checks.is_concrete(valid) and not bool(np.all(valid)):
         costs.raise_if_flagged(costs.PairwiseCost(None, 0, valid[:3]), source, target, cost)
@@ -100,28 +96,41 @@ def transport(
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "method"))
-def _transport_one(kind, source, target, eps_c, chunk_size, settings, *, method):
+def _run(kind, source, target, eps_c, chunk, settings, method, wide):
+    """The output and the ``[4]`` validity flags: in two programs (the second only when a
+    problem needs it) when the inputs are concrete, else in one."""
+    concrete = _checks.is_concrete(source) and _checks.is_concrete(target)
+    args = (kind, source, target, eps_c, chunk, settings, wide if concrete else None)
+    if method == "auto" and concrete:
+        out, valid, resume, more = _transport_first(*args)
+        if bool(more) and bool(np.all(valid[:3])):
+            out, valid = _transport_rest(*args, resume)
+        return out, valid
+    return _transport_one(*args, method=method)
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "method", "wide"))
+def _transport_one(kind, source, target, eps_c, chunk_size, settings, wide, *, method):
     """Cost and solve in one program; returns the output and the ``[4]`` validity flags
     (:class:`~uotsel.costs.PairwiseCost` ``valid``, then :class:`~uotsel.unbalanced.Solved`
     ``ok``)."""
-    built = costs.pairwise(kind, source, target, jnp.asarray(eps_c), chunk_size)
+    built = costs.pairwise(kind, source, target, jnp.asarray(eps_c), chunk_size, wide=wide)
     solved = unbalanced.solve(built.cost, settings, method=method)
     return solved.output, jnp.concatenate([built.valid, solved.ok[None]])
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "chunk_size"))
-def _transport_first(kind, source, target, eps_c, chunk_size, settings):
+@functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "wide"))
+def _transport_first(kind, source, target, eps_c, chunk_size, settings, wide):
     """Cost and :func:`~uotsel.unbalanced.solve_first` in one program: the output so far, the
     flags as in :func:`_transport_one`, the state to resume from, and whether to."""
-    built = costs.pairwise(kind, source, target, jnp.asarray(eps_c), chunk_size)
+    built = costs.pairwise(kind, source, target, jnp.asarray(eps_c), chunk_size, wide=wide)
     solved, resume, more = unbalanced.solve_first(built.cost, settings)
     return solved.output, jnp.concatenate([built.valid, solved.ok[None]]), resume, more
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "chunk_size"))
-def _transport_rest(kind, source, target, eps_c, chunk_size, settings, resume):
+@functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "wide"))
+def _transport_rest(kind, source, target, eps_c, chunk_size, settings, wide, resume):
     """The cost again and :func:`~uotsel.unbalanced.solve_rest`, for the problems that need it."""
-    built = costs.pairwise(kind, source, target, jnp.asarray(eps_c), chunk_size)
+    built = costs.pairwise(kind, source, target, jnp.asarray(eps_c), chunk_size, wide=wide)
     solved = unbalanced.solve_rest(built.cost, settings, resume)
     return solved.output, jnp.concatenate([built.valid, solved.ok[None]])
