@@ -1,8 +1,8 @@
 """Unbalanced OT between two sets of unit features, cost and solve in one compiled program.
 
 :func:`transport` is what ``select(strategy="uot")`` runs: the same answer as
-``sinkhorn(cost_matrix(source, target, ...), ...)``, without a round trip between the two
-programs (about a quarter of the time of a 2000 x 200 problem on a 2-core CPU).
+``sinkhorn(cost_matrix(source, target, ...), ...)``, with the cost built inside the solver's
+program (on a 2-core CPU this saves no time: see ``sinkhorn_peers`` in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -102,8 +102,10 @@ def _run(kind, source, target, eps_c, chunk, settings, method, wide):
     concrete = _checks.is_concrete(source) and _checks.is_concrete(target)
     args = (kind, source, target, eps_c, chunk, settings, wide if concrete else None)
     if method == "auto" and concrete:
-        out, valid, resume, more = _transport_first(*args)
-        if bool(more) and bool(np.all(valid[:3])):
+        out, flags, resume = _transport_first(*args)
+        flags = np.asarray(flags)  # one transfer: the [4] validity flags, then "more"
+        valid = flags[:4]
+        if flags[4] and valid[:3].all():
             out, valid = _transport_rest(*args, resume)
         return out, valid
     return _transport_one(*args, method=method)
@@ -121,11 +123,13 @@ def _transport_one(kind, source, target, eps_c, chunk_size, settings, wide, *, m
 
 @functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "wide"))
 def _transport_first(kind, source, target, eps_c, chunk_size, settings, wide):
-    """Cost and :func:`~uotsel.unbalanced.solve_first` in one program: the output so far, the
-    flags as in :func:`_transport_one`, the state to resume from, and whether to."""
+    """Cost and :func:`~uotsel.unbalanced.solve_first` in one program: the output so far,
+    ``[5]`` flags (those of :func:`_transport_one`, then whether to resume), and the state to
+    resume from."""
     built = costs.pairwise(kind, source, target, jnp.asarray(eps_c), chunk_size, wide=wide)
     solved, resume, more = unbalanced.solve_first(built.cost, settings)
-    return solved.output, jnp.concatenate([built.valid, solved.ok[None]]), resume, more
+    flags = jnp.concatenate([built.valid, solved.ok[None], more[None]])
+    return solved.output, flags, resume
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "wide"))

@@ -742,7 +742,9 @@ def solve_rest(
 
 @functools.partial(jax.jit, static_argnames=("lockstep",))
 def _first_program(cost, settings, lockstep):
-    return solve_first(cost, settings, lockstep=lockstep)
+    """:func:`solve_first`, with ``more`` and ``ok`` in one ``[2]`` array (one transfer)."""
+    solved, resume, more = solve_first(cost, settings, lockstep=lockstep)
+    return solved, resume, jnp.stack([more, solved.ok])
 
 
 _rest_program = jax.jit(solve_rest, static_argnames=("lockstep",))
@@ -755,7 +757,8 @@ def solve_staged(
     problem needs it. Not traceable: it decides on the host."""
     if method == "log":
         return solve(cost, settings, method=method, lockstep=lockstep)
-    solved, resume, more = _first_program(cost, settings, lockstep)
-    if bool(more):
-        solved = _rest_program(cost, settings, resume, lockstep=lockstep)
-    return solved
+    solved, resume, flags = _first_program(cost, settings, lockstep)
+    more, ok = np.asarray(flags)
+    if more:
+        return _rest_program(cost, settings, resume, lockstep=lockstep)
+    return Solved(solved.output, ok)
