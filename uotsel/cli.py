@@ -421,7 +421,7 @@ def _check_units_for_cost(units: Any, flag: str, cost: str) -> None:
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
-    from uotsel import __version__, io
+    from uotsel import io
     from uotsel.selection import select
     from uotsel.strategies import STRATEGIES
 
@@ -462,40 +462,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
         matching = None
         if args.strategy == "label":
             matching = _read_matching(args.matching, num_units)
-        top_k = args.top_k
-        if top_k is None and args.strategy != "label":
-            top_k = paper.TOP_K_CLASSES
-            if top_k > num_units:
-                raise UsageError(
-                    f"--top-k: the default {top_k} is more than the {num_units} source units; "
-                    "give --top-k"
-                )
-        if top_k is not None and top_k > num_units:
-            raise UsageError(f"--top-k: {top_k} is more than the {num_units} source units")
-        if matching is not None and top_k is not None and top_k > np.unique(matching).size:
-            raise UsageError(
-                f"--top-k: {top_k} is more than the {np.unique(matching).size} units listed in "
-                "--matching"
-            )
-        if args.groups is not None and args.groups > num_units:
-            raise UsageError(f"--groups: {args.groups} is more than the {num_units} source units")
-
-        with_cost = {} if args.cost is None else {"cost": args.cost}
-        settings: dict[str, Any] = {
-            "uot": dict(
-                **with_cost,
-                eps_c=args.eps_c,
-                eps=args.eps,
-                tau_source=args.tau_source,
-                tau_target=args.tau_target,
-                threshold=args.threshold,
-                max_iter=args.max_iter,
-            ),
-            "greedy_ot": dict(**with_cost, eps_c=args.eps_c),
-            "nearest": dict(**with_cost, eps_c=args.eps_c),
-            "random": dict(seed=args.seed),
-            "label": dict(matching=matching),
-        }[args.strategy]
+        top_k = _select_top_k(args, num_units, matching)
         selection = select(
             source.means,
             None if target is None else target.means,
@@ -503,30 +470,86 @@ def _cmd_select(args: argparse.Namespace) -> int:
             top_k=top_k,
             n_groups=args.groups if args.groups is not None else min(paper.N_GROUPS, num_units),
             unit_ids=source.unit_ids,
-            **settings,
+            **_strategy_settings(args, matching),
         )
-
-        mass = None
-        if args.strategy == "uot":
-            from uotsel.plan import selection_mass
-
-            mass = selection_mass(selection, source.means, target.means)
-        record = io.selection_record(selection, source, target, __version__, mass)
-        outputs.write("--out", io.write_selection, record)
-        if args.names_out is not None:
-            outputs.write("--names-out", io.write_lines, _unit_lines(source, selection.selected))
-        if args.samples_out is not None:
-            if outputs.format("--samples-out") == "npy":
-                outputs.write("--samples-out", io.write_indices, selection.sample_indices)
-            else:
-                names = source.sample_names
-                outputs.write(
-                    "--samples-out",
-                    io.write_lines,
-                    (names[i] if names is not None else int(i) for i in selection.sample_indices),
-                )
+        _write_selection_outputs(outputs, args, selection, source, target)
         outputs.commit()
+    _report_selection(args, selection)
+    return 0
 
+
+def _select_top_k(args: argparse.Namespace, num_units: int, matching: Any) -> int | None:
+    """``--top-k`` (its default for every strategy but ``label``), checked against the units;
+    ``--groups`` checked too."""
+    top_k = args.top_k
+    if top_k is None and args.strategy != "label":
+        top_k = paper.TOP_K_CLASSES
+        if top_k > num_units:
+            raise UsageError(
+                f"--top-k: the default {top_k} is more than the {num_units} source units; "
+                "give --top-k"
+            )
+    if top_k is not None and top_k > num_units:
+        raise UsageError(f"--top-k: {top_k} is more than the {num_units} source units")
+    if matching is not None and top_k is not None and top_k > np.unique(matching).size:
+        raise UsageError(
+            f"--top-k: {top_k} is more than the {np.unique(matching).size} units listed in "
+            "--matching"
+        )
+    if args.groups is not None and args.groups > num_units:
+        raise UsageError(f"--groups: {args.groups} is more than the {num_units} source units")
+    return top_k
+
+
+def _strategy_settings(args: argparse.Namespace, matching: Any) -> dict[str, Any]:
+    """The flags ``--strategy`` takes, as :func:`uotsel.select` keywords."""
+    with_cost = {} if args.cost is None else {"cost": args.cost}
+    return {
+        "uot": dict(
+            **with_cost,
+            eps_c=args.eps_c,
+            eps=args.eps,
+            tau_source=args.tau_source,
+            tau_target=args.tau_target,
+            threshold=args.threshold,
+            max_iter=args.max_iter,
+        ),
+        "greedy_ot": dict(**with_cost, eps_c=args.eps_c),
+        "nearest": dict(**with_cost, eps_c=args.eps_c),
+        "random": dict(seed=args.seed),
+        "label": dict(matching=matching),
+    }[args.strategy]
+
+
+def _write_selection_outputs(
+    outputs: Outputs, args: argparse.Namespace, selection: Any, source: Any, target: Any
+) -> None:
+    """The selection file, and the names and sample files when asked for, into ``outputs``."""
+    from uotsel import __version__, io
+
+    mass = None
+    if args.strategy == "uot":
+        from uotsel.plan import selection_mass
+
+        mass = selection_mass(selection, source.means, target.means)
+    record = io.selection_record(selection, source, target, __version__, mass)
+    outputs.write("--out", io.write_selection, record)
+    if args.names_out is not None:
+        outputs.write("--names-out", io.write_lines, _unit_lines(source, selection.selected))
+    if args.samples_out is not None:
+        if outputs.format("--samples-out") == "npy":
+            outputs.write("--samples-out", io.write_indices, selection.sample_indices)
+        else:
+            names = source.sample_names
+            outputs.write(
+                "--samples-out",
+                io.write_lines,
+                (names[i] if names is not None else int(i) for i in selection.sample_indices),
+            )
+
+
+def _report_selection(args: argparse.Namespace, selection: Any) -> None:
+    """One line on stdout; a warning on stderr when the solver stopped short."""
     diag = selection.diagnostics
     note = ""
     if diag:
@@ -542,7 +565,6 @@ def _cmd_select(args: argparse.Namespace) -> int:
         f"selected {selection.selected.size} of {selection.ranking.size} units with "
         f"{args.strategy}{note} -> {args.out}"
     )
-    return 0
 
 
 def _unit_lines(source: Any, ids: np.ndarray) -> list[Any]:
