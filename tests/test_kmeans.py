@@ -230,3 +230,17 @@ def test_clusters_of_class_means_select_and_expand_to_classes():
     # The selected clusters are mostly birds, and they hold most of the 59 bird classes
     # (measured: 52 bird classes among the 95 classes of the 20 selected clusters).
     assert birds.mean() > 0.5 and birds.sum() >= 40
+
+
+def test_default_seeding_candidates_shrink_with_k():
+    from uotsel import clustering
+
+    ks = (1, 50, 256, 257, 512, 1000, 2000, 5000)
+    assert [clustering.default_restarts(k) for k in ks] == [8, 8, 8, 7, 4, 2, 1, 1]
+    x = np.random.default_rng(3).normal(size=(800, 4)).astype(np.float32)
+    seen = []
+    clustering.kmeans(x, 700, max_iter=2, progress=seen.append)
+    assert [s.step for s in seen if s.stage == "seeding"] == [1, 2]
+    seen.clear()
+    clustering.kmeans(x, 700, max_iter=2, init_restarts=3, progress=seen.append)
+    assert [s.step for s in seen if s.stage == "seeding"] == [1, 2, 3]

@@ -46,6 +46,7 @@ __all__ = [
     "ProgressBars",
     "assign",
     "default_chunk",
+    "default_restarts",
     "greedy_plus_plus",
     "kmeans",
     "print_progress",
@@ -59,8 +60,11 @@ Array = jax.Array
 RESEED_POOL = 256
 # Budget for the [chunk, K] score block of the assignment step, in float32 entries.
 SCORE_BLOCK = 1 << 23
-# Seeding: candidate seedings, and Lloyd iterations refining each on its sample.
+# Seeding: candidate seedings (INIT_RESTARTS up to K = SEEDING_BUDGET / INIT_RESTARTS, then
+# SEEDING_BUDGET // K, at least 1: their cost grows as K^2 log K, and with many clusters one
+# seeding's objective varies little), and Lloyd iterations refining each on its sample.
 INIT_RESTARTS = 8
+SEEDING_BUDGET = 2048
 INIT_ITERATIONS = 10
 # The evaluation sample that picks among the candidates is this many times the seeding sample.
 EVALUATION_FACTOR = 8
@@ -152,7 +156,7 @@ def kmeans(
     tol: float = 1e-4,
     seed: int = 0,
     init_sample: int | None = None,
-    init_restarts: int = INIT_RESTARTS,
+    init_restarts: int | None = None,
     chunk_size: int | None = None,
     progress: Callable[[KMeansStatus], None] | None = None,
 ) -> KMeansResult:
@@ -172,7 +176,7 @@ def kmeans(
         ``min(N, 16 k + 4096)``); candidates are compared on ``8`` times as many samples.
       init_restarts: candidate seedings (greedy k-means++ plus ``INIT_ITERATIONS`` Lloyd
         iterations on the sample); the one with the lowest objective on the evaluation sample
-        starts the Lloyd iterations on all the data.
+        starts the Lloyd iterations on all the data. Default :func:`default_restarts`.
       chunk_size: rows per assignment block (default: keep the ``[chunk, k]`` block near 32 MB).
       progress: called with a :class:`KMeansStatus` after every seeding candidate and every
         Lloyd iteration (:func:`print_progress` writes them to stderr as lines).
@@ -208,6 +212,8 @@ def kmeans(
         raise ValueError(f"k: {k} clusters for only {n} samples")
     n_init = _checks.check_positive_int(n_init, "n_init")
     max_iter = _checks.check_positive_int(max_iter, "max_iter")
+    if init_restarts is None:
+        init_restarts = default_restarts(k)
     init_restarts = _checks.check_positive_int(init_restarts, "init_restarts")
     for name, value in (("n_init", n_init), ("init_restarts", init_restarts)):
         if value > MAX_RESTARTS:
@@ -249,6 +255,12 @@ def kmeans(
             best = result
     means = _member_means(features, best.assignment, best.centroids, max(chunk_size, 65536))
     return best._replace(means=means, restart_objectives=np.asarray(objectives))
+
+
+def default_restarts(k: int) -> int:
+    """Candidate seedings for ``k`` clusters: ``INIT_RESTARTS`` (8) up to ``k = 256``, then
+    ``SEEDING_BUDGET // k`` (2048 // k), at least 1."""
+    return max(1, min(INIT_RESTARTS, SEEDING_BUDGET // k))
 
 
 def default_chunk(n: int, k: int) -> int:
