@@ -236,11 +236,11 @@ def markdown(info, results, whole, iters, label) -> str:
                 rows,
             ),
             "",
-            "Whole runs at each tool's defaults (seeding included: uotsel's 8 candidate greedy "
-            "k-means++ seedings on a sample, faiss's random sample of centroids and its "
-            "subsampling to 256 points per centroid, scikit-learn's greedy k-means++ on all the "
-            "data), at most 50 Lloyd iterations, stopping rules as each tool's own; one run each "
-            "(seed 0):",
+            "Whole runs at each tool's defaults (seeding included: uotsel's candidate greedy "
+            "k-means++ seedings on a sample, 8 up to K = 256 and 2048 // K beyond, faiss's random "
+            "sample of centroids and its subsampling to 256 points per centroid, scikit-learn's "
+            "greedy k-means++ on all the data), at most 50 Lloyd iterations, stopping rules as "
+            "each tool's own; one run each (seed 0):",
             "",
             C.table(
                 ["N", "K", "tool", "total s", "iterations", "objective", "peak MB"], whole_rows
