@@ -22,20 +22,17 @@ TARGETS = ("cub", "dogs", "cars", "pets", "sun397", "aircraft", "dtd", "caltech1
 EPS_C = (0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--device", action="store_true", help="record as the accelerator section")
-    args = parser.parse_args()
-    info = C.machine()
-    source = jnp.asarray(C.target_means("imagenet"))
-    targets = [C.target_means(t) for t in TARGETS]
+def runners(source, targets) -> dict:
+    """The five ways of solving, as functions of nothing: the 8 x 8 problems (loop, warm-started
+    loop, one padded batch) and CUB at 64 values of ``eps_c`` (loop, one batch)."""
     width = max(t.shape[0] for t in targets)
     padded = jnp.asarray(
         np.stack([np.concatenate([t, np.repeat(t[:1], width - len(t), 0)]) for t in targets])
     )
     mask = np.stack([np.arange(width) < len(t) for t in targets])
     eps_c = jnp.asarray(EPS_C, jnp.float32)
+    cub = targets[0]
+    sweep = jnp.asarray(np.geomspace(0.005, 0.1, 64), jnp.float32)
 
     def loop():
         outs = []
@@ -54,13 +51,10 @@ def main() -> None:
         return [o.log_row_sums for o in outs]
 
     def batched():
-        dist = jnp.stack([uotsel.cosine_cost(source, padded[i], 1.0) for i in range(len(TARGETS))])
+        dist = jnp.stack([uotsel.cosine_cost(source, padded[i], 1.0) for i in range(len(targets))])
         costs = (dist[:, None] / eps_c[None, :, None, None]).reshape(-1, *dist.shape[1:])
         masks = np.repeat(mask, len(EPS_C), axis=0)
         return uotsel.sinkhorn(costs, target_mask=masks)
-
-    cub = targets[0]
-    sweep = jnp.asarray(np.geomspace(0.005, 0.1, 64), jnp.float32)
 
     def sweep_loop():
         return [
@@ -72,90 +66,79 @@ def main() -> None:
         dist = uotsel.cosine_cost(source, cub, 1.0)
         return uotsel.sinkhorn(dist[None] / sweep[:, None, None])
 
-    t_sweep_loop = C.timed(sweep_loop, args.repeats, warmup=1)
-    t_sweep_batch = C.timed(sweep_batched, args.repeats, warmup=1)
-    t_loop = C.timed(loop, args.repeats, warmup=1)
-    t_warm = C.timed(loop_warm, args.repeats, warmup=1)
-    t_batch = C.timed(batched, args.repeats, warmup=1)
+    return {
+        "loop": loop,
+        "loop_warm": loop_warm,
+        "batched": batched,
+        "sweep_loop": sweep_loop,
+        "sweep_batched": sweep_batched,
+    }
 
-    # Same answers: the batch equals the loop problem by problem.
-    single = loop()
-    out = batched()
-    worst = max(
-        float(np.max(np.abs(np.asarray(out.log_row_sums[i]) - np.asarray(single[i]))))
-        for i in range(len(single))
-    )
-    iters = np.asarray(out.n_iters)
+
+def markdown(payload: dict, repeats: int, label: str) -> str:
+    """The section from the figures ``main`` records."""
     n = len(TARGETS) * len(EPS_C)
+
+    def row(how, key, base):
+        t = payload[key]
+        ratio = "1" if key == base else C.ratio(payload[base]["steady"], t["steady"])
+        return [how, C.span_ms(t["steady"]), f"{n / t['median_s']:.0f}", ratio]
+
     rows = [
-        [
-            "Python loop of 64 calls",
-            C.ms(t_loop["median_s"]),
-            f"{n / t_loop['median_s']:.0f}",
-            "1.0",
-        ],
-        [
-            "Python loop, warm-started along eps_c",
-            C.ms(t_warm["median_s"]),
-            f"{n / t_warm['median_s']:.0f}",
-            f"{t_loop['median_s'] / t_warm['median_s']:.2f}",
-        ],
-        [
-            "one batched call [64, 1000, 397] + masks",
-            C.ms(t_batch["median_s"]),
-            f"{n / t_batch['median_s']:.0f}",
-            f"{t_loop['median_s'] / t_batch['median_s']:.2f}",
-        ],
+        row("Python loop of 64 calls", "loop", "loop"),
+        row("Python loop, warm-started along eps_c", "loop_warm", "loop"),
+        row("one batched call [64, 1000, 397] + masks", "batched", "loop"),
     ]
     sweep_rows = [
-        [
-            "Python loop of 64 calls",
-            C.ms(t_sweep_loop["median_s"]),
-            f"{n / t_sweep_loop['median_s']:.0f}",
-            "1.0",
-        ],
-        [
-            "one batched call [64, 1000, 200]",
-            C.ms(t_sweep_batch["median_s"]),
-            f"{n / t_sweep_batch['median_s']:.0f}",
-            f"{t_sweep_loop['median_s'] / t_sweep_batch['median_s']:.2f}",
-        ],
+        row("Python loop of 64 calls", "sweep_loop", "sweep_loop"),
+        row("one batched call [64, 1000, 200]", "sweep_batched", "sweep_loop"),
     ]
-    md = "\n".join(
+    iters = payload["iterations"]
+    header = ["how", "steady ms, median (min-max)", "problems / s", "throughput x loop"]
+    return "\n".join(
         [
-            "## 64 problems: one batched call against a loop"
-            + (f" on {info['jax_device']}" if args.device else ""),
+            f"## 64 problems: one batched call against a loop{label}",
             "",
-            C.machine_line(info),
+            C.machine_line(payload["machine"]),
             "",
             "8 embedded target data sets x 8 values of `eps_c` (0.005 to 0.1) against the 1000 "
-            "ImageNet class means (ResNet18), cost computation included, median of "
-            f"{args.repeats} runs after warm-up. Iterations per problem in the batch: "
-            f"{int(iters.min())} to {int(iters.max())}; largest difference of `log(P 1)` between "
-            f"the batch and the loop: {worst:.1e}.",
+            "ImageNet class means (ResNet18), cost computation included, over "
+            f"{repeats} runs after warm-up. Iterations per problem in the batch: "
+            f"{min(iters)} to {max(iters)}; largest difference of `log(P 1)` between the batch "
+            f"and the loop: {payload['max_abs_diff']:.1e}.",
             "",
-            C.table(["how", "steady ms", "problems / s", "throughput x loop"], rows),
+            C.table(header, rows),
             "",
             "Same shape, no padding: CUB (200 classes) at 64 values of `eps_c` from 0.005 to 0.1:",
             "",
-            C.table(["how", "steady ms", "problems / s", "throughput x loop"], sweep_rows),
+            C.table(header, sweep_rows),
             "",
         ]
     )
-    C.write_results(
-        "batched" + ("_device" if args.device else ""),
-        md,
-        {
-            "machine": info,
-            "loop": t_loop,
-            "loop_warm": t_warm,
-            "batched": t_batch,
-            "sweep_loop": t_sweep_loop,
-            "sweep_batched": t_sweep_batch,
-            "iterations": iters.tolist(),
-            "max_abs_diff": worst,
-        },
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--device", action="store_true", help="record as the accelerator section")
+    args = parser.parse_args()
+    info = C.machine()
+    source = jnp.asarray(C.target_means("imagenet"))
+    ways = runners(source, [C.target_means(t) for t in TARGETS])
+    payload = {"machine": info}
+    for key in ("sweep_loop", "sweep_batched", "loop", "loop_warm", "batched"):
+        payload[key] = C.timed(ways[key], args.repeats, warmup=1)
+    # Same answers: the batch equals the loop problem by problem.
+    single = ways["loop"]()
+    out = ways["batched"]()
+    payload["max_abs_diff"] = max(
+        float(np.max(np.abs(np.asarray(out.log_row_sums[i]) - np.asarray(single[i]))))
+        for i in range(len(single))
     )
+    payload["iterations"] = np.asarray(out.n_iters).tolist()
+    label = f" on {info['jax_device']}" if args.device else ""
+    md = markdown(payload, args.repeats, label)
+    C.write_results("batched" + ("_device" if args.device else ""), md, payload)
     print(md)
 
 

@@ -138,6 +138,32 @@ def _add_select(sub: Any) -> argparse.ArgumentParser:
         help="cost between unit features (default: the strategy's: cosine for uot and "
         "nearest, l2 on the raw means for greedy_ot)",
     )
+    _add_solver_flags(sel)
+    seed = STRATEGIES["random"].defaults["seed"]
+    sel.add_argument(
+        "--seed",
+        type=_integer(0, MAX_SEED),
+        default=seed,
+        help=f"seed of the random strategy (default: {seed})",
+    )
+    sel.add_argument(
+        "--matching",
+        help="label strategy: matching source unit ids, comma-separated, or a file with one id "
+        "a line (or a .npy/.npz array)",
+    )
+    sel.add_argument(
+        "--groups",
+        type=_integer(1, MAX_UNITS),
+        default=None,
+        help=f"split the ranking into this many equal groups (default: {paper.N_GROUPS}, or K "
+        "if fewer)",
+    )
+    _add_select_outputs(sel)
+    return sel
+
+
+def _add_solver_flags(sel: argparse.ArgumentParser) -> None:
+    """The cost temperature and the Sinkhorn settings of ``select``, defaults the paper's."""
     sel.add_argument(
         "--eps-c",
         type=_number(),
@@ -175,25 +201,10 @@ def _add_select(sub: Any) -> argparse.ArgumentParser:
         default=paper.SOLVER_MAX_ITER,
         help=f"Sinkhorn iteration cap (default: {paper.SOLVER_MAX_ITER})",
     )
-    seed = STRATEGIES["random"].defaults["seed"]
-    sel.add_argument(
-        "--seed",
-        type=_integer(0, MAX_SEED),
-        default=seed,
-        help=f"seed of the random strategy (default: {seed})",
-    )
-    sel.add_argument(
-        "--matching",
-        help="label strategy: matching source unit ids, comma-separated, or a file with one id "
-        "a line (or a .npy/.npz array)",
-    )
-    sel.add_argument(
-        "--groups",
-        type=_integer(1, MAX_UNITS),
-        default=None,
-        help=f"split the ranking into this many equal groups (default: {paper.N_GROUPS}, or K "
-        "if fewer)",
-    )
+
+
+def _add_select_outputs(sel: argparse.ArgumentParser) -> None:
+    """The files ``select`` writes."""
     sel.add_argument("--out", required=True, help="selection file to write (.json)")
     sel.add_argument(
         "--names-out",
@@ -206,7 +217,6 @@ def _add_select(sub: Any) -> argparse.ArgumentParser:
         "name (or index) a line (.txt); needs per-sample unit ids in the source file "
         "('labels' or 'assignment')",
     )
-    return sel
 
 
 def _add_plot(sub: Any) -> argparse.ArgumentParser:

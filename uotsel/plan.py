@@ -68,22 +68,11 @@ def column_mass(cost: Any, output: Any, rows: Any = None) -> np.ndarray:
     return np.where(active_cols, mass, 0.0)
 
 
-def target_mass(
-    source: Any,
-    target: Any,
-    selected: Any,
-    *,
-    cost: str = paper.COST,
-    eps_c: Any = paper.EPS_C,
-    eps: Any = paper.EPS,
-    tau_source: Any = paper.TAU_SOURCE,
-    tau_target: Any = paper.TAU_TARGET,
-    threshold: Any = paper.SOLVER_RTOL,
-    max_iter: int = paper.SOLVER_MAX_ITER,
-) -> TargetMass:
+def target_mass(source: Any, target: Any, selected: Any, **settings: Any) -> TargetMass:
     """Solve the ``uot`` problem between the ``[N, D]`` ``source`` and ``[M, D]`` ``target``
-    unit features with these settings (those of :func:`uotsel.select`) and return the mass each
-    target unit receives from the ``selected`` source units and from all of them.
+    unit features with ``settings`` (keywords of :func:`uotsel.transport`, those of
+    :func:`uotsel.select`) and return the mass each target unit receives from the ``selected``
+    source units and from all of them.
 
     Example:
       >>> import numpy as np
@@ -92,22 +81,9 @@ def target_mass(
       >>> bool(mass.selected[0] > mass.selected[1])
       True
     """
-    from uotsel.costs import cost_matrix
     from uotsel.feature_transport import transport
 
-    output = transport(
-        source,
-        target,
-        cost=cost,
-        eps_c=eps_c,
-        eps=eps,
-        tau_source=tau_source,
-        tau_target=tau_target,
-        threshold=threshold,
-        max_iter=max_iter,
-    )
-    matrix = cost_matrix(source, target, cost, eps_c=eps_c)
-    return TargetMass(column_mass(matrix, output, selected), column_mass(matrix, output))
+    return _masses(source, target, selected, transport(source, target, **settings), settings)
 
 
 def selection_mass(selection: Any, source: Any, target: Any) -> TargetMass:
@@ -118,10 +94,14 @@ def selection_mass(selection: Any, source: Any, target: Any) -> TargetMass:
         raise ValueError(
             f"selection: target mass needs a 'uot' selection, got {selection.strategy!r}"
         )
+    return _masses(source, target, selection.selected, selection.solver, selection.settings)
+
+
+def _masses(source: Any, target: Any, selected: Any, output: Any, settings: dict) -> TargetMass:
+    """Column sums over ``selected`` and over all rows of the plan of ``output``, on the cost
+    that ``settings`` (``cost``, ``eps_c``) define."""
     from uotsel.costs import cost_matrix
 
-    settings = selection.settings
     kind = settings.get("cost", paper.COST)
     matrix = cost_matrix(source, target, kind, eps_c=settings.get("eps_c", paper.EPS_C))
-    output = selection.solver
-    return TargetMass(column_mass(matrix, output, selection.selected), column_mass(matrix, output))
+    return TargetMass(column_mass(matrix, output, selected), column_mass(matrix, output))
