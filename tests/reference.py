@@ -11,6 +11,12 @@ from scipy.special import logsumexp
 
 def pot_marginals(cost, eps=1.0, tau_source=1.0, tau_target=100.0, a=None, b=None):
     """Row and column sums of POT's float64 scaling-form solution (the paper's own solver)."""
+    plan = pot_plan(cost, eps, tau_source, tau_target, a, b)
+    return plan.sum(1), plan.sum(0)
+
+
+def pot_plan(cost, eps=1.0, tau_source=1.0, tau_target=100.0, a=None, b=None):
+    """POT's float64 scaling-form plan ``[n, m]``, converged to ``1e-13``."""
     cost = np.asarray(cost, np.float64)
     n, m = cost.shape
     a = np.ones(n) if a is None else np.asarray(a, np.float64)
@@ -25,7 +31,7 @@ def pot_marginals(cost, eps=1.0, tau_source=1.0, tau_target=100.0, a=None, b=Non
         numItermax=200000,
         stopThr=1e-13,
     )
-    return plan.sum(1), plan.sum(0)
+    return plan
 
 
 def log_domain_marginals(cost, eps=1.0, tau_source=1.0, tau_target=100.0, iters=20000):
