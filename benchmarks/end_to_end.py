@@ -77,7 +77,8 @@ def main() -> None:
                 "--out",
                 out,
             ]
-            base = dict(os.environ, PYTHONPATH=C.ROOT)
+            path = os.pathsep.join(filter(None, [C.ROOT, os.environ.get("PYTHONPATH")]))
+            base = dict(os.environ, PYTHONPATH=path)
             no_cache = dict(base, UOTSEL_CACHE_DIR="")
             cache_dir = os.path.join(tmp, f"cache-{name}")
             cached = dict(base, UOTSEL_CACHE_DIR=cache_dir)

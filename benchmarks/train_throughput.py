@@ -106,7 +106,7 @@ def with_pipeline(
 ):
     import jax
 
-    from uotsel_train import config, input_pipeline, models, train
+    from uotsel_train import config, input_pipeline, metrics, models, train
 
     target = JpegSource(batch * steps, 200, seed=1)
     pretrain = JpegSource(max(source_batch * steps, 1000), 1000, seed=2)
@@ -139,9 +139,8 @@ def with_pipeline(
     backbone = models.backbone(arch).init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
     with tempfile.TemporaryDirectory() as out:
         train.fit(cfg, inputs, backbone, out, log=lambda line: None)
-        with open(os.path.join(out, "metrics.jsonl")) as fh:
-            epochs = [json.loads(line) for line in fh]
-    return {"images_per_s": epochs[-1]["images_per_s"], "epoch_s": epochs[-1]["seconds"]}
+        last = metrics.read(out, "train")[-1]  # the steps of the last epoch, warm
+    return {"images_per_s": last["images_per_s"], "step_s": last["step_s"]}
 
 
 def loader_alone(count: int, size: int, workers: int) -> float:
@@ -201,9 +200,7 @@ def main() -> None:
         )
         print(json.dumps({arch: payload["archs"][arch]}), flush=True)
     payload["loader_images_per_s"] = loader
-    name = (
-        "train_throughput" if cpu and not args.device else f"train_throughput_{info['jax_backend']}"
-    )
+    name = "train_throughput" + ("_device" if args.device or not cpu else "")
     md = "\n".join(
         [
             f"## Fine-tuning throughput ({info['jax_backend']}: {info['jax_device']})",
