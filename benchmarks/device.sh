@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark's --device mode on the accelerator JAX finds (the first three steps in about
-# 6 minutes, all seven in about 19): each writes its own "... on <device>" section of docs/benchmarks.md and benchmarks/results/<name>_device.json.
+# 6 minutes, all seven in about 16 minutes): each writes its own "... on <device>" section of docs/benchmarks.md and benchmarks/results/<name>_device.json.
 # Every step has its own time limit, so that one slow step cannot take the others' time.
 #
 # The accelerator machine is expected to hold Python with JAX (CUDA), flax, optax,
@@ -41,7 +41,7 @@ step() {
 # process on a GPU takes several seconds to start, so the limits are far above the CPU's.
 step 105 sinkhorn_peers --only clusters-2000x200 --repeats 5
 step 125 train_throughput --archs resnet18 --batch 256 --precision bfloat16
-step 120 scaling --repeats 3
+step 150 scaling --repeats 3
 step 150 kmeans --iters 10 --sizes 1280000 --ks 2000 --whole-sizes 200000
 step 60 batched --repeats 5
 step 60 end_to_end --repeats 3

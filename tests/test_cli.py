@@ -73,6 +73,7 @@ def test_select_writes_a_complete_selection_file(files, capsys):
         "threshold": 1e-5,
         "max_iter": 1000,
         "init": None,
+        "shard": "auto",
     }
     assert record["solver"]["converged"] is True
     digest = hashlib.sha256((tmp / "source.npz").read_bytes()).hexdigest()

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from uotsel import cache, paper
+from uotsel.mesh import SHARD_ABOVE_BYTES, SHARD_CHOICES
 from uotsel.outputs import Outputs
 from uotsel.progress import Progress
 
@@ -162,6 +163,17 @@ def _add_select(sub: Any) -> argparse.ArgumentParser:
     return sel
 
 
+def _add_shard_flag(parser: argparse.ArgumentParser, rows: str, big: str) -> None:
+    """``--shard``: the work split over devices by rows (:mod:`uotsel.mesh`)."""
+    parser.add_argument(
+        "--shard",
+        choices=SHARD_CHOICES,
+        default="auto",
+        help=f"split the {rows} over every device JAX sees: on, off, or auto (when there are "
+        f"several devices and {big} more than {SHARD_ABOVE_BYTES >> 30} GiB) (default: auto)",
+    )
+
+
 def _add_solver_flags(sel: argparse.ArgumentParser) -> None:
     """The cost temperature and the Sinkhorn settings of ``select``, defaults the paper's."""
     sel.add_argument(
@@ -201,6 +213,7 @@ def _add_solver_flags(sel: argparse.ArgumentParser) -> None:
         default=paper.SOLVER_MAX_ITER,
         help=f"Sinkhorn iteration cap (default: {paper.SOLVER_MAX_ITER})",
     )
+    _add_shard_flag(sel, "source units", "the cost matrix takes")
 
 
 def _add_select_outputs(sel: argparse.ArgumentParser) -> None:
@@ -334,6 +347,7 @@ def _add_kmeans(sub: Any) -> argparse.ArgumentParser:
         help="text file with one name per sample, stored with the clusters so "
         "that 'select --samples-out names.txt' can list them",
     )
+    _add_shard_flag(km, "samples", "the float32 features take")
     km.add_argument("--quiet", action="store_true", help="no progress display")
     km.add_argument("--out", required=True, help=".npz to write")
     return km
@@ -523,6 +537,7 @@ def _strategy_settings(args: argparse.Namespace, matching: Any) -> dict[str, Any
             tau_target=args.tau_target,
             threshold=args.threshold,
             max_iter=args.max_iter,
+            shard=args.shard,
         ),
         "greedy_ot": dict(**with_cost, eps_c=args.eps_c),
         "nearest": dict(**with_cost, eps_c=args.eps_c),
@@ -734,6 +749,7 @@ def _cmd_kmeans(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 chunk_size=args.chunk_size,
                 progress=bars,
+                shard=args.shard,
             )
         outputs.write("--out", io.write_clusters, result, sample_names=names)
         outputs.commit()

@@ -35,8 +35,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from uotsel import _checks
+from uotsel import mesh as meshes
 from uotsel.centroids import ClassMeanAccumulator
 
 __all__ = [
@@ -159,6 +161,7 @@ def kmeans(
     init_restarts: int | None = None,
     chunk_size: int | None = None,
     progress: Callable[[KMeansStatus], None] | None = None,
+    shard: Any = "auto",
 ) -> KMeansResult:
     """Cluster ``features`` into ``k`` clusters.
 
@@ -180,6 +183,11 @@ def kmeans(
       chunk_size: rows per assignment block (default: keep the ``[chunk, k]`` block near 32 MB).
       progress: called with a :class:`KMeansStatus` after every seeding candidate and every
         Lloyd iteration (:func:`print_progress` writes them to stderr as lines).
+      shard: split the samples over devices (:mod:`uotsel.mesh`): ``"auto"`` (when there are
+        several devices and the float32 features exceed :data:`uotsel.mesh.SHARD_ABOVE_BYTES`),
+        ``"on"``, ``"off"``, or a :class:`jax.sharding.Mesh` with a ``"sources"`` axis. Each
+        device assigns its own rows and the cluster sums are added across devices: the same
+        clustering as on one device, up to the order of floating-point sums.
 
     Returns:
       A :class:`KMeansResult`: ``centroids`` (unit rows when spherical), and ``means``, the
@@ -199,6 +207,46 @@ def kmeans(
       >>> sorted(np.round(res.means.astype(float), 2).tolist())
       [[0.01, 1.01], [3.01, 0.01]]
     """
+    features, k, settings = _checked(
+        features, k, n_init, max_iter, tol, seed, init_sample, init_restarts, chunk_size
+    )
+    n_init, max_iter, init_restarts, chunk_size, sample = settings
+    n, d = features.shape
+
+    mesh = meshes.resolve(shard, n, d, 4)
+    if mesh is None:
+        x, step = _load(features, spherical, chunk_size), assign
+    else:
+        x = _load_on_mesh(features, spherical, mesh)
+        chunk_size = min(chunk_size, x.shape[0] // mesh.size)
+        step = functools.partial(assign_on_mesh, mesh=mesh, n_valid=n)
+    best = None
+    objectives = []
+    for restart in range(n_init):
+        run_seed = int(seed) + restart
+        report = _reporter(progress, restart + 1, n_init)
+        centroids = seed_centroids(
+            x,
+            k,
+            spherical=spherical,
+            seed=run_seed,
+            sample=sample,
+            restarts=init_restarts,
+            tol=tol,
+            progress=report,
+            n_valid=n,
+        )
+        result = _run(x, n, centroids, spherical, max_iter, tol, run_seed, chunk_size, report, step)
+        objectives.append(result.objective)
+        if best is None or result.objective < best.objective:
+            best = result
+    means = _member_means(features, best.assignment, best.centroids, max(chunk_size, 65536))
+    return best._replace(means=means, restart_objectives=np.asarray(objectives))
+
+
+def _checked(features, k, n_init, max_iter, tol, seed, init_sample, init_restarts, chunk_size):
+    """The arguments of :func:`kmeans` checked: ``(features, k, (n_init, max_iter,
+    init_restarts, chunk_size, sample))`` with the defaults filled in."""
     if not hasattr(features, "shape"):
         features = _checks.as_float_array(features, "features", 2)
     if len(features.shape) != 2:
@@ -232,29 +280,7 @@ def kmeans(
     if sample < k:
         raise ValueError(f"init_sample: {sample} is fewer than k={k}")
     sample = min(sample, n)
-
-    x = _load(features, spherical, chunk_size)
-    best = None
-    objectives = []
-    for restart in range(n_init):
-        run_seed = int(seed) + restart
-        report = _reporter(progress, restart + 1, n_init)
-        centroids = seed_centroids(
-            x,
-            k,
-            spherical=spherical,
-            seed=run_seed,
-            sample=sample,
-            restarts=init_restarts,
-            tol=tol,
-            progress=report,
-        )
-        result = _run(x, centroids, spherical, max_iter, tol, run_seed, chunk_size, report)
-        objectives.append(result.objective)
-        if best is None or result.objective < best.objective:
-            best = result
-    means = _member_means(features, best.assignment, best.centroids, max(chunk_size, 65536))
-    return best._replace(means=means, restart_objectives=np.asarray(objectives))
+    return features, k, (n_init, max_iter, init_restarts, chunk_size, sample)
 
 
 def default_restarts(k: int) -> int:
@@ -289,22 +315,51 @@ def _load(features: Any, spherical: bool, chunk: int) -> Array:
     out = jnp.zeros((n, d), jnp.float32)
     for lo in range(0, n, step):
         hi = min(n, lo + step)
-        block = np.asarray(features[lo:hi], np.float32)
-        if not np.all(np.isfinite(block)):
-            bad = lo + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-            raise ValueError(f"features: row {bad} contains NaN or inf")
-        if spherical:
-            top = np.max(np.abs(block), axis=1, keepdims=True)
-            zero = np.flatnonzero(top[:, 0] == 0)
-            if zero.size:
-                raise ValueError(
-                    f"features: row {lo + int(zero[0])} is all zeros; spherical k-means needs "
-                    "a direction for every sample"
-                )
-            block = block / top
-            block /= np.linalg.norm(block, axis=1, keepdims=True)
-        out = _put_rows(out, jax.device_put(block), lo)
+        out = _put_rows(out, jax.device_put(_checked_rows(features, lo, hi, spherical)), lo)
     return out
+
+
+def _load_on_mesh(features: Any, spherical: bool, mesh: Any) -> Array:
+    """Features as one float32 array split by rows over ``mesh``, padded to a multiple of its
+    devices with copies of row 0; each device's block is read (and checked) on its own."""
+    n, d = features.shape
+    size = meshes.padded_size(n, mesh)
+
+    def block(index):
+        lo, hi = index[0].indices(size)[:2]
+        rows = _checked_rows(features, lo, min(hi, n), spherical) if lo < n else None
+        pad = max(0, hi - max(lo, n))
+        if pad:
+            first = _checked_rows(features, 0, 1, spherical)
+            rows = (
+                first.repeat(pad, 0)
+                if rows is None
+                else np.concatenate([rows, first.repeat(pad, 0)])
+            )
+        return rows
+
+    sharding = jax.sharding.NamedSharding(mesh, P(meshes.AXIS, None))
+    return jax.make_array_from_callback((size, d), sharding, block)
+
+
+def _checked_rows(features: Any, lo: int, hi: int, spherical: bool) -> np.ndarray:
+    """Rows ``lo:hi`` of ``features`` as float32 (unit rows when spherical), or raise naming
+    the first row that is not finite (or, spherical, all zeros)."""
+    block = np.asarray(features[lo:hi], np.float32)
+    if not np.all(np.isfinite(block)):
+        bad = lo + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+        raise ValueError(f"features: row {bad} contains NaN or inf")
+    if spherical:
+        top = np.max(np.abs(block), axis=1, keepdims=True)
+        zero = np.flatnonzero(top[:, 0] == 0)
+        if zero.size:
+            raise ValueError(
+                f"features: row {lo + int(zero[0])} is all zeros; spherical k-means needs "
+                "a direction for every sample"
+            )
+        block = block / top
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+    return block
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -312,11 +367,11 @@ def _put_rows(buffer: Array, rows: Array, start: int) -> Array:
     return jax.lax.dynamic_update_slice(buffer, rows, (start, 0))
 
 
-def _subset(x: Array, size: int, rng: np.random.Generator) -> Array:
-    """A uniform random sample of ``size`` rows of ``x`` (``x`` itself when that is all)."""
-    n = x.shape[0]
+def _subset(x: Array, size: int, rng: np.random.Generator, n: int) -> Array:
+    """A uniform random sample of ``size`` of the first ``n`` rows of ``x`` (all of them when
+    that is all)."""
     if size >= n:
-        return x
+        return x if x.shape[0] == n else x[jnp.arange(n)]
     return x[jnp.asarray(np.sort(rng.choice(n, size=size, replace=False)))]
 
 
@@ -330,6 +385,7 @@ def seed_centroids(
     restarts: int = INIT_RESTARTS,
     tol: float = 1e-4,
     progress: Callable[..., None] | None = None,
+    n_valid: int | None = None,
 ) -> Array:
     """Initial centroids ``[k, D]`` for Lloyd iterations on ``x`` ``[N, D]`` (unit rows when
     spherical): ``restarts`` candidates, each greedy k-means++ (:func:`greedy_plus_plus`) on a
@@ -337,12 +393,13 @@ def seed_centroids(
     candidate with the lowest objective on an evaluation sample of ``EVALUATION_FACTOR * sample``
     rows is returned (ties go to the earlier one). Memory: the two samples, ``O(k)`` rows each.
     ``progress``, when given, is called as ``progress("seeding", step, steps, objective)``.
+    Only the first ``n_valid`` rows of ``x`` are samples (default: all).
     """
-    n = x.shape[0]
+    n = x.shape[0] if n_valid is None else n_valid
     sample = min(n, 16 * k + 4096) if sample is None else min(n, sample)
     rng = np.random.default_rng(seed)  # any non-negative integer, however large
-    y = _subset(x, sample, rng)
-    z = _subset(x, EVALUATION_FACTOR * sample, rng)
+    y = _subset(x, sample, rng, n)
+    z = _subset(x, EVALUATION_FACTOR * sample, rng, n)
     chunk_y, chunk_z = default_chunk(y.shape[0], k), default_chunk(z.shape[0], k)
     trials = 2 + int(math.log(k))
     keys = jax.random.split(jax.random.key(int(rng.integers(2**62))), restarts)
@@ -358,12 +415,14 @@ def seed_centroids(
     return best
 
 
-def _lloyd(x, centroids, spherical, max_iter, tol, chunk, progress=None):
+def _lloyd(x, centroids, spherical, max_iter, tol, chunk, progress=None, assigner=None):
     """Lloyd iterations from ``centroids``; returns ``(centroids, iterations, converged)``.
-    ``progress``, when given, is called as ``progress("lloyd", step, steps, objective, moved)``."""
+    ``progress``, when given, is called as ``progress("lloyd", step, steps, objective, moved)``;
+    ``assigner`` replaces :func:`assign` (the split form, :func:`assign_on_mesh`)."""
+    assigner = assign if assigner is None else assigner
     previous, labels = math.inf, None
     for iters in range(1, max_iter + 1):
-        step = assign(x, centroids, spherical, chunk)
+        step = assigner(x, centroids, spherical, chunk)
         centroids = update(x, step, centroids, spherical)
         objective = float(step.objective)
         if progress is not None:
@@ -398,13 +457,16 @@ def status_line(status: KMeansStatus) -> str:
     return line
 
 
-def _run(x, centroids, spherical, max_iter, tol, seed, chunk, progress) -> KMeansResult:
-    centroids, iters, converged = _lloyd(x, centroids, spherical, max_iter, tol, chunk, progress)
-    final = assign(x, centroids, spherical, chunk)
+def _run(x, n, centroids, spherical, max_iter, tol, seed, chunk, progress, step) -> KMeansResult:
+    """One restart's Lloyd iterations on the first ``n`` rows of ``x``, with ``step`` as the
+    assignment step."""
+    lloyd = _lloyd(x, centroids, spherical, max_iter, tol, chunk, progress, step)
+    centroids, iters, converged = lloyd
+    final = step(x, centroids, spherical, chunk)
     return KMeansResult(
         centroids=np.asarray(centroids),
         means=np.zeros((0, x.shape[1]), np.float32),  # filled in for the kept restart
-        assignment=np.asarray(final.labels),
+        assignment=meshes.to_host(final.labels)[:n],
         sizes=np.asarray(final.counts).astype(np.int64),
         objective=float(final.objective),
         n_iters=iters,
@@ -454,6 +516,12 @@ def assign(x: Array, centroids: Array, spherical: bool, chunk: int) -> Assignmen
     """Assignment step over row chunks of ``x`` ``[N, D]`` (unit rows when spherical) for
     ``centroids`` ``[K, D]``; ``chunk`` rows per ``[chunk, K]`` score block (see
     :func:`default_chunk`)."""
+    return _assign_rows(x, centroids, spherical, chunk, 0, None)
+
+
+def _assign_rows(x, centroids, spherical, chunk, offset, n_valid) -> Assignment:
+    """:func:`assign` on rows ``offset ...`` of a larger set of which the first ``n_valid``
+    count (``None``: all of them); sample indices in ``far`` are global."""
     n, d = x.shape
     k = centroids.shape[0]
     pool = min(RESEED_POOL, n)
@@ -474,14 +542,20 @@ def assign(x: Array, centroids: Array, spherical: bool, chunk: int) -> Assignmen
             best = jnp.maximum(1.0 - top, 0.0)  # rounding can push a cosine past 1
         else:
             best = jnp.maximum(jnp.sum(rows * rows, axis=1) - top, 0.0)
+        one = jnp.ones_like(lab)
+        if n_valid is not None:  # rows past n_valid pad the last device's block
+            keep = offset + start + jnp.arange(rows.shape[0]) < n_valid
+            rows, one = jnp.where(keep[:, None], rows, 0.0), jnp.where(keep, one, 0)
+            best = jnp.where(keep, best, 0.0)
         sums = sums + jax.ops.segment_sum(rows, lab, num_segments=k)
-        counts = counts + jax.ops.segment_sum(jnp.ones_like(lab), lab, num_segments=k)
-        top_d, top_i = jax.lax.top_k(best, min(pool, rows.shape[0]))
+        counts = counts + jax.ops.segment_sum(one, lab, num_segments=k)
+        pooled = best if n_valid is None else jnp.where(keep, best, -jnp.inf)
+        top_d, top_i = jax.lax.top_k(pooled, min(pool, rows.shape[0]))
         all_d = jnp.concatenate([far_d, top_d])
-        all_i = jnp.concatenate([far_i, top_i.astype(jnp.int32) + start])
-        keep_d, keep = jax.lax.top_k(all_d, pool)
+        all_i = jnp.concatenate([far_i, top_i.astype(jnp.int32) + start + offset])
+        keep_d, kept = jax.lax.top_k(all_d, pool)
         labels = jax.lax.dynamic_update_slice(labels, lab, (start,))
-        return labels, sums, counts, objective + jnp.sum(best), keep_d, all_i[keep]
+        return labels, sums, counts, objective + jnp.sum(best), keep_d, all_i[kept]
 
     state = (
         jnp.zeros(n, jnp.int32),
@@ -502,6 +576,30 @@ def assign(x: Array, centroids: Array, spherical: bool, chunk: int) -> Assignmen
         state = block(x[full * chunk :], full * chunk, state)
     labels, sums, counts, objective, far_d, far_i = state
     return Assignment(labels, sums, counts, objective, (far_d, far_i))
+
+
+@functools.partial(jax.jit, static_argnames=("spherical", "chunk", "mesh", "n_valid"))
+def assign_on_mesh(
+    x: Array, centroids: Array, spherical: bool, chunk: int, mesh: Any, n_valid: int
+) -> Assignment:
+    """:func:`assign` with ``x`` ``[N, D]`` split by rows over ``mesh`` (``N`` a multiple of
+    its devices, the first ``n_valid`` rows real): each device assigns its own rows; the
+    cluster sums, counts and objective are summed across devices and the farthest samples
+    pooled. ``labels`` stay split like ``x``."""
+    pool = min(RESEED_POOL, n_valid)
+
+    def local(xs, c):
+        offset = jax.lax.axis_index(meshes.AXIS) * xs.shape[0]
+        a = _assign_rows(xs, c, spherical, chunk, offset, n_valid)
+        far_d, far_i = (jax.lax.all_gather(v, meshes.AXIS, tiled=True) for v in a.far)
+        keep_d, kept = jax.lax.top_k(far_d, pool)
+        sums, counts, objective = jax.lax.psum((a.sums, a.counts, a.objective), meshes.AXIS)
+        return Assignment(a.labels, sums, counts, objective, (keep_d, far_i[kept]))
+
+    specs = Assignment(P(meshes.AXIS), P(), P(), P(), (P(), P()))
+    split = P(meshes.AXIS, None)
+    run = jax.shard_map(local, mesh=mesh, in_specs=(split, P()), out_specs=specs, check_vma=False)
+    return run(x, centroids)
 
 
 @functools.partial(jax.jit, static_argnames=("spherical",))

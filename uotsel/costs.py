@@ -73,6 +73,13 @@ class PairwiseCost(NamedTuple):
 
 def prepare(source: Any, target: Any):
     """Check shapes and put both feature matrices on the device in a common float dtype."""
+    source, target, dtype = checked(source, target)
+    return to_device(source, dtype), to_device(target, dtype)
+
+
+def checked(source: Any, target: Any) -> tuple[Any, Any, Any]:
+    """``(source, target, dtype)``: both feature matrices checked, where they are, and the
+    common float dtype they are computed in."""
     source = _checks.as_float_array(source, "source", 2)
     target = _checks.as_float_array(target, "target", 2)
     _checks.check_nonempty(source, "source", 0, "units")
@@ -84,7 +91,7 @@ def prepare(source: Any, target: Any):
     if source.shape[1] == 0:
         raise ValueError("source: has no features (D = 0); source and target need D >= 1")
     dtype = jax.dtypes.canonicalize_dtype(np.result_type(source.dtype, target.dtype))
-    return _to_device(source, dtype), _to_device(target, dtype)
+    return source, target, dtype
 
 
 def check_eps_c(eps_c: Any, dtype: Any = np.float32) -> None:
@@ -99,7 +106,7 @@ def check_eps_c(eps_c: Any, dtype: Any = np.float32) -> None:
         )
 
 
-def _to_device(x: Any, dtype: Any) -> Any:
+def to_device(x: Any, dtype: Any) -> Any:
     """Host arrays are copied once (``jax.device_put``); traced or device arrays are cast."""
     if isinstance(x, np.ndarray):
         return jax.device_put(np.asarray(x, dtype))

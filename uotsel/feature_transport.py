@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uotsel import _checks, costs, paper, unbalanced
+from uotsel import mesh as meshes
 from uotsel.unbalanced import SinkhornOutput
 
 __all__ = ["transport"]
@@ -36,6 +37,7 @@ def transport(
     init: Any = None,
     method: str = "auto",
     chunk_size: int | None = None,
+    shard: Any = "auto",
 ) -> SinkhornOutput:
     """Solve the unbalanced OT problem between ``source`` ``[n, d]`` and ``target`` ``[m, d]``.
 
@@ -44,6 +46,11 @@ def transport(
       cost: ``"cosine"`` (``(1 - cos) / eps_c``, the paper's), ``"l2"`` or ``"sqeuclidean"``.
       eps_c: cosine temperature (paper: 0.01); ignored by the other costs.
       chunk_size: compute the cost ``chunk_size`` source rows at a time.
+      shard: split the source axis over devices (:mod:`uotsel.mesh`): ``"auto"`` (when
+        there are several devices and the ``[n, m]`` cost exceeds
+        :data:`uotsel.mesh.SHARD_ABOVE_BYTES`), ``"on"``, ``"off"``, or a
+        :class:`jax.sharding.Mesh` with a ``"sources"`` axis. Split or not, the iterations and
+        the stopping rule are the same; only the order of floating-point sums differs.
       eps, tau_source, tau_target, source_weights, target_weights, threshold, max_iter, init,
         method: as in :func:`uotsel.sinkhorn`.
 
@@ -62,7 +69,10 @@ def transport(
       0
     """
     costs.check_kind(cost)
-    source, target = costs.prepare(source, target)
+    source, target, dtype = costs.checked(source, target)
+    mesh = _mesh(shard, source, target, dtype)
+    put = costs.to_device if mesh is None else np.asarray
+    source, target = put(source, dtype), put(target, dtype)
     if cost == "cosine":
         costs.check_eps_c(eps_c, source.dtype)
     (n, _), (m, _) = source.shape, target.shape
@@ -83,9 +93,8 @@ def transport(
     )
     chunk = n if chunk_size is None else _checks.check_positive_int(chunk_size, "chunk_size")
     scale = np.asarray(eps_c if cost == "cosine" else 1.0, source.dtype)
-    out, valid = _run(cost, source, target, scale, chunk, settings, method, wide=False)
-    if costs.needs_wide(cost, valid[:3]):
-        out, valid = _run(cost, source, target, scale, chunk, settings, method, wide=True)
+    rows = None if chunk_size is None else chunk
+    out, valid = _solve(cost, source, target, scale, rows, settings, method, mesh)
     # One transfer for all four flags; only a raised flag pays for a closer look.
     if _checks.is_concrete(valid) and not bool(np.all(valid)):
         costs.raise_if_flagged(costs.PairwiseCost(None, 0, valid[:3]), source, target, cost)
@@ -96,11 +105,63 @@ def transport(
     return out
 
 
-def _run(kind, source, target, eps_c, chunk, settings, method, wide):
+def _solve(kind, source, target, scale, chunk, settings, method, mesh):
+    """The output ``[n]`` and the ``[4]`` validity flags, on ``mesh`` when there is one
+    (``chunk``: None for the whole of each device's rows)."""
+    n = source.shape[0]
+    if mesh is not None:
+        source, target, settings = _on_mesh(source, target, settings, mesh)
+    chunk = chunk or source.shape[0]
+    out, valid = _run(kind, source, target, scale, chunk, settings, method, False, mesh)
+    if costs.needs_wide(kind, valid[:3]):
+        out, valid = _run(kind, source, target, scale, chunk, settings, method, True, mesh)
+    if mesh is not None:
+        out = out._replace(f=out.f[:n], log_row_sums=out.log_row_sums[:n])
+    return out, valid
+
+
+def _mesh(shard, source, target, dtype):
+    """The mesh of :func:`uotsel.mesh.resolve` for concrete features; traced ones stay where
+    the caller's program puts them (``shard`` is still checked)."""
+    if not (_checks.is_concrete(source) and _checks.is_concrete(target)):
+        meshes.resolve(shard, 0, 0, 0)
+        return None
+    return meshes.resolve(shard, source.shape[0], target.shape[0], np.dtype(dtype).itemsize)
+
+
+def _on_mesh(source, target, settings, mesh):
+    """Host features ``[n, d]``, ``[m, d]`` and their settings, padded to a multiple of the
+    mesh's devices (padding rows copy row 0 and are masked out) and placed: the source split
+    by rows, the target replicated."""
+    n = source.shape[0]
+    size = meshes.padded_size(n, mesh)
+
+    def pad(x, fill):
+        if x is None or size == n:
+            return x
+        x = np.asarray(x)
+        return np.concatenate([x, np.full((size - n, *x.shape[1:]), fill, x.dtype)])
+
+    rows = source if size == n else np.concatenate([source, np.repeat(source[:1], size - n, 0)])
+    vectors = {
+        "source_weights": pad(settings.source_weights, 1.0),
+        "source_mask": None if size == n else np.arange(size) < n,
+        "init": pad(settings.init, 0.0),
+    }
+    placed = settings._replace(
+        **{
+            k: None if v is None else meshes.place_rows(np.asarray(v), mesh)
+            for k, v in vectors.items()
+        }
+    )
+    return meshes.place_rows(rows, mesh), meshes.replicate(target, mesh), placed
+
+
+def _run(kind, source, target, eps_c, chunk, settings, method, wide, mesh):
     """The output and the ``[4]`` validity flags: in two programs (the second only when a
     problem needs it) when the inputs are concrete, else in one."""
     concrete = _checks.is_concrete(source) and _checks.is_concrete(target)
-    args = (kind, source, target, eps_c, chunk, settings, wide if concrete else None)
+    args = (kind, source, target, eps_c, chunk, settings, wide if concrete else None, mesh)
     if method == "auto" and concrete:
         out, flags, resume = _transport_first(*args)
         flags = np.asarray(flags)  # one transfer: the [4] validity flags, then "more"
@@ -111,30 +172,46 @@ def _run(kind, source, target, eps_c, chunk, settings, method, wide):
     return _transport_one(*args, method=method)
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "method", "wide"))
-def _transport_one(kind, source, target, eps_c, chunk_size, settings, wide, *, method):
+@functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "method", "wide", "mesh"))
+def _transport_one(kind, source, target, eps_c, chunk_size, settings, wide, mesh, *, method):
     """Cost and solve in one program; returns the output and the ``[4]`` validity flags
     (:class:`~uotsel.costs.PairwiseCost` ``valid``, then :class:`~uotsel.unbalanced.Solved`
     ``ok``)."""
-    built = costs.pairwise(kind, source, target, jnp.asarray(eps_c), chunk_size, wide=wide)
+    built = _cost(kind, source, target, eps_c, chunk_size, wide, mesh)
     solved = unbalanced.solve(built.cost, settings, method=method)
-    return solved.output, jnp.concatenate([built.valid, solved.ok[None]])
+    return _gathered(solved.output, mesh), jnp.concatenate([built.valid, solved.ok[None]])
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "wide"))
-def _transport_first(kind, source, target, eps_c, chunk_size, settings, wide):
+@functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "wide", "mesh"))
+def _transport_first(kind, source, target, eps_c, chunk_size, settings, wide, mesh):
     """Cost and :func:`~uotsel.unbalanced.solve_first` in one program: the output so far,
     ``[5]`` flags (those of :func:`_transport_one`, then whether to resume), and the state to
     resume from."""
-    built = costs.pairwise(kind, source, target, jnp.asarray(eps_c), chunk_size, wide=wide)
+    built = _cost(kind, source, target, eps_c, chunk_size, wide, mesh)
     solved, resume, more = unbalanced.solve_first(built.cost, settings)
     flags = jnp.concatenate([built.valid, solved.ok[None], more[None]])
-    return solved.output, flags, resume
+    return _gathered(solved.output, mesh), flags, resume
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "wide"))
-def _transport_rest(kind, source, target, eps_c, chunk_size, settings, wide, resume):
+@functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "wide", "mesh"))
+def _transport_rest(kind, source, target, eps_c, chunk_size, settings, wide, mesh, resume):
     """The cost again and :func:`~uotsel.unbalanced.solve_rest`, for the problems that need it."""
-    built = costs.pairwise(kind, source, target, jnp.asarray(eps_c), chunk_size, wide=wide)
+    built = _cost(kind, source, target, eps_c, chunk_size, wide, mesh)
     solved = unbalanced.solve_rest(built.cost, settings, resume)
-    return solved.output, jnp.concatenate([built.valid, solved.ok[None]])
+    return _gathered(solved.output, mesh), jnp.concatenate([built.valid, solved.ok[None]])
+
+
+def _cost(kind, source, target, eps_c, chunk_size, wide, mesh):
+    """Inside the programs: the cost, split by source rows over ``mesh`` when there is one."""
+    built = costs.pairwise(kind, source, target, jnp.asarray(eps_c), chunk_size, wide=wide)
+    return built._replace(cost=meshes.constrain_rows(built.cost, mesh))
+
+
+def _gathered(out: SinkhornOutput, mesh) -> SinkhornOutput:
+    """Inside the programs: the ``[n]`` outputs whole on every device (on every host)."""
+    if mesh is None:
+        return out
+    return out._replace(
+        f=meshes.constrain_replicated(out.f, mesh),
+        log_row_sums=meshes.constrain_replicated(out.log_row_sums, mesh),
+    )

@@ -111,8 +111,10 @@ def select(
         :mod:`uotsel.paper`). ``uot``: ``cost``
         (``"cosine"``), ``eps_c`` (0.01), ``eps`` (1.0), ``tau_source`` (1.0), ``tau_target``
         (100.0), ``source_weights``, ``target_weights`` (ones), ``threshold`` (1e-5),
-        ``max_iter`` (1000), ``init``. ``greedy_ot``: ``cost`` (``"l2"`` on the raw means, as
-        Cui et al. 2018 and the paper's Table 1), ``eps_c`` (scales the cosine cost only),
+        ``max_iter`` (1000), ``init``, ``shard`` (``"auto"``: split the source axis over
+        devices for large problems, see :func:`uotsel.transport`). ``greedy_ot``: ``cost``
+        (``"l2"`` on the raw means, as Cui et al. 2018 and the paper's Table 1), ``eps_c``
+        (scales the cosine cost only),
         ``target_weights``. ``nearest``: ``cost`` (``"cosine"``), ``eps_c``. ``random``:
         ``seed`` (0). ``label``: ``matching``.
 

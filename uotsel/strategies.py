@@ -82,6 +82,7 @@ def _uot(
     threshold,
     max_iter,
     init,
+    shard,
 ) -> Scores:
     out = transport(
         source,
@@ -96,6 +97,7 @@ def _uot(
         threshold=threshold,
         max_iter=max_iter,
         init=init,
+        shard=shard,
     )
     log_scores = np.asarray(out.log_row_sums, np.float64)
     return Scores(np.exp(log_scores), log_scores, out)
@@ -186,7 +188,7 @@ _SOLVER = dict(
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
-        Strategy("uot", _uot, dict(cost=paper.COST, eps_c=paper.EPS_C, **_SOLVER)),
+        Strategy("uot", _uot, dict(cost=paper.COST, eps_c=paper.EPS_C, shard="auto", **_SOLVER)),
         Strategy(
             "greedy_ot",
             _greedy_ot,

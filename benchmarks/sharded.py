@@ -1,0 +1,250 @@
+"""Selection and k-means with the sample axis split over 1 and 8 devices.
+
+On this CPU the 8 devices are virtual (``--xla_force_host_platform_device_count=8``) and share
+its cores, so no speed-up is expected: the point is the memory each device needs, and that the
+split path costs little over the one-device path. Each case runs in a fresh process with the
+device count set before JAX starts.
+
+Selection: cosine cost (D = 128, ``eps_c = 0.01``), paper settings, ``n`` source units x 1000
+target classes: time of ``uotsel.transport`` (steady state, median of ``--repeats`` after one
+warm-up), and XLA's own memory analysis of the same program (arguments + temporaries per
+device). k-means: spherical, D = 128, one Lloyd iteration (assignment + update) on ``n``
+samples, median of ``--repeats``; memory per device from the compiled assignment step.
+
+Run: ``python -m benchmarks.sharded [--repeats 3] [--device]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from benchmarks import _common as C
+
+SELECTION_SIZES = (10_000, 100_000, 1_000_000)
+KMEANS_CASES = ((100_000, 100), (100_000, 1000), (1_000_000, 1000))
+
+
+def _selection(n: int, m: int, repeats: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    import uotsel
+    from uotsel import costs, unbalanced
+    from uotsel import mesh as meshes
+
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(n, 128)).astype(np.float32)
+    tgt = rng.normal(size=(m, 128)).astype(np.float32)
+    shard = "on" if jax.device_count() > 1 else "off"
+    run = lambda: uotsel.transport(src, tgt, shard=shard)  # noqa: E731
+    out = jax.block_until_ready(run())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(run())
+        times.append(time.perf_counter() - start)
+    mesh = meshes.source_mesh() if shard == "on" else None
+    rows = n if mesh is None else meshes.padded_size(n, mesh)
+    settings = unbalanced.prepare((), rows, m, np.float32)
+
+    @jax.jit
+    def program(s, t):
+        cost = costs.pairwise("cosine", s, t, jnp.float32(0.01), rows).cost
+        return unbalanced.solve(meshes.constrain_rows(cost, mesh), settings).output.log_row_sums
+
+    if mesh is None:
+        args = (
+            jax.ShapeDtypeStruct((rows, 128), np.float32),
+            jax.ShapeDtypeStruct((m, 128), np.float32),
+        )
+    else:
+        args = (
+            meshes.place_rows(np.zeros((rows, 128), np.float32), mesh),
+            meshes.replicate(tgt, mesh),
+        )
+    memory = program.lower(*args).compile().memory_analysis()
+    return {
+        "n": n,
+        "m": m,
+        "devices": jax.device_count(),
+        "steady_s": statistics.median(times),
+        "iterations": int(out.n_iters),
+        "per_device_mb": (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 1e6,
+        "cost_mb": n * m * 4 / 1e6,
+        "log_rows_head": np.asarray(out.log_row_sums[:1000], np.float64).tolist(),
+    }
+
+
+def _kmeans(n: int, k: int, repeats: int) -> dict:
+    import jax
+
+    from uotsel import clustering
+    from uotsel import mesh as meshes
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(n, 128)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    centroids = x[rng.choice(n, k, replace=False)]
+    chunk = clustering.default_chunk(n, k)
+    if jax.device_count() > 1:
+        mesh = meshes.source_mesh()
+        rows = meshes.padded_size(n, mesh)
+        placed = meshes.place_rows(np.concatenate([x, np.repeat(x[:1], rows - n, 0)]), mesh)
+        chunk = min(chunk, rows // mesh.size)
+
+        def step(c):
+            return clustering.assign_on_mesh(placed, c, True, chunk, mesh, n)
+
+        lowered = clustering.assign_on_mesh.lower(placed, centroids, True, chunk, mesh, n)
+    else:
+        placed = jax.device_put(x)
+
+        def step(c):
+            return clustering.assign(placed, c, True, chunk)
+
+        lowered = clustering.assign.lower(placed, centroids, True, chunk)
+
+    def iteration(c):
+        a = step(c)
+        return clustering.update(placed, a, c, True), a.objective
+
+    c, _ = jax.block_until_ready(iteration(centroids))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        c, objective = jax.block_until_ready(iteration(c))
+        times.append(time.perf_counter() - start)
+    memory = lowered.compile().memory_analysis()
+    return {
+        "n": n,
+        "k": k,
+        "devices": jax.device_count(),
+        "iteration_s": statistics.median(times),
+        "objective": float(objective),
+        "per_device_mb": (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 1e6,
+        "features_mb": n * 128 * 4 / 1e6,
+    }
+
+
+def _children(kind: str, cases, devices, repeats) -> list[dict]:
+    results = []
+    for case in cases:
+        for count in devices:
+            print(f"running {kind} {case} on {count} device(s) ...", file=sys.stderr, flush=True)
+            os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={count}"
+            args = ["--child", kind, *map(str, case), "--repeats", str(repeats)]
+            results.append(C.run_isolated("benchmarks.sharded", *args))
+    os.environ.pop("XLA_FLAGS", None)
+    return results
+
+
+def markdown(info: dict, selection: list[dict], kmeans: list[dict], label: str) -> str:
+    one = {(r["n"], r["m"]): r for r in selection if r["devices"] == 1}
+    rows = []
+    for r in selection:
+        base = one[(r["n"], r["m"])]
+        agree = np.max(np.abs(np.subtract(r["log_rows_head"], base["log_rows_head"])))
+        rows.append(
+            [
+                f"{r['n']:,} x {r['m']:,}",
+                r["devices"],
+                f"{r['steady_s']:.3g}",
+                f"{r['steady_s'] / base['steady_s']:.2g}",
+                r["iterations"],
+                f"{r['per_device_mb']:.0f}",
+                f"{r['cost_mb']:.0f}",
+                f"{agree:.1e}",
+            ]
+        )
+    k_one = {(r["n"], r["k"]): r for r in kmeans if r["devices"] == 1}
+    k_rows = [
+        [
+            f"{r['n']:,}",
+            f"{r['k']:,}",
+            r["devices"],
+            f"{r['iteration_s']:.3g}",
+            f"{r['iteration_s'] / k_one[(r['n'], r['k'])]['iteration_s']:.2g}",
+            f"{r['per_device_mb']:.0f}",
+            f"{r['features_mb']:.0f}",
+        ]
+        for r in kmeans
+    ]
+    return "\n".join(
+        [
+            f"## Sample axis split over devices{label}",
+            "",
+            C.machine_line(info),
+            "",
+            "Each case in a fresh process; on this CPU the devices are virtual and share its "
+            "cores (no speed-up expected). Memory per device: XLA's analysis of the compiled "
+            "program, arguments + temporaries on one device.",
+            "",
+            "Selection (`uotsel.transport`, cosine cost, D = 128, paper settings, steady state "
+            "median; agreement: largest difference of `log(P 1)` over the first 1000 units "
+            "against 1 device):",
+            "",
+            C.table(
+                [
+                    "cost",
+                    "devices",
+                    "time s",
+                    "x 1 device",
+                    "iterations",
+                    "MB per device",
+                    "cost MB",
+                    "agreement",
+                ],
+                rows,
+            ),
+            "",
+            "k-means (spherical, D = 128, one Lloyd iteration: assignment + update, median):",
+            "",
+            C.table(
+                [
+                    "samples",
+                    "K",
+                    "devices",
+                    "s / iteration",
+                    "x 1 device",
+                    "MB per device",
+                    "features MB",
+                ],
+                k_rows,
+            ),
+            "",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--devices", default="1,8", help="device counts to compare")
+    parser.add_argument("--device", action="store_true", help="record as the accelerator section")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, n, size = args.child
+        fn = _selection if kind == "selection" else _kmeans
+        print(json.dumps(fn(int(n), int(size), args.repeats)))
+        return
+    info = C.machine()
+    devices = [int(d) for d in args.devices.split(",")]
+    selection = _children("selection", [(n, 1000) for n in SELECTION_SIZES], devices, args.repeats)
+    kmeans = _children("kmeans", KMEANS_CASES, devices, args.repeats)
+    label = f" on {info['jax_device']}" if args.device else ""
+    md = markdown(info, selection, kmeans, label)
+    section = "sharded" + ("_device" if args.device else "")
+    C.write_results(section, md, {"machine": info, "selection": selection, "kmeans": kmeans})
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
