@@ -97,3 +97,81 @@ def test_two_processes_train_like_one(one_device):
     two = out.parent / "two_processes"
     _launch([*folders, str(two)], {"XLA_FLAGS": ""}, processes=2)
     _same_training(out, two)
+
+
+EXTRACT_WORKER = os.path.join(os.path.dirname(__file__), "extract_worker.py")
+
+
+def _extract_run(folder, out, devices, processes=1):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    args = [sys.executable, EXTRACT_WORKER, folder, str(out)]
+    if processes == 1:
+        procs = [subprocess.Popen(args, env=env)]
+    else:
+        port = _free_port()
+        procs = [
+            subprocess.Popen([*args, str(i), str(processes), port], env=env)
+            for i in range(processes)
+        ]
+    assert [p.wait(timeout=600) for p in procs] == [0] * processes
+    return [np.load(f"{out}-{i}.npz") for i in range(processes)]
+
+
+def test_extraction_over_devices_and_processes_matches_one_device(tmp_path):
+    """Batches of 3 over 2 devices (one blank padding image per batch), and two processes
+    each extracting its own half: the class means and every image's features of one device."""
+    folder = image_folder(tmp_path / "images", 3, 5, 2)
+    (one,) = _extract_run(folder, tmp_path / "one", 1)
+    (two,) = _extract_run(folder, tmp_path / "two", 2)
+    halves = _extract_run(folder, tmp_path / "halves", 1, processes=2)
+    assert int(two["devices"]) == 2
+    np.testing.assert_allclose(two["features"], one["features"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(two["means"], one["means"], rtol=1e-5, atol=1e-6)
+    assert [h["share"].tolist() for h in halves] == [list(range(8)), list(range(8, 15))]
+    for half in halves:
+        np.testing.assert_allclose(half["means"], one["means"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(half["counts"], one["counts"])
+        rows = one["features"][half["share"]]
+        np.testing.assert_allclose(half["features"], rows, rtol=1e-5, atol=1e-6)
+
+
+def test_extract_command_on_two_processes_writes_one_features_file(tmp_path):
+    """``uotsel-train extract --distributed`` on 2 processes: process 0 writes the class means,
+    both processes their rows of one features file; both equal a one-process run's."""
+    import jax.numpy as jnp
+
+    from uotsel_train import convert, models
+
+    folder = image_folder(tmp_path / "images", 3, 5, 3)
+    variables = {
+        "backbone": models.backbone("tiny").init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    }
+    weights = str(tmp_path / "w.npz")
+    convert.save_variables(variables, weights)
+    cli = "import sys; from uotsel_train.cli import main; sys.exit(main(sys.argv[1:]))"
+    base = [sys.executable, "-c", cli, "extract", "--data", folder, "--arch", "tiny"]
+    base += ["--weights", weights, "--image-size", "16", "--batch-size", "2", "--quiet"]
+    env = {**os.environ, "XLA_FLAGS": ""}
+
+    def outputs(name):
+        return [
+            "--out",
+            str(tmp_path / f"{name}.npz"),
+            "--features-out",
+            str(tmp_path / f"{name}.npy"),
+        ]
+
+    subprocess.run([*base, *outputs("one")], env=env, check=True, capture_output=True)
+    port = _free_port()
+    cluster = ["--distributed", "--coordinator", f"localhost:{port}", "--num-processes", "2"]
+    procs = [
+        subprocess.Popen([*base, *outputs("two"), *cluster, "--process-id", str(i)], env=env)
+        for i in range(2)
+    ]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    np.testing.assert_allclose(two["means"], one["means"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(two["counts"], one["counts"])
+    features = np.load(tmp_path / "two.npy", mmap_mode="r")
+    np.testing.assert_allclose(features, np.load(tmp_path / "one.npy"), rtol=1e-5, atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []

@@ -118,6 +118,29 @@ class ClassMeanAccumulator:
         self._sums += np.asarray(means, np.float64) * counts[:, None]
         self._counts += counts.astype(np.int64)
 
+    def totals(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(sums [K, D] float64, counts [K] int64)`` so far (copies): the state another
+        accumulator (another process's, say) takes with :meth:`add_totals`."""
+        if self._sums is None:
+            raise ValueError("features: no samples were added")
+        return self._sums.copy(), self._counts.copy()
+
+    def add_totals(self, sums: Any, counts: Any) -> None:
+        """Add sums ``[K, D]`` and counts ``[K]`` from :meth:`totals` of another accumulator."""
+        sums, counts = np.asarray(sums, np.float64), np.asarray(counts, np.int64)
+        if (
+            sums.ndim != 2
+            or sums.shape[0] != self.num_classes
+            or counts.shape != (self.num_classes,)
+        ):
+            raise ValueError(
+                f"sums, counts: expected {self.num_classes} classes, got shapes {sums.shape} "
+                f"and {counts.shape}"
+            )
+        self._init(sums.shape[1])
+        self._sums += sums
+        self._counts += counts
+
     def result(self, *, allow_empty: bool = False) -> ClassMeans:
         """The means so far. Raises if a class has no sample, unless ``allow_empty``."""
         if self._sums is None:

@@ -58,6 +58,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out-dir", required=True, help="the run's folder (created)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    _distributed_options(p)
+
+
+def _distributed_options(p: argparse.ArgumentParser) -> None:
+    """``--distributed`` and the explicit cluster flags, for every multi-process command."""
     p.add_argument(
         "--distributed",
         action="store_true",
@@ -113,6 +118,7 @@ def _add_convert_and_extract(sub: Any) -> None:
     )
     ext.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     ext.add_argument("--out", required=True, help="class means .npz to write")
+    _distributed_options(ext)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -368,9 +374,6 @@ def _demo(args: argparse.Namespace, pairs: list[str]) -> int:
 
 
 def _extract(args: argparse.Namespace, pairs: list[str]) -> int:
-    import numpy as np
-
-    from uotsel import io
     from uotsel_train import extract, initialise, input_pipeline
 
     for value, flag in (
@@ -384,10 +387,11 @@ def _extract(args: argparse.Namespace, pairs: list[str]) -> int:
         raise ValueError(f"--weights: not a file: {args.weights}")
     from uotsel.outputs import Outputs
 
+    lead = _join(args)
     with Outputs([("--weights", args.weights)]) as outputs:
         outputs.add("--out", args.out, ("npz",))
         if args.features_out:
-            outputs.add("--features-out", args.features_out, ("npy",))
+            _add_features_out(outputs, args.features_out)
         source = input_pipeline.open_source(args.data, args.data_dir or "", "train", "--data")
         variables = {"backbone": initialise.load_backbone(args.weights)}
         if args.moco_head:
@@ -405,24 +409,56 @@ def _extract(args: argparse.Namespace, pairs: list[str]) -> int:
             workers=args.workers,
             keep_features=bool(args.features_out),
             allow_empty=args.allow_empty_classes,
-            progress=not args.quiet,
+            progress=not args.quiet and lead,
         )
-        outputs.write(
-            "--out",
-            io.write_units,
-            result.means,
-            counts=result.counts,
-            names=source.classes,
-            assignment=source.labels,
+        _write_extracted(outputs, args, source, result, lead)
+    if lead:
+        print(
+            f"{len(source.classes)} class means from {int(result.counts.sum())} images "
+            f"({len(result.skipped)} unreadable skipped) -> {args.out}"
         )
-        if args.features_out:
-            outputs.write("--features-out", lambda fh: np.save(fh, result.features))
-        outputs.commit()
-    print(
-        f"{len(source.classes)} class means from {int(result.counts.sum())} images "
-        f"({len(result.skipped)} unreadable skipped) -> {args.out}"
-    )
     return 0
+
+
+def _add_features_out(outputs: Any, path: str) -> None:
+    """``--features-out`` checked like every output; from one process it joins ``outputs``,
+    from several it is written apart (:func:`uotsel_train.parallel.write_shared_rows`)."""
+    import jax
+
+    from uotsel.outputs import Outputs
+
+    if jax.process_count() == 1:
+        outputs.add("--features-out", path, ("npy",))
+        return
+    with Outputs([]) as probe:
+        probe.add("--features-out", path, ("npy",))
+
+
+def _write_extracted(outputs: Any, args: argparse.Namespace, source: Any, result: Any, lead: bool):
+    """The class means (process 0) and the per-sample features: through ``outputs`` from one
+    process; with several, every process writes its own rows of one shared file first."""
+    import jax
+    import numpy as np
+
+    from uotsel import io
+    from uotsel_train import parallel
+
+    if args.features_out and jax.process_count() > 1:
+        share = parallel.process_share(len(source))
+        parallel.write_shared_rows(args.features_out, result.features[share], share, len(source))
+    if not lead:
+        return
+    outputs.write(
+        "--out",
+        io.write_units,
+        result.means,
+        counts=result.counts,
+        names=source.classes,
+        assignment=source.labels,
+    )
+    if args.features_out and jax.process_count() == 1:
+        outputs.write("--features-out", lambda fh: np.save(fh, result.features))
+    outputs.commit()
 
 
 def _convert(args: argparse.Namespace, pairs: list[str]) -> int:

@@ -3,6 +3,11 @@
 As in the paper: evaluation transform (resize 256, centre crop 224), model in evaluation mode,
 unnormalised features summed per class and divided by the count; ResNet18 gives the 512-d
 pooled features, MoCo-v2 the 128-d output of its projection head.
+
+Every batch is split over all of the process's devices. Under ``jax.distributed`` each process
+takes its own contiguous share of the images (:func:`uotsel_train.parallel.process_share`) and
+the per-class sums and counts are added across processes at the end, so every process returns
+the class means of the whole data set.
 """
 
 from __future__ import annotations
@@ -11,12 +16,12 @@ import functools
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from uotsel import ClassMeanAccumulator
 from uotsel.progress import Progress
-from uotsel_train import data, models
+from uotsel_train import data, models, parallel
 
 __all__ = ["Extracted", "extract"]
 
@@ -79,16 +84,17 @@ def extract(
     classes = getattr(source, "classes", None)
     num_classes = len(classes) if classes is not None else int(labels.max()) + 1
     transform = functools.partial(_eval, size=image_size, resize=resize)
-    acc = ClassMeanAccumulator(num_classes)
+    acc = ClassMeanAccumulator(num_classes, _feature_dim(variables, arch, moco_head, image_size))
     skipped: list[int] = []
     features = None
     done = 0
-    bar = Progress(len(source), "extracting", unit="img", enabled=progress)
-    batches = data.batches(
-        source, range(len(source)), transform, batch_size, workers=workers, skipped=skipped
-    )
+    share = parallel.process_share(len(source))
+    bar = Progress(len(share), "extracting", unit="img", enabled=progress)
+    batches = data.batches(source, share, transform, batch_size, workers=workers, skipped=skipped)
+    mesh = parallel.local_mesh()
+    placed = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
     for batch in batches:
-        emb = np.asarray(_embed(variables, jnp.asarray(batch.images), arch, moco_head), np.float64)
+        emb = _embed_split(placed, batch.images, arch, moco_head, mesh)
         bad = ~np.all(np.isfinite(emb), axis=1)
         if bad.any():
             raise ValueError(
@@ -104,8 +110,13 @@ def extract(
         done += len(batch.indices)
         bar.update(len(batch.indices))
     bar.close()
+    done = int(parallel.sum_over_processes(np.asarray([done]))[0])
     if done == 0:
         raise ValueError(f"data: none of the {len(source)} images could be read")
+    if jax.process_count() > 1:
+        sums, counts = acc.totals()
+        acc = ClassMeanAccumulator(num_classes)
+        acc.add_totals(parallel.sum_over_processes(sums), parallel.sum_over_processes(counts))
     result = acc.result(allow_empty=True)
     empty = np.flatnonzero(result.counts == 0)
     if empty.size and not allow_empty:
@@ -124,6 +135,23 @@ def extract(
             f"{int(zero[0])}); the weights give zero features for the data"
         )
     return Extracted(result.means, result.counts, skipped, features)
+
+
+def _feature_dim(variables: Any, arch: str, moco: bool, image_size: int) -> int:
+    """The feature dimension of the model, from shapes alone."""
+    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32)
+    return int(jax.eval_shape(_embed, variables, images, arch, moco).shape[1])
+
+
+def _embed_split(variables: Any, images: np.ndarray, arch: str, moco: bool, mesh: Any):
+    """``[b, C]`` float64 features of ``images`` ``[b, H, W, 3]``, the batch split over the
+    devices of ``mesh`` (padded with blank images to a multiple of them)."""
+    b = images.shape[0]
+    pad = -b % mesh.size
+    if pad:
+        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+    split = jax.device_put(images, NamedSharding(mesh, PartitionSpec("data")))
+    return np.asarray(_embed(variables, split, arch, moco), np.float64)[:b]
 
 
 def _check_finite_weights(variables: dict[str, Any], parts: tuple[str, ...]) -> None:

@@ -8,6 +8,8 @@ without moving data between hosts. With one process all of this is plain ``devic
 
 from __future__ import annotations
 
+import os
+import secrets
 from typing import Any
 
 import jax
@@ -20,8 +22,12 @@ __all__ = [
     "global_batch",
     "initialize",
     "local_copy",
+    "local_mesh",
     "local_rows",
+    "process_share",
     "replicate",
+    "sum_over_processes",
+    "write_shared_rows",
 ]
 
 
@@ -42,6 +48,36 @@ def data_mesh() -> Mesh:
     """A one-axis mesh (``"data"``) over all devices of all processes, in process order."""
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     return Mesh(np.asarray(devices), ("data",))
+
+
+def local_mesh() -> Mesh:
+    """A one-axis mesh (``"data"``) over this process's own devices: for work that each
+    process does on its own share of the data (feature extraction)."""
+    return Mesh(np.asarray(jax.local_devices()), ("data",))
+
+
+def process_share(size: int) -> np.ndarray:
+    """The indices ``0 ... size - 1`` this process handles when work is split between
+    processes: contiguous blocks, in process order, differing in length by at most one."""
+    return np.array_split(np.arange(size), jax.process_count())[jax.process_index()]
+
+
+def sum_over_processes(x: np.ndarray) -> np.ndarray:
+    """The sum of a host array over all processes (every process gets it). Floats are sent
+    as two float32 parts (about 48 bits of the float64 value); integers as int32."""
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+
+    if np.asarray(x).dtype.kind == "f":
+        hi = np.asarray(x, np.float32)
+        lo = np.asarray(np.asarray(x, np.float64) - hi, np.float32)
+        parts = np.asarray(multihost_utils.process_allgather(np.stack([hi, lo])), np.float64)
+        return parts.sum(axis=(0, 1))
+    if np.abs(x).max(initial=0) >= 2**31:
+        raise ValueError("counts: too large to add across processes")
+    parts = np.asarray(multihost_utils.process_allgather(np.asarray(x, np.int32)), np.int64)
+    return parts.sum(axis=0)
 
 
 def _split(mesh: Mesh) -> NamedSharding:
@@ -95,3 +131,26 @@ def local_copy(tree: Any) -> Any:
         return x
 
     return jax.tree.map(one, tree)
+
+
+def write_shared_rows(path: str, rows: np.ndarray, share: np.ndarray, total: int) -> None:
+    """Every process writes its ``rows`` ``[len(share), D]`` (rows ``share`` of ``[total, D]``)
+    into one ``.npy`` at ``path`` on a file system all processes see. Process 0 creates it
+    under a temporary name, all fill their rows through a memory map, and process 0 renames it
+    into place once every process is done: the file at ``path`` is whole or absent."""
+    from jax.experimental import multihost_utils
+
+    token = int(multihost_utils.broadcast_one_to_all(np.int32(secrets.randbits(31))))
+    partial = f"{path}.partial-{token:08x}"
+    lead = jax.process_index() == 0
+    if lead:
+        np.lib.format.open_memmap(partial, "w+", rows.dtype, (total, rows.shape[1])).flush()
+    multihost_utils.sync_global_devices(f"{partial} created")
+    out = np.load(partial, mmap_mode="r+")
+    out[share] = rows
+    out.flush()
+    del out
+    multihost_utils.sync_global_devices(f"{partial} written")
+    if lead:
+        os.replace(partial, path)
+    multihost_utils.sync_global_devices(f"{partial} in place")
