@@ -14,7 +14,7 @@ import pytest
 from reference import pot_plan
 
 import uotsel
-from uotsel import clustering, feature_transport, unbalanced
+from uotsel import clustering, feature_transport, samples, unbalanced
 from uotsel import mesh as meshes
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
@@ -177,7 +177,7 @@ def test_assignment_step_on_the_mesh_reseeds_alike(spherical):
     if spherical:
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
     mesh = meshes.source_mesh()
-    placed = clustering._load_on_mesh(x, spherical, mesh)
+    placed = samples.on_mesh(x, spherical, mesh)
     one = clustering.assign(jax.device_put(x), centroids, spherical, 64)
     split = clustering.assign_on_mesh(placed, centroids, spherical, 64, mesh, len(x))
     empty = np.asarray(one.counts) == 0

@@ -341,6 +341,8 @@ def test_kmeans_bad_inputs(tmp_path, capsys):
         (["--k", 6], "--k: 6 clusters for only 5 samples"),
         (["--k", 2, "--tol", "-1"], "--tol: must be >= 0, got -1"),
         (["--k", 2, "--sample-names", tmp_path / "none.txt"], "--sample-names: file not found"),
+        (["--k", 2, "--stream-rows", 0], "--stream-rows: must be"),
+        (["--k", 2, "--stream-rows", 2, "--shard", "on"], "--stream-rows: streaming runs on one"),
     ]:
         code, _, err = _run(
             ["kmeans", "--features", tmp_path / "f.npy", "--out", tmp_path / "c.npz", *args], capsys
@@ -633,3 +635,14 @@ def test_documented_input_and_output_forms(tmp_path, capsys):
     with np.load(tmp_path / "m40.npz") as m:
         assert m["means"].shape == (40, 2) and m["counts"][3:].sum() == 0
         assert not m["means"][3:].any()
+
+
+def test_kmeans_streamed_from_disk_writes_the_same_clusters(tmp_path, rng, capsys):
+    x = rng.normal(size=(230, 6)).astype(np.float32)
+    np.save(tmp_path / "f.npy", x)
+    base = ["kmeans", "--features", tmp_path / "f.npy", "--k", 4, "--quiet"]
+    assert _run([*base, "--out", tmp_path / "a.npz"], capsys)[0] == 0
+    assert _run([*base, "--stream-rows", 64, "--out", tmp_path / "b.npz"], capsys)[0] == 0
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    np.testing.assert_array_equal(a["assignment"], b["assignment"])
+    np.testing.assert_allclose(a["means"], b["means"], atol=1e-6)

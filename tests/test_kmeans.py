@@ -1,10 +1,11 @@
+import jax
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 import uotsel
-from uotsel import embedded
+from uotsel import clustering, embedded
 from uotsel.clustering import kmeans
 
 
@@ -244,3 +245,67 @@ def test_default_seeding_candidates_shrink_with_k():
     seen.clear()
     clustering.kmeans(x, 700, max_iter=2, init_restarts=3, progress=seen.append)
     assert [s.step for s in seen if s.stage == "seeding"] == [1, 2, 3]
+
+
+def _planted(n=1501, k=9, d=12, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, d))
+    return (centers[rng.integers(0, k, size=n)] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("spherical", [True, False])
+def test_streamed_kmeans_equals_loaded(tmp_path, spherical, monkeypatch):
+    """Features left on disk, read 400 rows at a time (1501 rows: a short last block): the
+    clustering of the loaded run; the device never gets more rows than a block or the
+    seeding samples (150 rows, 8 x 150 to compare candidates), never the whole set."""
+    x = _planted()
+    np.save(tmp_path / "f.npy", x)
+    mapped = np.load(tmp_path / "f.npy", mmap_mode="r")
+    kw = dict(seed=2, spherical=spherical, chunk_size=128, init_sample=150)
+    loaded = kmeans(x, 9, **kw)
+    sent = []
+    put = jax.device_put
+
+    def spy(value, *args, **kwargs):
+        sent.append(np.shape(value)[:1])
+        return put(value, *args, **kwargs)
+
+    monkeypatch.setattr(jax, "device_put", spy)
+    streamed = kmeans(mapped, 9, stream_rows=400, **kw)
+    rows = [s[0] for s in sent if s]
+    assert rows and max(rows) <= 8 * 150 and len(x) not in rows
+    np.testing.assert_array_equal(streamed.assignment, loaded.assignment)
+    np.testing.assert_allclose(streamed.centroids, loaded.centroids, atol=2e-6)
+    np.testing.assert_allclose(streamed.objective, loaded.objective, rtol=1e-6)
+    np.testing.assert_array_equal(streamed.means, loaded.means)
+    assert streamed.n_iters == loaded.n_iters
+
+
+def test_streamed_steps_reseed_empty_clusters_alike():
+    from uotsel import samples
+
+    x = _planted(n=700, k=3, d=8)
+    centroids = np.concatenate([x[:3], -50.0 * np.ones((3, 8), np.float32)])
+    host = samples.HostRows(x, False, 256)
+    loaded = clustering.assign(jax.device_put(x), centroids, False, 64)
+    streamed = clustering.assign_streamed(host, centroids, False, 64)
+    assert int(np.sum(np.asarray(loaded.counts) == 0)) >= 2
+    np.testing.assert_array_equal(streamed.labels, np.asarray(loaded.labels))
+    np.testing.assert_array_equal(streamed.counts, loaded.counts)
+    np.testing.assert_allclose(streamed.far[0], loaded.far[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        clustering.update_streamed(host, streamed, centroids, False),
+        clustering.update(jax.device_put(x), loaded, centroids, False),
+        atol=1e-5,
+    )
+
+
+def test_streamed_kmeans_checks_rows_and_settings():
+    x = _planted(n=300)
+    x[250] = np.inf
+    with pytest.raises(ValueError, match="features: row 250 contains NaN or inf"):
+        kmeans(x, 3, stream_rows=100)
+    with pytest.raises(ValueError, match="stream_rows: must be"):
+        kmeans(x, 3, stream_rows=0)
+    with pytest.raises(ValueError, match="stream_rows: streaming runs on one device"):
+        kmeans(x, 3, stream_rows=100, shard="on")

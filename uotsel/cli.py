@@ -347,6 +347,12 @@ def _add_kmeans(sub: Any) -> argparse.ArgumentParser:
         help="text file with one name per sample, stored with the clusters so "
         "that 'select --samples-out names.txt' can list them",
     )
+    km.add_argument(
+        "--stream-rows",
+        type=_integer(1, MAX_CHUNK),
+        help="leave the features on disk and read this many rows at a time in every "
+        "iteration (for features larger than the device's memory; default: load them)",
+    )
     _add_shard_flag(km, "samples", "the float32 features take")
     km.add_argument("--quiet", action="store_true", help="no progress display")
     km.add_argument("--out", required=True, help=".npz to write")
@@ -718,6 +724,8 @@ def _cmd_kmeans(args: argparse.Namespace) -> int:
     from uotsel import _checks, io
     from uotsel.clustering import ProgressBars, kmeans
 
+    if args.stream_rows is not None and args.shard == "on":
+        raise UsageError("--stream-rows: streaming runs on one device; drop --shard on")
     inputs = [("--features", args.features), ("--sample-names", args.sample_names)]
     with Outputs(inputs) as outputs:
         outputs.add("--out", args.out, ("npz",))
@@ -750,6 +758,7 @@ def _cmd_kmeans(args: argparse.Namespace) -> int:
                 chunk_size=args.chunk_size,
                 progress=bars,
                 shard=args.shard,
+                stream_rows=args.stream_rows,
             )
         outputs.write("--out", io.write_clusters, result, sample_names=names)
         outputs.commit()

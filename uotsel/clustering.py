@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from uotsel import _checks
+from uotsel import _checks, samples
 from uotsel import mesh as meshes
 from uotsel.centroids import ClassMeanAccumulator
 
@@ -162,6 +162,7 @@ def kmeans(
     chunk_size: int | None = None,
     progress: Callable[[KMeansStatus], None] | None = None,
     shard: Any = "auto",
+    stream_rows: int | None = None,
 ) -> KMeansResult:
     """Cluster ``features`` into ``k`` clusters.
 
@@ -188,6 +189,10 @@ def kmeans(
         ``"on"``, ``"off"``, or a :class:`jax.sharding.Mesh` with a ``"sources"`` axis. Each
         device assigns its own rows and the cluster sums are added across devices: the same
         clustering as on one device, up to the order of floating-point sums.
+      stream_rows: leave the features on the host (a memory map stays on disk) and read them
+        ``stream_rows`` rows at a time in every iteration, so the device holds one block of
+        that many rows (plus the seeding samples, ``O(k)`` rows) whatever ``N``: the same
+        clustering as with the features on the device. Rows are checked as they are read.
 
     Returns:
       A :class:`KMeansResult`: ``centroids`` (unit rows when spherical), and ``means``, the
@@ -211,15 +216,11 @@ def kmeans(
         features, k, n_init, max_iter, tol, seed, init_sample, init_restarts, chunk_size
     )
     n_init, max_iter, init_restarts, chunk_size, sample = settings
-    n, d = features.shape
+    n = features.shape[0]
 
-    mesh = meshes.resolve(shard, n, d, 4)
-    if mesh is None:
-        x, step = _load(features, spherical, chunk_size), assign
-    else:
-        x = _load_on_mesh(features, spherical, mesh)
-        chunk_size = min(chunk_size, x.shape[0] // mesh.size)
-        step = functools.partial(assign_on_mesh, mesh=mesh, n_valid=n)
+    if stream_rows is not None:
+        stream_rows = _checks.check_positive_int(stream_rows, "stream_rows")
+    x, steps, chunk_size = _place(features, spherical, chunk_size, shard, stream_rows)
     best = None
     objectives = []
     for restart in range(n_init):
@@ -236,7 +237,9 @@ def kmeans(
             progress=report,
             n_valid=n,
         )
-        result = _run(x, n, centroids, spherical, max_iter, tol, run_seed, chunk_size, report, step)
+        result = _run(
+            x, n, centroids, spherical, max_iter, tol, run_seed, chunk_size, report, steps
+        )
         objectives.append(result.objective)
         if best is None or result.objective < best.objective:
             best = result
@@ -307,72 +310,14 @@ def _member_means(features: Any, assignment: np.ndarray, centroids: np.ndarray, 
     return np.where((result.counts == 0)[:, None], centroids, result.means).astype(np.float32)
 
 
-def _load(features: Any, spherical: bool, chunk: int) -> Array:
-    """Features as one float32 device array (unit rows when spherical), filled chunk by chunk
-    in place, so that at most one copy plus a chunk is ever allocated."""
-    n, d = features.shape
-    step = max(chunk, 65536)
-    out = jnp.zeros((n, d), jnp.float32)
-    for lo in range(0, n, step):
-        hi = min(n, lo + step)
-        out = _put_rows(out, jax.device_put(_checked_rows(features, lo, hi, spherical)), lo)
-    return out
-
-
-def _load_on_mesh(features: Any, spherical: bool, mesh: Any) -> Array:
-    """Features as one float32 array split by rows over ``mesh``, padded to a multiple of its
-    devices with copies of row 0; each device's block is read (and checked) on its own."""
-    n, d = features.shape
-    size = meshes.padded_size(n, mesh)
-
-    def block(index):
-        lo, hi = index[0].indices(size)[:2]
-        rows = _checked_rows(features, lo, min(hi, n), spherical) if lo < n else None
-        pad = max(0, hi - max(lo, n))
-        if pad:
-            first = _checked_rows(features, 0, 1, spherical)
-            rows = (
-                first.repeat(pad, 0)
-                if rows is None
-                else np.concatenate([rows, first.repeat(pad, 0)])
-            )
-        return rows
-
-    sharding = jax.sharding.NamedSharding(mesh, P(meshes.AXIS, None))
-    return jax.make_array_from_callback((size, d), sharding, block)
-
-
-def _checked_rows(features: Any, lo: int, hi: int, spherical: bool) -> np.ndarray:
-    """Rows ``lo:hi`` of ``features`` as float32 (unit rows when spherical), or raise naming
-    the first row that is not finite (or, spherical, all zeros)."""
-    block = np.asarray(features[lo:hi], np.float32)
-    if not np.all(np.isfinite(block)):
-        bad = lo + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-        raise ValueError(f"features: row {bad} contains NaN or inf")
-    if spherical:
-        top = np.max(np.abs(block), axis=1, keepdims=True)
-        zero = np.flatnonzero(top[:, 0] == 0)
-        if zero.size:
-            raise ValueError(
-                f"features: row {lo + int(zero[0])} is all zeros; spherical k-means needs "
-                "a direction for every sample"
-            )
-        block = block / top
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-    return block
-
-
-@functools.partial(jax.jit, donate_argnums=0)
-def _put_rows(buffer: Array, rows: Array, start: int) -> Array:
-    return jax.lax.dynamic_update_slice(buffer, rows, (start, 0))
-
-
-def _subset(x: Array, size: int, rng: np.random.Generator, n: int) -> Array:
+def _subset(x: Any, size: int, rng: np.random.Generator, n: int) -> Array:
     """A uniform random sample of ``size`` of the first ``n`` rows of ``x`` (all of them when
-    that is all)."""
+    that is all), on the device."""
     if size >= n:
-        return x if x.shape[0] == n else x[jnp.arange(n)]
-    return x[jnp.asarray(np.sort(rng.choice(n, size=size, replace=False)))]
+        if isinstance(x, jax.Array) and x.shape[0] == n:
+            return x
+        return samples.take(x, np.arange(n))
+    return samples.take(x, np.sort(rng.choice(n, size=size, replace=False)))
 
 
 def seed_centroids(
@@ -415,18 +360,43 @@ def seed_centroids(
     return best
 
 
-def _lloyd(x, centroids, spherical, max_iter, tol, chunk, progress=None, assigner=None):
+class _Steps(NamedTuple):
+    """The assignment and update steps for where the samples live (:mod:`uotsel.samples`)."""
+
+    assign: Callable[..., Assignment]
+    update: Callable[..., Array]
+
+
+def _place(features, spherical, chunk, shard, stream_rows):
+    """``(samples, steps, chunk)``: the samples on one device, split over a mesh, or (with
+    ``stream_rows``) left on the host."""
+    n, d = features.shape
+    if stream_rows is not None:
+        if shard not in ("auto", "off"):
+            raise ValueError("stream_rows: streaming runs on one device; leave shard at auto")
+        rows = samples.HostRows(features, spherical, stream_rows)
+        return rows, _Steps(assign_streamed, update_streamed), min(chunk, stream_rows)
+    mesh = meshes.resolve(shard, n, d, 4)
+    if mesh is None:
+        return samples.on_device(features, spherical, chunk), _Steps(assign, update), chunk
+    x = samples.on_mesh(features, spherical, mesh)
+    split = functools.partial(assign_on_mesh, mesh=mesh, n_valid=n)
+    return x, _Steps(split, update), min(chunk, x.shape[0] // mesh.size)
+
+
+def _lloyd(x, centroids, spherical, max_iter, tol, chunk, progress=None, steps=None):
     """Lloyd iterations from ``centroids``; returns ``(centroids, iterations, converged)``.
     ``progress``, when given, is called as ``progress("lloyd", step, steps, objective, moved)``;
-    ``assigner`` replaces :func:`assign` (the split form, :func:`assign_on_mesh`)."""
-    assigner = assign if assigner is None else assigner
+    ``steps`` replaces :func:`assign` and :func:`update` (see :func:`_place`)."""
+    steps = _Steps(assign, update) if steps is None else steps
     previous, labels = math.inf, None
     for iters in range(1, max_iter + 1):
-        step = assigner(x, centroids, spherical, chunk)
-        centroids = update(x, step, centroids, spherical)
+        step = steps.assign(x, centroids, spherical, chunk)
+        centroids = steps.update(x, step, centroids, spherical)
         objective = float(step.objective)
         if progress is not None:
-            moved = None if labels is None else float(jnp.mean(step.labels != labels))
+            xp = np if isinstance(step.labels, np.ndarray) else jnp
+            moved = None if labels is None else float(xp.mean(step.labels != labels))
             progress("lloyd", iters, max_iter, objective, moved)
             labels = step.labels
         if previous - objective <= tol * abs(objective):
@@ -457,12 +427,11 @@ def status_line(status: KMeansStatus) -> str:
     return line
 
 
-def _run(x, n, centroids, spherical, max_iter, tol, seed, chunk, progress, step) -> KMeansResult:
-    """One restart's Lloyd iterations on the first ``n`` rows of ``x``, with ``step`` as the
-    assignment step."""
-    lloyd = _lloyd(x, centroids, spherical, max_iter, tol, chunk, progress, step)
+def _run(x, n, centroids, spherical, max_iter, tol, seed, chunk, progress, steps) -> KMeansResult:
+    """One restart's Lloyd iterations on the first ``n`` rows of ``x`` (see :func:`_place`)."""
+    lloyd = _lloyd(x, centroids, spherical, max_iter, tol, chunk, progress, steps)
     centroids, iters, converged = lloyd
-    final = step(x, centroids, spherical, chunk)
+    final = steps.assign(x, centroids, spherical, chunk)
     return KMeansResult(
         centroids=np.asarray(centroids),
         means=np.zeros((0, x.shape[1]), np.float32),  # filled in for the kept restart
@@ -602,16 +571,58 @@ def assign_on_mesh(
     return run(x, centroids)
 
 
+_assign_block = jax.jit(_assign_rows, static_argnames=("spherical", "chunk", "n_valid"))
+
+
+def assign_streamed(x: samples.HostRows, centroids: Array, spherical: bool, chunk: int):
+    """:func:`assign` over samples left on the host, one block at a time: sums, counts and
+    objective added up, farthest samples pooled; ``labels`` is a host array."""
+    n = x.shape[0]
+    pool = min(RESEED_POOL, n)
+    labels = np.empty(n, np.int32)
+    total = None
+    for lo, block in x.blocks():
+        part = _assign_block(block, centroids, spherical, min(chunk, block.shape[0]), lo, None)
+        labels[lo : lo + block.shape[0]] = np.asarray(part.labels)
+        total = part if total is None else _merge(total, part, pool)
+    return total._replace(labels=labels)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _merge(a: Assignment, b: Assignment, pool: int) -> Assignment:
+    far_d = jnp.concatenate([a.far[0], b.far[0]])
+    far_i = jnp.concatenate([a.far[1], b.far[1]])
+    keep_d, kept = jax.lax.top_k(far_d, min(pool, far_d.shape[0]))
+    return Assignment(
+        a.labels,
+        a.sums + b.sums,
+        a.counts + b.counts,
+        a.objective + b.objective,
+        (keep_d, far_i[kept]),
+    )
+
+
+def update_streamed(x: samples.HostRows, step: Assignment, previous: Array, spherical: bool):
+    """:func:`update` for samples left on the host: the pooled farthest rows are read back."""
+    return refit(x.rows(np.asarray(step.far[1])), step, previous, spherical)
+
+
 @functools.partial(jax.jit, static_argnames=("spherical",))
 def update(x: Array, step: Assignment, previous: Array, spherical: bool) -> Array:
     """New centroids ``[K, D]`` from an :func:`assign` step (re-normalised when spherical);
     empty clusters take the farthest samples (the e-th empty cluster the e-th farthest, cycling
     if there are more empty clusters than pooled samples), without Python branches."""
-    _far_d, far_i = step.far
+    return refit(x[step.far[1]], step, previous, spherical)
+
+
+@functools.partial(jax.jit, static_argnames=("spherical",))
+def refit(farthest: Array, step: Assignment, previous: Array, spherical: bool) -> Array:
+    """:func:`update` given the rows ``farthest`` ``[pool, D]`` of the pooled farthest samples
+    (``step.far`` order), wherever the samples live."""
     sums, counts = step.sums, step.counts
     empty = counts == 0
     rank = jnp.cumsum(empty) - 1
-    reseed = x[far_i[rank % far_i.shape[0]]]
+    reseed = farthest[rank % farthest.shape[0]]
     means = sums / jnp.maximum(counts, 1)[:, None]
     if spherical:
         norms = jnp.linalg.norm(sums, axis=1, keepdims=True)

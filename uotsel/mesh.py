@@ -107,10 +107,10 @@ def constrain_replicated(x: jax.Array, mesh: Mesh | None) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec()))
 
 
-def to_host(x: jax.Array) -> np.ndarray:
+def to_host(x: Any) -> np.ndarray:
     """The whole of ``x`` as a host array on every process, also when its blocks live on
     other processes' devices."""
-    if x.is_fully_addressable or x.is_fully_replicated:
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
         return np.asarray(x)
     from jax.experimental import multihost_utils
 
