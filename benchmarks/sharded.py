@@ -29,6 +29,8 @@ from benchmarks import _common as C
 
 SELECTION_SIZES = (10_000, 100_000, 1_000_000)
 KMEANS_CASES = ((100_000, 100), (100_000, 1000), (1_000_000, 1000))
+STREAM_CASES = ((1_000_000, 1000),)
+STREAM_ROWS = 262_144
 
 
 def _selection(n: int, m: int, repeats: int) -> dict:
@@ -133,6 +135,49 @@ def _kmeans(n: int, k: int, repeats: int) -> dict:
     }
 
 
+def _streamed(n: int, k: int, repeats: int) -> dict:
+    """Passes over features on disk (a memory-mapped .npy): class means, and one streamed
+    Lloyd iteration (``STREAM_ROWS`` rows on the device at a time)."""
+    import tempfile
+
+    import jax
+
+    import uotsel
+    from uotsel import clustering, samples
+
+    rng = np.random.default_rng(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "f.npy")
+        out = np.lib.format.open_memmap(path, "w+", np.float32, (n, 128))
+        for lo in range(0, n, STREAM_ROWS):
+            hi = min(n, lo + STREAM_ROWS)
+            out[lo:hi] = rng.normal(size=(hi - lo, 128))
+        out.flush()
+        del out
+        x = np.load(path, mmap_mode="r")
+        labels = rng.integers(0, 1000, size=n)
+        host = samples.HostRows(x, True, STREAM_ROWS)
+        centroids = jax.device_put(samples.checked_rows(x, 0, k, True))
+
+        def iteration():
+            step = clustering.assign_streamed(host, centroids, True, clustering.default_chunk(n, k))
+            return jax.block_until_ready(clustering.update_streamed(host, step, centroids, True))
+
+        def means():
+            return uotsel.class_means(x, labels, num_classes=1000)
+
+        timings = {}
+        for name, fn in (("class_means_s", means), ("streamed_iteration_s", iteration)):
+            fn()
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            timings[name] = statistics.median(times)
+    return {"n": n, "k": k, "stream_rows": STREAM_ROWS, **timings}
+
+
 def _children(kind: str, cases, devices, repeats) -> list[dict]:
     results = []
     for case in cases:
@@ -145,7 +190,7 @@ def _children(kind: str, cases, devices, repeats) -> list[dict]:
     return results
 
 
-def markdown(info: dict, selection: list[dict], kmeans: list[dict], label: str) -> str:
+def markdown(info: dict, selection: list[dict], kmeans: list[dict], streamed, label: str) -> str:
     one = {(r["n"], r["m"]): r for r in selection if r["devices"] == 1}
     rows = []
     for r in selection:
@@ -219,6 +264,25 @@ def markdown(info: dict, selection: list[dict], kmeans: list[dict], label: str) 
                 k_rows,
             ),
             "",
+            "Passes over features on disk (a memory-mapped float32 `.npy`, D = 128, in the page "
+            "cache), one device, median: `uotsel.class_means` (1000 classes) and one streamed "
+            f"Lloyd iteration (`stream_rows` {STREAM_ROWS:,}):",
+            "",
+            C.table(
+                ["samples", "K", "class means s", "rows / s", "streamed iteration s", "rows / s"],
+                [
+                    [
+                        f"{r['n']:,}",
+                        f"{r['k']:,}",
+                        f"{r['class_means_s']:.3g}",
+                        f"{r['n'] / r['class_means_s']:.3g}",
+                        f"{r['streamed_iteration_s']:.3g}",
+                        f"{r['n'] / r['streamed_iteration_s']:.3g}",
+                    ]
+                    for r in streamed
+                ],
+            ),
+            "",
         ]
     )
 
@@ -232,17 +296,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kind, n, size = args.child
-        fn = _selection if kind == "selection" else _kmeans
+        fn = {"selection": _selection, "kmeans": _kmeans, "streamed": _streamed}[kind]
         print(json.dumps(fn(int(n), int(size), args.repeats)))
         return
     info = C.machine()
     devices = [int(d) for d in args.devices.split(",")]
     selection = _children("selection", [(n, 1000) for n in SELECTION_SIZES], devices, args.repeats)
     kmeans = _children("kmeans", KMEANS_CASES, devices, args.repeats)
+    streamed = _children("streamed", STREAM_CASES, [1], args.repeats)
     label = f" on {info['jax_device']}" if args.device else ""
-    md = markdown(info, selection, kmeans, label)
+    md = markdown(info, selection, kmeans, streamed, label)
     section = "sharded" + ("_device" if args.device else "")
-    C.write_results(section, md, {"machine": info, "selection": selection, "kmeans": kmeans})
+    payload = {"machine": info, "selection": selection, "kmeans": kmeans, "streamed": streamed}
+    C.write_results(section, md, payload)
     print(md)
 
 
