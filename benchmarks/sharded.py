@@ -201,7 +201,7 @@ def markdown(info: dict, selection: list[dict], kmeans: list[dict], streamed, la
                 f"{r['n']:,} x {r['m']:,}",
                 r["devices"],
                 f"{r['steady_s']:.3g}",
-                f"{r['steady_s'] / base['steady_s']:.2g}",
+                f"{r['steady_s'] / base['steady_s']:.1g}",
                 r["iterations"],
                 f"{r['per_device_mb']:.0f}",
                 f"{r['cost_mb']:.0f}",
@@ -215,7 +215,7 @@ def markdown(info: dict, selection: list[dict], kmeans: list[dict], streamed, la
             f"{r['k']:,}",
             r["devices"],
             f"{r['iteration_s']:.3g}",
-            f"{r['iteration_s'] / k_one[(r['n'], r['k'])]['iteration_s']:.2g}",
+            f"{r['iteration_s'] / k_one[(r['n'], r['k'])]['iteration_s']:.1g}",
             f"{r['per_device_mb']:.0f}",
             f"{r['features_mb']:.0f}",
         ]
@@ -229,7 +229,8 @@ def markdown(info: dict, selection: list[dict], kmeans: list[dict], streamed, la
             "",
             "Each case in a fresh process; on this CPU the devices are virtual and share its "
             "cores (no speed-up expected). Memory per device: XLA's analysis of the compiled "
-            "program, arguments + temporaries on one device.",
+            "program, arguments + temporaries on one device. Ratios to one significant figure "
+            f"(medians of `--repeats` runs; spreads not recorded).",
             "",
             "Selection (`uotsel.transport`, cosine cost, D = 128, paper settings, steady state "
             "median; agreement: largest difference of `log(P 1)` over the first 1000 units "
