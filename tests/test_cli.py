@@ -646,3 +646,20 @@ def test_kmeans_streamed_from_disk_writes_the_same_clusters(tmp_path, rng, capsy
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
     np.testing.assert_array_equal(a["assignment"], b["assignment"])
     np.testing.assert_allclose(a["means"], b["means"], atol=1e-6)
+
+
+def test_outputs_of_a_process_that_does_not_write(tmp_path):
+    """Every process of a multi-process run but process 0: names are checked, nothing is made."""
+    from uotsel import io
+    from uotsel.outputs import Outputs
+
+    (tmp_path / "old.txt").write_text("kept\n")
+    with Outputs([("--in", str(tmp_path / "old.txt"))], writes=False) as outputs:
+        assert outputs.add("--out", str(tmp_path / "new.txt"), ("txt",)) == "txt"
+        with pytest.raises(ValueError, match=r"--x: .* must end in \.npz"):
+            outputs.add("--x", str(tmp_path / "a.json"), ("npz",))
+        with pytest.raises(ValueError, match=r"--y: .* is the input file of --in"):
+            outputs.add("--y", str(tmp_path / "old.txt"), ("txt",))
+        outputs.write("--out", io.write_lines, ["x"])
+        outputs.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.txt"]

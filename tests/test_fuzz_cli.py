@@ -381,6 +381,8 @@ NUMBER_CASES = (
     + [(KM, "--stream-rows", v, f"at most {MAX_CHUNK}") for v in _HUGE]
     + [(KM, "--stream-rows", v, m) for v, m in [("0", ">= 1"), ("2.5", "integer")]]
     + [(KM, "--shard", "maybe", "invalid choice"), (SEL, "--shard", "1", "invalid choice")]
+    + [(KM, "--num-processes", v, m) for v, m in [("0", ">= 1"), ("1.5", "integer")]]
+    + [(SEL, "--process-id", v, m) for v, m in [("-1", ">= 0"), (str(2**40), "at most")]]
     + [(KM, "--tol", v, m) for v, m in [("-1", ">= 0"), ("nan", ">= 0"), ("inf", "finite")]]
     + [("demo", "--top", v, m) for v, m in [("-1", ">= 0"), ("101", "at most 100")]]
     + [("demo", "--top", v, "at most 100") for v in _HUGE]

@@ -1,6 +1,7 @@
 """The source axis split over devices (uotsel.mesh): rules here, and the split paths against
 the one-device path in processes with 8 CPU devices and with 2 processes."""
 
+import json
 import os
 import socket
 import subprocess
@@ -90,3 +91,60 @@ def test_two_processes_match_one_device(tmp_path):
     np.testing.assert_array_equal(got["assignment"], clusters.assignment)
     np.testing.assert_allclose(got["centroids"], clusters.centroids, atol=2e-5)
     np.testing.assert_allclose(got["objective"], clusters.objective, rtol=1e-5)
+
+
+def test_cli_on_two_processes_writes_what_one_process_writes(tmp_path):
+    """``uotsel kmeans`` and ``uotsel select`` with ``--distributed --shard on`` on 2 processes
+    of 2 devices each: process 0 writes the same clusters and selection as one process."""
+    np.save(tmp_path / "f.npy", samples())
+    source, target = features()
+    np.savez(tmp_path / "s.npz", means=source)
+    np.savez(tmp_path / "t.npz", means=target)
+    commands = {
+        "kmeans": ["kmeans", "--features", str(tmp_path / "f.npy"), "--k", "5", "--quiet"],
+        "select": ["select", "--source", str(tmp_path / "s.npz"), "--target"]
+        + [str(tmp_path / "t.npz"), "--top-k", "30"],
+    }
+    suffix = {"kmeans": "npz", "select": "json"}
+    for name, command in commands.items():
+        one = tmp_path / f"one.{suffix[name]}"
+        run = [sys.executable, "-m", "uotsel", *command, "--shard", "on"]
+        subprocess.run([*run, "--out", str(one)], env=_env(1), check=True, capture_output=True)
+        two = tmp_path / f"two.{suffix[name]}"
+        port = _free_port()
+        cluster = ["--distributed", "--coordinator", f"localhost:{port}", "--num-processes", "2"]
+        procs = [
+            subprocess.Popen(
+                [*run, "--out", str(two), *cluster, "--process-id", str(i)],
+                env=_env(2),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(2)
+        ]
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0]
+        assert f"-> {two}" in outs[0] and "->" not in outs[1]  # only process 0 reports
+        if name == "kmeans":
+            a, b = np.load(one), np.load(two)
+            np.testing.assert_array_equal(a["assignment"], b["assignment"])
+            np.testing.assert_allclose(a["means"], b["means"], atol=1e-5)
+        else:
+            a, b = json.loads(one.read_text()), json.loads(two.read_text())
+            assert a["ranking"] == b["ranking"]
+            np.testing.assert_allclose(a["log_scores"], b["log_scores"], atol=2e-5)
+
+
+def test_cluster_flags_need_distributed(tmp_path, capsys):
+    from uotsel.cli import main
+
+    np.save(tmp_path / "f.npy", samples())
+    code = main(
+        ["kmeans", "--features", str(tmp_path / "f.npy"), "--k", "2", "--out"]
+        + [str(tmp_path / "c.npz"), "--coordinator", "localhost:1"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines() == [
+        "uotsel kmeans: error: --coordinator: given without --distributed"
+    ]
+    assert not (tmp_path / "c.npz").exists()

@@ -160,7 +160,48 @@ def _add_select(sub: Any) -> argparse.ArgumentParser:
         "if fewer)",
     )
     _add_select_outputs(sel)
+    _add_cluster_flags(sel)
     return sel
+
+
+def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
+    """``--distributed`` and the explicit cluster flags (:func:`uotsel.mesh.initialize`)."""
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run (jax.distributed), so that --shard splits the work over "
+        "the devices of every process; process 0 writes the outputs. The cluster is read from "
+        "the environment (SLURM, Open MPI, Cloud TPU) unless --coordinator is given",
+    )
+    parser.add_argument("--coordinator", help="HOST:PORT of process 0 (with --distributed)")
+    parser.add_argument("--num-processes", type=_integer(1, 2**16), help="with --coordinator")
+    parser.add_argument("--process-id", type=_integer(0, 2**16), help="with --coordinator")
+
+
+def _join(args: argparse.Namespace) -> bool:
+    """Join the multi-process run when asked; True on the process that writes and reports."""
+    explicit = [
+        flag
+        for flag, value in (
+            ("--coordinator", args.coordinator),
+            ("--num-processes", args.num_processes),
+            ("--process-id", args.process_id),
+        )
+        if value is not None
+    ]
+    if explicit and not args.distributed:
+        raise UsageError(f"{explicit[0]}: given without --distributed")
+    import jax
+
+    from uotsel import mesh
+    from uotsel.outputs import first_line
+
+    if args.distributed:
+        try:
+            mesh.initialize(args.coordinator, args.num_processes, args.process_id)
+        except (RuntimeError, ValueError) as err:
+            raise UsageError(f"--distributed: {first_line(err)}") from None
+    return jax.process_index() == 0
 
 
 def _add_shard_flag(parser: argparse.ArgumentParser, rows: str, big: str) -> None:
@@ -356,6 +397,7 @@ def _add_kmeans(sub: Any) -> argparse.ArgumentParser:
     _add_shard_flag(km, "samples", "the float32 features take")
     km.add_argument("--quiet", action="store_true", help="no progress display")
     km.add_argument("--out", required=True, help=".npz to write")
+    _add_cluster_flags(km)
     return km
 
 
@@ -465,7 +507,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
         ("--target", io.input_path(args.target)),
         ("--matching", _matching_file(args.matching)),
     ]
-    with Outputs(inputs) as outputs:
+    lead = _join(args)
+    with Outputs(inputs, writes=lead) as outputs:
         outputs.add("--out", args.out, ("json",))
         if args.names_out is not None:
             outputs.add("--names-out", args.names_out, ("txt",))
@@ -504,7 +547,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
         )
         _write_selection_outputs(outputs, args, selection, source, target)
         outputs.commit()
-    _report_selection(args, selection)
+    if lead:
+        _report_selection(args, selection)
     return 0
 
 
@@ -727,7 +771,9 @@ def _cmd_kmeans(args: argparse.Namespace) -> int:
     if args.stream_rows is not None and args.shard == "on":
         raise UsageError("--stream-rows: streaming runs on one device; drop --shard on")
     inputs = [("--features", args.features), ("--sample-names", args.sample_names)]
-    with Outputs(inputs) as outputs:
+    lead = _join(args)
+    quiet = args.quiet or not lead
+    with Outputs(inputs, writes=lead) as outputs:
         outputs.add("--out", args.out, ("npz",))
         features = io.read_features(args.features, "--features")
         n = features.shape[0]
@@ -737,7 +783,7 @@ def _cmd_kmeans(args: argparse.Namespace) -> int:
         if args.sample_names is not None:
             names = io.read_names(args.sample_names, "--sample-names", n, "samples")
         with Progress(
-            n, "checking features", unit="rows", enabled=not args.quiet, log_start=False
+            n, "checking features", unit="rows", enabled=not quiet, log_start=False
         ) as bar:
             _checks.check_rows(
                 features,
@@ -746,7 +792,7 @@ def _cmd_kmeans(args: argparse.Namespace) -> int:
                 nonzero=not args.euclidean,
                 progress=bar.update,
             )
-        with ProgressBars(enabled=not args.quiet) as bars:
+        with ProgressBars(enabled=not quiet) as bars:
             result = kmeans(
                 features,
                 args.k,
@@ -762,6 +808,8 @@ def _cmd_kmeans(args: argparse.Namespace) -> int:
             )
         outputs.write("--out", io.write_clusters, result, sample_names=names)
         outputs.commit()
+    if not lead:
+        return 0
     state = "converged" if result.converged else "stopped at --max-iter"
     print(
         f"{args.k} clusters of {n} samples, objective {result.objective:.6g}, "

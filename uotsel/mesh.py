@@ -23,6 +23,7 @@ __all__ = [
     "SHARD_ABOVE_BYTES",
     "SHARD_CHOICES",
     "constrain_replicated",
+    "initialize",
     "constrain_rows",
     "padded_size",
     "place_rows",
@@ -39,6 +40,19 @@ AXIS = "sources"
 SHARD_ABOVE_BYTES = 1 << 30
 
 SHARD_CHOICES = ("auto", "on", "off")
+
+
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Join a multi-process run (``jax.distributed.initialize``): without arguments the
+    cluster is read from the environment (SLURM, Open MPI, Cloud TPU, ...). Call it before any
+    other JAX work; afterwards :func:`source_mesh` spans the devices of every process."""
+    jax.distributed.initialize(
+        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+    )
 
 
 def source_mesh(devices: Any = None) -> Mesh:

@@ -98,6 +98,9 @@ class Outputs:
 
     Every error is a one-line ``ValueError`` starting with the output's ``arg``.
 
+    With ``writes=False`` (every process of a multi-process run but the one that writes) the
+    outputs are checked as far as the file names go, and nothing is created or written.
+
     Example:
       >>> import os, tempfile
       >>> from uotsel import io, outputs
@@ -111,7 +114,8 @@ class Outputs:
       'x\\ny\\n'
     """
 
-    def __init__(self, inputs: Iterable[tuple[str, str | None]] = ()):
+    def __init__(self, inputs: Iterable[tuple[str, str | None]] = (), writes: bool = True):
+        self._writes = writes
         self._inputs = [(arg, path, _identity(path)) for arg, path in inputs if path]
         self._items: dict[str, _Pending] = {}
         self._mode = _new_file_mode()
@@ -152,6 +156,9 @@ class Outputs:
         for item in self._items.values():
             if _identity(item.final) == ident:
                 raise ValueError(f"{arg}: {path} is also the output of {item.arg}")
+        if not self._writes:
+            self._items[arg] = _Pending(arg, path, final, fmt, None, "")
+            return fmt
         try:
             fd, tmp = _create_temp(folder)
         except OSError as err:
@@ -167,6 +174,8 @@ class Outputs:
 
     def write(self, arg: str, writer: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         """Fill the temporary of ``arg`` with ``writer(binary_file, *args, **kwargs)``."""
+        if not self._writes:
+            return
         item = self._items[arg]
         if item.fd is None:
             raise RuntimeError(f"{arg}: written twice")
@@ -185,6 +194,9 @@ class Outputs:
 
     def commit(self) -> None:
         """Rename every temporary onto its output; all of them or none."""
+        if not self._writes:
+            self._items.clear()
+            return
         items = list(self._items.values())
         unwritten = [item.arg for item in items if not item.written]
         if unwritten:

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from uotsel.mesh import initialize
+
 __all__ = [
     "check_divisible",
     "data_mesh",
@@ -29,19 +31,6 @@ __all__ = [
     "sum_over_processes",
     "write_shared_rows",
 ]
-
-
-def initialize(
-    coordinator: str | None = None,
-    num_processes: int | None = None,
-    process_id: int | None = None,
-) -> None:
-    """Join a multi-process run (``jax.distributed.initialize``). Without arguments the cluster
-    is detected from the environment (SLURM, Open MPI, Cloud TPU, ...). Call it before any
-    other JAX work."""
-    jax.distributed.initialize(
-        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
-    )
 
 
 def data_mesh() -> Mesh:
