@@ -230,7 +230,7 @@ def markdown(info: dict, selection: list[dict], kmeans: list[dict], streamed, la
             "Each case in a fresh process; on this CPU the devices are virtual and share its "
             "cores (no speed-up expected). Memory per device: XLA's analysis of the compiled "
             "program, arguments + temporaries on one device. Ratios to one significant figure "
-            f"(medians of `--repeats` runs; spreads not recorded).",
+            "(medians of `--repeats` runs; spreads not recorded).",
             "",
             "Selection (`uotsel.transport`, cosine cost, D = 128, paper settings, steady state "
             "median; agreement: largest difference of `log(P 1)` over the first 1000 units "
