@@ -28,7 +28,13 @@ import numpy as np
 from benchmarks import _common as C
 
 SELECTION_SIZES = (10_000, 100_000, 1_000_000)
-KMEANS_CASES = ((100_000, 100), (100_000, 1000), (1_000_000, 1000))
+KMEANS_CASES = (
+    (100_000, 100),
+    (100_000, 1000),
+    (1_000_000, 1000),
+    (100_000, 10_000),
+    (10_000_000, 100),
+)
 STREAM_CASES = ((1_000_000, 1000),)
 STREAM_ROWS = 262_144
 
@@ -90,15 +96,13 @@ def _kmeans(n: int, k: int, repeats: int) -> dict:
     from uotsel import clustering
     from uotsel import mesh as meshes
 
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(n, 128)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    centroids = x[rng.choice(n, k, replace=False)]
+    x, centroids = _unit_samples(n, k)
     chunk = clustering.default_chunk(n, k)
     if jax.device_count() > 1:
         mesh = meshes.source_mesh()
         rows = meshes.padded_size(n, mesh)
-        placed = meshes.place_rows(np.concatenate([x, np.repeat(x[:1], rows - n, 0)]), mesh)
+        padded = x if rows == n else np.concatenate([x, np.repeat(x[:1], rows - n, 0)])
+        placed = meshes.place_rows(padded, mesh)
         chunk = min(chunk, rows // mesh.size)
 
         def step(c):
@@ -133,6 +137,42 @@ def _kmeans(n: int, k: int, repeats: int) -> dict:
         "per_device_mb": (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 1e6,
         "features_mb": n * 128 * 4 / 1e6,
     }
+
+
+def _unit_samples(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[n, 128]`` random unit rows (made in float32 blocks) and ``k`` of them as centroids."""
+    rng = np.random.default_rng(1)
+    x = np.empty((n, 128), np.float32)
+    for lo in range(0, n, 1 << 20):
+        block = rng.standard_normal((min(n, lo + (1 << 20)) - lo, 128), dtype=np.float32)
+        x[lo : lo + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return x, x[rng.choice(n, k, replace=False)]
+
+
+def _peers(n: int, k: int, repeats: int) -> dict:
+    """One spherical Lloyd iteration of faiss-cpu and one Euclidean Lloyd iteration of
+    scikit-learn, from the same random centroids as :func:`_kmeans` (median of ``repeats``)."""
+    import faiss
+    from sklearn.cluster import KMeans
+
+    x, centroids = _unit_samples(n, k)
+
+    def run_faiss():
+        km = faiss.Kmeans(128, k, niter=1, spherical=True, max_points_per_centroid=10**9)
+        km.train(x, init_centroids=centroids)
+
+    def run_sklearn():
+        KMeans(k, init=centroids, n_init=1, max_iter=1, tol=0.0, algorithm="lloyd").fit(x)
+
+    timings = {}
+    for name, fn in (("faiss_s", run_faiss), ("sklearn_s", run_sklearn)):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        timings[name] = statistics.median(times)
+    return {"n": n, "k": k, **timings}
 
 
 def _streamed(n: int, k: int, repeats: int) -> dict:
@@ -190,7 +230,7 @@ def _children(kind: str, cases, devices, repeats) -> list[dict]:
     return results
 
 
-def markdown(info: dict, selection: list[dict], kmeans: list[dict], streamed, label: str) -> str:
+def markdown(info, selection, kmeans, streamed, peers, label: str) -> str:
     one = {(r["n"], r["m"]): r for r in selection if r["devices"] == 1}
     rows = []
     for r in selection:
@@ -209,18 +249,23 @@ def markdown(info: dict, selection: list[dict], kmeans: list[dict], streamed, la
             ]
         )
     k_one = {(r["n"], r["k"]): r for r in kmeans if r["devices"] == 1}
-    k_rows = [
-        [
-            f"{r['n']:,}",
-            f"{r['k']:,}",
-            r["devices"],
-            f"{r['iteration_s']:.3g}",
-            f"{r['iteration_s'] / k_one[(r['n'], r['k'])]['iteration_s']:.1g}",
-            f"{r['per_device_mb']:.0f}",
-            f"{r['features_mb']:.0f}",
-        ]
-        for r in kmeans
-    ]
+    by_size = {(r["n"], r["k"]): r for r in peers}
+    k_rows = []
+    for r in kmeans:
+        peer = by_size.get((r["n"], r["k"])) if r["devices"] == 1 else None
+        k_rows.append(
+            [
+                f"{r['n']:,}",
+                f"{r['k']:,}",
+                r["devices"],
+                f"{r['iteration_s']:.3g}",
+                f"{r['iteration_s'] / k_one[(r['n'], r['k'])]['iteration_s']:.1g}",
+                f"{r['per_device_mb']:.0f}",
+                f"{r['features_mb']:.0f}",
+                f"{peer['faiss_s']:.3g}" if peer else "",
+                f"{peer['sklearn_s']:.3g}" if peer else "",
+            ]
+        )
     return "\n".join(
         [
             f"## Sample axis split over devices{label}",
@@ -250,7 +295,10 @@ def markdown(info: dict, selection: list[dict], kmeans: list[dict], streamed, la
                 rows,
             ),
             "",
-            "k-means (spherical, D = 128, one Lloyd iteration: assignment + update, median):",
+            "k-means (spherical, D = 128, one Lloyd iteration: assignment + update, median; "
+            "beside the 1-device rows, one Lloyd iteration of faiss-cpu (spherical) and of "
+            "scikit-learn (Euclidean, `algorithm='lloyd'`) from the same random centroids, "
+            "their per-call setup included):",
             "",
             C.table(
                 [
@@ -261,6 +309,8 @@ def markdown(info: dict, selection: list[dict], kmeans: list[dict], streamed, la
                     "x 1 device",
                     "MB per device",
                     "features MB",
+                    "faiss s",
+                    "sklearn s",
                 ],
                 k_rows,
             ),
@@ -297,7 +347,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kind, n, size = args.child
-        fn = {"selection": _selection, "kmeans": _kmeans, "streamed": _streamed}[kind]
+        fn = {"selection": _selection, "kmeans": _kmeans, "streamed": _streamed, "peers": _peers}
+        fn = fn[kind]
         print(json.dumps(fn(int(n), int(size), args.repeats)))
         return
     info = C.machine()
@@ -305,10 +356,17 @@ def main() -> None:
     selection = _children("selection", [(n, 1000) for n in SELECTION_SIZES], devices, args.repeats)
     kmeans = _children("kmeans", KMEANS_CASES, devices, args.repeats)
     streamed = _children("streamed", STREAM_CASES, [1], args.repeats)
+    peers = _children("peers", KMEANS_CASES, [1], args.repeats)
     label = f" on {info['jax_device']}" if args.device else ""
-    md = markdown(info, selection, kmeans, streamed, label)
+    md = markdown(info, selection, kmeans, streamed, peers, label)
     section = "sharded" + ("_device" if args.device else "")
-    payload = {"machine": info, "selection": selection, "kmeans": kmeans, "streamed": streamed}
+    payload = {
+        "machine": info,
+        "selection": selection,
+        "kmeans": kmeans,
+        "streamed": streamed,
+        "peers": peers,
+    }
     C.write_results(section, md, payload)
     print(md)
 
