@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -52,12 +50,8 @@ def _selection(n: int, m: int, repeats: int) -> dict:
     tgt = rng.normal(size=(m, 128)).astype(np.float32)
     shard = "on" if jax.device_count() > 1 else "off"
     run = lambda: uotsel.transport(src, tgt, shard=shard)  # noqa: E731
-    out = jax.block_until_ready(run())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(run())
-        times.append(time.perf_counter() - start)
+    timing = C.timed(run, repeats, warmup=0)  # the first call is the warm-up
+    out = run()
     mesh = meshes.source_mesh() if shard == "on" else None
     rows = n if mesh is None else meshes.padded_size(n, mesh)
     settings = unbalanced.prepare((), rows, m, np.float32)
@@ -82,7 +76,7 @@ def _selection(n: int, m: int, repeats: int) -> dict:
         "n": n,
         "m": m,
         "devices": jax.device_count(),
-        "steady_s": statistics.median(times),
+        "steady_s": timing["median_s"],
         "iterations": int(out.n_iters),
         "per_device_mb": (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 1e6,
         "cost_mb": n * m * 4 / 1e6,
@@ -117,26 +111,30 @@ def _kmeans(n: int, k: int, repeats: int) -> dict:
 
         lowered = clustering.assign.lower(placed, centroids, True, chunk)
 
-    def iteration(c):
-        a = step(c)
-        return clustering.update(placed, a, c, True), a.objective
+    state = {"centroids": centroids}
 
-    c, _ = jax.block_until_ready(iteration(centroids))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        c, objective = jax.block_until_ready(iteration(c))
-        times.append(time.perf_counter() - start)
+    def iteration():
+        a = step(state["centroids"])
+        state["centroids"] = clustering.update(placed, a, state["centroids"], True)
+        state["objective"] = a.objective
+        return state["centroids"]
+
+    timing = C.timed(iteration, repeats, warmup=0)  # the first iteration is the warm-up
     memory = lowered.compile().memory_analysis()
     return {
         "n": n,
         "k": k,
         "devices": jax.device_count(),
-        "iteration_s": statistics.median(times),
-        "objective": float(objective),
+        "iteration_s": timing["median_s"],
+        "objective": float(state["objective"]),
         "per_device_mb": (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 1e6,
         "features_mb": n * 128 * 4 / 1e6,
     }
+
+
+def _medians(runs: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each of ``runs`` over ``repeats`` calls after one warm-up call."""
+    return {name: C.timed(fn, repeats, warmup=0)["median_s"] for name, fn in runs.items()}
 
 
 def _unit_samples(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,15 +162,7 @@ def _peers(n: int, k: int, repeats: int) -> dict:
     def run_sklearn():
         KMeans(k, init=centroids, n_init=1, max_iter=1, tol=0.0, algorithm="lloyd").fit(x)
 
-    timings = {}
-    for name, fn in (("faiss_s", run_faiss), ("sklearn_s", run_sklearn)):
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        timings[name] = statistics.median(times)
-    return {"n": n, "k": k, **timings}
+    return {"n": n, "k": k, **_medians({"faiss_s": run_faiss, "sklearn_s": run_sklearn}, repeats)}
 
 
 def _streamed(n: int, k: int, repeats: int) -> dict:
@@ -206,15 +196,7 @@ def _streamed(n: int, k: int, repeats: int) -> dict:
         def means():
             return uotsel.class_means(x, labels, num_classes=1000)
 
-        timings = {}
-        for name, fn in (("class_means_s", means), ("streamed_iteration_s", iteration)):
-            fn()
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-            timings[name] = statistics.median(times)
+        timings = _medians({"class_means_s": means, "streamed_iteration_s": iteration}, repeats)
     return {"n": n, "k": k, "stream_rows": STREAM_ROWS, **timings}
 
 
@@ -230,7 +212,7 @@ def _children(kind: str, cases, devices, repeats) -> list[dict]:
     return results
 
 
-def markdown(info, selection, kmeans, streamed, peers, label: str) -> str:
+def _selection_table(selection: list[dict]) -> str:
     one = {(r["n"], r["m"]): r for r in selection if r["devices"] == 1}
     rows = []
     for r in selection:
@@ -248,24 +230,50 @@ def markdown(info, selection, kmeans, streamed, peers, label: str) -> str:
                 f"{agree:.1e}",
             ]
         )
-    k_one = {(r["n"], r["k"]): r for r in kmeans if r["devices"] == 1}
+    header = ["cost", "devices", "time s", "x 1 device", "iterations", "MB per device"]
+    return C.table([*header, "cost MB", "agreement"], rows)
+
+
+def _kmeans_table(kmeans: list[dict], peers: list[dict]) -> str:
+    one = {(r["n"], r["k"]): r for r in kmeans if r["devices"] == 1}
     by_size = {(r["n"], r["k"]): r for r in peers}
-    k_rows = []
+    rows = []
     for r in kmeans:
         peer = by_size.get((r["n"], r["k"])) if r["devices"] == 1 else None
-        k_rows.append(
+        rows.append(
             [
                 f"{r['n']:,}",
                 f"{r['k']:,}",
                 r["devices"],
                 f"{r['iteration_s']:.3g}",
-                f"{r['iteration_s'] / k_one[(r['n'], r['k'])]['iteration_s']:.1g}",
+                f"{r['iteration_s'] / one[(r['n'], r['k'])]['iteration_s']:.1g}",
                 f"{r['per_device_mb']:.0f}",
                 f"{r['features_mb']:.0f}",
                 f"{peer['faiss_s']:.3g}" if peer else "",
                 f"{peer['sklearn_s']:.3g}" if peer else "",
             ]
         )
+    header = ["samples", "K", "devices", "s / iteration", "x 1 device", "MB per device"]
+    return C.table([*header, "features MB", "faiss s", "sklearn s"], rows)
+
+
+def _streamed_table(streamed: list[dict]) -> str:
+    rows = [
+        [
+            f"{r['n']:,}",
+            f"{r['k']:,}",
+            f"{r['class_means_s']:.3g}",
+            f"{r['n'] / r['class_means_s']:.3g}",
+            f"{r['streamed_iteration_s']:.3g}",
+            f"{r['n'] / r['streamed_iteration_s']:.3g}",
+        ]
+        for r in streamed
+    ]
+    header = ["samples", "K", "class means s", "rows / s", "streamed iteration s", "rows / s"]
+    return C.table(header, rows)
+
+
+def markdown(info, selection, kmeans, streamed, peers, label: str) -> str:
     return "\n".join(
         [
             f"## Sample axis split over devices{label}",
@@ -274,65 +282,27 @@ def markdown(info, selection, kmeans, streamed, peers, label: str) -> str:
             "",
             "Each case in a fresh process; on this CPU the devices are virtual and share its "
             "cores (no speed-up expected). Memory per device: XLA's analysis of the compiled "
-            "program, arguments + temporaries on one device. Ratios to one significant figure "
-            "(medians of `--repeats` runs; spreads not recorded).",
+            "program, arguments + temporaries on one device. Times are medians of `--repeats` "
+            "runs after one warm-up; ratios to one significant figure (spreads not shown).",
             "",
             "Selection (`uotsel.transport`, cosine cost, D = 128, paper settings, steady state "
             "median; agreement: largest difference of `log(P 1)` over the first 1000 units "
             "against 1 device):",
             "",
-            C.table(
-                [
-                    "cost",
-                    "devices",
-                    "time s",
-                    "x 1 device",
-                    "iterations",
-                    "MB per device",
-                    "cost MB",
-                    "agreement",
-                ],
-                rows,
-            ),
+            _selection_table(selection),
             "",
             "k-means (spherical, D = 128, one Lloyd iteration: assignment + update, median; "
             "beside the 1-device rows, one Lloyd iteration of faiss-cpu (spherical) and of "
             "scikit-learn (Euclidean, `algorithm='lloyd'`) from the same random centroids, "
             "their per-call setup included):",
             "",
-            C.table(
-                [
-                    "samples",
-                    "K",
-                    "devices",
-                    "s / iteration",
-                    "x 1 device",
-                    "MB per device",
-                    "features MB",
-                    "faiss s",
-                    "sklearn s",
-                ],
-                k_rows,
-            ),
+            _kmeans_table(kmeans, peers),
             "",
             "Passes over features on disk (a memory-mapped float32 `.npy`, D = 128, in the page "
             "cache), one device, median: `uotsel.class_means` (1000 classes) and one streamed "
             f"Lloyd iteration (`stream_rows` {STREAM_ROWS:,}):",
             "",
-            C.table(
-                ["samples", "K", "class means s", "rows / s", "streamed iteration s", "rows / s"],
-                [
-                    [
-                        f"{r['n']:,}",
-                        f"{r['k']:,}",
-                        f"{r['class_means_s']:.3g}",
-                        f"{r['n'] / r['class_means_s']:.3g}",
-                        f"{r['streamed_iteration_s']:.3g}",
-                        f"{r['n'] / r['streamed_iteration_s']:.3g}",
-                    ]
-                    for r in streamed
-                ],
-            ),
+            _streamed_table(streamed),
             "",
         ]
     )

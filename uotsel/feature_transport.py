@@ -91,10 +91,9 @@ def transport(
         init=init,
         method=method,
     )
-    chunk = n if chunk_size is None else _checks.check_positive_int(chunk_size, "chunk_size")
+    chunk = None if chunk_size is None else _checks.check_positive_int(chunk_size, "chunk_size")
     scale = np.asarray(eps_c if cost == "cosine" else 1.0, source.dtype)
-    rows = None if chunk_size is None else chunk
-    out, valid = _solve(cost, source, target, scale, rows, settings, method, mesh)
+    out, valid = _solve(cost, source, target, scale, chunk, settings, method, mesh)
     # One transfer for all four flags; only a raised flag pays for a closer look.
     if _checks.is_concrete(valid) and not bool(np.all(valid)):
         costs.raise_if_flagged(costs.PairwiseCost(None, 0, valid[:3]), source, target, cost)

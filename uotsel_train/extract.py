@@ -92,7 +92,7 @@ def extract(
     bar = Progress(len(share), "extracting", unit="img", enabled=progress)
     batches = data.batches(source, share, transform, batch_size, workers=workers, skipped=skipped)
     mesh = parallel.local_mesh()
-    placed = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
+    placed = parallel.replicate(mesh, variables)
     for batch in batches:
         emb = _embed_split(placed, batch.images, arch, moco_head, mesh)
         bad = ~np.all(np.isfinite(emb), axis=1)
