@@ -19,7 +19,7 @@ def main(argv):
     import jax.numpy as jnp
     import numpy as np
 
-    from uotsel_train import data, extract, models, parallel
+    from uotsel_train import data, extract, models
 
     source = data.ImageFolder(folder)
     variables = {
@@ -35,13 +35,12 @@ def main(argv):
         workers=2,
         keep_features=True,
     )
-    share = parallel.process_share(len(source))
     np.savez(
         f"{out}-{jax.process_index()}.npz",
         means=result.means,
         counts=result.counts,
-        share=share,
-        features=result.features[share],
+        share=result.rows,
+        features=result.features,
         devices=jax.local_device_count(),
     )
 

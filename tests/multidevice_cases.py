@@ -14,7 +14,7 @@ import pytest
 from reference import pot_plan
 
 import uotsel
-from uotsel import clustering, feature_transport, samples, unbalanced
+from uotsel import clustering, feature_transport, io, samples, unbalanced
 from uotsel import mesh as meshes
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
@@ -197,9 +197,14 @@ def test_kmeans_split_reads_a_memory_map_and_checks_rows(tmp_path):
     path = tmp_path / "f.npy"
     np.save(path, x)
     mapped = np.load(path, mmap_mode="r")
-    _same_clustering(
-        uotsel.kmeans(x, 5, seed=2, shard="off"), uotsel.kmeans(mapped, 5, seed=2, shard="on")
-    )
+    one = uotsel.kmeans(x, 5, seed=2, shard="off")
+    _same_clustering(one, uotsel.kmeans(mapped, 5, seed=2, shard="on"))
+    parts = [(str(tmp_path / f"p{i}.npy"), p) for i, p in enumerate(np.array_split(x, 3))]
+    for name, part in parts:
+        np.save(name, part)
+    io.write_shards_index(str(tmp_path / "p.json"), [(a, len(b)) for a, b in parts], 16, x.dtype)
+    in_parts = io.read_features(str(tmp_path / "p.json"), "features")
+    _same_clustering(one, uotsel.kmeans(in_parts, 5, seed=2, shard="on"))
     x[300] = np.nan
     with pytest.raises(ValueError, match="features: row 300 contains NaN or inf"):
         uotsel.kmeans(x, 5, shard="on")

@@ -663,3 +663,50 @@ def test_outputs_of_a_process_that_does_not_write(tmp_path):
         outputs.write("--out", io.write_lines, ["x"])
         outputs.commit()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.txt"]
+
+
+def test_an_output_filled_through_a_memory_map(tmp_path, rng):
+    from uotsel.outputs import Outputs
+
+    values = rng.normal(size=(7, 5)).astype(np.float32)
+    (tmp_path / "old.npy").write_bytes(b"old")
+    with Outputs() as outputs:
+        outputs.add("--x", str(tmp_path / "old.npy"), ("npy",))
+        outputs.add("--y", str(tmp_path / "y.txt"), ("txt",))
+        mapped = outputs.array("--x", values.shape, np.float32)
+        np.testing.assert_array_equal(mapped, np.zeros_like(values))
+        mapped[2:] = values[2:]
+        mapped[:2] = values[:2]
+        assert (tmp_path / "old.npy").read_bytes() == b"old"  # nothing in place before commit
+        outputs.write("--y", lambda fh: fh.write(b"y\n"))
+        outputs.commit()
+    np.testing.assert_array_equal(np.load(tmp_path / "old.npy"), values)
+    assert sorted(os.listdir(tmp_path)) == ["old.npy", "y.txt"]
+
+
+def test_an_output_map_on_a_full_disk_fails_before_filling(tmp_path, monkeypatch):
+    import errno
+
+    from uotsel.outputs import Outputs
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with Outputs() as outputs:
+        outputs.add("--x", str(tmp_path / "x.npy"), ("npy",))
+        with pytest.raises(ValueError, match=r"^--x: cannot write .*No space left on device"):
+            outputs.array("--x", (1000, 10), np.float32)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_dropped_or_abandoned_output_map_leaves_nothing(tmp_path):
+    from uotsel.outputs import Outputs
+
+    with Outputs() as outputs:
+        outputs.add("--x", str(tmp_path / "x.npy"), ("npy",))
+        outputs.add("--y", str(tmp_path / "y.npy"), ("npy",))
+        outputs.array("--x", (3, 2), np.float64)[:] = 1.0
+        outputs.drop("--x")
+        outputs.array("--y", (3, 2), np.float64)[:] = 1.0
+    assert os.listdir(tmp_path) == []

@@ -300,6 +300,8 @@ INPUT_CASES = (
         (CEN + " --names {d}/binary.txt", "--names", "not UTF-8"),
         (CEN + " --names {d}/f.npy", "--names", "is a numpy file"),
         (CEN + " --names {d}/empty.txt", "--names", "is empty"),
+        (CEN.replace("f.npy", "old.json"), "--features", "not a uotsel.feature-shards/1 index"),
+        (KM.replace("f.npy", "old.json"), "--features", "not a uotsel.feature-shards/1 index"),
         (KM.replace("f.npy", "vec.npy"), "--features", "(6,)"),
         (KM.replace("f.npy", "d0.npy"), "--features", "dimension 0"),
         (KM.replace("f.npy", "n0.npy"), "--features", "no samples"),

@@ -15,7 +15,9 @@ import jax.numpy as jnp  # noqa: E402
 from PIL import Image  # noqa: E402
 from train_helpers import direct_features  # noqa: E402
 
+from uotsel import io  # noqa: E402
 from uotsel_train import convert, data, extract, models  # noqa: E402
+from uotsel_train.cli import main  # noqa: E402
 
 
 @pytest.fixture
@@ -103,7 +105,7 @@ def _tiny_variables(rng_seed=0):
     return {"backbone": model.init(jax.random.key(rng_seed), jnp.zeros((1, 32, 32, 3)))}
 
 
-def test_extracted_class_means_equal_direct_computation(folder):
+def test_extracted_class_means_equal_direct_computation(folder, tmp_path):
     src = data.ImageFolder(str(folder))
     variables = _tiny_variables()
     res = extract.extract(
@@ -119,6 +121,17 @@ def test_extracted_class_means_equal_direct_computation(folder):
     model = models.backbone("tiny")
     direct = direct_features(model, variables, src, 32, 36)
     np.testing.assert_allclose(res.features, direct, rtol=1e-5, atol=1e-6)
+    given = {}
+
+    def into(shape):
+        given["map"] = np.lib.format.open_memmap(str(tmp_path / "f.npy"), "w+", np.float32, shape)
+        return given["map"]
+
+    mapped = extract.extract(
+        src, variables, "tiny", image_size=32, resize=36, batch_size=3, features_into=into
+    )
+    assert mapped.features is given["map"]
+    np.testing.assert_array_equal(np.load(tmp_path / "f.npy"), res.features)
     for c in range(3):
         np.testing.assert_allclose(
             res.means[c], direct[src.labels == c].mean(0), rtol=1e-5, atol=1e-6
@@ -194,6 +207,27 @@ def test_extract_command_writes_a_file_uotsel_select_reads(folder, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--data: image folder not found" in err[0]
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_extract_features_as_parts_read_back_as_the_single_file(folder, tmp_path):
+    """``--features-out x.json`` from one process: an index and one part, read by
+    ``uotsel.io.read_features`` (and so by ``uotsel kmeans``) as the ``.npy`` run's array."""
+    args = ["extract", "--data", str(folder), "--arch", "tiny", "--weights"]
+    args += [str(tmp_path / "w.npz"), "--image-size", "32", "--batch-size", "4", "--quiet"]
+    convert.save_variables(_tiny_variables(), str(tmp_path / "w.npz"))
+    assert (
+        main([*args, "--out", str(tmp_path / "a.npz"), "--features-out", str(tmp_path / "a.npy")])
+        == 0
+    )
+    assert (
+        main([*args, "--out", str(tmp_path / "b.npz"), "--features-out", str(tmp_path / "b.json")])
+        == 0
+    )
+    index = json.loads((tmp_path / "b.json").read_text())
+    assert index["parts"] == [{"file": "b-00000-of-00001.npy", "rows": 9}]
+    features = io.read_features(str(tmp_path / "b.json"), "--features")
+    np.testing.assert_allclose(features[:], np.load(tmp_path / "a.npy"), rtol=1e-6, atol=1e-7)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 def test_tfds_sources_read_mock_data_without_tensorflow():

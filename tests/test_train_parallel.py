@@ -12,6 +12,7 @@ pytest.importorskip("orbax.checkpoint")
 import jax
 from train_helpers import image_folder
 
+from uotsel import io
 from uotsel_train import feed, parallel
 
 WORKER = os.path.join(os.path.dirname(__file__), "fit_worker.py")
@@ -135,9 +136,11 @@ def test_extraction_over_devices_and_processes_matches_one_device(tmp_path):
         np.testing.assert_allclose(half["features"], rows, rtol=1e-5, atol=1e-6)
 
 
-def test_extract_command_on_two_processes_writes_one_features_file(tmp_path):
+@pytest.mark.parametrize("kind", ["npy", "json"])
+def test_extract_command_on_two_processes_writes_the_features(tmp_path, kind):
     """``uotsel-train extract --distributed`` on 2 processes: process 0 writes the class means,
-    both processes their rows of one features file; both equal a one-process run's."""
+    both processes their rows of one features file (``.npy``) or each its own part beside an
+    index (``.json``); both equal a one-process run's."""
     import jax.numpy as jnp
 
     from uotsel_train import convert, models
@@ -153,25 +156,30 @@ def test_extract_command_on_two_processes_writes_one_features_file(tmp_path):
     base += ["--weights", weights, "--image-size", "16", "--batch-size", "2", "--quiet"]
     env = {**os.environ, "XLA_FLAGS": ""}
 
-    def outputs(name):
+    def outputs(name, suffix):
         return [
             "--out",
             str(tmp_path / f"{name}.npz"),
             "--features-out",
-            str(tmp_path / f"{name}.npy"),
+            f"{tmp_path / name}.{suffix}",
         ]
 
-    subprocess.run([*base, *outputs("one")], env=env, check=True, capture_output=True)
+    subprocess.run([*base, *outputs("one", "npy")], env=env, check=True, capture_output=True)
     port = _free_port()
     cluster = ["--distributed", "--coordinator", f"localhost:{port}", "--num-processes", "2"]
     procs = [
-        subprocess.Popen([*base, *outputs("two"), *cluster, "--process-id", str(i)], env=env)
+        subprocess.Popen([*base, *outputs("two", kind), *cluster, "--process-id", str(i)], env=env)
         for i in range(2)
     ]
     assert [p.wait(timeout=600) for p in procs] == [0, 0]
     one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     np.testing.assert_allclose(two["means"], one["means"], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(two["counts"], one["counts"])
-    features = np.load(tmp_path / "two.npy", mmap_mode="r")
-    np.testing.assert_allclose(features, np.load(tmp_path / "one.npy"), rtol=1e-5, atol=1e-6)
-    assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []
+    features = io.read_features(f"{tmp_path / 'two'}.{kind}", "--features")
+    np.testing.assert_allclose(features[:], np.load(tmp_path / "one.npy"), rtol=1e-5, atol=1e-6)
+    if kind == "json":
+        assert [p.shape[0] for p in features.parts] == [8, 7]
+        parts = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("two-"))
+        assert parts == ["two-00000-of-00002.npy", "two-00001-of-00002.npy"]
+    left = [p.name for p in tmp_path.iterdir() if "partial" in p.name or p.name.startswith(".")]
+    assert left == []

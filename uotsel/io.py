@@ -11,6 +11,9 @@ Unit files (read by :func:`read_units`, written by :func:`write_units` and
 - ``.npy`` holding ``means`` ``[K, D]`` (memory-mapped);
 - ``embedded:<backbone>/<dataset>``: the paper's class means shipped with the package.
 
+Per-sample features split into parts (``uotsel.feature-shards/1`` JSON index, see
+:mod:`uotsel.shards`): :func:`read_features`, :func:`write_shards_index`.
+
 Selection files (``uotsel.selection/1`` JSON): :func:`selection_record`, :func:`write_selection`,
 :func:`read_selection`. Text files (one name or id a line): :func:`read_names`,
 :func:`read_ids`, :func:`write_lines`. Sample indices: :func:`write_indices` (``.npy``).
@@ -37,7 +40,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from uotsel import _checks, embedded
+from uotsel import _checks, embedded, shards
 from uotsel.centroids import class_means
 from uotsel.outputs import atomic_writer, first_line, reason
 
@@ -286,23 +289,33 @@ def read_array(path: str, arg: str, *, key: str | None = None, mmap: bool = True
 
 
 def npz_keys(path: str, arg: str) -> list[str] | None:
-    """The array names of an ``.npz`` archive, or None for a ``.npy`` file."""
-    if _sniff(path, arg) == "npy":
+    """The array names of an ``.npz`` archive, or None for a ``.npy`` file or a shards index."""
+    if _is_json(path, arg) or _sniff(path, arg) == "npy":
         return None
     with _open_npz(path, arg) as archive:
         return list(archive.files)
 
 
-def read_features(path: str, arg: str, *, key: str = "features") -> np.ndarray:
-    """Per-sample features ``[N, D]`` (N, D >= 1): a ``.npy`` (memory-mapped) or ``key`` of an
-    ``.npz``. Values are not scanned (see ``_checks.check_rows``).
+def _is_json(path: str, arg: str) -> bool:
+    _check_file(path, arg)
+    return _read_head(path, arg, 64).lstrip().startswith(b"{")
+
+
+def read_features(path: str, arg: str, *, key: str = "features") -> np.ndarray | shards.RowShards:
+    """Per-sample features ``[N, D]`` (N, D >= 1): a ``.npy`` (memory-mapped), ``key`` of an
+    ``.npz``, or a ``uotsel.feature-shards/1`` index whose parts are memory-mapped and read as
+    one array (:class:`uotsel.shards.RowShards`). Values are not scanned (see
+    ``_checks.check_rows``).
 
     Raises:
       ValueError, TypeError: starting with ``arg``, as :func:`read_array`, or for a shape other
         than ``[N, D]`` or a non-numeric dtype.
     """
-    kind = _sniff(path, arg)
-    features = read_array(path, arg, key=None if kind == "npy" else key)
+    if _is_json(path, arg):
+        features = _read_shards(path, arg)
+    else:
+        kind = _sniff(path, arg)
+        features = read_array(path, arg, key=None if kind == "npy" else key)
     if features.ndim != 2:
         raise ValueError(f"{arg}: {path} must hold a 2-d array [N, D], got shape {features.shape}")
     if features.dtype.kind not in "fiub":
@@ -312,6 +325,46 @@ def read_features(path: str, arg: str, *, key: str = "features") -> np.ndarray:
     if features.shape[1] == 0:
         raise ValueError(f"{arg}: {path} holds features of dimension 0 (shape {features.shape})")
     return features
+
+
+def _read_shards(path: str, arg: str) -> shards.RowShards:
+    """The parts listed by a ``uotsel.feature-shards/1`` index, memory-mapped, as one array."""
+    record = _read_json(path, arg)
+    if not isinstance(record, dict) or record.get("format") != shards.FORMAT:
+        raise ValueError(f"{arg}: {path} is JSON but not a {shards.FORMAT} index")
+    parts = record.get("parts")
+    if not isinstance(parts, list) or not parts:
+        raise ValueError(f"{arg}: {path}: 'parts' must be a non-empty list")
+    folder = os.path.dirname(os.path.abspath(path))
+    arrays = []
+    for i, part in enumerate(parts):
+        name = part.get("file") if isinstance(part, dict) else None
+        rows = part.get("rows") if isinstance(part, dict) else None
+        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+            raise ValueError(f"{arg}: {path}: part {i} needs 'file', a file name without folders")
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise ValueError(f"{arg}: {path}: part {i} needs 'rows', a whole number >= 0")
+        array = _read_npy(os.path.join(folder, name), arg, mmap=True)
+        if array.ndim != 2 or array.shape[0] != rows:
+            raise ValueError(
+                f"{arg}: {path}: part {i} ({name}) holds shape {array.shape}, the index "
+                f"announces {rows} rows"
+            )
+        arrays.append(array)
+    try:
+        whole = shards.RowShards(arrays)
+    except ValueError:
+        raise ValueError(
+            f"{arg}: {path}: the parts differ in dimension or dtype "
+            f"({sorted({(a.shape[1], a.dtype.name) for a in arrays})})"
+        ) from None
+    expected = (record.get("rows"), record.get("dim"), record.get("dtype"))
+    if expected != (whole.shape[0], whole.shape[1], whole.dtype.name):
+        raise ValueError(
+            f"{arg}: {path} announces rows, dim, dtype = {expected}, its parts hold "
+            f"{(whole.shape[0], whole.shape[1], whole.dtype.name)}"
+        )
+    return whole
 
 
 def _read_text_lines(path: str, arg: str) -> list[str]:
@@ -495,6 +548,19 @@ def _check_means(means: np.ndarray, path: str, arg: str) -> np.ndarray:
     return np.asarray(means, np.float32)
 
 
+def _read_json(path: str, arg: str) -> Any:
+    if os.path.isdir(path):
+        raise ValueError(f"{arg}: is a folder, expected a file: {path}")
+    if not os.path.exists(path):
+        raise ValueError(f"{arg}: file not found: {path}")
+    _check_file(path, arg)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{arg}: cannot read {path}: {first_line(err)}") from None
+
+
 def read_selection(path: str, arg: str = "selection") -> dict[str, Any]:
     """The ``uotsel.selection/1`` record at ``path``, checked for the fields training reads:
     ``selected`` and ``ranking`` lists of non-negative integers (booleans refused) and
@@ -504,16 +570,7 @@ def read_selection(path: str, arg: str = "selection") -> dict[str, Any]:
       ValueError: one line starting with ``arg``: a folder, a missing, empty or unreadable
         file, not JSON, or not a selection.
     """
-    if os.path.isdir(path):
-        raise ValueError(f"{arg}: is a folder, expected a file: {path}")
-    if not os.path.exists(path):
-        raise ValueError(f"{arg}: file not found: {path}")
-    _check_file(path, arg)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            record = json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise ValueError(f"{arg}: cannot read {path}: {first_line(err)}") from None
+    record = _read_json(path, arg)
     if not isinstance(record, dict) or record.get("format") != SELECTION_FORMAT:
         raise ValueError(f"{arg}: {path} is not a uotsel selection file")
     for key in ("selected", "ranking"):
@@ -597,6 +654,12 @@ def write_json(target: Any, record: dict[str, Any]) -> None:
     """``record`` as indented JSON (NaN and inf refused); atomic when ``target`` is a path."""
     text = json.dumps(record, indent=1, allow_nan=False) + "\n"
     _write_bytes(target, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def write_shards_index(target: Any, parts: Any, dim: int, dtype: Any) -> None:
+    """The ``uotsel.feature-shards/1`` index of ``parts`` (``(path, rows)`` in row order, each
+    part an ``[rows, dim]`` ``.npy`` beside the index)."""
+    write_json(target, shards.index_record(parts, dim, dtype))
 
 
 def write_selection(target: Any, record: dict[str, Any]) -> None:

@@ -9,12 +9,16 @@ existing files byte-identical.
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
 import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+import numpy as np
 
 __all__ = ["FORMATS", "Outputs", "atomic_writer", "first_line", "reason"]
 
@@ -81,6 +85,7 @@ class _Pending:
         self.written = False
         self.existed = False
         self.backup: str | None = None
+        self.array: np.memmap | None = None
 
 
 class Outputs:
@@ -90,7 +95,8 @@ class Outputs:
     ``formats``), it is neither a folder nor a special file, its folder exists, it is not an
     input (same device and inode, which catches symbolic and hard links, or the same real path
     when it does not exist yet) nor another output, and a temporary file can be created beside
-    it. :meth:`write` fills that temporary; :meth:`commit` renames all of them into place once
+    it. :meth:`write` fills that temporary (or :meth:`array` maps it as an ``.npy`` the caller
+    fills piece by piece); :meth:`commit` renames all of them into place once
     every one is complete, and puts back what it replaced if a rename fails. Leaving the
     ``with`` block without :meth:`commit` deletes the temporaries: existing files stay
     byte-identical. Files get the permissions of a new file under the process umask (0666 less
@@ -192,6 +198,31 @@ class Outputs:
             raise
         item.written = True
 
+    def array(self, arg: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """The temporary of ``arg`` as a writable ``.npy`` memory map of ``shape`` (zeros), for
+        outputs too large to hold in memory; :meth:`commit` flushes it. Its disk space is
+        reserved here, so a full disk fails now, with a one-line ``ValueError``, not while
+        filling. With ``writes=False``: an array in memory, never written."""
+        if not self._writes:
+            return np.zeros(shape, dtype)
+        item = self._items[arg]
+        if item.fd is None:
+            raise RuntimeError(f"{arg}: written twice")
+        fd, item.fd = item.fd, None
+        try:
+            with os.fdopen(fd, "r+b") as fh:
+                header = _npy_header(shape, dtype)
+                fh.write(header)
+                size = len(header) + int(np.prod(shape)) * np.dtype(dtype).itemsize
+                _reserve(fh.fileno(), size)
+                _finish(fh, self._mode)
+            item.array = np.memmap(item.tmp, dtype, "r+", len(header), shape)
+        except OSError as err:
+            self.discard()
+            raise ValueError(f"{arg}: cannot write {item.path}: {reason(err)}") from None
+        item.written = True
+        return item.array
+
     def commit(self) -> None:
         """Rename every temporary onto its output; all of them or none."""
         if not self._writes:
@@ -202,6 +233,16 @@ class Outputs:
         if unwritten:
             self.discard()
             raise RuntimeError(f"{unwritten[0]}: never written")
+        for item in items:
+            if item.array is not None:
+                try:
+                    item.array.flush()
+                except OSError as err:
+                    self.discard()
+                    raise ValueError(
+                        f"{item.arg}: cannot write {item.path}: {reason(err)}"
+                    ) from None
+                item.array = None
         for item in items:
             if item.existed:
                 try:
@@ -238,9 +279,21 @@ class Outputs:
                 else:
                     os.unlink(item.final)
 
+    def drop(self, arg: str) -> None:
+        """Forget the output ``arg`` (its temporary is deleted): another process writes it."""
+        item = self._items.pop(arg)
+        item.array = None
+        if item.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(item.fd)
+        if item.tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(item.tmp)
+
     def discard(self) -> None:
         """Delete every temporary (and backup); no output is touched."""
         for item in self._items.values():
+            item.array = None
             if item.fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(item.fd)
@@ -251,6 +304,27 @@ class Outputs:
                         os.unlink(name)
             item.backup = None
         self._items.clear()
+
+
+def _npy_header(shape: tuple[int, ...], dtype: Any) -> bytes:
+    """The ``.npy`` header of a C-ordered array of ``shape`` and ``dtype``."""
+    buffer = io.BytesIO()
+    info = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False}
+    np.lib.format.write_array_header_1_0(buffer, {**info, "shape": tuple(shape)})
+    return buffer.getvalue()
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Make the file ``size`` bytes long with its blocks allocated where the system can."""
+    allocate = getattr(os, "posix_fallocate", None)
+    if allocate is not None:
+        try:
+            allocate(fd, 0, size)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+    os.ftruncate(fd, size)
 
 
 def _keep(item: _Pending) -> str:

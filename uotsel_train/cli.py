@@ -110,7 +110,12 @@ def _add_convert_and_extract(sub: Any) -> None:
     ext.add_argument("--image-size", type=int, default=224, help="crop size (default: 224)")
     ext.add_argument("--batch-size", type=int, default=64, help="default: 64")
     ext.add_argument("--workers", type=int, default=4, help="decoding threads (default: 4)")
-    ext.add_argument("--features-out", help="also write per-sample features (.npy)")
+    ext.add_argument(
+        "--features-out",
+        help="also write per-sample features: .npy (one file; with --distributed on a file "
+        "system every process sees) or .json (an index, and NAME-00000-of-0000P.npy beside it "
+        "written by each of the P processes)",
+    )
     ext.add_argument(
         "--allow-empty-classes",
         action="store_true",
@@ -408,6 +413,7 @@ def _extract(args: argparse.Namespace, pairs: list[str]) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             keep_features=bool(args.features_out),
+            features_into=_features_into(outputs, args.features_out),
             allow_empty=args.allow_empty_classes,
             progress=not args.quiet and lead,
         )
@@ -420,32 +426,65 @@ def _extract(args: argparse.Namespace, pairs: list[str]) -> int:
     return 0
 
 
+_PART = "--features-out (this process's part)"
+
+
+def _in_parts(path: str | None) -> bool:
+    """``--features-out`` names an index of parts (``.json``) rather than one ``.npy``."""
+    return bool(path) and os.path.splitext(path)[1].lower() == ".json"
+
+
 def _add_features_out(outputs: Any, path: str) -> None:
-    """``--features-out`` checked like every output; from one process it joins ``outputs``,
-    from several it is written apart (:func:`uotsel_train.parallel.write_shared_rows`)."""
+    """``--features-out`` checked like every output before any work. ``.json``: an index
+    (process 0) and one ``.npy`` part per process beside it, each written by its process;
+    ``.npy``: one file, from several processes filled by all of them
+    (:func:`uotsel_train.parallel.write_shared_rows`)."""
     import jax
 
+    from uotsel import shards
     from uotsel.outputs import Outputs
 
-    if jax.process_count() == 1:
-        outputs.add("--features-out", path, ("npy",))
+    count = jax.process_count()
+    if count > 1 and not _in_parts(path):
+        with Outputs([]) as probe:
+            probe.add("--features-out", path, ("npy", "json"))
         return
-    with Outputs([]) as probe:
-        probe.add("--features-out", path, ("npy",))
+    if outputs.add("--features-out", path, ("npy", "json")) == "json":
+        outputs.add(_PART, shards.part_name(path, jax.process_index(), count), ("npy",))
 
 
-def _write_extracted(outputs: Any, args: argparse.Namespace, source: Any, result: Any, lead: bool):
-    """The class means (process 0) and the per-sample features: through ``outputs`` from one
-    process; with several, every process writes its own rows of one shared file first."""
+def _features_into(outputs: Any, path: str | None) -> Any:
+    """Where extraction writes this process's features: straight into the part's or the single
+    file's temporary (a memory map, so they need not fit in memory), or, for one ``.npy``
+    filled by several processes, None (in memory, written at the end)."""
     import jax
     import numpy as np
 
-    from uotsel import io
+    if not path or (jax.process_count() > 1 and not _in_parts(path)):
+        return None
+    arg = _PART if _in_parts(path) else "--features-out"
+    return lambda shape: outputs.array(arg, shape, np.float32)
+
+
+def _write_extracted(outputs: Any, args: argparse.Namespace, source: Any, result: Any, lead: bool):
+    """The class means (process 0) and the per-sample features: every output of one process
+    together; with several processes the other processes' features first."""
+    import jax
+    import numpy as np
+
+    from uotsel import io, shards
     from uotsel_train import parallel
 
-    if args.features_out and jax.process_count() > 1:
-        share = parallel.process_share(len(source))
-        parallel.write_shared_rows(args.features_out, result.features[share], share, len(source))
+    count, n = jax.process_count(), len(source)
+    parts = _in_parts(args.features_out)
+    if parts:
+        if not lead:
+            outputs.drop("--out")
+            outputs.drop("--features-out")
+            outputs.commit()
+    elif args.features_out and count > 1:
+        parallel.write_shared_rows(args.features_out, result.features, result.rows, n)
+    parallel.wait_for_all(f"{args.out} parts written")
     if not lead:
         return
     outputs.write(
@@ -456,8 +495,13 @@ def _write_extracted(outputs: Any, args: argparse.Namespace, source: Any, result
         names=source.classes,
         assignment=source.labels,
     )
-    if args.features_out and jax.process_count() == 1:
-        outputs.write("--features-out", lambda fh: np.save(fh, result.features))
+    if parts:
+        names = [
+            (shards.part_name(args.features_out, i, count), len(parallel.process_share(n, i)))
+            for i in range(count)
+        ]
+        dim = result.features.shape[1]
+        outputs.write("--features-out", io.write_shards_index, names, dim, np.float32)
     outputs.commit()
 
 

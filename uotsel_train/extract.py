@@ -13,6 +13,7 @@ the class means of the whole data set.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -28,13 +29,15 @@ __all__ = ["Extracted", "extract"]
 
 class Extracted(NamedTuple):
     """``means`` ``[K, D]`` float32, ``counts`` ``[K]`` int64, ``skipped`` indices of unreadable
-    images, and per-sample ``features`` ``[N, D]`` (None unless asked for; rows of skipped
-    images are zeros)."""
+    images, and per-sample ``features`` ``[S, D]`` of the images this process extracted
+    (``rows``, ``[S]`` indices into the data, contiguous and in order; all N images from one
+    process); None unless asked for; rows of skipped images are zeros."""
 
     means: np.ndarray
     counts: np.ndarray
     skipped: list[int]
     features: np.ndarray | None
+    rows: np.ndarray
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "moco"))
@@ -56,6 +59,7 @@ def extract(
     batch_size: int = 64,
     workers: int = 4,
     keep_features: bool = False,
+    features_into: Callable[[tuple[int, int]], np.ndarray] | None = None,
     allow_empty: bool = False,
     progress: bool = False,
 ) -> Extracted:
@@ -64,6 +68,10 @@ def extract(
     returned by :func:`uotsel_train.convert.load_variables` (``backbone``, and ``moco_head``
     when ``moco_head``). ``progress``: a bar with images per second and the time left on a
     terminal, a line every 30 s otherwise (:class:`uotsel.progress.Progress`).
+    ``keep_features``: also return the per-sample features, in memory; ``features_into``:
+    instead, write them into ``features_into((S, D))``, an array of zeros that need not fit in
+    memory (a memory map, as :meth:`uotsel.outputs.Outputs.array` gives), returned as
+    ``features``.
 
     Raises:
       ValueError: starting with ``weights:`` when the weights lack a part, hold NaN/inf, or give
@@ -84,11 +92,16 @@ def extract(
     classes = getattr(source, "classes", None)
     num_classes = len(classes) if classes is not None else int(labels.max()) + 1
     transform = functools.partial(_eval, size=image_size, resize=resize)
-    acc = ClassMeanAccumulator(num_classes, _feature_dim(variables, arch, moco_head, image_size))
+    dim = _feature_dim(variables, arch, moco_head, image_size)
+    acc = ClassMeanAccumulator(num_classes, dim)
     skipped: list[int] = []
-    features = None
     done = 0
     share = parallel.process_share(len(source))
+    features = None
+    if features_into is not None:
+        features = features_into((len(share), dim))
+    elif keep_features:
+        features = np.zeros((len(share), dim), np.float32)
     bar = Progress(len(share), "extracting", unit="img", enabled=progress)
     batches = data.batches(source, share, transform, batch_size, workers=workers, skipped=skipped)
     mesh = parallel.local_mesh()
@@ -103,10 +116,8 @@ def extract(
                 "images are broken"
             )
         acc.update(emb, batch.labels)
-        if keep_features:
-            if features is None:
-                features = np.zeros((len(source), emb.shape[1]), np.float32)
-            features[batch.indices] = emb
+        if features is not None:
+            features[np.searchsorted(share, batch.indices)] = emb
         done += len(batch.indices)
         bar.update(len(batch.indices))
     bar.close()
@@ -134,7 +145,7 @@ def extract(
             f"weights: the mean feature of {zero.size} class(es) is all zeros (first: class "
             f"{int(zero[0])}); the weights give zero features for the data"
         )
-    return Extracted(result.means, result.counts, skipped, features)
+    return Extracted(result.means, result.counts, skipped, features, share)
 
 
 def _feature_dim(variables: Any, arch: str, moco: bool, image_size: int) -> int:

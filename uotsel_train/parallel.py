@@ -29,6 +29,7 @@ __all__ = [
     "process_share",
     "replicate",
     "sum_over_processes",
+    "wait_for_all",
     "write_shared_rows",
 ]
 
@@ -45,10 +46,12 @@ def local_mesh() -> Mesh:
     return Mesh(np.asarray(jax.local_devices()), ("data",))
 
 
-def process_share(size: int) -> np.ndarray:
-    """The indices ``0 ... size - 1`` this process handles when work is split between
-    processes: contiguous blocks, in process order, differing in length by at most one."""
-    return np.array_split(np.arange(size), jax.process_count())[jax.process_index()]
+def process_share(size: int, process: int | None = None) -> np.ndarray:
+    """The indices ``0 ... size - 1`` this process (or ``process``) handles when work is split
+    between processes: contiguous blocks, in process order, differing in length by at most
+    one."""
+    index = jax.process_index() if process is None else process
+    return np.array_split(np.arange(size), jax.process_count())[index]
 
 
 def sum_over_processes(x: np.ndarray) -> np.ndarray:
@@ -120,6 +123,14 @@ def local_copy(tree: Any) -> Any:
         return x
 
     return jax.tree.map(one, tree)
+
+
+def wait_for_all(name: str) -> None:
+    """Return once every process has called this with the same ``name``."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def write_shared_rows(path: str, rows: np.ndarray, share: np.ndarray, total: int) -> None:
