@@ -304,3 +304,44 @@ def test_extract_command_reads_tfds(tmp_path, capsys):
             "uotsel-train extract: error: --data: TFDS data set 'no_such_dataset'"
         )
     )
+
+
+@pytest.mark.parametrize("features, number", [("f.json", 2), ("f.json", 3), ("f.npy", 2)])
+def test_extract_outputs_all_or_nothing_when_a_write_fails(
+    folder, tmp_path, tmp_path_factory, monkeypatch, capsys, features, number
+):
+    """A full disk at the means (2nd write) or the index (3rd, after the features' map): the
+    earlier run's means, index and part stay as they were, and no temporary is left."""
+    import errno
+    import os
+
+    out = tmp_path_factory.mktemp("out")
+    args = [
+        "extract",
+        "--data",
+        str(folder),
+        "--arch",
+        "tiny",
+        "--weights",
+        str(tmp_path / "w.npz"),
+    ]
+    args += ["--image-size", "32", "--batch-size", "4", "--quiet", "--out", str(out / "m.npz")]
+    args += ["--features-out", str(out / features)]
+    convert.save_variables(_tiny_variables(), str(tmp_path / "w.npz"))
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    convert.save_variables(_tiny_variables(1), str(tmp_path / "w.npz"))
+    real, calls = os.fsync, []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == number:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

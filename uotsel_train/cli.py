@@ -467,8 +467,9 @@ def _features_into(outputs: Any, path: str | None) -> Any:
 
 
 def _write_extracted(outputs: Any, args: argparse.Namespace, source: Any, result: Any, lead: bool):
-    """The class means (process 0) and the per-sample features: every output of one process
-    together; with several processes the other processes' features first."""
+    """The class means (process 0) and the per-sample features. With parts, every output is
+    complete on every process before any is renamed into place, and the index (process 0) goes
+    in last, so a failure leaves no index that names parts of another run."""
     import jax
     import numpy as np
 
@@ -477,32 +478,33 @@ def _write_extracted(outputs: Any, args: argparse.Namespace, source: Any, result
 
     count, n = jax.process_count(), len(source)
     parts = _in_parts(args.features_out)
-    if parts:
-        if not lead:
-            outputs.drop("--out")
-            outputs.drop("--features-out")
-            outputs.commit()
-    elif args.features_out and count > 1:
-        parallel.write_shared_rows(args.features_out, result.features, result.rows, n)
-    parallel.wait_for_all(f"{args.out} parts written")
-    if not lead:
-        return
-    outputs.write(
-        "--out",
-        io.write_units,
-        result.means,
-        counts=result.counts,
-        names=source.classes,
-        assignment=source.labels,
-    )
-    if parts:
+    if lead:
+        outputs.write(
+            "--out",
+            io.write_units,
+            result.means,
+            counts=result.counts,
+            names=source.classes,
+            assignment=source.labels,
+        )
+    if lead and parts:
         names = [
             (shards.part_name(args.features_out, i, count), len(parallel.process_share(n, i)))
             for i in range(count)
         ]
         dim = result.features.shape[1]
         outputs.write("--features-out", io.write_shards_index, names, dim, np.float32)
-    outputs.commit()
+    elif parts:
+        outputs.drop("--out")
+        outputs.drop("--features-out")
+    elif args.features_out and count > 1:
+        parallel.write_shared_rows(args.features_out, result.features, result.rows, n)
+    parallel.wait_for_all(f"{args.out} outputs ready")
+    if parts and not lead:
+        outputs.commit()
+    parallel.wait_for_all(f"{args.out} parts in place")
+    if lead:
+        outputs.commit()
 
 
 def _convert(args: argparse.Namespace, pairs: list[str]) -> int:
