@@ -139,6 +139,17 @@ def test_extracted_class_means_equal_direct_computation(folder, tmp_path):
     assert res.counts.tolist() == [4, 3, 2] and res.skipped == []
 
 
+def _extract_argv(folder, weights):
+    """``uotsel-train extract`` on ``folder`` with the tiny backbone at 32 x 32, quiet."""
+    return ["extract", "--data", str(folder), "--arch", "tiny", "--weights", str(weights)] + [
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--quiet",
+    ]
+
+
 def test_extract_command_writes_a_file_uotsel_select_reads(folder, tmp_path, capsys):
     from uotsel.cli import main as uotsel_main
     from uotsel_train.cli import main
@@ -212,8 +223,7 @@ def test_extract_command_writes_a_file_uotsel_select_reads(folder, tmp_path, cap
 def test_extract_features_as_parts_read_back_as_the_single_file(folder, tmp_path):
     """``--features-out x.json`` from one process: an index and one part, read by
     ``uotsel.io.read_features`` (and so by ``uotsel kmeans``) as the ``.npy`` run's array."""
-    args = ["extract", "--data", str(folder), "--arch", "tiny", "--weights"]
-    args += [str(tmp_path / "w.npz"), "--image-size", "32", "--batch-size", "4", "--quiet"]
+    args = _extract_argv(folder, tmp_path / "w.npz")
     convert.save_variables(_tiny_variables(), str(tmp_path / "w.npz"))
     assert (
         main([*args, "--out", str(tmp_path / "a.npz"), "--features-out", str(tmp_path / "a.npy")])
@@ -316,16 +326,7 @@ def test_extract_outputs_all_or_nothing_when_a_write_fails(
     import os
 
     out = tmp_path_factory.mktemp("out")
-    args = [
-        "extract",
-        "--data",
-        str(folder),
-        "--arch",
-        "tiny",
-        "--weights",
-        str(tmp_path / "w.npz"),
-    ]
-    args += ["--image-size", "32", "--batch-size", "4", "--quiet", "--out", str(out / "m.npz")]
+    args = _extract_argv(folder, tmp_path / "w.npz") + ["--out", str(out / "m.npz")]
     args += ["--features-out", str(out / features)]
     convert.save_variables(_tiny_variables(), str(tmp_path / "w.npz"))
     assert main(args) == 0

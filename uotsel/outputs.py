@@ -205,22 +205,14 @@ class Outputs:
         filling. With ``writes=False``: an array in memory, never written."""
         if not self._writes:
             return np.zeros(shape, dtype)
+        header = _npy_header(shape, dtype)
+        self.write(arg, _reserved, header, int(np.prod(shape)) * np.dtype(dtype).itemsize)
         item = self._items[arg]
-        if item.fd is None:
-            raise RuntimeError(f"{arg}: written twice")
-        fd, item.fd = item.fd, None
         try:
-            with os.fdopen(fd, "r+b") as fh:
-                header = _npy_header(shape, dtype)
-                fh.write(header)
-                size = len(header) + int(np.prod(shape)) * np.dtype(dtype).itemsize
-                _reserve(fh.fileno(), size)
-                _finish(fh, self._mode)
             item.array = np.memmap(item.tmp, dtype, "r+", len(header), shape)
         except OSError as err:
             self.discard()
             raise ValueError(f"{arg}: cannot write {item.path}: {reason(err)}") from None
-        item.written = True
         return item.array
 
     def commit(self) -> None:
@@ -314,17 +306,21 @@ def _npy_header(shape: tuple[int, ...], dtype: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _reserve(fd: int, size: int) -> None:
-    """Make the file ``size`` bytes long with its blocks allocated where the system can."""
+def _reserved(fh: Any, header: bytes, data_bytes: int) -> None:
+    """Write ``header`` and make the file long enough for ``data_bytes`` more (zeros), its
+    blocks allocated where the system can."""
+    fh.write(header)
+    fh.flush()
+    size = len(header) + data_bytes
     allocate = getattr(os, "posix_fallocate", None)
     if allocate is not None:
         try:
-            allocate(fd, 0, size)
+            allocate(fh.fileno(), 0, size)
             return
         except OSError as err:
             if err.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                 raise
-    os.ftruncate(fd, size)
+    os.ftruncate(fh.fileno(), size)
 
 
 def _keep(item: _Pending) -> str:
