@@ -5,7 +5,7 @@ SUN397 397, Aircraft 100, DTD 47, Caltech101 101 classes) x 8 values of eps_c, a
 1000 ImageNet class means. The batch pads every target to 397 classes and masks the padding.
 Cost computation is included on both sides.
 
-Run: ``python benchmarks/batched.py [--repeats N]``.
+Run: ``python -m benchmarks.batched [--repeats N]``.
 """
 
 from __future__ import annotations

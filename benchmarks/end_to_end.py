@@ -4,7 +4,7 @@ and what the persistent compilation cache changes on a second run.
 Both read the same ``.npz`` unit files, compute the cosine cost (eps_c = 0.01), solve with the
 paper's settings, rank by ``P 1`` and write the top 100 as JSON.
 
-Run: ``python benchmarks/end_to_end.py [--repeats N]``.
+Run: ``python -m benchmarks.end_to_end [--repeats N]``.
 """
 
 from __future__ import annotations

@@ -136,8 +136,33 @@ def _ott(src, tgt):
     return out.f / EPS + jax.scipy.special.logsumexp(z, axis=1)
 
 
+# JAX's own durations (``jax.monitoring``) summed over a first call: XLA's compilation (a read
+# from the persistent cache when warm) and tracing + lowering to XLA.
+_STAGES = {
+    "backend_compile_duration": "compile_s",
+    "jaxpr_trace_duration": "trace_lower_s",
+    "jaxpr_to_mlir_module_duration": "trace_lower_s",
+}
+
+
+def _stage_clock() -> dict[str, float]:
+    """Totals of :data:`_STAGES`, filled by JAX while the returned dict is alive."""
+    import jax.monitoring
+
+    totals = dict.fromkeys(_STAGES.values(), 0.0)
+
+    def listen(event: str, duration: float, **_: object) -> None:
+        stage = _STAGES.get(event.rsplit("/", 1)[-1])
+        if stage is not None:
+            totals[stage] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    return totals
+
+
 def worker(peer: str, cache: str) -> None:
     """One process: first call, then the steady state; prints one JSON line."""
+    stages = {}
     if peer in COMPILED:
         import jax
 
@@ -146,9 +171,12 @@ def worker(peer: str, cache: str) -> None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     src, tgt = features()
     solve = _solver(peer)
+    if peer in COMPILED:
+        stages = _stage_clock()
     start = time.perf_counter()
     ranking = solve(src, tgt)
     first = time.perf_counter() - start
+    stages = dict(stages)  # the first call's share only
     times = []
     for _ in range(20):
         start = time.perf_counter()
@@ -156,7 +184,12 @@ def worker(peer: str, cache: str) -> None:
         times.append(time.perf_counter() - start)
     print(
         json.dumps(
-            {"first_s": first, "steady_s": statistics.median(times), "top": ranking[:100].tolist()}
+            {
+                "first_s": first,
+                "steady_s": statistics.median(times),
+                "top": ranking[:100].tolist(),
+                **stages,
+            }
         )
     )
 
@@ -176,10 +209,13 @@ def _process(peer: str, cache: str) -> dict:
 
 def measure(peer: str, repeats: int) -> dict:
     cold, warm, steady, tops = [], [], [], []
+    compile_s, trace_lower_s = [], []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory(prefix="uotsel-first-call-") as cache:
             first = _process(peer, cache)
             cold.append(first["first_s"])
+            compile_s.append(first.get("compile_s", 0.0))
+            trace_lower_s.append(first.get("trace_lower_s", 0.0))
             if peer in COMPILED:
                 second = _process(peer, cache)
                 warm.append(second["first_s"])
@@ -192,8 +228,16 @@ def measure(peer: str, repeats: int) -> dict:
         "cold": C.spread(cold),
         "warm": C.spread(warm),
         "steady": C.spread(steady),
+        "cold_compile": C.spread(compile_s),
+        "cold_trace_lower": C.spread(trace_lower_s),
         "top100": tops[0],
     }
+
+
+def _part_ms(result: dict, part: str) -> str:
+    """Median ms of a part of the cold first call; "-" for a peer that compiles nothing."""
+    spread = result.get(part)
+    return "-" if not spread or spread["median"] == 0 else f"{spread['median'] * 1e3:.0f}"
 
 
 def markdown(info: dict, results: dict, label: str) -> str:
@@ -205,6 +249,8 @@ def markdown(info: dict, results: dict, label: str) -> str:
         [
             name,
             C.span_ms(r["cold"]),
+            _part_ms(r, "cold_compile"),
+            _part_ms(r, "cold_trace_lower"),
             C.span_ms(r["warm"]),
             C.span_ms(r["steady"]),
             C.ratio(r["cold"], ours["cold"]),
@@ -224,13 +270,17 @@ def markdown(info: dict, results: dict, label: str) -> str:
             f"A new Python process per measurement, timed from after the imports to the ranking "
             f"(cost included), median (min-max) of {runs} processes, in ms. Cold: JAX's "
             "persistent cache on in an empty folder; warm: a new process on the folder the cold "
-            "one filled; steady: median of 20 later calls in the warm process. Ratios are to "
+            "one filled; steady: median of 20 later calls in the warm process. Compile and trace + "
+            "lower: the cold call's time in XLA's compiler and in tracing and lowering to XLA "
+            "(`jax.monitoring` durations, medians). Ratios are to "
             "`uotsel.transport` (above 1: slower than uotsel). Top-100 overlap with POT float64.",
             "",
             C.table(
                 [
                     "peer",
                     "cold ms",
+                    "of which compile",
+                    "trace + lower",
                     "warm ms",
                     "steady ms",
                     "cold x",
@@ -242,7 +292,9 @@ def markdown(info: dict, results: dict, label: str) -> str:
             ),
             "",
             f"uotsel's cold first call is {C.ratio(ours['cold'], plain['cold'])}x the plainest "
-            f"jitted loop's and its warm first call {C.ratio(ours['warm'], pot['warm'])}x POT's "
+            f"jitted loop's ({_part_ms(ours, 'cold_compile')} ms of it in XLA's compiler, against "
+            f"the loop's {_part_ms(plain, 'cold_compile')} ms) and its warm first call "
+            f"{C.ratio(ours['warm'], pot['warm'])}x POT's "
             f"(float64); in the steady state POT takes {C.ratio(pot['steady'], ours['steady'])}x "
             "uotsel's time.",
         ]

@@ -8,7 +8,7 @@ centroids is evaluated by one shared routine. scikit-learn runs Euclidean k-mean
 normalised data (it has no spherical variant). Each run is a fresh process (peak memory above
 its baseline, which already holds the features).
 
-Run: ``python benchmarks/kmeans.py [--iters 10] [--sizes 200000,1280000] [--ks 200,2000]``.
+Run: ``python -m benchmarks.kmeans [--iters 10] [--sizes 200000,1280000] [--ks 200,2000]``.
 """
 
 from __future__ import annotations

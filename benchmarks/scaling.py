@@ -6,7 +6,7 @@ the process's baseline (interpreter, JAX, features) and in units of one cost mat
 holds the cost matrix and one kernel of the same size, and XLA's own memory analysis of the
 compiled solver is reported alongside.
 
-Run: ``python benchmarks/scaling.py [--max-n 1000000] [--repeats 3]``.
+Run: ``python -m benchmarks.scaling [--max-n 1000000] [--repeats 3]``.
 """
 
 from __future__ import annotations

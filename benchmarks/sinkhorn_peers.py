@@ -14,7 +14,7 @@ first calls in new processes) and steady state (median, min and max of >= 20 run
 computation included; iterations; the largest relative error of ``P 1`` over all rows against
 a float64 reference converged to 1e-13; top-100 agreement; and time to accuracy (1e-4, 1e-6).
 
-Run: ``python benchmarks/sinkhorn_peers.py`` (``--repeats N``; ``--device`` labels the section
+Run: ``python -m benchmarks.sinkhorn_peers`` (``--repeats N``; ``--device`` labels the section
 with the accelerator JAX runs on, for a GPU run).
 """
 

@@ -181,7 +181,11 @@ def _transport_one(kind, source, target, eps_c, chunk_size, settings, wide, mesh
     return _gathered(solved.output, mesh), jnp.concatenate([built.valid, solved.ok[None]])
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "wide", "mesh"))
+@functools.partial(
+    jax.jit,
+    static_argnames=("kind", "chunk_size", "wide", "mesh"),
+    compiler_options=unbalanced.FIRST_PROGRAM_OPTIONS,
+)
 def _transport_first(kind, source, target, eps_c, chunk_size, settings, wide, mesh):
     """Cost and :func:`~uotsel.unbalanced.solve_first` in one program: the output so far,
     ``[5]`` flags (those of :func:`_transport_one`, then whether to resume), and the state to
