@@ -70,10 +70,12 @@ MASS_RTOL = 1e-5
 # How the first programs (:func:`solve_first`, alone or after the cost) are compiled. XLA's CPU
 # compiler splits every reduction of more than 32 elements into three (two reduce-windows and a
 # reduce), for the accuracy of long float sums; each part is a kernel of its own, and compiling
-# kernels is most of the time a first call takes. The long reductions of these programs are
-# maxima, minima and logical ands (exact in any order) and log-sum-exps taken as one variadic
-# reduction (which the split leaves alone anyway), so they go without it: 59 kernels instead of
-# 71 for ``transport`` on 2000 x 200, with outputs bit for bit those of the default compilation
+# kernels is most of the time a first call takes. The solver's long reductions are maxima,
+# minima and logical ands (exact in any order) and log-sum-exps taken as one variadic reduction
+# (which the split leaves alone anyway), so these programs go without it: 59 kernels instead of
+# 71 for ``transport`` on 2000 x 200. The solver's outputs stay bit for bit the same; the
+# cosine cost's feature norms, summed over D, are split by some XLA versions too, and there the
+# outputs change within float32 rounding, with the same error against a float64 solve
 # (tests/test_first_program.py). The name is that of the CPU compiler's pass (the GPU
 # compiler's own is named differently).
 FIRST_PROGRAM_OPTIONS = {"xla_disable_hlo_passes": "tree_reduction_rewriter"}
