@@ -117,7 +117,7 @@ def extract(
             )
         acc.update(emb, batch.labels)
         if features is not None:
-            features[np.searchsorted(share, batch.indices)] = emb
+            features[batch.indices - share[0]] = emb
         done += len(batch.indices)
         bar.update(len(batch.indices))
     bar.close()
