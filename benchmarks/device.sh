@@ -41,7 +41,7 @@ step() {
 # Ordered by what users ask of an accelerator; each step starts new processes, and a JAX
 # process on a GPU takes several seconds to start, so the limits are far above the CPU's.
 step 105 sinkhorn_peers --only clusters-2000x200 --repeats 5
-step 125 train_throughput --archs resnet18 --batch 256 --precision bfloat16
+step 420 train_throughput --archs tiny,resnet18,resnet50 --batch 256 --precision bfloat16
 step 150 scaling --repeats 3
 step 150 kmeans --iters 10 --sizes 1280000 --ks 2000 --whole-sizes 200000
 step 60 batched --repeats 5

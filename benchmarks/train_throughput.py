@@ -1,21 +1,21 @@
-"""Fine-tuning throughput: images per second of the labelled (eq. 6) train step.
+"""Fine-tuning throughput: how fast the host feeds the step, and the step itself.
 
-For each architecture, three figures at ``--image-size`` px with ``--batch`` target +
-``--source-batch`` pre-training images per step:
-
-- *on-device batch*: the jitted step alone on a batch already on the devices (compile time
-  measured apart, then the median of ``--steps`` steps);
-- *with the data pipeline*: ``uotsel_train.train.fit`` itself, JPEG decoding, random resized
-  crops and normalisation in the background feeder, transfer and step (the second epoch, so
-  compilation is excluded);
-- *loader alone*: how many training images per second the host side produces.
+- *per core*: images a second of decoding alone (PIL, simplejpeg, PIL's reduced-size ``draft``
+  decoding of a large photo) and of decoding plus the weak view, the strong view and both
+  (eq. 7), in one process;
+- *workers*: the input pipeline alone (``uotsel-train input-bench``'s measurement) with 1, 2
+  and all cores' worker processes, for eq. 6 (target images, one view) and eq. 7 (half target,
+  half pre-training images in two views);
+- *host time per batch*: what the training process spends on a ready 256-image batch;
+- *training*: the jitted step alone on a batch already on the devices against
+  ``uotsel_train.train.fit`` itself (second epoch) fed by ``--workers`` processes, per
+  ``--archs`` (``tiny`` is loader-bound).
 
 The images are JPEGs made once in memory (500 x 375, like an average ImageNet photo), decoded
-at every step. On a CPU the paper's 256 + 256 does not fit in a benchmark's time (and ResNet50's
-activations at that size exceed a small machine's memory), so CPU runs default to 32 + 32;
-accelerators default to 256 + 256.
+at every use. On a CPU the paper's 256 + 256 does not fit in a benchmark's time, so CPU runs
+default to 32 + 32 and the tiny backbone; accelerators default to 256 + 256 and ResNet18/50.
 
-    python -m benchmarks.train_throughput [--archs resnet18,resnet50] [--batch 256]
+    python -m benchmarks.train_throughput [--archs tiny,resnet18,resnet50] [--batch 256]
 """
 
 from __future__ import annotations
@@ -37,12 +37,14 @@ from benchmarks import _common as C
 class JpegSource:
     """``count`` samples cycling over a few in-memory JPEGs; labels ``i % classes``."""
 
-    def __init__(self, count: int, classes: int, seed: int = 0, distinct: int = 32):
+    def __init__(
+        self, count: int, classes: int, seed: int = 0, distinct: int = 32, shape=(500, 375)
+    ):
         rng = np.random.default_rng(seed)
         self.blobs = []
         for _ in range(distinct):
             small = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
-            img = Image.fromarray(small).resize((500, 375), Image.BICUBIC)
+            img = Image.fromarray(small).resize(shape, Image.BICUBIC)
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=90)
             self.blobs.append(buf.getvalue())
@@ -53,8 +55,13 @@ class JpegSource:
         return len(self.labels)
 
     def load(self, index: int):
+        from uotsel_train import data
+
         blob = self.blobs[index % len(self.blobs)]
-        return Image.open(io.BytesIO(blob)).convert("RGB"), int(self.labels[index])
+        return data.rgb(Image.open(io.BytesIO(blob))), int(self.labels[index])
+
+    def where(self, index: int) -> str:
+        return f"jpeg {index}"
 
 
 def on_device(arch: str, batch: int, source_batch: int, size: int, steps: int, precision: str):
@@ -143,48 +150,207 @@ def with_pipeline(
     return {"images_per_s": last["images_per_s"], "step_s": last["step_s"]}
 
 
-def loader_alone(count: int, size: int, workers: int) -> float:
-    from uotsel_train import data
+def _photo(blob: bytes):
+    return Image.open(io.BytesIO(blob))
 
-    source = JpegSource(count, 1000, seed=3)
 
-    def crop(img, i):
-        return data.train_transform(img, np.random.default_rng(i), size)
+def per_core(size: int, count: int) -> dict[str, float]:
+    """Images a second on one core (this process): decoding alone (PIL; simplejpeg; PIL's
+    reduced-size ``draft`` decoding of a 2000 x 1500 photo against its full decode), and
+    decoding plus the weak view, the strong view, and both (eq. 7's pair) as uint8 crops."""
+    import simplejpeg
 
-    start = time.perf_counter()
-    for _ in data.batches(source, range(count), crop, 64, workers=workers):
-        pass
-    return count / (time.perf_counter() - start)
+    from uotsel_train import augment, data
+
+    src = JpegSource(count, 10, seed=4)
+    big = JpegSource(1, 1, seed=5, distinct=4, shape=(2000, 1500)).blobs
+    weak = augment.view("weak", size)[2]
+    strong = augment.view("strong", size)[2]
+
+    def rate(fn, n=count):
+        fn(0)
+        start = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        return n / (time.perf_counter() - start)
+
+    def rgb(i):
+        return data.rgb(_photo(src.blobs[i % len(src.blobs)]))
+
+    def draft(blobs, reduce):
+        def fn(i):
+            img = _photo(blobs[i % len(blobs)])
+            if reduce:
+                img.draft("RGB", (size, size))
+            return data.rgb(img)
+
+        return fn
+
+    def views(*makes):
+        def fn(i):
+            img = rgb(i)
+            return [m(img, np.random.default_rng(i)) for m in makes]
+
+        return fn
+
+    return {
+        "decode_pil": rate(rgb),
+        "decode_simplejpeg": rate(lambda i: simplejpeg.decode_jpeg(src.blobs[i % 32])),
+        "decode_2000x1500_full": rate(draft(big, False), count // 8),
+        "decode_2000x1500_draft": rate(draft(big, True), count // 8),
+        "weak": rate(views(weak)),
+        "strong": rate(views(strong)),
+        "weak_and_strong": rate(views(weak, strong)),
+    }
+
+
+def _inputs(count: int, objective: str):
+    from uotsel_train import input_pipeline
+
+    target = JpegSource(count, 200, seed=1)
+    pretrain = JpegSource(count, 1000, seed=2) if objective != "vanilla" else None
+    return input_pipeline.Inputs(
+        target=target,
+        train_indices=np.arange(count),
+        val_indices=np.zeros(0, np.int64),
+        test=None,
+        pretrain=pretrain,
+        pretrain_indices=np.arange(count) if pretrain is not None else None,
+        num_source_classes=1000,
+    )
+
+
+def _cfg(**settings):
+    from uotsel_train import config
+
+    cfg = config.override(config.default(), [f"{k}={v}" for k, v in settings.items()])
+    config.validate(cfg, check_files=False)
+    return cfg
+
+
+def loader_rates(workers: int, size: int, batch: int, steps: int, objective: str) -> dict:
+    """``uotsel-train input-bench`` on in-memory JPEGs: images a second of the pipeline with
+    ``workers`` processes (eq. 6: ``batch`` target images a step; eq. 7: ``batch // 2``
+    target + ``batch // 2`` pre-training images in two views)."""
+    from uotsel_train import input_bench
+
+    b, s = (batch, 0) if objective == "vanilla" else (batch // 2, batch // 2)
+    cfg = _cfg(
+        objective=objective,
+        batch_size=b,
+        source_batch_size=max(s, 1),
+        image_size=size,
+        workers=workers,
+        progress=False,
+    )
+    return input_bench.measure(cfg, steps, _inputs(b * (steps + 2), objective))
+
+
+def host_ms_per_batch(workers: int, size: int, batch: int, prefetch: int) -> list[float]:
+    """Milliseconds the training process spends on each batch when the workers are ahead:
+    the pipeline is given time to fill its buffers, then each ready batch is taken (received
+    from the workers' shared memory and placed on the devices)."""
+    from uotsel_train import input_pipeline, parallel
+
+    cfg = _cfg(
+        objective="vanilla",
+        batch_size=batch,
+        image_size=size,
+        workers=workers,
+        prefetch=prefetch,
+        progress=False,
+    )
+    ready = workers * prefetch
+    inputs = _inputs(batch * (ready + 2), "vanilla")
+    times = []
+    with input_pipeline.Pipeline(cfg, inputs, parallel.data_mesh(), 0, ready + 1) as pipe:
+        pipe.next()  # started
+        time.sleep(4 * ready * batch / 300 + 2)  # every worker's buffer full
+        for _ in range(ready - 1):
+            start = time.perf_counter()
+            out, _ = pipe.next()
+            for value in out.values():
+                value.block_until_ready()
+            times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _views_table(rates: dict[str, float]) -> str:
+    base = rates["decode_pil"]
+    names = {
+        "decode_pil": "decode (PIL, 500 x 375)",
+        "decode_simplejpeg": "decode (simplejpeg, 500 x 375)",
+        "decode_2000x1500_full": "decode 2000 x 1500 (PIL, full size)",
+        "decode_2000x1500_draft": "decode 2000 x 1500 (PIL draft, reduced to >= the crop)",
+        "weak": "decode + weak view (crop + flip, uint8)",
+        "strong": "decode + strong view (crop, flip, RandAugment, cutout)",
+        "weak_and_strong": "decode + both views (eq. 7)",
+    }
+    rows = [[names[k], f"{v:.0f}", f"{v / base:.2f}"] for k, v in rates.items()]
+    return C.table(["one core", "images / s", "/ PIL decode"], rows)
+
+
+def _workers_table(found: dict, decode: float) -> str:
+    one = found[1]["eq6"]
+    rows = []
+    for workers, got in found.items():
+        rows.append(
+            [
+                str(workers),
+                f"{got['eq6']:.0f}",
+                f"{got['eq6'] / decode:.2f}",
+                f"{got['eq6'] / one:.2f}",
+                f"{got['eq7']:.0f}",
+            ]
+        )
+    head = [
+        "workers",
+        "eq. 6 images / s",
+        "/ one-core PIL decode",
+        "/ one worker",
+        "eq. 7 images / s (weak + strong)",
+    ]
+    return C.table(head, rows)
 
 
 def main() -> None:
     import jax
 
     cpu = jax.default_backend() == "cpu"
+    cores = os.cpu_count() or 2
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archs", default="resnet18,resnet50")
+    parser.add_argument("--archs", default="tiny" if cpu else "tiny,resnet18,resnet50")
     parser.add_argument("--batch", type=int, default=32 if cpu else 256)
     parser.add_argument("--source-batch", type=int, default=None, help="default: --batch")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=5 if cpu else 20)
     parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--workers", type=int, default=max(2, (os.cpu_count() or 2)))
+    parser.add_argument("--workers", type=int, default=max(1, cores - 1), help="for fit")
+    parser.add_argument("--loader-batch", type=int, default=64, help="images a loader step")
     parser.add_argument("--device", action="store_true", help="record as the accelerator section")
     args = parser.parse_args()
     source_batch = args.source_batch or args.batch
     info = C.machine()
-    rows, payload = [], {"machine": info, "settings": vars(args), "archs": {}}
-    loader = loader_alone(8 * 64, args.image_size, args.workers)
-    for arch in args.archs.split(","):
-        dev = on_device(arch, args.batch, source_batch, args.image_size, args.steps, args.precision)
+    size = args.image_size
+    payload = {"machine": info, "settings": vars(args), "archs": {}}
+    payload["per_core"] = per_core(size, 200)
+    print(json.dumps({"per_core": payload["per_core"]}), flush=True)
+    found = {}
+    for workers in sorted({1, 2, cores}):
+        found[workers] = {
+            "eq6": loader_rates(workers, size, args.loader_batch, 12, "vanilla")["images_per_s"],
+            "eq7": loader_rates(workers, size, args.loader_batch, 12, "unlabelled")["images_per_s"],
+        }
+        print(json.dumps({"workers": workers, **found[workers]}), flush=True)
+    payload["workers"] = found
+    host = host_ms_per_batch(min(2, cores), size, 256, 3)
+    payload["host_ms_per_256"] = host
+    print(json.dumps({"host_ms_per_256": host}), flush=True)
+    rows = []
+    for arch in [a for a in args.archs.split(",") if a]:
+        dev = on_device(arch, args.batch, source_batch, size, args.steps, args.precision)
         pipe = with_pipeline(
-            arch,
-            args.batch,
-            source_batch,
-            args.image_size,
-            args.steps,
-            args.precision,
-            args.workers,
+            arch, args.batch, source_batch, size, args.steps, args.precision, args.workers
         )
         payload["archs"][arch] = {"on_device": dev, "pipeline": pipe}
         rows.append(
@@ -199,7 +365,8 @@ def main() -> None:
             ]
         )
         print(json.dumps({arch: payload["archs"][arch]}), flush=True)
-    payload["loader_images_per_s"] = loader
+    decode = payload["per_core"]["decode_pil"]
+    spread = C.spread(host)
     name = "train_throughput" + ("_device" if args.device or not cpu else "")
     md = "\n".join(
         [
@@ -207,13 +374,28 @@ def main() -> None:
             "",
             C.machine_line(info),
             "",
-            f"Labelled objective (eq. 6), {args.image_size} px, {args.precision}, one forward "
-            "pass over the concatenated target + pre-training batch, Nesterov SGD with the "
-            f"heads at 10x. Step: median of {args.steps} steps after one warm-up, on a batch "
-            "already on the device. Pipeline: `train.fit` itself (second epoch), in-memory "
-            f"500x375 JPEGs decoded, cropped and normalised by {args.workers} threads in the "
-            f"background while the step runs. The loader alone makes {loader:.0f} training "
-            "images / s on this host.",
+            "In-memory photo-like JPEGs (500 x 375, quality 90) decoded at every use; crops of "
+            f"{size} px as uint8. Images / s count each image once whatever its number of "
+            "views.",
+            "",
+            "Per core (one process, no workers):",
+            "",
+            _views_table(payload["per_core"]),
+            "",
+            f"The input pipeline alone (`input_bench.measure`, {args.loader_batch} images a "
+            "step, median of one run of 12 steps after a warm-up), by worker processes; eq. 7: "
+            "half target images (one view), half pre-training images (weak + strong):",
+            "",
+            _workers_table(found, decode),
+            "",
+            "Time the training process spends on a 256-image batch when the workers are ahead "
+            f"(received from shared memory and placed on the devices; {min(2, cores)} workers, "
+            f"{len(host)} batches): median {spread['median']:.1f} ms "
+            f"({spread['min']:.1f}-{spread['max']:.1f}).",
+            "",
+            f"Training (labelled objective, eq. 6), {args.precision}: the step alone on a batch "
+            f"already on the device (median of {args.steps} steps after one warm-up) against "
+            f"`train.fit` itself (second epoch) fed by {args.workers} worker processes:",
             "",
             C.table(
                 [

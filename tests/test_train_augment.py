@@ -236,12 +236,11 @@ def test_cutout_is_a_clipped_square_at_a_uniform_pixel(side):
 
 def test_strong_view_cutout_is_half_the_crop_and_grey():
     black = Image.new("RGB", (224, 224))
-    grey = (127 / 255 - data.IMAGENET_MEAN) / data.IMAGENET_STD
     sides = []
     for seed in range(6):
         view = augment.strong_view(black, np.random.default_rng(seed))
         assert view.shape == (224, 224, 3)
-        mask = np.all(np.isclose(view, grey, atol=1e-5), axis=-1)
+        mask = np.all(view == 127, axis=-1)
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         assert mask.sum() == rows.size * cols.size
         sides += [rows.size, cols.size]
@@ -252,7 +251,7 @@ def test_strong_view_composes_crop_randaugment_cutout(image):
     for seed in range(5):
         rng = np.random.default_rng(seed)
         crop = data.random_resized_crop(image, rng, 64, (0.08, 1.0))
-        want = data.normalise(augment.cutout(augment.rand_augment(crop, rng), rng, 32))
+        want = np.asarray(augment.cutout(augment.rand_augment(crop, rng), rng, 32))
         got = augment.strong_view(image, np.random.default_rng(seed), size=64)
         np.testing.assert_array_equal(got, want)
 
@@ -269,7 +268,7 @@ def test_views_are_seeded_independent_and_shaped(image):
             image, np.random.default_rng(8), size=64, cutout_size=32, policy=policy
         )
         np.testing.assert_array_equal(strong, again)
-        assert strong.shape == weak_a.shape == (64, 64, 3) and strong.dtype == np.float32
+        assert strong.shape == weak_a.shape == (64, 64, 3) and strong.dtype == np.uint8
         assert not np.array_equal(strong, weak_a)
 
 

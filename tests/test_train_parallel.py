@@ -13,7 +13,7 @@ import jax
 from train_helpers import image_folder
 
 from uotsel import io
-from uotsel_train import feed, parallel
+from uotsel_train import parallel
 
 WORKER = os.path.join(os.path.dirname(__file__), "fit_worker.py")
 
@@ -29,22 +29,6 @@ def test_single_process_placement():
     assert len(batch["x"].sharding.device_set) == jax.device_count()
     with pytest.raises(ValueError, match="batch_size: 7 does not split"):
         parallel.check_divisible(type("M", (), {"size": 2})(), "batch_size", 7)
-
-
-def test_feeder_keeps_order_and_hands_over_errors():
-    with feed.Feeder(lambda s: s * s, start=3, depth=2) as feeder:
-        assert [feeder.next() for _ in range(4)] == [9, 16, 25, 36]
-
-    def broken(s):
-        if s == 2:
-            raise ValueError("data: broken at 2")
-        return s
-
-    feeder = feed.Feeder(broken, start=0)
-    assert feeder.next() == 0 and feeder.next() == 1
-    with pytest.raises(ValueError, match="broken at 2"):
-        feeder.next()
-    feeder.close()
 
 
 def _free_port():

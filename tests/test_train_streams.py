@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("flax")
 
-from uotsel_train import streams
+from uotsel_train import loader, streams
 
 
 def test_selected_samples_keep_exactly_the_selected_units():
@@ -128,14 +128,20 @@ def test_long_tail_rejects_bad_arguments():
         streams.long_tail([])
 
 
-def test_epoch_order_reshuffles_and_resumes_exactly():
-    order = streams.EpochOrder(np.arange(10), seed=5)
-    first = order.take(25)
-    assert sorted(first[:10].tolist()) == list(range(10))
-    assert first[:10].tolist() != first[10:20].tolist()  # a new order every epoch
-    resumed = streams.EpochOrder(np.arange(10), seed=5, position=13)
-    np.testing.assert_array_equal(resumed.take(12), first[13:])
-    assert resumed.position == order.position == 25
+def _take(order, start, count):
+    return np.asarray([order[p] for p in range(start, start + count)])
+
+
+def test_a_stream_reshuffles_at_each_of_its_epochs_and_resumes_at_any_position():
+    indices = np.arange(100, 110)
+    order = loader.stream_order(indices, seed=5)
+    first = _take(order, 0, 30)
+    for e in range(3):  # every epoch a permutation of the stream's samples
+        assert sorted(first[10 * e : 10 * e + 10].tolist()) == indices.tolist()
+    assert first[:10].tolist() != first[10:20].tolist() != first[20:30].tolist()
+    resumed = loader.stream_order(indices, seed=5)  # a new process, the same positions
+    np.testing.assert_array_equal(_take(resumed, 13, 12), first[13:25])
+    assert _take(loader.stream_order(indices, seed=6), 0, 10).tolist() != first[:10].tolist()
 
 
 @settings(max_examples=60, deadline=None)
@@ -152,8 +158,8 @@ def test_the_pretraining_stream_yields_only_and_all_samples_of_the_selected_unit
     present = np.unique(unit_ids)
     chosen = np.random.default_rng(seed).choice(present, min(pick, present.size), replace=False)
     samples = streams.selected_samples(unit_ids, chosen)
-    order = streams.EpochOrder(samples, seed)
-    taken = np.concatenate([order.take(batch) for _ in range(-(-2 * samples.size // batch))])
+    order = loader.stream_order(samples, seed)
+    taken = _take(order, 0, batch * -(-2 * samples.size // batch))
     assert np.isin(unit_ids[taken], chosen).all()  # only samples of the selected units
     first_epoch = np.sort(taken[: samples.size])  # every selected sample once per epoch
     np.testing.assert_array_equal(first_epoch, np.flatnonzero(np.isin(unit_ids, chosen)))

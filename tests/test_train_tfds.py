@@ -12,7 +12,7 @@ pytest.importorskip("flax")
 from PIL import Image  # noqa: E402
 from train_helpers import direct_features  # noqa: E402
 
-from uotsel_train import data, extract, streams  # noqa: E402
+from uotsel_train import data, extract, loader, streams  # noqa: E402
 
 CLASSES = ["ant", "bee", "cat", "dog"]
 
@@ -69,11 +69,11 @@ def test_array_record_source_reads_images_and_labels(prepared):
 def test_selected_pretraining_stream_over_array_record(prepared):
     src = data.TfdsSource("uotsel_test_images", "train", data_dir=prepared)
     chosen = streams.selected_samples(src.labels, [1, 3])
-    order = streams.EpochOrder(chosen, seed=0)
-    taken = order.take(12)
+    order = loader.stream_order(chosen, seed=0)
+    taken = np.asarray([order[p] for p in range(12)])
     assert set(src.labels[taken].tolist()) == {1, 3}
-    out = list(
-        data.batches(
+    out = list(  # two worker processes: the source travels to them and reads there
+        loader.batches(
             src,
             taken[:6],
             lambda im, i: data.train_transform(im, np.random.default_rng(i), size=16),

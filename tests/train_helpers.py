@@ -19,6 +19,15 @@ def image_folder(root, classes, per_class, seed):
     return str(root)
 
 
+MEAN = np.array([0.485, 0.456, 0.406])  # ImageNet, as torchvision's weights expect
+STD = np.array([0.229, 0.224, 0.225])
+
+
+def normalised(pixels):
+    """uint8 pixels normalised on the host in float64 (the reference for the device's)."""
+    return ((np.asarray(pixels, np.float64) / 255 - MEAN) / STD).astype(np.float32)
+
+
 def direct_features(model, variables, source, size, resize):
     """``[N, C]`` backbone features of every image of ``source``, one image at a time (the
     reference the batched extraction is compared with)."""
@@ -27,7 +36,7 @@ def direct_features(model, variables, source, size, resize):
             np.asarray(
                 model.apply(
                     variables["backbone"],
-                    data.eval_transform(source.load(i)[0], size=size, resize=resize)[None],
+                    normalised(data.eval_transform(source.load(i)[0], size, resize))[None],
                     train=False,
                 )
             )[0]
@@ -59,7 +68,7 @@ def tiny_project(root, target_classes=2, target_per_class=4, pretrain_classes=3,
     convert.save_variables({"backbone": backbone}, paths["weights"])
     for name, out in (("pretrain", paths["means"]), ("target", str(root / "target_means.npz"))):
         args = ["extract", "--data", paths[name], "--arch", "tiny", "--weights"]
-        args += [paths["weights"], "--image-size", "16", "--quiet", "--out", out]
+        args += [paths["weights"], "--image-size", "16", "--workers", "0", "--quiet", "--out", out]
         assert main(args) == 0
     args = ["select", "--source", paths["means"], "--target", str(root / "target_means.npz")]
     args += ["--top-k", "2", "--out", paths["selection"]]
@@ -82,8 +91,51 @@ def tiny_overrides(paths, **extra):
         "source_batch_size": 2,
         "image_size": 16,
         "eval_every": 1,
-        "workers": 2,
+        "workers": 0,
         "lr": 0.05,
         **extra,
     }
     return [f"--config.{k}={v}" for k, v in settings.items()]
+
+
+class KillingSource:
+    """An in-memory source whose worker process kills itself (SIGKILL) when it loads sample
+    ``victim`` while the file ``armed`` exists: a worker dying as if out of memory."""
+
+    def __init__(self, source, victim, armed):
+        self.source, self.victim, self.armed = source, victim, str(armed)
+        self.labels, self.classes = source.labels, source.classes
+
+    def __len__(self):
+        return len(self.source)
+
+    def load(self, index):
+        import os
+        import signal
+
+        if index == self.victim and os.path.exists(self.armed):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.source.load(index)
+
+    def where(self, index):
+        return self.source.where(index)
+
+
+def spawned_children():
+    """Process ids of this process's live children started by multiprocessing's spawn."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and (b"spawn_main" in cmd or fields[0] == "Z"):
+            found.append(int(entry))
+    return found

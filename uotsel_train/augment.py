@@ -3,7 +3,9 @@
 - weak view: random resized crop + horizontal flip (:func:`uotsel_train.data.train_transform`);
 - strong view: its own, independent random resized crop + flip, then RandAugment, then a
   cutout (a ``(127, 127, 127)`` square of side half the crop, 112 px at 224, centred at a
-  uniformly drawn pixel and clipped at the border), then normalisation.
+  uniformly drawn pixel and clipped at the border).
+
+Views are ``[size, size, 3]`` uint8; the normalisation happens on the device.
 
 Two RandAugment policies (:data:`POLICIES`):
 
@@ -27,6 +29,8 @@ passed in, so views are reproducible per sample whatever the thread that makes t
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -44,6 +48,8 @@ __all__ = [
     "rand_augment",
     "released_parameter",
     "strong_view",
+    "view",
+    "VIEW_NUMBERS",
     "weak_view",
 ]
 
@@ -262,7 +268,7 @@ def weak_view(
     size: int = 224,
     scale: tuple[float, float] = (0.08, 1.0),
 ) -> np.ndarray:
-    """The training crop + flip: ``[size, size, 3]`` float32, normalised."""
+    """The training crop + flip: ``[size, size, 3]`` uint8."""
     return data.train_transform(img, rng, size=size, scale=scale)
 
 
@@ -275,8 +281,8 @@ def strong_view(
     policy: str = "released",
 ) -> np.ndarray:
     """Crop + flip, RandAugment (2 operations under ``policy``), cutout of side
-    ``cutout_size`` (None: ``size // 2``, 112 px at 224 as in the paper), normalised:
-    ``[size, size, 3]`` float32.
+    ``cutout_size`` (None: ``size // 2``, 112 px at 224 as in the paper):
+    ``[size, size, 3]`` uint8.
 
     Raises:
       ValueError: for an unknown ``policy`` (one of :data:`POLICIES`) or a negative
@@ -299,4 +305,31 @@ def strong_view(
         raise ValueError(f"cutout_size: must be an int >= 0 or None, got {cutout_size!r}")
     crop = data.random_resized_crop(img, rng, size, scale)
     crop = rand_augment(crop, rng, policy=policy)
-    return data.normalise(cutout(crop, rng, cutout_size))
+    return np.asarray(cutout(crop, rng, cutout_size))
+
+
+# view name -> its number in the seed of a sample's draws (``[seed, step, stream, sample, n]``)
+VIEW_NUMBERS = {"train": 0, "weak": 1, "strong": 2}
+
+
+def view(
+    name: str,
+    size: int = 224,
+    scale: tuple[float, float] = (0.08, 1.0),
+    policy: str = "released",
+) -> tuple[str, int, Callable]:
+    """``(name, number, make)`` of view ``name`` (one of :data:`VIEW_NUMBERS`): ``make(image,
+    rng) -> [size, size, 3]`` uint8. ``train`` and ``weak`` (eq. 7's weak view) are the
+    training crop + flip, ``strong`` is :func:`strong_view` under ``policy``.
+
+    Raises:
+      ValueError: for an unknown ``name`` or ``policy``.
+    """
+    if name not in VIEW_NUMBERS:
+        raise ValueError(f"view: unknown view {name!r}; valid: {', '.join(VIEW_NUMBERS)}")
+    if name == "strong":
+        _check_policy(policy, "view")
+        make = functools.partial(strong_view, size=size, scale=scale, policy=policy)
+    else:
+        make = functools.partial(weak_view, size=size, scale=scale)
+    return name, VIEW_NUMBERS[name], make

@@ -2,8 +2,10 @@
 
 Commands: ``convert`` (torchvision / MoCo-v2 checkpoints to Flax variables), ``extract`` (class
 means for ``uotsel select``), ``configs`` (the paper's experiments), ``finetune`` (one config),
-``grid`` (a search over lr, weight decay and lambda), ``demo``. Errors are one line with exit
-status 2; a run whose loss diverges ends with exit status 3.
+``grid`` (a search over lr, weight decay and lambda), ``input-bench`` (how fast the host feeds
+a config's steps), ``demo``. Errors are one line with exit status 2; a run whose loss diverges
+ends with exit status 3; a data worker process that dies (killed, out of memory) ends the
+command with exit status 4, naming the worker and the image it was reading.
 
 Fine-tuning settings come from a config (``--config NAME[:ARG]``, a ``.py`` file with
 ``get_config`` or a run's ``config.json``) and ``--config.KEY=VALUE`` overrides, one per setting.
@@ -13,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from uotsel_train.errors import WorkerDied
 
 __all__ = ["main"]
 
@@ -28,6 +33,7 @@ _NEEDS = {
     "orbax": "orbax-checkpoint",
     "ml_collections": "ml_collections",
     "PIL": "pillow",
+    "grain": "grain",
     "tensorflow_datasets": "tensorflow-datasets",
 }
 
@@ -109,7 +115,12 @@ def _add_convert_and_extract(sub: Any) -> None:
     )
     ext.add_argument("--image-size", type=int, default=224, help="crop size (default: 224)")
     ext.add_argument("--batch-size", type=int, default=64, help="default: 64")
-    ext.add_argument("--workers", type=int, default=4, help="decoding threads (default: 4)")
+    ext.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        help="decoding worker processes, 0-256 (0: in this process; default: 4)",
+    )
     ext.add_argument(
         "--features-out",
         help="also write per-sample features: .npy (one file; with --distributed on a file "
@@ -170,6 +181,20 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rank the combinations by test top-1 (optimistic; default: validation)",
     )
+    bench = sub.add_parser(
+        "input-bench",
+        help="how many images a second the host feeds a config's training steps",
+        description="Iterate the config's training input pipeline without a model (one "
+        "warm-up step, then --steps steps; every image decoded and cropped, batches placed on "
+        "the devices) and print a JSON object with images_per_s as the last line.",
+    )
+    bench.add_argument(
+        "--config",
+        required=True,
+        metavar="NAME[:ARG]|FILE",
+        help="as for finetune; override any setting with --config.KEY=VALUE",
+    )
+    bench.add_argument("--steps", type=int, default=20, help="timed steps (default: 20)")
     plot = sub.add_parser(
         "plot",
         help="draw runs: loss, learning rate and accuracy against epochs",
@@ -286,6 +311,17 @@ def _finetune(args: argparse.Namespace, pairs: list[str]) -> int:
     return 0
 
 
+def _input_bench(args: argparse.Namespace, pairs: list[str]) -> int:
+    if not 1 <= args.steps <= 10**6:
+        raise ValueError(f"--steps: must be between 1 and 10^6, got {args.steps}")
+    args.until_epoch = None
+    cfg = _config(args, pairs)
+    from uotsel_train import input_bench
+
+    print(json.dumps(input_bench.measure(cfg, args.steps)))
+    return 0
+
+
 def _grid(args: argparse.Namespace, pairs: list[str]) -> int:
     args.until_epoch = None
     from uotsel_train import config
@@ -379,15 +415,12 @@ def _demo(args: argparse.Namespace, pairs: list[str]) -> int:
 
 
 def _extract(args: argparse.Namespace, pairs: list[str]) -> int:
-    from uotsel_train import extract, initialise, input_pipeline
+    from uotsel_train import config, extract, initialise, input_pipeline
 
-    for value, flag in (
-        (args.image_size, "--image-size"),
-        (args.batch_size, "--batch-size"),
-        (args.workers, "--workers"),
-    ):
+    for value, flag in ((args.image_size, "--image-size"), (args.batch_size, "--batch-size")):
         if not 1 <= value <= 10**5:
             raise ValueError(f"{flag}: must be between 1 and 10^5, got {value}")
+    config.check_workers(args.workers, "--workers")
     if os.path.isdir(args.weights) or not os.path.exists(args.weights):
         raise ValueError(f"--weights: not a file: {args.weights}")
     from uotsel.outputs import Outputs
@@ -528,6 +561,7 @@ _COMMANDS = {
     "configs": _configs,
     "finetune": _finetune,
     "grid": _grid,
+    "input-bench": _input_bench,
     "plot": _plot,
     "demo": _demo,
 }
@@ -554,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as done:
         return int(done.code or 0)
-    if pairs and args.command not in ("finetune", "grid", "configs"):
+    if pairs and args.command not in ("finetune", "grid", "configs", "input-bench"):
         print(
             f"uotsel-train {args.command}: error: --config.{pairs[0]}: not a setting of this "
             "command",
@@ -563,6 +597,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return _COMMANDS[args.command](args, pairs)
+    except WorkerDied as err:
+        print(f"uotsel-train {args.command}: error: {err}", file=sys.stderr)
+        return 4
     except ValueError as err:
         print(f"uotsel-train {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2

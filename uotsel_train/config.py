@@ -30,6 +30,8 @@ from uotsel_train import objectives
 
 __all__ = [
     "FIELDS",
+    "MAX_WORKERS",
+    "check_workers",
     "Field",
     "ConfigError",
     "default",
@@ -96,8 +98,10 @@ FIELDS: dict[str, Field] = {
     "log_every_steps": Field(10, "steps between training records (and at every epoch's end)"),
     "checkpoint_every": Field(1, "epochs between checkpoints (and always after the last)"),
     "seed": Field(0, "heads, data orders and every augmentation"),
-    "workers": Field(4, "image decoding threads per process"),
-    "prefetch": Field(2, "batches prepared ahead of the running step"),
+    "workers": Field(
+        4, "image decoding worker processes per training process, 0-256 (0: in the process)"
+    ),
+    "prefetch": Field(2, "batches each worker keeps ready ahead of the running step, 1-64"),
     "progress": Field(True, "a progress bar on a terminal, a line every 30 s otherwise"),
 }
 
@@ -108,6 +112,8 @@ STRONG_VIEWS = ("released", "wide")
 LONG_TAIL_PROFILES = ("exponential", "power")
 ARCHS = ("resnet18", "resnet34", "resnet50", "tiny")
 STRATEGIES = ("", "uot", "greedy_ot", "nearest", "random", "label")
+MAX_WORKERS = 256  # worker processes: beyond any host's useful count
+MAX_PREFETCH = 64
 _PATHS = ("weights", "target", "test", "pretrain", "data_dir", "selection", "unit_ids")
 
 
@@ -250,14 +256,27 @@ def load(spec: str) -> ml_collections.ConfigDict:
     return _python_config(configs.path_of(path), arg, spec)
 
 
+def check_workers(value: Any, name: str) -> None:
+    """Refuse a worker-process count outside ``0 ... MAX_WORKERS`` (the message starts with
+    ``name``): the one rule for ``workers`` and ``--workers`` of every command."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WORKERS:
+        raise ConfigError(
+            f"{name}: must be a number of worker processes between 0 and {MAX_WORKERS} "
+            f"(0: decode in this process), got {value!r}"
+        )
+
+
 def _check_ranges(cfg: ml_collections.ConfigDict) -> None:
     for key in ("epochs", "batch_size", "source_batch_size", "image_size", "eval_every"):
         if not 1 <= cfg[key] <= 10**7:
             raise ConfigError(f"{key}: must be between 1 and 10^7, got {cfg[key]}")
-    for key in ("checkpoint_every", "workers", "log_every_steps"):
+    for key in ("checkpoint_every", "log_every_steps"):
         if not 1 <= cfg[key] <= 10**4:
             raise ConfigError(f"{key}: must be between 1 and 10^4, got {cfg[key]}")
-    for key, low in (("prefetch", 0), ("bn_group_size", 0), ("top_k", 0), ("group", -1)):
+    check_workers(cfg.workers, "workers")
+    if not 1 <= cfg.prefetch <= MAX_PREFETCH:
+        raise ConfigError(f"prefetch: must be between 1 and {MAX_PREFETCH}, got {cfg.prefetch}")
+    for key, low in (("bn_group_size", 0), ("top_k", 0), ("group", -1)):
         if not low <= cfg[key] <= 10**7:
             raise ConfigError(f"{key}: must be between {low} and 10^7, got {cfg[key]}")
     if not 0 <= cfg.seed < 2**31 or not 0 <= cfg.subset_seed < 2**31:

@@ -1,54 +1,44 @@
-"""Host-side image data: sources, the paper's transforms, and batches decoded in worker threads.
+"""Host-side image data: sources and the paper's crops, on uint8 pixels.
 
-Sources give ``(PIL image, label)`` by index:
+Sources give ``(PIL image, label)`` by index and say where a sample lives (``where``):
 
 - :class:`ImageFolder`: ``root/<class>/<image>`` (class ids = sorted class folder names), for
   data TFDS lacks (FGVC-Aircraft) or a user's own data;
 - :class:`TfdsSource`: a TFDS data set prepared as ``array_record``, read by random access
   without TensorFlow (``tfds.data_source``); :data:`PAPER_DATASETS` names the paper's data sets
   and splits (Caltech101 loses its ``background_google`` class, SUN397 uses the standard
-  partition, DTD trains on train + validation).
+  partition, DTD trains on train + validation);
+- :class:`ArraySource`: images already in memory.
 
-Transforms follow the paper: training ``RandomResizedCrop(224, scale 0.08-1, ratio 3/4-4/3)``
-plus a horizontal flip; evaluation ``Resize(256 shorter side)`` + ``CenterCrop(224)``; both
-normalised with the ImageNet mean and standard deviation, laid out ``[H, W, 3]`` float32.
-
-:func:`batches` decodes and transforms in a thread pool (PIL releases the GIL while decoding),
-keeps the order of the indices it is given, and skips unreadable images with a counted warning
-instead of failing mid-epoch.
+Crops follow the paper: training ``RandomResizedCrop(224, scale 0.08-1, ratio 3/4-4/3)`` plus a
+horizontal flip; evaluation ``Resize(256 shorter side)`` + ``CenterCrop(224)``. Both return
+``[H, W, 3]`` uint8: the normalisation with the ImageNet mean and standard deviation
+(:func:`uotsel_train.models.normalise`) and the cast to the compute dtype happen on the device,
+inside the compiled step. Batches of them are made by :mod:`uotsel_train.loader`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "ArraySource",
-    "Batch",
     "ImageFolder",
     "PAPER_DATASETS",
     "TfdsSource",
-    "batches",
     "eval_transform",
-    "normalise",
     "random_resized_crop",
+    "rgb",
     "train_transform",
 ]
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -77,6 +67,15 @@ class ArraySource:
 
     def load(self, index: int) -> tuple[Image.Image, int]:
         return Image.fromarray(self.images[index]), int(self.labels[index])
+
+    def where(self, index: int) -> str:
+        return f"in-memory image {index}"
+
+
+def rgb(img: Image.Image) -> Image.Image:
+    """``img`` decoded, in RGB (converted only when it is in another mode)."""
+    img.load()
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 class ImageFolder:
@@ -111,7 +110,10 @@ class ImageFolder:
 
     def load(self, index: int) -> tuple[Image.Image, int]:
         with Image.open(self.paths[index]) as img:
-            return img.convert("RGB"), int(self.labels[index])
+            return rgb(img), int(self.labels[index])
+
+    def where(self, index: int) -> str:
+        return self.paths[index]
 
 
 # paper name -> (TFDS name, training split, test split)
@@ -198,25 +200,22 @@ class TfdsSource:
         else:  # already decoded: [H, W, C] uint8
             image = np.asarray(image)
             image = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-        return image.convert("RGB"), int(self.labels[index])
+        return rgb(image), int(self.labels[index])
 
-
-def normalise(img: Image.Image) -> np.ndarray:
-    """``[H, W, 3]`` float32 with the ImageNet mean and standard deviation."""
-    x = np.asarray(img, np.float32) / 255.0
-    return (x - IMAGENET_MEAN) / IMAGENET_STD
+    def where(self, index: int) -> str:
+        return f"TFDS {self.name} {self.split} record {int(self._rows[index])}"
 
 
 def eval_transform(img: Image.Image, size: int = 224, resize: int = 256) -> np.ndarray:
     """Resize the shorter side to ``resize`` (bilinear) and centre-crop ``size``:
-    ``[size, size, 3]``."""
+    ``[size, size, 3]`` uint8."""
     w, h = img.size
     scale = resize / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
     img = img.resize((new_w, new_h), Image.BILINEAR)
     left = round((new_w - size) / 2.0)
     top = round((new_h - size) / 2.0)
-    return normalise(img.crop((left, top, left + size, top + size)))
+    return np.asarray(img.crop((left, top, left + size, top + size)))
 
 
 def train_transform(
@@ -225,9 +224,9 @@ def train_transform(
     size: int = 224,
     scale: tuple[float, float] = (0.08, 1.0),
 ) -> np.ndarray:
-    """The paper's training transform: :func:`random_resized_crop` (area ``scale``),
-    normalised."""
-    return normalise(random_resized_crop(img, rng, size, scale))
+    """The paper's training transform: :func:`random_resized_crop` (area ``scale``) and a
+    random horizontal flip, ``[size, size, 3]`` uint8."""
+    return np.asarray(random_resized_crop(img, rng, size, scale))
 
 
 def random_resized_crop(
@@ -263,64 +262,3 @@ def random_resized_crop(
     if rng.random() < 0.5:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     return img
-
-
-class Batch(NamedTuple):
-    """``images`` ``[B, H, W, 3]`` float32, ``labels`` ``[B]`` int64, ``indices`` ``[B]`` int64
-    (positions in the source; unreadable images are left out)."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    indices: np.ndarray
-
-
-def batches(
-    source: Any,
-    indices: Sequence[int],
-    transform: Callable[[Image.Image, int], np.ndarray],
-    batch_size: int,
-    *,
-    workers: int = 4,
-    drop_last: bool = False,
-    skipped: list[int] | None = None,
-    pool: Executor | None = None,
-) -> Iterator[Batch]:
-    """Decode and transform ``source`` at ``indices`` in order, ``batch_size`` at a time.
-
-    ``transform(image, index)`` gets the position so that random transforms can be seeded per
-    sample (deterministic whatever the thread timing). Unreadable images are skipped with a
-    warning; their indices are appended to ``skipped`` when a list is given. ``pool``: an
-    executor to decode in (a run keeps one); a pool of ``workers`` threads otherwise.
-    """
-
-    def load(i: int):
-        try:
-            img, label = source.load(int(i))
-            return transform(img, int(i)), label, int(i)
-        except (OSError, ValueError, SyntaxError) as err:
-            return err, None, int(i)
-
-    indices = list(indices)
-    lost = 0
-    with contextlib.ExitStack() as stack:
-        if pool is None:
-            pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, workers)))
-        for lo in range(0, len(indices), batch_size):
-            chunk = indices[lo : lo + batch_size]
-            if drop_last and len(chunk) < batch_size:
-                break
-            items = list(pool.map(load, chunk))
-            good = [it for it in items if it[1] is not None]
-            for err, _, i in (it for it in items if it[1] is None):
-                lost += 1
-                if skipped is not None:
-                    skipped.append(i)
-                warnings.warn(f"skipping unreadable image {i}: {err}", stacklevel=2)
-            if good:
-                yield Batch(
-                    np.stack([g[0] for g in good]),
-                    np.asarray([g[1] for g in good], np.int64),
-                    np.asarray([g[2] for g in good], np.int64),
-                )
-    if lost:
-        warnings.warn(f"{lost} unreadable image(s) skipped", stacklevel=2)

@@ -93,7 +93,7 @@ def target_domain(settings: DemoSettings) -> str:
     return settings.domain or TARGET_DOMAINS[settings.data_seed % len(TARGET_DOMAINS)]
 
 
-_COMMON = {"arch": "tiny", "crop_scale": "0.35,1", "workers": 2, "progress": False}
+_COMMON = {"arch": "tiny", "crop_scale": "0.35,1", "workers": 0, "progress": False}
 
 
 def _config(**settings: Any) -> Any:
@@ -154,9 +154,7 @@ def _train(
     top1 = {first: out.last["test_top1"]}
     predict = evaluate.predictor(train.build_model(cfg, num_classes, 0))
     for name in others:
-        top1[name] = evaluate.accuracy(predict, variables, tests[name], image_size=size, workers=2)[
-            "top1"
-        ]
+        top1[name] = evaluate.accuracy(predict, variables, tests[name], image_size=size)["top1"]
     params, stats = out.state.params, out.state.batch_stats
     return {"params": params["backbone"], "batch_stats": stats["backbone"]}, top1
 
@@ -330,9 +328,9 @@ def _select(s: DemoSettings, w: _World, backbone: Any, out_dir: str, log) -> _Se
     features = {"image_size": s.image_size, "resize": round(s.image_size * 256 / 224)}
     variables = {"backbone": backbone}
     pre_out = extract.extract(
-        w.pretrain, variables, "tiny", keep_features=True, workers=2, **features
+        w.pretrain, variables, "tiny", keep_features=True, workers=0, **features
     )
-    target_means = extract.extract(w.target, variables, "tiny", workers=2, **features).means
+    target_means = extract.extract(w.target, variables, "tiny", workers=0, **features).means
     np.savez(
         os.path.join(out_dir, "means.npz"),
         pretrain=pre_out.means,

@@ -8,6 +8,7 @@ processes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -16,17 +17,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from uotsel_train import data, parallel
+from uotsel_train import data, loader, models, parallel
 
 __all__ = ["accuracy", "predictor"]
 
 
 def predictor(model: Any) -> Callable:
-    """A compiled ``(variables, images [B, S, S, 3]) -> labels [B]`` of the target head."""
+    """A compiled ``(variables, images [B, S, S, 3] uint8) -> labels [B]`` of the target
+    head."""
 
     @jax.jit
     def predict(variables, images):
-        logits, _, _ = model.apply(variables, images, train=False)
+        logits, _, _ = model.apply(variables, models.normalise(images), train=False)
         return jnp.argmax(logits, axis=1)
 
     return predict
@@ -40,12 +42,12 @@ def accuracy(
     *,
     image_size: int = 224,
     batch_size: int = 64,
-    workers: int = 4,
-    pool: Any = None,
+    workers: int = 0,
 ) -> dict[str, float]:
     """``{"top1", "mean_class_acc"}`` of ``predict`` (from :func:`predictor`) on ``source``
-    (the samples ``indices`` ``[N]``, all when None), decoded in ``pool`` (a run's thread
-    pool) or in ``workers`` new threads.
+    (the samples ``indices`` ``[N]``, all when None), decoded by ``workers`` processes
+    (:func:`uotsel_train.loader.batches`; 0: in this process). Unreadable images are left out
+    with a warning.
 
     Raises:
       ValueError: when no image could be read.
@@ -61,17 +63,11 @@ def accuracy(
     counts = np.zeros((2, num_classes), np.int64)  # correct, total
     resize = round(image_size * 256 / 224)
     batch_size = -(-batch_size // local.size) * local.size
-    for b in data.batches(
-        source,
-        mine,
-        lambda img, i: data.eval_transform(img, image_size, resize),
-        batch_size,
-        workers=workers,
-        pool=pool,
-    ):
+    crop = functools.partial(_crop, size=image_size, resize=resize)
+    for b in loader.batches(source, mine, crop, batch_size, workers=workers):
         n = len(b.labels)
         padded = -(-n // local.size) * local.size
-        images = np.concatenate([b.images, np.zeros((padded - n, *b.images.shape[1:]), np.float32)])
+        images = np.concatenate([b.images, np.zeros((padded - n, *b.images.shape[1:]), np.uint8)])
         p = np.asarray(predict(variables, jax.device_put(images, split)))[:n]
         np.add.at(counts[0], b.labels, p == b.labels)
         np.add.at(counts[1], b.labels, 1)
@@ -86,3 +82,7 @@ def accuracy(
         "top1": float(counts[0].sum() / counts[1].sum()),
         "mean_class_acc": float(np.mean(counts[0][seen] / counts[1][seen])),
     }
+
+
+def _crop(img: Any, index: int, size: int, resize: int) -> np.ndarray:
+    return data.eval_transform(img, size, resize)

@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from uotsel import ClassMeanAccumulator
 from uotsel.progress import Progress
-from uotsel_train import data, models, parallel
+from uotsel_train import data, loader, models, parallel
 
 __all__ = ["Extracted", "extract"]
 
@@ -42,7 +42,9 @@ class Extracted(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=("arch", "moco"))
 def _embed(variables: Any, images: jax.Array, arch: str, moco: bool) -> jax.Array:
-    feats = models.backbone(arch).apply(variables["backbone"], images, train=False)
+    feats = models.backbone(arch).apply(
+        variables["backbone"], models.normalise(images), train=False
+    )
     if moco:
         feats = models.MocoHead().apply({"params": variables["moco_head"]}, feats)
     return feats
@@ -103,7 +105,7 @@ def extract(
     elif keep_features:
         features = np.zeros((len(share), dim), np.float32)
     bar = Progress(len(share), "extracting", unit="img", enabled=progress)
-    batches = data.batches(source, share, transform, batch_size, workers=workers, skipped=skipped)
+    batches = loader.batches(source, share, transform, batch_size, workers=workers, skipped=skipped)
     mesh = parallel.local_mesh()
     placed = parallel.replicate(mesh, variables)
     for batch in batches:
@@ -150,7 +152,7 @@ def extract(
 
 def _feature_dim(variables: Any, arch: str, moco: bool, image_size: int) -> int:
     """The feature dimension of the model, from shapes alone."""
-    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32)
+    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.uint8)
     return int(jax.eval_shape(_embed, variables, images, arch, moco).shape[1])
 
 

@@ -1,28 +1,33 @@
-"""The input pipeline: samples -> epoch order -> views -> batches.
+"""The input pipeline: samples -> epoch orders -> views -> uint8 batches -> devices (grain).
 
 - :func:`load_inputs`: opens the data a config names and decides which samples train: the target
   subset (all, a per-class fraction for Fig. 3b, or a long tail for Table 3), the validation
   share held out of it, and the pre-training samples of the selected units
   (:mod:`uotsel_train.selected`). The test set must have the target's classes, by name.
-- :class:`Pipeline`: two seeded, resumable epoch orders (target, pre-training), the views each
-  objective asks for (:data:`VIEWS`), decoding in one thread pool per run, and the global batch
-  of a step placed on the data-parallel mesh (each process loads only its own rows).
+- :func:`steps`: the run's batches as a grain ``MapDataset`` indexed by step: two seeded
+  streams (target, pre-training) each reshuffled at each of its own epochs, the views each
+  objective asks for (:func:`uotsel_train.augment.view`), each process only its own rows.
+- :class:`Pipeline`: those batches from a given step on, made by ``cfg.workers`` processes and
+  placed on the data-parallel mesh one step ahead.
 
-Every augmentation is drawn from ``(seed, step, stream, sample, view)``, so a batch is a pure
-function of the step and the stream positions: prefetching, threads and resuming change nothing.
+Every augmentation is drawn from ``(seed, step, stream, sample, view)`` and every stream
+position is a function of the step, so a batch is a pure function of the step: workers,
+prefetching and resuming change nothing.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-from collections.abc import Callable
+import contextlib
+import queue
+import threading
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from uotsel_train import augment, data, objectives, parallel, selected, streams
+from uotsel_train import augment, data, loader, objectives, parallel, selected, streams
 
-__all__ = ["VIEWS", "Inputs", "Pipeline", "load_inputs", "open_source"]
+__all__ = ["Inputs", "Pipeline", "load_inputs", "open_source", "steps"]
 
 
 def open_source(spec: str, data_dir: str, default_split: str, key: str) -> Any:
@@ -137,97 +142,137 @@ def load_inputs(cfg: Any) -> Inputs:
     return Inputs(target, train, val, test, pretrain, indices, num_source, tuple(notes))
 
 
-def _train(img, rng, cfg):
-    return data.train_transform(img, rng, cfg.image_size, tuple(cfg.crop_scale))
-
-
-def _strong(img, rng, cfg):
-    return augment.strong_view(
-        img, rng, cfg.image_size, scale=tuple(cfg.crop_scale), policy=cfg.strong_view
+def _plan(cfg: Any, inputs: Inputs, mesh: Any) -> loader.StepPlan:
+    objective = objectives.get(cfg.objective)
+    b, s = cfg.batch_size, cfg.source_batch_size
+    size, scale = cfg.image_size, tuple(cfg.crop_scale)
+    return loader.StepPlan(
+        seed=cfg.seed,
+        batch_size=b,
+        source_batch_size=s,
+        target_rows=parallel.local_rows(mesh, b),
+        source_rows=parallel.local_rows(mesh, s),
+        target_views=(augment.view("train", size, scale),),
+        source_views=tuple(
+            augment.view(v, size, scale, cfg.strong_view) for v in objective.source_views
+        ),
+        source_labels=objective.source_head,
     )
 
 
-# view name -> (its number in the seed, transform(image, rng, cfg) -> [S, S, 3] float32)
-VIEWS: dict[str, tuple[int, Callable]] = {
-    "train": (0, _train),
-    "weak": (1, _train),  # eq. 7's weak view is the training crop + flip
-    "strong": (2, _strong),
-}
+def steps(cfg: Any, inputs: Inputs, mesh: Any) -> Any:
+    """The grain ``MapDataset`` whose element ``s`` is this process's rows of step ``s``'s
+    batch (uint8 images, int32 labels; see :func:`uotsel_train.loader.training`)."""
+    needs = objectives.get(cfg.objective).needs_source
+    return loader.training(
+        inputs.target,
+        inputs.train_indices,
+        inputs.pretrain if needs else None,
+        inputs.pretrain_indices if needs else None,
+        _plan(cfg, inputs, mesh),
+    )
 
 
 class Pipeline:
-    """The batches of a run, step by step.
+    """The batches of a run from step ``start`` on, on the devices, as a context manager.
 
-    ``make(step)`` returns ``(batch, positions)``: the global batch of ``step`` placed on
-    ``mesh`` (``<part>_images``, ``target_labels``, ``source_labels``) and the two stream
-    positions after it (what a checkpoint stores). ``positions`` at construction resume the
-    streams.
+    ``next()`` returns ``(batch, positions)``: the global batch of the next step placed on
+    ``mesh`` (``<part>_images`` uint8, ``target_labels``, ``source_labels``) and the two stream
+    positions after it (what a checkpoint stores). ``cfg.workers`` processes decode (0: a
+    thread of this process), each keeping ``cfg.prefetch`` batches ready; a thread of this
+    process places the next batch on the devices while the current step runs. Unreadable
+    images are replaced within their batch and reported with a warning naming the file.
+
+    Raises (from ``next``):
+      uotsel_train.loader.WorkerDied: a worker process died, naming the image it was reading.
+      ValueError: every image of a batch is unreadable.
     """
 
-    def __init__(self, cfg: Any, inputs: Inputs, mesh: Any, positions: tuple[int, int], dtype):
-        self.cfg, self.inputs, self.mesh = cfg, inputs, mesh
-        self.objective = objectives.get(cfg.objective)
-        self.target_order = streams.EpochOrder(inputs.train_indices, cfg.seed, positions[0])
-        self.source_order = None
-        if self.objective.needs_source:
-            self.source_order = streams.EpochOrder(
-                inputs.pretrain_indices, cfg.seed + 1, positions[1]
-            )
-        self.dtype = dtype
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=cfg.workers)
+    def __init__(self, cfg: Any, inputs: Inputs, mesh: Any, start: int, end: int):
+        self.cfg, self.mesh, self.step = cfg, mesh, start
+        objective = objectives.get(cfg.objective)
         b, s = cfg.batch_size, cfg.source_batch_size
         self.sizes = {"target_images": b, "target_labels": b}
-        for view in self.objective.source_views:
+        for view in objective.source_views:
             self.sizes[f"source_{view}_images"] = s
-        if self.objective.source_head:
+        if objective.source_head:
             self.sizes["source_labels"] = s
-        self.rows = {n: parallel.local_rows(mesh, n) for n in {b, s}}
+        self.per_step = (b, s if objective.needs_source else 0)
+        self.skipped = 0
+        self._ds = steps(cfg, inputs, mesh)[start:end]
+        self._stack = contextlib.ExitStack()
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
-
-    def _load(self, source, indices, step: int, stream: int, views) -> data.Batch:
-        """``images [n, V, S, S, 3]`` of ``views``; an unreadable image is replaced by a
-        readable one of the same rows (with a warning) so shapes and streams stay aligned."""
+    def __enter__(self) -> Pipeline:
         cfg = self.cfg
+        made = self._stack.enter_context(loader.iterate(self._ds, cfg.workers, cfg.prefetch))
+        self._placed = self._stack.enter_context(_Ahead(made, self._place, cfg.workers == 0))
+        return self
 
-        def transform(img, index):
-            return np.stack(
-                [
-                    fn(img, np.random.default_rng([cfg.seed, step, stream, index, num]), cfg)
-                    for num, fn in (VIEWS[v] for v in views)
-                ]
-            )
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
 
-        got = list(data.batches(source, indices, transform, max(1, len(indices)), pool=self.pool))
-        if not got:
-            raise ValueError(
-                f"data: all {len(indices)} images of a batch are unreadable "
-                f"(first index {int(indices[0])})"
-            )
-        b = got[0]
-        if len(b.indices) < len(indices):
-            fill = np.resize(np.arange(len(b.indices)), len(indices))
-            b = data.Batch(b.images[fill], b.labels[fill], b.indices[fill])
-        return b
+    def _place(self, local: dict) -> dict:
+        bad = local.pop("bad")
+        return parallel.global_batch(self.mesh, local, self.sizes), bad
 
-    def make(self, step: int) -> tuple[dict, tuple[int, int]]:
-        cfg, inputs = self.cfg, self.inputs
-        idx = self.target_order.take(cfg.batch_size)[self.rows[cfg.batch_size]]
-        tb = self._load(inputs.target, idx, step, 0, ("train",))
-        local = {"target_images": tb.images[:, 0], "target_labels": tb.labels}
-        if self.source_order is not None:
-            rows = self.rows[cfg.source_batch_size]
-            idx = self.source_order.take(cfg.source_batch_size)[rows]
-            views = self.objective.source_views
-            sb = self._load(inputs.pretrain, idx, step, 1, views)
-            for i, view in enumerate(views):
-                local[f"source_{view}_images"] = sb.images[:, i]
-            if self.objective.source_head:
-                local["source_labels"] = sb.labels
-        local = {
-            k: v.astype(self.dtype) if k.endswith("images") else v.astype(np.int32)
-            for k, v in local.items()
-        }
-        after = (self.target_order.position, self.source_order.position if self.source_order else 0)
-        return parallel.global_batch(self.mesh, local, self.sizes), after
+    def next(self) -> tuple[dict, tuple[int, int]]:
+        batch, bad = next(self._placed)
+        for _, where, error in bad:
+            warnings.warn(f"replacing unreadable image {where}: {error}", stacklevel=2)
+        self.skipped += len(bad)
+        self.step += 1
+        return batch, self.positions(self.step)
+
+    def positions(self, step: int) -> tuple[int, int]:
+        """The two stream positions before step ``step`` (after ``step - 1``)."""
+        return step * self.per_step[0], step * self.per_step[1]
+
+
+class _Ahead:
+    """Runs ``place`` on the items of ``made`` one item ahead, in a background thread (with
+    ``depth`` items kept when decoding happens in the thread too)."""
+
+    def __init__(self, made: Any, place: Any, decoding_here: bool):
+        depth = 2 if decoding_here else 1
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(made, place), daemon=True)
+
+    def __enter__(self) -> _Ahead:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)
+        self._thread.join()
+
+    def _run(self, made: Any, place: Any) -> None:
+        try:
+            for item in made:
+                if not self._put((place(item), None)):
+                    return
+        except BaseException as err:  # handed to the consumer, raised there
+            self._put((None, err))
+            return
+        self._put((None, StopIteration()))
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> _Ahead:
+        return self
+
+    def __next__(self) -> Any:
+        item, err = self._queue.get()
+        if err is not None:
+            raise err
+        return item

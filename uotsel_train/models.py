@@ -19,6 +19,10 @@ BatchNorm computes its statistics separately over ``G`` equal, consecutive chunk
 global-batch normalisation with Flax's ``nn.BatchNorm``. Evaluation mode always uses the running
 averages through ``nn.BatchNorm``, whatever ``bn_groups``; the variables are the same either
 way, so checkpoints load with any ``bn_groups``.
+
+Inputs: the pipeline delivers ``[B, H, W, 3]`` uint8 pixels; :func:`normalise` (the ImageNet mean
+and standard deviation the torchvision and MoCo-v2 weights expect) runs inside the compiled
+step, evaluation and extraction, so no pixel is handled in float on the host.
 """
 
 from __future__ import annotations
@@ -31,16 +35,35 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "ARCHS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "Backbone",
     "FineTuner",
     "GroupBatchNorm",
     "MocoHead",
     "backbone",
     "head_init",
+    "normalise",
 ]
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def normalise(images: Any) -> jax.Array:
+    """``[..., 3]`` uint8 pixels as the networks' float32 input: ``(x / 255 - mean) / std``
+    with the ImageNet mean and standard deviation. Float inputs are taken as already
+    normalised and returned unchanged (as float32)."""
+    images = jnp.asarray(images)
+    if jnp.issubdtype(images.dtype, jnp.floating):
+        return images.astype(jnp.float32)
+    x = images.astype(jnp.float32) / 255.0
+    return (x - IMAGENET_MEAN) / IMAGENET_STD
+
 
 # (block type, blocks per stage, stem width) of each architecture.
 ARCHS: dict[str, tuple[str, tuple[int, ...], int]] = {

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from uotsel_train import objectives
+from uotsel_train import models, objectives
 
 __all__ = ["TrainState", "init_state", "interleave", "train_step", "uninterleave"]
 
@@ -67,7 +67,8 @@ def train_step(
 ) -> Callable:
     """A function ``(state, batch) -> (state, metrics)``.
 
-    ``batch`` holds ``<part>_images`` ``[n, H, W, 3]`` for every part of the objective
+    ``batch`` holds ``<part>_images`` ``[n, H, W, 3]`` (uint8 pixels, normalised here by
+    :func:`uotsel_train.models.normalise`) for every part of the objective
     (``target``, ``source_train``, ``source_weak``, ``source_strong``), ``target_labels``
     ``[B]`` and, for objectives with a source head, ``source_labels``. ``metrics`` holds the
     objective's loss terms, ``loss``, ``grad_norm`` and ``finite`` (whether the loss is finite).
@@ -79,7 +80,7 @@ def train_step(
     loss_of = objective.loss_fn()
 
     def loss_fn(params, batch_stats, batch):
-        images = [batch[f"{p}_images"] for p in parts]
+        images = [models.normalise(batch[f"{p}_images"]) for p in parts]
         sizes = [x.shape[0] for x in images]
         (target_logits, source_logits, _), updates = model.apply(
             {"params": params, "batch_stats": batch_stats},

@@ -5,8 +5,9 @@
 - :func:`class_fraction` and :func:`long_tail`: the paper's reduced target sets (a per-class
   fraction of 20-80%, and a long tail with a 10x imbalance, exponential as in Cui et al. 2019
   by default), seeded.
-- :class:`EpochOrder`: a seeded order that is reshuffled every epoch and can be resumed at any
-  position; the target and the pre-training streams each have their own.
+
+The order in which a stream's samples are read (reshuffled at each of its epochs) is grain's
+(:func:`uotsel_train.loader.stream_order`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import numpy as np
 
 __all__ = [
     "LONG_TAIL_PROFILES",
-    "EpochOrder",
     "class_fraction",
     "long_tail",
     "selected_samples",
@@ -123,32 +123,3 @@ def long_tail(
         alpha = np.log(imbalance) / np.log(1 + last)
         share = (1 + rank) ** (-alpha)
     return _subsample(labels, classes, share, rng)
-
-
-class EpochOrder:
-    """An endless, seeded stream of sample indices, reshuffled every epoch.
-
-    ``position`` (samples consumed so far) is all that is needed to resume exactly.
-    """
-
-    def __init__(self, indices: Any, seed: int, position: int = 0):
-        self.indices = np.asarray(indices, np.int64)
-        if self.indices.size == 0:
-            raise ValueError("indices: the stream has no samples")
-        self.seed = int(seed)
-        self.position = int(position)
-
-    def epoch(self, number: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, number])
-        return self.indices[rng.permutation(self.indices.size)]
-
-    def take(self, count: int) -> np.ndarray:
-        """The next ``count`` indices (crossing epoch boundaries as needed)."""
-        out = []
-        while count > 0:
-            epoch, offset = divmod(self.position, self.indices.size)
-            chunk = self.epoch(epoch)[offset : offset + count]
-            out.append(chunk)
-            self.position += chunk.size
-            count -= chunk.size
-        return np.concatenate(out) if out else np.zeros(0, np.int64)

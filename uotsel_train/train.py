@@ -33,7 +33,6 @@ from uotsel_train import (
     checkpoints,
     config,
     evaluate,
-    feed,
     initialise,
     input_pipeline,
     metrics,
@@ -134,7 +133,7 @@ def _write(path: str, record: dict) -> None:
         raise ValueError(f"out_dir: cannot write {path}: {err.strerror or err}") from None
 
 
-def _evaluate(predict, state, inputs, cfg, pool) -> dict[str, float]:
+def _evaluate(predict, state, inputs, cfg) -> dict[str, float]:
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     out = {}
     sets = {"test": (inputs.test, None), "val": (inputs.target, inputs.val_indices)}
@@ -142,7 +141,7 @@ def _evaluate(predict, state, inputs, cfg, pool) -> dict[str, float]:
         if source is None or (indices is not None and not indices.size):
             continue
         acc = evaluate.accuracy(
-            predict, variables, source, indices, image_size=cfg.image_size, pool=pool
+            predict, variables, source, indices, image_size=cfg.image_size, workers=cfg.workers
         )
         out |= {f"{name}_{k}": v for k, v in acc.items()}
     return out
@@ -191,7 +190,7 @@ class _Run(NamedTuple):
 
     train: Callable  # compiled (state, batch) -> (state, metrics)
     predict: Callable  # compiled (variables, images) -> labels
-    feeder: feed.Feeder
+    pipeline: input_pipeline.Pipeline
     store: checkpoints.Store
     rates: dict[str, Callable]  # parameter group -> learning-rate schedule
     steps_per_epoch: int
@@ -224,7 +223,7 @@ def _train_epoch(run: _Run, state, epoch: int, meter: _Meter):
     """One epoch: ``(state, stream positions after it)``."""
     pending = positions = None
     for i in range(run.steps_per_epoch):
-        batch, after = run.feeder.next()
+        batch, after = run.pipeline.next()
         state, values = run.train(state, batch)
         if pending is not None:  # read the previous step while this one runs
             _step_done(run, meter, pending)
@@ -328,10 +327,15 @@ def fit(
     objective = objectives.get(cfg.objective)
     replicated = NamedSharding(mesh, PartitionSpec())
     settings = objectives.Settings(cfg.lam, cfg.threshold)
-    transfer = np.float32 if cfg.precision == "float32" else jnp.bfloat16
-    pipeline = input_pipeline.Pipeline(cfg, inputs, mesh, positions, transfer)
     spe = inputs.train_indices.size // cfg.batch_size
     end_epoch = cfg.epochs if until_epoch is None else min(cfg.epochs, until_epoch)
+    start = int(state.step)
+    pipeline = input_pipeline.Pipeline(cfg, inputs, mesh, start, end_epoch * spe)
+    if positions != pipeline.positions(start):
+        raise ValueError(
+            f"out_dir: the checkpoint's stream positions {positions} are not those of step "
+            f"{start} {pipeline.positions(start)}; it was not written by this version"
+        )
     loop = _Run(
         train=jax.jit(
             step.train_step(model, tx, objective, settings, model.bn_groups),
@@ -339,11 +343,11 @@ def fit(
             out_shardings=(replicated, replicated),
         ),
         predict=evaluate.predictor(model),
-        feeder=feed.Feeder(pipeline.make, int(state.step), depth=cfg.prefetch),
+        pipeline=pipeline,
         store=store,
         rates=rates,
         steps_per_epoch=spe,
-        images_per_step=cfg.batch_size + len(objective.source_views) * cfg.source_batch_size,
+        images_per_step=cfg.batch_size + (cfg.source_batch_size if objective.needs_source else 0),
         log_every=cfg.log_every_steps,
         writer=metrics.Writer(out_dir, enabled=lead),
         bar=Progress(
@@ -357,24 +361,33 @@ def fit(
     )
     meter = _Meter(best_scores)
     try:
-        for epoch in range(int(state.step) // spe, end_epoch):
-            state, positions = _train_epoch(loop, state, epoch, meter)
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                scores = _evaluate(loop.predict, state, inputs, cfg, pipeline.pool)
-                last = {"epoch": epoch + 1, **scores}
-                best = last if _better(last, best) else best
-                _report_eval(loop, meter, out_dir, int(state.step), last, best)
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == end_epoch:
-                store.save(state, cfg.seed, positions)
-            if lead:
-                loop.bar.clear()
-                log(_epoch_line(epoch + 1, cfg.epochs, meter.last, last))
+        with pipeline:
+            state, last, best = _epochs(
+                loop, state, inputs, cfg, out_dir, meter, end_epoch, (last, best), log
+            )
     finally:
         loop.bar.close()
         loop.writer.close()
-        loop.feeder.close()
-        pipeline.close()
     return FitResult(int(state.step), int(state.step) // spe, state, last, best)
+
+
+def _epochs(loop, state, inputs, cfg, out_dir, meter, end_epoch, evals, log):
+    """Train from ``state`` to the end of ``end_epoch``: ``(state, last, best)``."""
+    last, best = evals
+    lead = jax.process_index() == 0
+    for epoch in range(int(state.step) // loop.steps_per_epoch, end_epoch):
+        state, positions = _train_epoch(loop, state, epoch, meter)
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            scores = _evaluate(loop.predict, state, inputs, cfg)
+            last = {"epoch": epoch + 1, **scores}
+            best = last if _better(last, best) else best
+            _report_eval(loop, meter, out_dir, int(state.step), last, best)
+        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == end_epoch:
+            loop.store.save(state, cfg.seed, positions)
+        if lead:
+            loop.bar.clear()
+            log(_epoch_line(epoch + 1, cfg.epochs, meter.last, last))
+    return state, last, best
 
 
 def _history(out_dir: str, resumed: bool, lead: bool):
