@@ -383,7 +383,7 @@ def main() -> None:
             _views_table(payload["per_core"]),
             "",
             f"The input pipeline alone (`input_bench.measure`, {args.loader_batch} images a "
-            "step, median of one run of 12 steps after a warm-up), by worker processes; eq. 7: "
+            "step, one run of 12 steps after a warm-up), by worker processes; eq. 7: "
             "half target images (one view), half pre-training images (weak + strong):",
             "",
             _workers_table(found, decode),

@@ -12,10 +12,13 @@ Settings and experiments:
 Training, in the order a run goes through it:
 
 - :mod:`uotsel_train.input_pipeline`: the data a config names, the target subset and the
-  validation split, the selected pre-training samples, views and batches on the mesh.
+  validation split, the selected pre-training samples, the run's batches on the mesh.
+- :mod:`uotsel_train.loader`: grain data sets of uint8 batches (by step for training, in order
+  for evaluation and extraction) made by worker processes; :mod:`uotsel_train.input_bench`:
+  the pipeline's images a second without a model.
 - :mod:`uotsel_train.selected`: a ``uotsel select`` file read whole and checked against the
   pre-training data.
-- :mod:`uotsel_train.streams`: selected samples, reduced target sets, resumable epoch order.
+- :mod:`uotsel_train.streams`: selected samples, reduced target sets.
 - :mod:`uotsel_train.augment`: the weak and strong (RandAugment + cutout) views of eq. 7.
 - :mod:`uotsel_train.initialise`: a checkpoint's backbone with fresh heads.
 - :mod:`uotsel_train.objectives`, :mod:`uotsel_train.losses`: the vanilla / labelled (eq. 6) /
@@ -26,8 +29,8 @@ Training, in the order a run goes through it:
 - :mod:`uotsel_train.evaluate`, :mod:`uotsel_train.checkpoints`: top-1 and mean per-class
   accuracy; orbax checkpoints with exact resume.
 - :mod:`uotsel_train.grid`: the search over lr, weight decay and lambda on a validation split.
-- :mod:`uotsel_train.parallel`, :mod:`uotsel_train.feed`: the data-parallel mesh over all
-  devices and processes; batches made ahead of time.
+- :mod:`uotsel_train.parallel`: the data-parallel mesh over all devices and processes.
+- :mod:`uotsel_train.errors`: failures with an exit status of their own (a dead worker).
 
 Models, weights and features:
 
@@ -36,7 +39,7 @@ Models, weights and features:
   heads, optional per-group BatchNorm statistics.
 - :mod:`uotsel_train.convert`: torchvision and MoCo-v2 checkpoints to Flax variables.
 - :mod:`uotsel_train.data`: image folders, TFDS data sets, in-memory arrays, the paper's
-  train / eval transforms, batches decoded in worker threads.
+  train / eval crops as uint8.
 - :mod:`uotsel_train.extract`: per-class mean features for ``uotsel select``.
 - :mod:`uotsel_train.synthetic`, :mod:`uotsel_train.demo`: generated images and the CPU
   demonstration (``uotsel-train demo``).

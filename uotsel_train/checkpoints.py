@@ -1,9 +1,12 @@
 """A run folder's checkpoints (orbax): the whole state of a run at the end of an epoch.
 
 A checkpoint holds the train state (step, parameters, batch statistics, optimiser state), the
-seed and the positions of the two sample streams. Every data order and augmentation is drawn
-from ``(seed, step, position)``, so these are the run's whole random state and a resumed run is
-bit-identical to an uninterrupted one. Writes are atomic (a failed write leaves the previous
+seed and the data state: the positions of the two sample streams after the step. Every data
+order and augmentation is drawn from ``(seed, step, position)``, so these are the run's whole
+random state and a resumed run is bit-identical to an uninterrupted one. The grain iterator is
+rebuilt from them (its element ``s`` is step ``s``'s batch) rather than restored from grain's
+own iterator state, which records the worker layout: ``workers`` and ``prefetch`` may change
+between a run and its resumption. Writes are atomic (a failed write leaves the previous
 checkpoint); the last two are kept.
 """
 
