@@ -313,6 +313,55 @@ def _workers_table(found: dict, decode: float) -> str:
     return C.table(head, rows)
 
 
+def _markdown(info: dict, args, payload: dict, rows: list, host_workers: int) -> str:
+    decode = payload["per_core"]["decode_pil"]
+    spread = C.spread(payload["host_ms_per_256"])
+    return "\n".join(
+        [
+            f"## Fine-tuning throughput ({info['jax_backend']}: {info['jax_device']})",
+            "",
+            C.machine_line(info),
+            "",
+            "In-memory photo-like JPEGs (500 x 375, quality 90) decoded at every use; crops of "
+            f"{args.image_size} px as uint8. Images / s count each image once whatever its "
+            "number of views.",
+            "",
+            "Per core (one process, no workers):",
+            "",
+            _views_table(payload["per_core"]),
+            "",
+            f"The input pipeline alone (`input_bench.measure`, {args.loader_batch} images a "
+            "step, one run of 12 steps after a warm-up), by worker processes; eq. 7: "
+            "half target images (one view), half pre-training images (weak + strong):",
+            "",
+            _workers_table(payload["workers"], decode),
+            "",
+            "Time the training process spends on a 256-image batch when the workers are ahead "
+            f"(received from shared memory and placed on the devices; {host_workers} workers, "
+            f"{len(payload['host_ms_per_256'])} batches): median {spread['median']:.1f} ms "
+            f"({spread['min']:.1f}-{spread['max']:.1f}).",
+            "",
+            f"Training (labelled objective, eq. 6), {args.precision}: the step alone on a batch "
+            f"already on the device (median of {args.steps} steps after one warm-up) against "
+            f"`train.fit` itself (second epoch) fed by {args.workers} worker processes:",
+            "",
+            C.table(
+                [
+                    "arch",
+                    "batch",
+                    "compile s",
+                    "step ms",
+                    "images / s (on-device batch)",
+                    "images / s (with pipeline)",
+                    "pipeline / on-device",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    )
+
+
 def main() -> None:
     import jax
 
@@ -365,53 +414,8 @@ def main() -> None:
             ]
         )
         print(json.dumps({arch: payload["archs"][arch]}), flush=True)
-    decode = payload["per_core"]["decode_pil"]
-    spread = C.spread(host)
     name = "train_throughput" + ("_device" if args.device or not cpu else "")
-    md = "\n".join(
-        [
-            f"## Fine-tuning throughput ({info['jax_backend']}: {info['jax_device']})",
-            "",
-            C.machine_line(info),
-            "",
-            "In-memory photo-like JPEGs (500 x 375, quality 90) decoded at every use; crops of "
-            f"{size} px as uint8. Images / s count each image once whatever its number of "
-            "views.",
-            "",
-            "Per core (one process, no workers):",
-            "",
-            _views_table(payload["per_core"]),
-            "",
-            f"The input pipeline alone (`input_bench.measure`, {args.loader_batch} images a "
-            "step, one run of 12 steps after a warm-up), by worker processes; eq. 7: "
-            "half target images (one view), half pre-training images (weak + strong):",
-            "",
-            _workers_table(found, decode),
-            "",
-            "Time the training process spends on a 256-image batch when the workers are ahead "
-            f"(received from shared memory and placed on the devices; {min(2, cores)} workers, "
-            f"{len(host)} batches): median {spread['median']:.1f} ms "
-            f"({spread['min']:.1f}-{spread['max']:.1f}).",
-            "",
-            f"Training (labelled objective, eq. 6), {args.precision}: the step alone on a batch "
-            f"already on the device (median of {args.steps} steps after one warm-up) against "
-            f"`train.fit` itself (second epoch) fed by {args.workers} worker processes:",
-            "",
-            C.table(
-                [
-                    "arch",
-                    "batch",
-                    "compile s",
-                    "step ms",
-                    "images / s (on-device batch)",
-                    "images / s (with pipeline)",
-                    "pipeline / on-device",
-                ],
-                rows,
-            ),
-            "",
-        ]
-    )
+    md = _markdown(info, args, payload, rows, min(2, cores))
     C.write_results(name, md, payload)
     print(md)
 

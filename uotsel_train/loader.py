@@ -250,7 +250,7 @@ def training(
     pre-training stream's ``s * source_batch_size + source_rows``."""
     t = _rows(stream_order(train_indices, plan.seed), plan.batch_size, plan.target_rows)
     if pretrain is None:
-        s = t.map(functools.partial(_none_like))
+        s = t.map(_none_like)
     else:
         s = stream_order(pretrain_indices, plan.seed + 1)
         s = _rows(s, plan.source_batch_size, plan.source_rows)
