@@ -154,10 +154,14 @@ def _photo(blob: bytes):
     return Image.open(io.BytesIO(blob))
 
 
-def per_core(size: int, count: int) -> dict[str, float]:
+def per_core(size: int, count: int, rounds: int) -> dict[str, dict]:
     """Images a second on one core (this process): decoding alone (PIL; simplejpeg; PIL's
     reduced-size ``draft`` decoding of a 2000 x 1500 photo against its full decode), and
-    decoding plus the weak view, the strong view, and both (eq. 7's pair) as uint8 crops."""
+    decoding plus the weak view, the strong view, and both (eq. 7's pair) as uint8 crops.
+
+    The measurements take turns, ``rounds`` times, so that a change in the machine's speed
+    falls on all of them; each entry holds the :func:`benchmarks._common.spread` of its rates
+    and of its ratios to the PIL decode of the same round (``per_decode``)."""
     import simplejpeg
 
     from uotsel_train import augment, data
@@ -166,13 +170,6 @@ def per_core(size: int, count: int) -> dict[str, float]:
     big = JpegSource(1, 1, seed=5, distinct=4, shape=(2000, 1500)).blobs
     weak = augment.view("weak", size)[2]
     strong = augment.view("strong", size)[2]
-
-    def rate(fn, n=count):
-        fn(0)
-        start = time.perf_counter()
-        for i in range(n):
-            fn(i)
-        return n / (time.perf_counter() - start)
 
     def rgb(i):
         return data.rgb(_photo(src.blobs[i % len(src.blobs)]))
@@ -193,15 +190,43 @@ def per_core(size: int, count: int) -> dict[str, float]:
 
         return fn
 
-    return {
-        "decode_pil": rate(rgb),
-        "decode_simplejpeg": rate(lambda i: simplejpeg.decode_jpeg(src.blobs[i % 32])),
-        "decode_2000x1500_full": rate(draft(big, False), count // 8),
-        "decode_2000x1500_draft": rate(draft(big, True), count // 8),
-        "weak": rate(views(weak)),
-        "strong": rate(views(strong)),
-        "weak_and_strong": rate(views(weak, strong)),
+    jobs = {
+        "decode_pil": (lambda i: rgb(i).load(), count),
+        "decode_simplejpeg": (lambda i: simplejpeg.decode_jpeg(src.blobs[i % 32]), count),
+        "decode_2000x1500_full": (lambda i: draft(big, False)(i).load(), count // 8),
+        "decode_2000x1500_draft": (lambda i: draft(big, True)(i).load(), count // 8),
+        "weak": (views(weak), count),
+        "strong": (views(strong), count),
+        "weak_and_strong": (views(weak, strong), count),
     }
+    rates = {name: [] for name in jobs}
+    for _ in range(rounds):
+        for name, (fn, n) in jobs.items():
+            rates[name].append(_rate(fn, n))
+    decode = rates["decode_pil"]
+    return {
+        name: {
+            **C.spread(got),
+            "per_decode": C.spread([r / d for r, d in zip(got, decode, strict=True)]),
+        }
+        for name, got in rates.items()
+    }
+
+
+def _rate(fn, n: int) -> float:
+    fn(0)
+    start = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    return n / (time.perf_counter() - start)
+
+
+def pil_decode_rate(count: int = 300) -> float:
+    """One core's PIL decode rate of the pipeline's files (:func:`_inputs`'s JPEGs)."""
+    from uotsel_train import data
+
+    blobs = JpegSource(1, 1, seed=1).blobs
+    return _rate(lambda i: data.rgb(_photo(blobs[i % len(blobs)])).load(), count)
 
 
 def _inputs(count: int, objective: str):
@@ -246,6 +271,19 @@ def loader_rates(workers: int, size: int, batch: int, steps: int, objective: str
     return input_bench.measure(cfg, steps, _inputs(b * (steps + 2), objective))
 
 
+def workers_rates(workers: int, size: int, batch: int, rounds: int) -> dict:
+    """:func:`loader_rates` for eq. 6 and eq. 7, ``rounds`` times, each run between two
+    measurements of one core's PIL decode rate of the same files: the spread of the rates and
+    of eq. 6's ratio to the mean of its two decode rates (``eq6_per_decode``)."""
+    eq6, eq7, ratios = [], [], []
+    for _ in range(rounds):
+        before = pil_decode_rate()
+        eq6.append(loader_rates(workers, size, batch, 12, "vanilla")["images_per_s"])
+        ratios.append(eq6[-1] / ((before + pil_decode_rate()) / 2))
+        eq7.append(loader_rates(workers, size, batch, 12, "unlabelled")["images_per_s"])
+    return {"eq6": C.spread(eq6), "eq6_per_decode": C.spread(ratios), "eq7": C.spread(eq7)}
+
+
 def host_ms_per_batch(workers: int, size: int, batch: int, prefetch: int) -> list[float]:
     """Milliseconds the training process spends on each batch when the workers are ahead:
     the pipeline is given time to fill its buffers, then each ready batch is taken (received
@@ -275,8 +313,11 @@ def host_ms_per_batch(workers: int, size: int, batch: int, prefetch: int) -> lis
     return times
 
 
-def _views_table(rates: dict[str, float]) -> str:
-    base = rates["decode_pil"]
+def _range(x: dict, fmt: str = ".0f") -> str:
+    return f"{x['median']:{fmt}} ({x['min']:{fmt}}-{x['max']:{fmt}})"
+
+
+def _views_table(rates: dict[str, dict]) -> str:
     names = {
         "decode_pil": "decode (PIL, 500 x 375)",
         "decode_simplejpeg": "decode (simplejpeg, 500 x 375)",
@@ -286,35 +327,33 @@ def _views_table(rates: dict[str, float]) -> str:
         "strong": "decode + strong view (crop, flip, RandAugment, cutout)",
         "weak_and_strong": "decode + both views (eq. 7)",
     }
-    rows = [[names[k], f"{v:.0f}", f"{v / base:.2f}"] for k, v in rates.items()]
-    return C.table(["one core", "images / s", "/ PIL decode"], rows)
+    rows = [[names[k], _range(v), _range(v["per_decode"], ".2f")] for k, v in rates.items()]
+    return C.table(["one core", "images / s", "/ PIL decode (same round)"], rows)
 
 
-def _workers_table(found: dict, decode: float) -> str:
-    one = found[1]["eq6"]
-    rows = []
-    for workers, got in found.items():
-        rows.append(
-            [
-                str(workers),
-                f"{got['eq6']:.0f}",
-                f"{got['eq6'] / decode:.2f}",
-                f"{got['eq6'] / one:.2f}",
-                f"{got['eq7']:.0f}",
-            ]
-        )
+def _workers_table(found: dict) -> str:
+    one = found[1]["eq6"]["median"]
+    rows = [
+        [
+            str(workers),
+            _range(got["eq6"]),
+            _range(got["eq6_per_decode"], ".2f"),
+            f"{got['eq6']['median'] / one:.2f}",
+            _range(got["eq7"]),
+        ]
+        for workers, got in found.items()
+    ]
     head = [
         "workers",
         "eq. 6 images / s",
-        "/ one-core PIL decode",
-        "/ one worker",
+        "/ one-core PIL decode (same round)",
+        "/ one worker (medians)",
         "eq. 7 images / s (weak + strong)",
     ]
     return C.table(head, rows)
 
 
 def _markdown(info: dict, args, payload: dict, rows: list, host_workers: int) -> str:
-    decode = payload["per_core"]["decode_pil"]
     spread = C.spread(payload["host_ms_per_256"])
     return "\n".join(
         [
@@ -326,15 +365,18 @@ def _markdown(info: dict, args, payload: dict, rows: list, host_workers: int) ->
             f"{args.image_size} px as uint8. Images / s count each image once whatever its "
             "number of views.",
             "",
-            "Per core (one process, no workers):",
+            f"Per core (one process, no workers; median (min-max) of {args.rounds} rounds in "
+            "which the measurements take turns, ratios within a round):",
             "",
             _views_table(payload["per_core"]),
             "",
             f"The input pipeline alone (`input_bench.measure`, {args.loader_batch} images a "
-            "step, one run of 12 steps after a warm-up), by worker processes; eq. 7: "
-            "half target images (one view), half pre-training images (weak + strong):",
+            f"step, 12 steps after a warm-up; median (min-max) of {args.rounds} runs, each between "
+            "two measurements of one core's PIL decode of the same files), by worker "
+            "processes; eq. 7: half target images (one view), half pre-training images "
+            "(weak + strong):",
             "",
-            _workers_table(payload["workers"], decode),
+            _workers_table(payload["workers"]),
             "",
             "Time the training process spends on a 256-image batch when the workers are ahead "
             f"(received from shared memory and placed on the devices; {host_workers} workers, "
@@ -376,21 +418,20 @@ def main() -> None:
     parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--workers", type=int, default=max(1, cores - 1), help="for fit")
     parser.add_argument("--loader-batch", type=int, default=64, help="images a loader step")
+    parser.add_argument("--rounds", type=int, default=5, help="turns of each measurement")
     parser.add_argument("--device", action="store_true", help="record as the accelerator section")
     args = parser.parse_args()
     source_batch = args.source_batch or args.batch
     info = C.machine()
     size = args.image_size
     payload = {"machine": info, "settings": vars(args), "archs": {}}
-    payload["per_core"] = per_core(size, 200)
+    payload["per_core"] = per_core(size, 300, args.rounds)
     print(json.dumps({"per_core": payload["per_core"]}), flush=True)
-    found = {}
-    for workers in sorted({1, 2, cores}):
-        found[workers] = {
-            "eq6": loader_rates(workers, size, args.loader_batch, 12, "vanilla")["images_per_s"],
-            "eq7": loader_rates(workers, size, args.loader_batch, 12, "unlabelled")["images_per_s"],
-        }
-        print(json.dumps({"workers": workers, **found[workers]}), flush=True)
+    found = {
+        w: workers_rates(w, size, args.loader_batch, args.rounds) for w in sorted({1, 2, cores})
+    }
+    for workers, got in found.items():
+        print(json.dumps({"workers": workers, **got}), flush=True)
     payload["workers"] = found
     host = host_ms_per_batch(min(2, cores), size, 256, 3)
     payload["host_ms_per_256"] = host
