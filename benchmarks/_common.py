@@ -21,6 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from uotsel.settings import UOT
+
+PAPER = UOT()
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -253,7 +257,7 @@ def target_means(dataset: str = "cub", backbone: str = "resnet18_supervised") ->
     return embedded.load(backbone, dataset).means.astype(np.float32)
 
 
-def cosine64(source: np.ndarray, target: np.ndarray, eps_c: float = 0.01) -> np.ndarray:
+def cosine64(source: np.ndarray, target: np.ndarray, eps_c: float = PAPER.eps_c) -> np.ndarray:
     s = source.astype(np.float64)
     t = target.astype(np.float64)
     s /= np.linalg.norm(s, axis=1, keepdims=True)

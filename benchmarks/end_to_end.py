@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from benchmarks import _common as C
+from uotsel.settings import UOT
 
 POT_SCRIPT = """
 import json, sys
@@ -29,14 +30,27 @@ src = np.load(sys.argv[1])["means"].astype(np.float64)
 tgt = np.load(sys.argv[2])["means"].astype(np.float64)
 src /= np.linalg.norm(src, axis=1, keepdims=True)
 tgt /= np.linalg.norm(tgt, axis=1, keepdims=True)
-cost = (1.0 - src @ tgt.T) / 0.01
+cost = (1.0 - src @ tgt.T) / EPS_C
 plan = ot.unbalanced.sinkhorn_knopp_unbalanced(
-    np.ones(len(src)), np.ones(len(tgt)), cost, 1.0, (1.0, 100.0))
+    np.ones(len(src)), np.ones(len(tgt)), cost, EPS, (TAU_SOURCE, TAU_TARGET))
 scores = plan.sum(1)
 ranking = np.lexsort((np.arange(len(scores)), -scores))
 with open(sys.argv[3], "w") as fh:
     json.dump({"selected": ranking[:100].tolist(), "scores": scores.tolist()}, fh)
 """
+
+
+def _pot_script() -> str:
+    """:data:`POT_SCRIPT` with the paper's settings (``uotsel.UOT()``) written in."""
+    paper = UOT()
+    values = {
+        "EPS_C": paper.eps_c,
+        "EPS": paper.eps,
+        "TAU_SOURCE": paper.tau_source,
+        "TAU_TARGET": paper.tau_target,
+    }
+    head = "".join(f"{name} = {value!r}\n" for name, value in values.items())
+    return head + POT_SCRIPT
 
 
 def wall(cmd: list[str], env: dict[str, str]) -> float:
@@ -59,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "pot_select.py")
         with open(script, "w") as fh:
-            fh.write(POT_SCRIPT)
+            fh.write(_pot_script())
         for name, (src, tgt) in problems.items():
             s_path, t_path = os.path.join(tmp, "s.npz"), os.path.join(tmp, "t.npz")
             np.savez(s_path, means=src)

@@ -31,9 +31,11 @@ import time
 import numpy as np
 
 from benchmarks import _common as C
+from uotsel.settings import UOT
 
 N, M, D = 2000, 200, 128
-EPS_C, EPS, TAU_S, TAU_T = 0.01, 1.0, 1.0, 100.0
+PAPER = UOT()
+EPS_C, EPS, TAU_S, TAU_T = PAPER.eps_c, PAPER.eps, PAPER.tau_source, PAPER.tau_target
 PEERS = {
     "uotsel.transport (f32)": "transport",
     "uotsel.sinkhorn on a cost (f32)": "sinkhorn",

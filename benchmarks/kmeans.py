@@ -38,11 +38,11 @@ def data(n: int, seed: int = 0) -> np.ndarray:
 def objective(x: np.ndarray, centroids: np.ndarray) -> float:
     import jax.numpy as jnp
 
-    from uotsel import clustering
+    from uotsel import lloyd
 
     c = np.asarray(centroids, np.float32)
     c = c / np.linalg.norm(c, axis=1, keepdims=True)
-    return float(clustering.assign(jnp.asarray(x), jnp.asarray(c), True, 8192).objective)
+    return float(lloyd.assign(jnp.asarray(x), jnp.asarray(c), True, 8192).objective)
 
 
 def whole_run(tool: str, x: np.ndarray, k: int, max_iter: int):
@@ -70,7 +70,7 @@ def child(tool: str, n: int, k: int, iters: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from uotsel import clustering
+    from uotsel import clustering, lloyd
 
     if tool.endswith("-defaults"):
         baseline = C.reset_peak_rss()
@@ -89,7 +89,7 @@ def child(tool: str, n: int, k: int, iters: int) -> dict:
         }
 
     init = np.asarray(
-        clustering.greedy_plus_plus(
+        lloyd.greedy_plus_plus(
             jnp.asarray(
                 x[np.random.default_rng(1).choice(n, min(n, 16 * k + 1024), replace=False)]
             ),
@@ -105,11 +105,11 @@ def child(tool: str, n: int, k: int, iters: int) -> dict:
         xj = jax.device_put(x)  # one copy, as uotsel.kmeans makes
         chunk = clustering.default_chunk(n, k)
         centroids = jnp.asarray(init)
-        clustering.assign(xj, centroids, True, chunk).labels.block_until_ready()  # compile
+        lloyd.assign(xj, centroids, True, chunk).labels.block_until_ready()  # compile
         start = time.perf_counter()
         for _ in range(iters):
-            step = clustering.assign(xj, centroids, True, chunk)
-            centroids = clustering.update(xj, step, centroids, True)
+            step = lloyd.assign(xj, centroids, True, chunk)
+            centroids = lloyd.update(xj, step, centroids, True)
         centroids = np.asarray(centroids)
     elif tool == "faiss":
         import faiss

@@ -24,6 +24,7 @@ import sys
 import numpy as np
 
 from benchmarks import _common as C
+from uotsel.settings import UOT
 
 SELECTION_SIZES = (10_000, 100_000, 1_000_000)
 KMEANS_CASES = (
@@ -58,7 +59,7 @@ def _selection(n: int, m: int, repeats: int) -> dict:
 
     @jax.jit
     def program(s, t):
-        cost = costs.pairwise("cosine", s, t, jnp.float32(0.01), rows).cost
+        cost = costs.pairwise("cosine", s, t, jnp.float32(UOT().eps_c), rows).cost
         return unbalanced.solve(meshes.constrain_rows(cost, mesh), settings).output.log_row_sums
 
     if mesh is None:
@@ -87,7 +88,7 @@ def _selection(n: int, m: int, repeats: int) -> dict:
 def _kmeans(n: int, k: int, repeats: int) -> dict:
     import jax
 
-    from uotsel import clustering
+    from uotsel import clustering, lloyd
     from uotsel import mesh as meshes
 
     x, centroids = _unit_samples(n, k)
@@ -100,22 +101,22 @@ def _kmeans(n: int, k: int, repeats: int) -> dict:
         chunk = min(chunk, rows // mesh.size)
 
         def step(c):
-            return clustering.assign_on_mesh(placed, c, True, chunk, mesh, n)
+            return lloyd.assign_on_mesh(placed, c, True, chunk, mesh, n)
 
-        lowered = clustering.assign_on_mesh.lower(placed, centroids, True, chunk, mesh, n)
+        lowered = lloyd.assign_on_mesh.lower(placed, centroids, True, chunk, mesh, n)
     else:
         placed = jax.device_put(x)
 
         def step(c):
-            return clustering.assign(placed, c, True, chunk)
+            return lloyd.assign(placed, c, True, chunk)
 
-        lowered = clustering.assign.lower(placed, centroids, True, chunk)
+        lowered = lloyd.assign.lower(placed, centroids, True, chunk)
 
     state = {"centroids": centroids}
 
     def iteration():
         a = step(state["centroids"])
-        state["centroids"] = clustering.update(placed, a, state["centroids"], True)
+        state["centroids"] = lloyd.update(placed, a, state["centroids"], True)
         state["objective"] = a.objective
         return state["centroids"]
 
@@ -173,7 +174,7 @@ def _streamed(n: int, k: int, repeats: int) -> dict:
     import jax
 
     import uotsel
-    from uotsel import clustering, samples
+    from uotsel import clustering, lloyd, samples
 
     rng = np.random.default_rng(2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,8 +191,8 @@ def _streamed(n: int, k: int, repeats: int) -> dict:
         centroids = jax.device_put(samples.checked_rows(x, 0, k, True))
 
         def iteration():
-            step = clustering.assign_streamed(host, centroids, True, clustering.default_chunk(n, k))
-            return jax.block_until_ready(clustering.update_streamed(host, step, centroids, True))
+            step = lloyd.assign_streamed(host, centroids, True, clustering.default_chunk(n, k))
+            return jax.block_until_ready(lloyd.update_streamed(host, step, centroids, True))
 
         def means():
             return uotsel.class_means(x, labels, num_classes=1000)

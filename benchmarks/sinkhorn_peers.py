@@ -32,7 +32,8 @@ from scipy.special import logsumexp
 import uotsel
 from benchmarks import _common as C
 
-EPS, TAU_S, TAU_T, EPS_C = 1.0, 1.0, 100.0, 0.01
+PAPER = uotsel.UOT()
+EPS, TAU_S, TAU_T, EPS_C = PAPER.eps, PAPER.tau_source, PAPER.tau_target, PAPER.eps_c
 K_S, K_T = TAU_S / (TAU_S + EPS), TAU_T / (TAU_T + EPS)
 HIGHEST = jax.lax.Precision.HIGHEST
 # Thresholds tried, tightest first, for ott-jax's best converging setting in each dtype.
@@ -137,7 +138,7 @@ def ott_log_rows(src, tgt, f, g):
     return f / EPS + logsumexp((g[None, :] - cost) / EPS, axis=1)
 
 
-def uotsel_run(threshold=1e-5, method="auto", n_iter=None, fused=True):
+def uotsel_run(threshold=PAPER.threshold, method="auto", n_iter=None, fused=True):
     """uotsel as ``select`` runs it (``transport``: cost and solve in one program), or as two
     calls (``cosine_cost`` then ``sinkhorn``)."""
     cap = n_iter or 1000

@@ -14,7 +14,7 @@ import pytest
 from reference import pot_plan
 
 import uotsel
-from uotsel import clustering, feature_transport, io, samples, unbalanced
+from uotsel import feature_transport, io, lloyd, samples, unbalanced
 from uotsel import mesh as meshes
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
@@ -178,15 +178,15 @@ def test_assignment_step_on_the_mesh_reseeds_alike(spherical):
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
     mesh = meshes.source_mesh()
     placed = samples.on_mesh(x, spherical, mesh)
-    one = clustering.assign(jax.device_put(x), centroids, spherical, 64)
-    split = clustering.assign_on_mesh(placed, centroids, spherical, 64, mesh, len(x))
+    one = lloyd.assign(jax.device_put(x), centroids, spherical, 64)
+    split = lloyd.assign_on_mesh(placed, centroids, spherical, 64, mesh, len(x))
     empty = np.asarray(one.counts) == 0
     assert empty.sum() >= 2
     np.testing.assert_array_equal(one.counts, split.counts)
     np.testing.assert_array_equal(np.asarray(one.labels), np.asarray(split.labels)[: len(x)])
     np.testing.assert_allclose(one.far[0], split.far[0], rtol=1e-6)
-    refilled = clustering.update(jax.device_put(x), one, centroids, spherical)
-    refilled_split = clustering.update(placed, split, centroids, spherical)
+    refilled = lloyd.update(jax.device_put(x), one, centroids, spherical)
+    refilled_split = lloyd.update(placed, split, centroids, spherical)
     np.testing.assert_allclose(refilled, refilled_split, atol=1e-5)
     farthest = x[np.asarray(one.far[1])[: empty.sum()]]  # the e-th empty, the e-th farthest
     np.testing.assert_allclose(np.asarray(refilled)[empty], farthest, atol=1e-6)

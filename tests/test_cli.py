@@ -72,6 +72,7 @@ def test_select_writes_a_complete_selection_file(files, capsys):
         "target_weights": None,
         "threshold": 1e-5,
         "max_iter": 1000,
+        "method": "auto",
         "init": None,
         "shard": "auto",
     }

@@ -186,7 +186,7 @@ taus = st.one_of(st.just(math.inf), st.floats(-6.0, 8.0).map(lambda e: 10.0**e))
 @SETTINGS
 @given(
     seed=st.integers(0, 2**32 - 1),
-    kind=st.sampled_from(uotsel.COSTS),
+    kind=st.sampled_from(list(uotsel.COSTS)),
     source_exponent=st.floats(-45.0, 30.0),
     target_exponent=st.floats(-45.0, 30.0),
 )

@@ -349,3 +349,19 @@ def test_read_selection_folder_and_missing(tmp_path):
         io.read_selection(str(tmp_path))
     with pytest.raises(ValueError, match=r"^selection: file not found"):
         io.read_selection(str(tmp_path / "none.json"))
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_npy_headers_of_every_version_are_read_and_cut_ones_refused(tmp_path, version):
+    from uotsel import io
+
+    means = np.arange(12, dtype=np.float32).reshape(4, 3)
+    path = tmp_path / "units.npy"
+    with open(path, "wb") as fh:
+        np.lib.format.write_array(fh, means, version=version)
+    np.testing.assert_array_equal(io.read_units(str(path), "--source").means, means)
+    whole = path.read_bytes()
+    for cut in (9, 12, 20, len(whole) - 49):
+        path.write_bytes(whole[:cut])
+        with pytest.raises(ValueError, match=r"^--source: .* (truncated|corrupt)"):
+            io.read_units(str(path), "--source")

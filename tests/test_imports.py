@@ -40,3 +40,14 @@ def test_install_requires_is_jax_and_numpy_only():
         if r.strip()
     ]
     assert sorted(requires) == ["jax", "jaxlib", "numpy"]
+
+
+def test_the_package_and_the_cli_kit_load_without_jax():
+    code = (
+        "import sys, uotsel, uotsel.cli_kit, uotsel.settings\n"
+        "print(','.join(m for m in ('jax', 'numpy') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""

@@ -5,7 +5,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 import uotsel
-from uotsel import clustering, embedded
+from uotsel import clustering, embedded, lloyd
 from uotsel.clustering import kmeans
 
 
@@ -165,7 +165,7 @@ def test_restarts_keep_the_best():
 
 
 def test_empty_clusters_are_reseeded():
-    from uotsel import clustering as km
+    from uotsel import lloyd as km
 
     rng = np.random.default_rng(7)
     x = np.asarray(rng.normal(size=(300, 4)), np.float32)
@@ -234,7 +234,6 @@ def test_clusters_of_class_means_select_and_expand_to_classes():
 
 
 def test_default_seeding_candidates_shrink_with_k():
-    from uotsel import clustering
 
     ks = (1, 50, 256, 257, 512, 1000, 2000, 5000)
     assert [clustering.default_restarts(k) for k in ks] == [8, 8, 8, 7, 4, 2, 1, 1]
@@ -287,15 +286,15 @@ def test_streamed_steps_reseed_empty_clusters_alike():
     x = _planted(n=700, k=3, d=8)
     centroids = np.concatenate([x[:3], -50.0 * np.ones((3, 8), np.float32)])
     host = samples.HostRows(x, False, 256)
-    loaded = clustering.assign(jax.device_put(x), centroids, False, 64)
-    streamed = clustering.assign_streamed(host, centroids, False, 64)
+    loaded = lloyd.assign(jax.device_put(x), centroids, False, 64)
+    streamed = lloyd.assign_streamed(host, centroids, False, 64)
     assert int(np.sum(np.asarray(loaded.counts) == 0)) >= 2
     np.testing.assert_array_equal(streamed.labels, np.asarray(loaded.labels))
     np.testing.assert_array_equal(streamed.counts, loaded.counts)
     np.testing.assert_allclose(streamed.far[0], loaded.far[0], rtol=1e-6)
     np.testing.assert_allclose(
-        clustering.update_streamed(host, streamed, centroids, False),
-        clustering.update(jax.device_put(x), loaded, centroids, False),
+        lloyd.update_streamed(host, streamed, centroids, False),
+        lloyd.update(jax.device_put(x), loaded, centroids, False),
         atol=1e-5,
     )
 

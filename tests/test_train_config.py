@@ -25,7 +25,7 @@ def test_defaults_are_the_papers_common_settings():
     assert cfg.milestones == (60, 80) and cfg.epochs == 100
     assert cfg.batch_size == cfg.source_batch_size == 256 and cfg.image_size == 224
     assert cfg.crop_scale == (0.08, 1.0) and cfg.strong_view == "released"
-    assert cfg.long_tail_profile == "exponential" and cfg.threshold == 0.0
+    assert cfg.long_tail_profile == "exponential" and cfg.min_confidence == 0.0
 
 
 def test_overrides_parse_by_the_fields_type():
@@ -71,7 +71,7 @@ def test_bad_overrides_are_one_line_naming_the_key(pair, message):
         ({"lr": "inf"}, "lr: must be in (0, inf), got inf"),
         ({"lam": "nan"}, "lam: must be in [0, inf), got nan"),
         ({"momentum": 1.0}, "momentum: must be in [0, 1)"),
-        ({"threshold": 1.5}, "threshold: must be in [0, 1)"),
+        ({"min_confidence": 1.5}, "min_confidence: must be in [0, 1)"),
         ({"target_fraction": 0.0}, "target_fraction: must be in (0, 1)"),
         ({"long_tail": 0.5}, "long_tail: must be a finite imbalance >= 1, got 0.5"),
         ({"seed": -1}, "seed: must be between 0 and 2^31 - 1, got -1"),
@@ -234,3 +234,14 @@ def test_a_bad_config_is_refused_without_loading_jax(tmp_path):
         "uotsel-train finetune: error: lrr: unknown setting; nearest: lr"
     )
     assert not list(tmp_path.iterdir())
+
+
+def test_an_old_name_in_a_saved_config_loads_under_the_new_one(tmp_path, caplog):
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps({"config": {"objective": "unlabelled", "threshold": 0.7}}))
+    with caplog.at_level("INFO", logger="uotsel_train"):
+        cfg = config.load(str(saved))
+    assert cfg.min_confidence == 0.7
+    assert "threshold: renamed min_confidence" in caplog.text
+    with pytest.raises(config.ConfigError, match=r"^threshold: renamed min_confidence$"):
+        config.override(config.default(), ["threshold=0.7"])

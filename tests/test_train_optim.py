@@ -78,7 +78,7 @@ def test_unlabelled_loss_by_hand_and_pseudo_label_gets_no_gradient():
     np.testing.assert_array_equal(grad_weak, 0.0)
     # A threshold nobody reaches: the term is 0, not NaN.
     loss, parts = losses.unlabelled_loss(
-        t_logits, jnp.array([0]), strong, weak, 1.0, threshold=0.999
+        t_logits, jnp.array([0]), strong, weak, 1.0, min_confidence=0.999
     )
     assert float(parts["mask_rate"]) == 0.0 and float(parts["pseudo_ce"]) == 0.0
     assert np.isfinite(float(loss))

@@ -10,31 +10,59 @@ Quick start::
     import uotsel
     sel = uotsel.select(source_means, target_means, top_k=100)   # paper defaults
     sel.selected        # [100] unit ids, best first
+    uotsel.select(source_means, target_means, uotsel.UOT(tau_target=50.0))  # one change
 
 Depends on jax and numpy only.
 """
 
-from uotsel import embedded
-from uotsel.cache import enable_compilation_cache
-from uotsel.centroids import ClassMeanAccumulator, ClassMeans, class_means
-from uotsel.clustering import KMeansResult, kmeans
-from uotsel.costs import COSTS, cosine_cost, cost_matrix, l2_cost, sqeuclidean_cost
-from uotsel.feature_transport import transport
-from uotsel.selection import Selection, expand_to_samples, rank, select, split_groups
-from uotsel.strategies import STRATEGIES, Scores
-from uotsel.unbalanced import SinkhornOutput, sinkhorn
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# Public name -> the module that defines it. They load on first use (PEP 562), so that
+# ``import uotsel`` and its light modules (the command lines' parser kit) do not load JAX.
+_EXPORTS = {
+    "COSTS": "uotsel.costs",
+    "ClassMeanAccumulator": "uotsel.centroids",
+    "ClassMeans": "uotsel.centroids",
+    "Cost": "uotsel.costs",
+    "KMeansResult": "uotsel.clustering",
+    "STRATEGIES": "uotsel.strategies",
+    "Scores": "uotsel.strategies",
+    "Selection": "uotsel.selection",
+    "SinkhornOutput": "uotsel.unbalanced",
+    "UOT": "uotsel.settings",
+    "class_means": "uotsel.centroids",
+    "cosine_cost": "uotsel.costs",
+    "cost_matrix": "uotsel.costs",
+    "embedded": "uotsel.embedded",
+    "enable_compilation_cache": "uotsel.cache",
+    "expand_to_samples": "uotsel.selection",
+    "kmeans": "uotsel.clustering",
+    "l2_cost": "uotsel.costs",
+    "rank": "uotsel.selection",
+    "select": "uotsel.selection",
+    "sinkhorn": "uotsel.unbalanced",
+    "split_groups": "uotsel.selection",
+    "sqeuclidean_cost": "uotsel.costs",
+    "transport": "uotsel.feature_transport",
+}
+
 __all__ = [
     "COSTS",
-    "STRATEGIES",
     "ClassMeanAccumulator",
     "ClassMeans",
+    "Cost",
     "KMeansResult",
+    "STRATEGIES",
     "Scores",
     "Selection",
     "SinkhornOutput",
+    "UOT",
     "class_means",
     "cosine_cost",
     "cost_matrix",
@@ -50,3 +78,32 @@ __all__ = [
     "sqeuclidean_cost",
     "transport",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        if importlib.util.find_spec(f"uotsel.{name}") is None:
+            raise AttributeError(f"module 'uotsel' has no attribute {name!r}")
+        module = f"uotsel.{name}"  # a submodule, as ``uotsel.unbalanced``
+    loaded = importlib.import_module(module)
+    value = loaded if module == f"uotsel.{name}" else getattr(loaded, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from uotsel import embedded
+    from uotsel.cache import enable_compilation_cache
+    from uotsel.centroids import ClassMeanAccumulator, ClassMeans, class_means
+    from uotsel.clustering import KMeansResult, kmeans
+    from uotsel.costs import COSTS, Cost, cosine_cost, cost_matrix, l2_cost, sqeuclidean_cost
+    from uotsel.feature_transport import transport
+    from uotsel.selection import Selection, expand_to_samples, rank, select, split_groups
+    from uotsel.settings import UOT
+    from uotsel.strategies import STRATEGIES, Scores
+    from uotsel.unbalanced import SinkhornOutput, sinkhorn

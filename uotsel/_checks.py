@@ -157,3 +157,9 @@ def check_rows(
             raise ValueError(f"{name}: row {row} is all zeros")
         if progress is not None:
             progress(block.shape[0])
+
+
+def is_ott_object(x: Any) -> bool:
+    """True when ``x`` is an instance of a class defined in ott-jax (or of a subclass of one),
+    decided from the class's module names, so ``ott`` is never imported here."""
+    return any(c.__module__ == "ott" or c.__module__.startswith("ott.") for c in type(x).__mro__)

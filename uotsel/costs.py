@@ -30,22 +30,68 @@ from uotsel import _checks, paper
 
 __all__ = [
     "COSTS",
+    "Cost",
+    "CustomCost",
     "PairwiseCost",
     "check_eps_c",
     "check_kind",
     "cosine_cost",
     "cost_matrix",
+    "custom_matrix",
     "l2_cost",
     "needs_wide",
     "pairwise",
     "prepare",
     "raise_if_flagged",
+    "resolve",
     "sqeuclidean_cost",
 ]
 
 Array = jax.Array
 _HIGHEST = jax.lax.Precision.HIGHEST
-COSTS = ("cosine", "l2", "sqeuclidean")
+
+
+class Cost(NamedTuple):
+    """A cost between unit features, by family (hashable: a static argument of the programs).
+
+    Attributes:
+      name: how users and files call it.
+      angular: True: ``(1 - cos(s, t)) / eps_c``, on directions only (rows of zeros have none
+        and are refused; k-means on the unit sphere); False: ``|s - t| ** power``.
+      power: the distance's power (1 or 2) when not ``angular``.
+    """
+
+    name: str
+    angular: bool
+    power: int = 1
+
+    @property
+    def uses_eps_c(self) -> bool:
+        """Whether ``eps_c`` scales the cost."""
+        return self.angular
+
+    @property
+    def spherical(self) -> bool:
+        """Whether k-means for this cost works on the unit sphere."""
+        return self.angular
+
+
+class CustomCost(NamedTuple):
+    """A user's cost: ``fn(source [n, d], target [m, d]) -> [n, m]``, traceable by JAX."""
+
+    fn: Any
+    name: str = "custom"
+
+
+# The registry: a cost added here is known by its name everywhere (API, command line, files).
+COSTS: dict[str, Cost] = {
+    c.name: c
+    for c in (
+        Cost("cosine", angular=True),
+        Cost("l2", angular=False, power=1),
+        Cost("sqeuclidean", angular=False, power=2),
+    )
+}
 # Row norms in [2^-40, 2^40] take the direct path (dot products scaled by the norms afterwards):
 # neither the products nor their flushed-to-zero parts can then matter. Others are rescaled
 # exactly first.
@@ -204,11 +250,11 @@ def _cos_block(
     return 1.0 - jnp.clip(cos, -1.0, 1.0)
 
 
-def needs_wide(kind: str, valid: Any) -> bool:
+def needs_wide(kind: Any, valid: Any) -> bool:
     """Whether a cosine cost computed without ``wide`` must be computed again with it: some
     row norm lies outside ``[2^-40, 2^40]`` or could not be computed (subnormal rows; invalid
     rows are then named by :func:`raise_if_flagged`). ``valid`` from :class:`PairwiseCost`."""
-    if kind != "cosine" or not _checks.is_concrete(valid):
+    if not check_kind(kind).angular or not _checks.is_concrete(valid):
         return False
     return not bool(np.all(np.asarray(valid)))
 
@@ -227,7 +273,7 @@ def _sq_block(rows: Array, target: Array, mean: Array) -> Array:
 
 @functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "rescale", "wide"))
 def pairwise(
-    kind: str,
+    kind: Any,
     source: Array,
     target: Array,
     eps_c: Array,
@@ -242,7 +288,7 @@ def pairwise(
     :func:`prepare`, and the flags go to :func:`raise_if_flagged`.
 
     Args:
-      kind: one of :data:`COSTS`.
+      kind: a :class:`Cost` or its name in :data:`COSTS`.
       source: ``[n, d]``; target: ``[m, d]`` (same float dtype).
       eps_c: cosine temperature (ignored by the other kinds), a traced scalar.
       chunk_size: source rows per block.
@@ -259,7 +305,8 @@ def pairwise(
     """
     n, d = source.shape
     dtype = source.dtype
-    if kind == "cosine":
+    kind = check_kind(kind)
+    if kind.angular:
         source_norms, source_ok = _row_norms(source)
         target_norms, target_ok = _row_norms(target)
         exponent = jnp.int32(0)
@@ -276,7 +323,7 @@ def pairwise(
         target_ok = jnp.all(jnp.isfinite(target))
         top = jnp.maximum(jnp.max(jnp.abs(source)), jnp.max(jnp.abs(target)))
         e = _exponent(top)  # features / 2^e lie in (-1, 1): nothing below can overflow
-        power = 1 if kind == "l2" else 2
+        power = kind.power
         unit = power * e  # the cost of the scaled features is in units of 2^unit
         scaled_target = _times_pow2(target, -e)
         mean = jnp.mean(scaled_target, axis=0)
@@ -287,7 +334,7 @@ def pairwise(
 
         def block(rows, _):
             d2 = _sq_block(_times_pow2(rows, -e), scaled_target, mean)
-            c = jnp.sqrt(d2) if kind == "l2" else d2
+            c = jnp.sqrt(d2) if power == 1 else d2 if power == 2 else d2 ** (power / 2)
             return _times_pow2(c, unit, 2 * power) if rescale else c
 
         extra = jnp.zeros(n, dtype)
@@ -302,9 +349,9 @@ def pairwise(
     return PairwiseCost(cost, exponent, jnp.stack([source_ok, target_ok, in_range]))
 
 
-def _run(kind: str, source: Any, target: Any, eps_c: Any, chunk_size: int | None) -> Array:
+def _run(kind: Cost, source: Any, target: Any, eps_c: Any, chunk_size: int | None) -> Array:
     source, target = prepare(source, target)
-    if kind == "cosine":
+    if kind.uses_eps_c:
         check_eps_c(eps_c, source.dtype)
     if chunk_size is None:
         chunk_size = source.shape[0]
@@ -318,21 +365,22 @@ def _run(kind: str, source: Any, target: Any, eps_c: Any, chunk_size: int | None
     return result.cost
 
 
-def raise_if_flagged(result: PairwiseCost, source: Any, target: Any, kind: str) -> None:
+def raise_if_flagged(result: PairwiseCost, source: Any, target: Any, kind: Any) -> None:
     """Raise the one-line error for bad features or an overflowing cost. The checks ran inside
     the computation (the flags of ``result``); only a raised flag pays for looking at the
     inputs on the host."""
     if not _checks.is_concrete(result.valid) or bool(np.all(result.valid)):
         return
+    kind = check_kind(kind)
     for x, name in ((source, "source"), (target, "target")):
         _checks.check_finite(x, name)
-        if kind == "cosine":
+        if kind.angular:
             _checks.check_nonzero_rows(x, name)
     cost = result.cost
     if cost is not None and _checks.is_concrete(cost) and not bool(jnp.all(cost < jnp.inf)):
         top = max(float(jnp.max(jnp.abs(x))) for x in (source, target))
         raise ValueError(
-            f"source: {kind} costs between source and target exceed the "
+            f"source: {kind.name} costs between source and target exceed the "
             f"{np.dtype(cost.dtype).name} range (features up to {top:.3g}); divide both "
             "by a common factor"
         )
@@ -364,7 +412,7 @@ def cosine_cost(
       >>> np.asarray(c).round(3).tolist()
       [[0.0], [2.0], [4.0]]
     """
-    return _run("cosine", source, target, eps_c, chunk_size)
+    return _run(COSTS["cosine"], source, target, eps_c, chunk_size)
 
 
 def sqeuclidean_cost(source: Any, target: Any, *, chunk_size: int | None = None) -> Array:
@@ -380,7 +428,7 @@ def sqeuclidean_cost(source: Any, target: Any, *, chunk_size: int | None = None)
       ValueError: as :func:`cosine_cost`, and naming ``source`` when a squared distance
         exceeds the float range.
     """
-    return _run("sqeuclidean", source, target, 1.0, chunk_size)
+    return _run(COSTS["sqeuclidean"], source, target, 1.0, chunk_size)
 
 
 def l2_cost(source: Any, target: Any, *, chunk_size: int | None = None) -> Array:
@@ -395,29 +443,78 @@ def l2_cost(source: Any, target: Any, *, chunk_size: int | None = None) -> Array
     Raises:
       ValueError: as :func:`sqeuclidean_cost`.
     """
-    return _run("l2", source, target, 1.0, chunk_size)
+    return _run(COSTS["l2"], source, target, 1.0, chunk_size)
 
 
 def cost_matrix(
     source: Any,
     target: Any,
-    kind: str = paper.COST,
+    kind: Any = paper.COST,
     *,
     eps_c: Any = paper.EPS_C,
     chunk_size: int | None = None,
 ) -> Array:
-    """The ``[n, m]`` cost of the given ``kind`` (one of :data:`COSTS`).
+    """The ``[n, m]`` cost ``kind`` (see :func:`resolve`: a name in :data:`COSTS`, a
+    :class:`Cost` or a function) between ``source`` ``[n, d]`` and ``target`` ``[m, d]``.
 
     ``eps_c`` only scales the cosine cost; ``l2`` and ``sqeuclidean`` are used as they are.
 
     Raises:
       ValueError: for an unknown ``kind`` (the message lists the valid ones) or bad inputs.
     """
-    check_kind(kind, "kind")
+    kind = resolve(kind, "kind")
+    if isinstance(kind, CustomCost):
+        return custom_matrix(kind, *prepare(source, target))
     return _run(kind, source, target, eps_c, chunk_size)
 
 
-def check_kind(kind: Any, name: str = "cost") -> None:
-    """Raise unless ``kind`` is one of :data:`COSTS`; ``name`` is the caller's argument."""
-    if not isinstance(kind, str) or kind not in COSTS:
-        raise ValueError(f"{name}: unknown cost {kind!r}; valid: {', '.join(COSTS)}")
+def custom_matrix(kind: CustomCost, source: Array, target: Array) -> Array:
+    """The ``[n, m]`` cost of a user's function on prepared features, checked (shape, and
+    finite values when concrete).
+
+    Raises:
+      ValueError: naming ``cost`` when the function's result is not an ``[n, m]`` array of
+        finite numbers.
+    """
+    c = jnp.asarray(kind.fn(source, target))
+    want = (source.shape[0], target.shape[0])
+    if c.shape != want or not jnp.issubdtype(c.dtype, jnp.floating):
+        raise ValueError(
+            f"cost: {kind.name} returned a {c.dtype} array of shape {list(c.shape)}; expected "
+            f"float [{want[0]}, {want[1]}]"
+        )
+    if _checks.is_concrete(c) and not bool(jnp.all(jnp.isfinite(c))):
+        raise ValueError(f"cost: {kind.name} returned values that are not finite")
+    return c.astype(source.dtype)
+
+
+def resolve(kind: Any, name: str = "cost") -> Cost | CustomCost:
+    """The cost ``kind`` stands for: a name in :data:`COSTS`, a :class:`Cost`, a
+    :class:`CustomCost`, or a function ``(source, target) -> [n, m]`` (wrapped in a
+    :class:`CustomCost`); ``name`` is the caller's argument.
+
+    Raises:
+      ValueError: for anything else (the message lists the valid names).
+    """
+    if isinstance(kind, (Cost, CustomCost)):
+        return kind
+    if isinstance(kind, str) and kind in COSTS:
+        return COSTS[kind]
+    if callable(kind) and not isinstance(kind, type):
+        return CustomCost(kind, getattr(kind, "__name__", "custom"))
+    raise ValueError(
+        f"{name}: unknown cost {kind!r}; valid: {', '.join(COSTS)}, a uotsel.costs.Cost or a "
+        "function (source, target) -> [n, m]"
+    )
+
+
+def check_kind(kind: Any, name: str = "cost") -> Cost:
+    """The registered :class:`Cost` ``kind`` names (or is); ``name`` is the caller's argument.
+
+    Raises:
+      ValueError: for an unknown cost or a user's function (the message lists the valid ones).
+    """
+    cost = resolve(kind, name)
+    if isinstance(cost, CustomCost):
+        raise ValueError(f"{name}: a function is not accepted here; valid: {', '.join(COSTS)}")
+    return cost

@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uotsel import _checks, costs, paper, unbalanced
+from uotsel import _checks, costs, unbalanced
 from uotsel import mesh as meshes
+from uotsel.settings import UOT, resolve
 from uotsel.unbalanced import SinkhornOutput
 
 __all__ = ["transport"]
@@ -23,34 +24,42 @@ __all__ = ["transport"]
 
 def transport(
     source: Any,
-    target: Any,
+    target: Any = None,
+    settings: UOT | None = None,
     *,
-    cost: str = paper.COST,
-    eps_c: Any = paper.EPS_C,
-    eps: Any = paper.EPS,
-    tau_source: Any = paper.TAU_SOURCE,
-    tau_target: Any = paper.TAU_TARGET,
+    cost: Any = None,
+    eps_c: Any = None,
+    eps: Any = None,
+    tau_source: Any = None,
+    tau_target: Any = None,
     source_weights: Any = None,
     target_weights: Any = None,
-    threshold: Any = paper.SOLVER_RTOL,
-    max_iter: int = paper.SOLVER_MAX_ITER,
+    threshold: Any = None,
+    max_iter: int | None = None,
     init: Any = None,
-    method: str = "auto",
+    method: str | None = None,
     chunk_size: int | None = None,
     shard: Any = "auto",
 ) -> SinkhornOutput:
     """Solve the unbalanced OT problem between ``source`` ``[n, d]`` and ``target`` ``[m, d]``.
 
     Args:
-      source, target: unit features (class means or cluster centroids).
-      cost: ``"cosine"`` (``(1 - cos) / eps_c``, the paper's), ``"l2"`` or ``"sqeuclidean"``.
+      source, target: unit features (class means or cluster centroids); or ``source`` an
+        ott-jax ``Geometry``/``PointCloud`` and ``target`` None (its points and cost, or its
+        cost matrix, see :func:`uotsel.ott_interop.features_of`).
+      settings: a :class:`uotsel.UOT` (default ``UOT()``, the paper's); the keyword arguments
+        of the same names override its fields (None: the field's value).
+      cost: ``"cosine"`` (``(1 - cos) / eps_c``, the paper's), ``"l2"``, ``"sqeuclidean"``, a
+        :class:`uotsel.costs.Cost`, or a function ``(source [n, d], target [m, d]) -> [n, m]``
+        traceable by JAX (see :func:`uotsel.costs.resolve`).
       eps_c: cosine temperature (paper: 0.01); ignored by the other costs.
-      chunk_size: compute the cost ``chunk_size`` source rows at a time.
+      chunk_size: compute the cost ``chunk_size`` source rows at a time (registered costs).
       shard: split the source axis over devices (:mod:`uotsel.mesh`): ``"auto"`` (when
         there are several devices and the ``[n, m]`` cost exceeds
         :data:`uotsel.mesh.SHARD_ABOVE_BYTES`), ``"on"``, ``"off"``, or a
         :class:`jax.sharding.Mesh` with a ``"sources"`` axis. Split or not, the iterations and
-        the stopping rule are the same; only the order of floating-point sums differs.
+        the stopping rule are the same; only the order of floating-point sums differs. A
+        function cost is solved unsplit.
       eps, tau_source, tau_target, source_weights, target_weights, threshold, max_iter, init,
         method: as in :func:`uotsel.sinkhorn`.
 
@@ -64,44 +73,73 @@ def transport(
 
     Example:
       >>> import numpy as np, uotsel
-      >>> out = uotsel.transport(np.eye(3), np.eye(3)[:1], eps_c=0.1)
+      >>> out = uotsel.transport(np.eye(3), np.eye(3)[:1], uotsel.UOT(eps_c=0.1))
       >>> int(np.argmax(out.log_row_sums))
       0
     """
-    costs.check_kind(cost)
+    if _checks.is_ott_object(source):
+        source, target, cost, eps_c, eps = _from_ott(source, target, cost, eps_c, eps, settings)
+    uot = resolve(
+        settings,
+        cost=cost,
+        eps_c=eps_c,
+        eps=eps,
+        tau_source=tau_source,
+        tau_target=tau_target,
+        threshold=threshold,
+        max_iter=max_iter,
+        method=method,
+    )
+    kind = costs.resolve(uot.cost)
     source, target, dtype = costs.checked(source, target)
+    if isinstance(kind, costs.CustomCost):
+        matrix = costs.custom_matrix(kind, *costs.prepare(source, target))
+        meshes.resolve(shard, 0, 0, 0)  # checked only
+        return unbalanced.sinkhorn(
+            matrix, uot, source_weights=source_weights, target_weights=target_weights, init=init
+        )
     mesh = _mesh(shard, source, target, dtype)
     put = costs.to_device if mesh is None else np.asarray
     source, target = put(source, dtype), put(target, dtype)
-    if cost == "cosine":
-        costs.check_eps_c(eps_c, source.dtype)
+    if kind.uses_eps_c:
+        costs.check_eps_c(uot.eps_c, source.dtype)
     (n, _), (m, _) = source.shape, target.shape
     settings = unbalanced.prepare(
         (),
         n,
         m,
         source.dtype,
-        eps=eps,
-        tau_source=tau_source,
-        tau_target=tau_target,
+        uot,
         source_weights=source_weights,
         target_weights=target_weights,
-        threshold=threshold,
-        max_iter=max_iter,
         init=init,
-        method=method,
     )
     chunk = None if chunk_size is None else _checks.check_positive_int(chunk_size, "chunk_size")
-    scale = np.asarray(eps_c if cost == "cosine" else 1.0, source.dtype)
-    out, valid = _solve(cost, source, target, scale, chunk, settings, method, mesh)
+    scale = np.asarray(uot.eps_c if kind.uses_eps_c else 1.0, source.dtype)
+    out, valid = _solve(kind, source, target, scale, chunk, settings, uot.method, mesh)
     # One transfer for all four flags; only a raised flag pays for a closer look.
     if _checks.is_concrete(valid) and not bool(np.all(valid)):
-        costs.raise_if_flagged(costs.PairwiseCost(None, 0, valid[:3]), source, target, cost)
+        costs.raise_if_flagged(costs.PairwiseCost(None, 0, valid[:3]), source, target, kind)
         # The cost matrix is built again to name the cause.
-        matrix = costs.cost_matrix(source, target, cost, eps_c=eps_c, chunk_size=chunk)
+        matrix = costs.cost_matrix(source, target, kind, eps_c=uot.eps_c, chunk_size=chunk)
         if not bool(valid[3]):
             unbalanced.explain_failure(matrix, settings, out)
     return out
+
+
+def _from_ott(geom, target, cost, eps_c, eps, settings):
+    """An ott-jax geometry given as ``source``: its points (or its cost matrix) and what it
+    says of ``cost``, ``eps_c`` and ``eps``, below what the caller set
+    (:func:`uotsel.ott_interop.features_of`)."""
+    from uotsel import ott_interop
+
+    if target is not None:
+        raise TypeError("target: must be None when source is an ott-jax geometry (it holds both)")
+    source, target, given = ott_interop.features_of(geom)
+    if "eps" in given and settings is not None:
+        given.pop("eps")  # the settings' eps is the caller's
+    pick = {"cost": cost, "eps_c": eps_c, "eps": eps}
+    return (source, target, *(v if v is not None else given.get(k) for k, v in pick.items()))
 
 
 def _solve(kind, source, target, scale, chunk, settings, method, mesh):

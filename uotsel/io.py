@@ -27,6 +27,7 @@ Writing them into place, all of a command's outputs together: :mod:`uotsel.outpu
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import math
@@ -173,7 +174,7 @@ def _npy_header(fh: Any, where: str, arg: str) -> tuple[tuple[int, ...], bool, n
         elif version == (2, 0):
             shape, fortran, dtype = fmt.read_array_header_2_0(fh)
         else:
-            shape, fortran, dtype = fmt._read_array_header(fh, version)
+            shape, fortran, dtype = _npy_header_3_0(fh)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(
             f"{arg}: {where} is truncated or corrupt (unreadable .npy header: {first_line(err)})"
@@ -183,6 +184,34 @@ def _npy_header(fh: Any, where: str, arg: str) -> tuple[tuple[int, ...], bool, n
             f"{arg}: {where} holds Python objects ({dtype}), not plain numbers or strings"
         )
     return shape, fortran, dtype, math.prod(shape) * dtype.itemsize
+
+
+def _npy_header_3_0(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """The header of a version 3.0 ``.npy`` file after its magic: version 2.0's layout (a
+    4-byte little-endian length, then a Python literal dict) in UTF-8, for which numpy has no
+    public reader."""
+    size = fh.read(4)
+    if len(size) != 4:
+        raise EOFError("the header length is cut short")
+    text = fh.read(int.from_bytes(size, "little"))
+    try:
+        header = ast.literal_eval(text.decode("utf-8"))
+    except (SyntaxError, UnicodeDecodeError, MemoryError, RecursionError) as err:
+        raise ValueError(f"the header is not a Python literal ({type(err).__name__})") from None
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        raise ValueError("the header does not hold exactly descr, fortran_order and shape")
+    shape, fortran = header["shape"], header["fortran_order"]
+    if not isinstance(shape, tuple) or not all(
+        isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape
+    ):
+        raise ValueError(f"the header's shape is not a tuple of sizes: {shape!r}")
+    if not isinstance(fortran, bool):
+        raise ValueError(f"the header's fortran_order is not a bool: {fortran!r}")
+    try:
+        dtype = np.lib.format.descr_to_dtype(header["descr"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"the header's descr is not a dtype ({first_line(err)})") from None
+    return shape, fortran, dtype
 
 
 def _read_npy(path: str, arg: str, mmap: bool) -> np.ndarray:

@@ -11,7 +11,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from uotsel import _checks, paper
+from uotsel import _checks, costs, paper
+from uotsel.settings import UOT, resolve
 from uotsel.strategies import STRATEGIES, Scores
 
 __all__ = ["Selection", "expand_to_samples", "rank", "select", "split_groups"]
@@ -86,20 +87,25 @@ def expand_to_samples(selected: Any, unit_ids: Any, num_units: int | None = None
 
 def select(
     source: Any,
-    target: Any,
+    target: Any = None,
+    settings: UOT | None = None,
     *,
     strategy: str = "uot",
     top_k: int | None = paper.TOP_K_CLASSES,
     n_groups: int | None = None,
     unit_ids: Any = None,
-    **settings: Any,
+    **options: Any,
 ) -> Selection:
     """Choose the ``top_k`` source units most similar to the target units.
 
     Args:
       source: ``[K, D]`` source unit features (class means or cluster centroids of the
-        pre-training data).
+        pre-training data); or an ott-jax ``Geometry``/``PointCloud`` with ``target`` None
+        (:func:`uotsel.ott_interop.features_of`).
       target: ``[M, D]`` target unit features (class means of the fine-tuning data).
+      settings: a :class:`uotsel.UOT` (default ``UOT()``, the paper's): its fields fill the
+        strategy's settings of the same names (all of them for ``uot``; ``cost`` and ``eps_c``
+        for ``greedy_ot`` and ``nearest``); the keyword ``**options`` override them.
       strategy: one of ``uot`` (default, the paper's), ``greedy_ot``, ``nearest``, ``random``,
         ``label`` (see :mod:`uotsel.strategies`).
       top_k: how many units to select; ``None`` selects every unit ``label`` matches (for the
@@ -107,16 +113,14 @@ def select(
       n_groups: number of equal groups the ranking is split into; default
         ``min(paper.N_GROUPS, K)`` (the paper's domain-gap study uses 10).
       unit_ids: optional ``[N]`` unit id of every pre-training sample; fills ``sample_indices``.
-      **settings: the strategy's settings; paper defaults for all of them (from
-        :mod:`uotsel.paper`). ``uot``: ``cost``
-        (``"cosine"``), ``eps_c`` (0.01), ``eps`` (1.0), ``tau_source`` (1.0), ``tau_target``
-        (100.0), ``source_weights``, ``target_weights`` (ones), ``threshold`` (1e-5),
-        ``max_iter`` (1000), ``init``, ``shard`` (``"auto"``: split the source axis over
-        devices for large problems, see :func:`uotsel.transport`). ``greedy_ot``: ``cost``
-        (``"l2"`` on the raw means, as Cui et al. 2018 and the paper's Table 1), ``eps_c``
-        (scales the cosine cost only),
-        ``target_weights``. ``nearest``: ``cost`` (``"cosine"``), ``eps_c``. ``random``:
-        ``seed`` (0). ``label``: ``matching``.
+      **options: the strategy's settings, the paper's by default. ``uot``: the fields of
+        :class:`uotsel.UOT` (``cost``, ``eps_c``, ``eps``, ``tau_source``, ``tau_target``,
+        ``threshold``, ``max_iter``, ``method``), ``source_weights``, ``target_weights``
+        (ones), ``init``, ``shard`` (``"auto"``: split the source axis over devices for large
+        problems, see :func:`uotsel.transport`). ``greedy_ot``: ``cost`` (``"l2"`` on the raw
+        means, as Cui et al. 2018 and the paper's Table 1), ``eps_c`` (scales the cosine cost
+        only), ``target_weights``. ``nearest``: ``cost`` (``"cosine"``), ``eps_c``.
+        ``random``: ``seed`` (0). ``label``: ``matching``.
 
     Returns:
       A :class:`Selection`.
@@ -138,13 +142,19 @@ def select(
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy: unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
     spec = STRATEGIES[strategy]
-    unknown = sorted(set(settings) - set(spec.defaults))
+    if _checks.is_ott_object(source):
+        source, target, options = _from_ott(source, target, spec.defaults, settings, options)
+    unknown = sorted(set(options) - set(spec.defaults))
     if unknown:
         raise TypeError(
             f"{unknown[0]}: not a setting of strategy {strategy!r}; valid: "
             f"{', '.join(spec.defaults) or 'none'}"
         )
-    used = {**spec.defaults, **settings}
+    from_value = {} if settings is None else resolve(settings)._asdict()
+    used = {**spec.defaults, **{k: v for k, v in from_value.items() if k in spec.defaults}}
+    used.update(options)
+    if "cost" in used:
+        used["cost"] = costs.resolve(used["cost"])
 
     source = _checks.as_float_array(source, "source", 2)
     _checks.check_nonempty(source, "source", 0, "units")
@@ -199,6 +209,20 @@ def select(
     )
 
 
+def _from_ott(geom, target, defaults, settings, options):
+    """An ott-jax geometry given as ``source``: its points (or cost matrix) and the settings it
+    implies, below the caller's (:func:`uotsel.ott_interop.features_of`)."""
+    from uotsel import ott_interop
+
+    if target is not None:
+        raise TypeError("target: must be None when source is an ott-jax geometry (it holds both)")
+    source, target, given = ott_interop.features_of(geom)
+    if settings is not None:
+        given.pop("eps", None)  # the settings' eps is the caller's
+    given = {k: v for k, v in given.items() if k in defaults}
+    return source, target, {**given, **options}
+
+
 _OMIT = object()
 
 
@@ -206,6 +230,8 @@ def _plain(value: Any) -> Any:
     """Settings as JSON-friendly scalars; arrays (weights, matching, init) are left out."""
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
+    if isinstance(value, (costs.Cost, costs.CustomCost)):
+        return value.name
     if isinstance(value, np.generic) or (hasattr(value, "ndim") and value.ndim == 0):
         return np.asarray(value).item()
     return _OMIT

@@ -21,7 +21,8 @@ by ``eps_c``; ``l2``/``sqeuclidean`` on features divided by a common power of tw
 :func:`uotsel.costs.pairwise`). The scores are those of the cost as defined, but neither a small
 ``eps_c`` nor very large or very small features overflow or underflow in float32.
 
-Every default that follows the paper comes from :mod:`uotsel.paper`.
+Every default that follows the paper comes from :mod:`uotsel.paper`; the ``uot`` strategy's
+settings are the fields of :class:`uotsel.UOT` (its defaults) and the per-problem data.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 
 from uotsel import _checks, costs, paper
 from uotsel.feature_transport import transport
+from uotsel.settings import UOT
 from uotsel.unbalanced import SinkhornOutput
 
 __all__ = ["STRATEGIES", "Scores", "Strategy"]
@@ -68,34 +70,13 @@ class Strategy(NamedTuple):
     check: Callable[[int, dict[str, Any]], None] | None = None
 
 
-def _uot(
-    source,
-    target,
-    *,
-    cost,
-    eps_c,
-    eps,
-    tau_source,
-    tau_target,
-    source_weights,
-    target_weights,
-    threshold,
-    max_iter,
-    init,
-    shard,
-) -> Scores:
+def _uot(source, target, *, source_weights, target_weights, init, shard, **fields) -> Scores:
     out = transport(
         source,
         target,
-        cost=cost,
-        eps_c=eps_c,
-        eps=eps,
-        tau_source=tau_source,
-        tau_target=tau_target,
+        UOT(**fields),
         source_weights=source_weights,
         target_weights=target_weights,
-        threshold=threshold,
-        max_iter=max_iter,
         init=init,
         shard=shard,
     )
@@ -106,15 +87,17 @@ def _uot(
 def _cost64(source, target, cost, eps_c) -> np.ndarray:
     """The ``[K, M]`` cost in float64, computed on rescaled inputs (see the module docstring);
     power-of-two factors are exact, so only overflow and underflow change."""
-    costs.check_kind(cost)
-    if cost == "cosine":
+    kind = costs.resolve(cost)
+    if isinstance(kind, costs.CustomCost):
+        return np.asarray(costs.cost_matrix(source, target, kind), np.float64)
+    if kind.uses_eps_c:
         _checks.check_positive_scalar(eps_c, "eps_c")
-        c = np.asarray(costs.cost_matrix(source, target, "cosine", eps_c=1.0), np.float64)
+        c = np.asarray(costs.cost_matrix(source, target, kind, eps_c=1.0), np.float64)
         return c / np.asarray(eps_c, np.float64)
     source, target = costs.prepare(source, target)
     one = jnp.asarray(1.0, source.dtype)
-    built = costs.pairwise(cost, source, target, one, source.shape[0], rescale=False)
-    costs.raise_if_flagged(built, source, target, cost)
+    built = costs.pairwise(kind, source, target, one, source.shape[0], rescale=False)
+    costs.raise_if_flagged(built, source, target, kind)
     return np.ldexp(np.asarray(built.cost, np.float64), int(built.exponent))
 
 
@@ -174,27 +157,20 @@ def _label(source, target, *, matching) -> Scores:
     return Scores(scores)
 
 
-_SOLVER = dict(
-    eps=paper.EPS,
-    tau_source=paper.TAU_SOURCE,
-    tau_target=paper.TAU_TARGET,
-    source_weights=None,
-    target_weights=None,
-    threshold=paper.SOLVER_RTOL,
-    max_iter=paper.SOLVER_MAX_ITER,
-    init=None,
-)
+_PAPER = UOT()
+# The uot strategy's settings: the fields of uotsel.UOT and the per-problem data.
+_UOT_DEFAULTS = {**_PAPER._asdict(), "source_weights": None, "target_weights": None}
 
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
-        Strategy("uot", _uot, dict(cost=paper.COST, eps_c=paper.EPS_C, shard="auto", **_SOLVER)),
+        Strategy("uot", _uot, {**_UOT_DEFAULTS, "init": None, "shard": "auto"}),
         Strategy(
             "greedy_ot",
             _greedy_ot,
-            dict(cost=paper.GREEDY_OT_COST, eps_c=paper.EPS_C, target_weights=None),
+            dict(cost=paper.GREEDY_OT_COST, eps_c=_PAPER.eps_c, target_weights=None),
         ),
-        Strategy("nearest", _nearest, dict(cost=paper.COST, eps_c=paper.EPS_C)),
+        Strategy("nearest", _nearest, dict(cost=_PAPER.cost, eps_c=_PAPER.eps_c)),
         Strategy("random", _random, dict(seed=0), needs_target=False, check=_check_seed),
         Strategy("label", _label, dict(matching=None), needs_target=False, check=_check_matching),
     )

@@ -41,8 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uotsel import _checks, paper
+from uotsel import _checks
 from uotsel import _iterations as _it
+from uotsel.settings import UOT, resolve
 
 __all__ = [
     "METHODS",
@@ -174,18 +175,19 @@ def eps_range(dtype: Any) -> tuple[float, float]:
 
 def sinkhorn(
     cost: Any,
+    settings: UOT | None = None,
     *,
-    eps: Any = paper.EPS,
-    tau_source: Any = paper.TAU_SOURCE,
-    tau_target: Any = paper.TAU_TARGET,
+    eps: Any = None,
+    tau_source: Any = None,
+    tau_target: Any = None,
     source_weights: Any = None,
     target_weights: Any = None,
     source_mask: Any = None,
     target_mask: Any = None,
-    threshold: Any = paper.SOLVER_RTOL,
-    max_iter: int = paper.SOLVER_MAX_ITER,
+    threshold: Any = None,
+    max_iter: int | None = None,
     init: Any = None,
-    method: str = "auto",
+    method: str | None = None,
 ) -> SinkhornOutput:
     """Solve one or a batch of entropic unbalanced OT problems.
 
@@ -196,7 +198,14 @@ def sinkhorn(
     Args:
       cost: ``[n, m]`` cost, or ``[B, n, m]`` for a batch of problems; rows are source
         (pre-training) units, columns target units. Computed in its own float dtype (ints are
-        cast to float32).
+        cast to float32). Or an ott-jax ``Geometry``/``PointCloud`` (its cost) or
+        ``LinearProblem`` (its cost, weights ``a``, ``b`` and ``tau_a``, ``tau_b`` mapped with
+        the ``eps`` in force), see :mod:`uotsel.ott_interop`; without an ``eps`` from the
+        caller or ``settings``, a geometry's explicit epsilon, else the paper's 1.
+      settings: a :class:`uotsel.UOT` (default ``UOT()``, the paper's: ``eps = 1``,
+        ``tau_source = 1``, ``tau_target = 100``, ``threshold = 1e-5``, ``max_iter = 1000``,
+        ``method = "auto"``); its ``cost`` and ``eps_c`` are not used here. The keyword
+        arguments of the same names override its fields (None: the field's value).
       eps: entropic regularisation ``> 0``; scalar or ``[B]``. At least ``9.9e-32`` in float32,
         and large enough for the dtype to resolve the potentials (about ``max |C| * 2^-18`` in
         float32, see :func:`resolved_range`).
@@ -237,6 +246,22 @@ def sinkhorn(
       >>> bool(out.converged), out.log_row_sums.shape
       (True, (3,))
     """
+    if _checks.is_ott_object(cost):
+        return _ott_problem(
+            cost,
+            settings,
+            eps=eps,
+            tau_source=tau_source,
+            tau_target=tau_target,
+            source_weights=source_weights,
+            target_weights=target_weights,
+            source_mask=source_mask,
+            target_mask=target_mask,
+            threshold=threshold,
+            max_iter=max_iter,
+            init=init,
+            method=method,
+        )
     cost = _checks.as_float_array(cost, "cost", (2, 3))
     lead = tuple(cost.shape[:-2])
     n, m = cost.shape[-2:]
@@ -244,22 +269,27 @@ def sinkhorn(
         raise ValueError("cost: has no rows (no source units)")
     if m == 0:
         raise ValueError("cost: has no columns (no target units)")
+    uot = resolve(
+        settings,
+        eps=eps,
+        tau_source=tau_source,
+        tau_target=tau_target,
+        threshold=threshold,
+        max_iter=max_iter,
+        method=method,
+    )
+    method = uot.method
     settings = prepare(
         lead,
         n,
         m,
         jax.dtypes.canonicalize_dtype(cost.dtype),
-        eps=eps,
-        tau_source=tau_source,
-        tau_target=tau_target,
+        uot,
         source_weights=source_weights,
         target_weights=target_weights,
         source_mask=source_mask,
         target_mask=target_mask,
-        threshold=threshold,
-        max_iter=max_iter,
         init=init,
-        method=method,
     )
     lockstep = jax.default_backend() != "cpu"
     if _checks.is_concrete(cost):
@@ -272,26 +302,37 @@ def sinkhorn(
     return solved.output
 
 
+def _ott_problem(problem: Any, settings: UOT | None, **given: Any) -> SinkhornOutput:
+    """:func:`sinkhorn` of an ott-jax geometry or ``LinearProblem`` (:mod:`uotsel.ott_interop`;
+    ott-jax is an optional peer, imported only here). ``eps``: the caller's or the settings'
+    value, else the geometry's own explicit epsilon, else the paper's."""
+    from uotsel import ott_interop
+
+    given = {k: v for k, v in given.items() if v is not None}
+    eps = given.pop("eps", None)
+    if eps is None and settings is not None:
+        eps = settings.eps
+    return ott_interop.solve(problem, eps=eps, settings=settings, **given)
+
+
 def prepare(
     lead: tuple[int, ...],
     n: int,
     m: int,
     dtype: Any,
+    settings: UOT | None = None,
     *,
-    eps: Any = paper.EPS,
-    tau_source: Any = paper.TAU_SOURCE,
-    tau_target: Any = paper.TAU_TARGET,
     source_weights: Any = None,
     target_weights: Any = None,
     source_mask: Any = None,
     target_mask: Any = None,
-    threshold: Any = paper.SOLVER_RTOL,
-    max_iter: int = paper.SOLVER_MAX_ITER,
     init: Any = None,
-    method: str = "auto",
+    **overrides: Any,
 ) -> SolverSettings:
-    """Validate the settings of :func:`sinkhorn` for problems of shape ``lead + [n, m]`` in
-    ``dtype``, before anything is traced.
+    """Validate the solver's part of ``settings`` (a :class:`uotsel.UOT`, default the paper's;
+    ``overrides``: its fields by keyword, as in :func:`sinkhorn`) and the per-problem data of
+    :func:`sinkhorn` for problems of shape ``lead + [n, m]`` in ``dtype``, before anything is
+    traced.
 
     Returns:
       The :class:`SolverSettings` that :func:`solve` takes.
@@ -299,6 +340,9 @@ def prepare(
     Raises:
       ValueError, TypeError: naming the bad argument.
     """
+    uot = resolve(settings, **overrides)
+    eps, tau_source, tau_target = uot.eps, uot.tau_source, uot.tau_target
+    threshold, max_iter, method = uot.threshold, uot.max_iter, uot.method
     _checks.check_positive_scalar(eps, "eps")
     _checks.check_positive_scalar(tau_source, "tau_source", allow_inf=True)
     _checks.check_positive_scalar(tau_target, "tau_target", allow_inf=True)

@@ -7,6 +7,11 @@ a config's steps), ``demo``. Errors are one line with exit status 2; a run whose
 ends with exit status 3; a data worker process that dies (killed, out of memory) ends the
 command with exit status 4, naming the worker and the image it was reading.
 
+The commands themselves are in :mod:`uotsel_train.commands`; they import JAX, Flax and
+ml_collections only when they run, so that a missing ``train`` extra is reported as such and a
+bad config is refused before JAX loads. Parsing and errors come from :mod:`uotsel.cli_kit`,
+shared with ``uotsel``.
+
 Fine-tuning settings come from a config (``--config NAME[:ARG]``, a ``.py`` file with
 ``get_config`` or a run's ``config.json``) and ``--config.KEY=VALUE`` overrides, one per setting.
 """
@@ -15,13 +20,18 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from uotsel.cli_kit import (
+    OneLineParser,
+    UsageError,
+    add_cluster_flags,
+    report,
+)
+from uotsel_train import __version__, commands
 from uotsel_train.errors import WorkerDied
 
 __all__ = ["main"]
@@ -36,13 +46,6 @@ _NEEDS = {
     "grain": "grain",
     "tensorflow_datasets": "tensorflow-datasets",
 }
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line (``prog: error: ...``), status 2."""
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _missing_extra() -> list[str]:
@@ -69,15 +72,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 def _distributed_options(p: argparse.ArgumentParser) -> None:
     """``--distributed`` and the explicit cluster flags, for every multi-process command."""
-    p.add_argument(
-        "--distributed",
-        action="store_true",
-        help="join a multi-process run (jax.distributed): the cluster is read from the "
-        "environment (SLURM, Open MPI, Cloud TPU) unless --coordinator is given",
-    )
-    p.add_argument("--coordinator", help="HOST:PORT of process 0 (with --distributed)")
-    p.add_argument("--num-processes", type=int, help="with --coordinator")
-    p.add_argument("--process-id", type=int, help="with --coordinator")
+    add_cluster_flags(p, "")
 
 
 def _add_convert_and_extract(sub: Any) -> None:
@@ -138,7 +133,6 @@ def _add_convert_and_extract(sub: Any) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from uotsel_train import __version__
 
     parser = OneLineParser(
         prog="uotsel-train",
@@ -236,44 +230,6 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return rest, pairs
 
 
-def _numbers(text: str | None, flag: str, kind: type = float) -> list:
-    if text is None:
-        return []
-    from uotsel_train import config
-
-    try:
-        return [config._number(flag, v, kind) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
-
-
-def _config(args: argparse.Namespace, pairs: list[str], **changes):
-    from uotsel_train import config
-
-    cfg = config.override(config.load(args.config), pairs)
-    if changes:
-        cfg = config.override(cfg, [f"{k}={v}" for k, v in changes.items()])
-    config.validate(cfg)
-    if args.until_epoch is not None and not 1 <= args.until_epoch <= cfg.epochs:
-        raise ValueError(
-            f"--until-epoch: must be between 1 and {cfg.epochs}, got {args.until_epoch}"
-        )
-    return cfg
-
-
-def _join(args: argparse.Namespace) -> bool:
-    """Start ``jax.distributed`` when asked; True on the process that reports."""
-    if args.coordinator and not args.distributed:
-        raise ValueError("--coordinator: given without --distributed")
-    import jax
-
-    if args.distributed:
-        from uotsel_train import parallel
-
-        parallel.initialize(args.coordinator, args.num_processes, args.process_id)
-    return jax.process_index() == 0
-
-
 class _Stderr(logging.Handler):
     """Log lines to whatever ``sys.stderr`` is when they are written."""
 
@@ -291,279 +247,15 @@ def _console() -> None:
     logger.propagate = False
 
 
-def _log(line: str) -> None:
-    logging.getLogger("uotsel_train").info(line)
-
-
-def _finetune(args: argparse.Namespace, pairs: list[str]) -> int:
-    cfg = _config(args, pairs)
-    lead = _join(args)
-    from uotsel_train import train
-
-    out = train.run(cfg, args.out_dir, resume=args.resume, until_epoch=args.until_epoch, log=_log)
-    if lead:
-        summary = f"step {out.step}, epoch {out.epoch}"
-        for name, ev in (("last", out.last), ("best", out.best)):
-            if ev:
-                scores = ", ".join(f"{k} {v:.4f}" for k, v in ev.items() if k != "epoch")
-                summary += f"; {name} (epoch {ev['epoch']}): {scores}"
-        print(f"{summary} -> {args.out_dir}")
-    return 0
-
-
-def _input_bench(args: argparse.Namespace, pairs: list[str]) -> int:
-    if not 1 <= args.steps <= 10**6:
-        raise ValueError(f"--steps: must be between 1 and 10^6, got {args.steps}")
-    args.until_epoch = None
-    cfg = _config(args, pairs)
-    from uotsel_train import input_bench
-
-    print(json.dumps(input_bench.measure(cfg, args.steps)))
-    return 0
-
-
-def _grid(args: argparse.Namespace, pairs: list[str]) -> int:
-    args.until_epoch = None
-    from uotsel_train import config
-
-    base = config.override(config.load(args.config), pairs)
-    if not base.val_fraction and not args.select_on_test:
-        base = config.override(base, ["val_fraction=0.1"])
-    config.validate(base)
-    values = {
-        "lr": _numbers(args.lrs, "--lrs"),
-        "weight_decay": _numbers(args.wds, "--wds"),
-        "lam": _numbers(args.lams, "--lams"),
-    }
-    seeds = _numbers(args.seeds, "--seeds", int)
-    if not seeds or any(not 0 <= s < 2**31 for s in seeds):
-        raise ValueError(f"--seeds: give seeds between 0 and 2^31 - 1, got {args.seeds!r}")
-    lead = _join(args)
-    from uotsel_train import grid
-
-    on = "test" if args.select_on_test else "val"
-    record = grid.search(
-        base,
-        values,
-        seeds,
-        args.out_dir,
-        select_on=on,
-        resume=args.resume,
-        log=_log if lead else (lambda line: None),
-    )
-    if lead:
-        c = record["chosen"]
-        line = f"chosen on {on}: lr {c['lr']:g}, weight decay {c['weight_decay']:g}, "
-        line += f"lambda {c['lam']:g}"
-        for key in ("val_top1_mean", "test_top1_mean"):
-            if key in c:
-                line += f"; mean {key[:-5].replace('_', ' ')} {c[key]:.4f}"
-        print(f"{line} -> {os.path.join(args.out_dir, 'grid.json')}")
-    return 0
-
-
-def _configs(args: argparse.Namespace, pairs: list[str]) -> int:
-    from uotsel_train import config, configs
-
-    if args.name is None:
-        width = max(map(len, configs.NAMES))
-        for name, text in configs.NAMES.items():
-            print(f"{name:{width}}  {text}")
-        return 0
-    cfg = config.override(config.load(args.name), pairs)
-    config.validate(cfg, check_files=False)
-    for key, value in config.to_dict(cfg).items():
-        print(f"{key} = {value!r}")
-    return 0
-
-
-def _plot(args: argparse.Namespace, pairs: list[str]) -> int:
-    from uotsel_train import plot
-
-    for run_dir in args.runs:
-        if not os.path.isdir(run_dir):
-            raise ValueError(f"RUN_DIR: not a folder: {run_dir}")
-        if os.path.abspath(args.out) == os.path.abspath(os.path.join(run_dir, "metrics.jsonl")):
-            raise ValueError("--out: would overwrite the metrics it draws")
-    plot.curves(args.runs, args.out)
-    print(f"{len(args.runs)} run(s) -> {args.out}")
-    return 0
-
-
-def _demo(args: argparse.Namespace, pairs: list[str]) -> int:
-    import dataclasses
-    import tempfile
-
-    from uotsel_train import demo
-
-    settings = demo.DemoSettings.quick() if args.quick else demo.DemoSettings()
-    if args.seeds is not None:
-        seeds = tuple(_numbers(args.seeds, "--seeds", int))
-        if not seeds:
-            raise ValueError("--seeds: give at least one seed")
-        settings = dataclasses.replace(settings, seeds=seeds)
-    settings = dataclasses.replace(settings, data_seed=args.data_seed)
-    if args.out_dir:
-        if os.path.isfile(args.out_dir):
-            raise ValueError(f"--out-dir: is a file, expected a folder: {args.out_dir}")
-        os.makedirs(args.out_dir, exist_ok=True)
-        out_dir = args.out_dir
-    else:
-        out_dir = tempfile.mkdtemp(prefix="uotsel-train-demo-")
-    demo.run(out_dir, settings, log=lambda line: print(line, flush=True))
-    return 0
-
-
-def _extract(args: argparse.Namespace, pairs: list[str]) -> int:
-    from uotsel_train import config, extract, initialise, input_pipeline
-
-    for value, flag in ((args.image_size, "--image-size"), (args.batch_size, "--batch-size")):
-        if not 1 <= value <= 10**5:
-            raise ValueError(f"{flag}: must be between 1 and 10^5, got {value}")
-    config.check_workers(args.workers, "--workers")
-    if os.path.isdir(args.weights) or not os.path.exists(args.weights):
-        raise ValueError(f"--weights: not a file: {args.weights}")
-    from uotsel.outputs import Outputs
-
-    lead = _join(args)
-    with Outputs([("--weights", args.weights)]) as outputs:
-        outputs.add("--out", args.out, ("npz",))
-        if args.features_out:
-            _add_features_out(outputs, args.features_out)
-        source = input_pipeline.open_source(args.data, args.data_dir or "", "train", "--data")
-        variables = {"backbone": initialise.load_backbone(args.weights)}
-        if args.moco_head:
-            from uotsel_train import convert
-
-            variables = convert.load_variables(args.weights)
-        result = extract.extract(
-            source,
-            variables,
-            args.arch,
-            moco_head=args.moco_head,
-            image_size=args.image_size,
-            resize=round(args.image_size * 256 / 224),
-            batch_size=args.batch_size,
-            workers=args.workers,
-            keep_features=bool(args.features_out),
-            features_into=_features_into(outputs, args.features_out),
-            allow_empty=args.allow_empty_classes,
-            progress=not args.quiet and lead,
-        )
-        _write_extracted(outputs, args, source, result, lead)
-    if lead:
-        print(
-            f"{len(source.classes)} class means from {int(result.counts.sum())} images "
-            f"({len(result.skipped)} unreadable skipped) -> {args.out}"
-        )
-    return 0
-
-
-_PART = "--features-out (this process's part)"
-
-
-def _in_parts(path: str | None) -> bool:
-    """``--features-out`` names an index of parts (``.json``) rather than one ``.npy``."""
-    return bool(path) and os.path.splitext(path)[1].lower() == ".json"
-
-
-def _add_features_out(outputs: Any, path: str) -> None:
-    """``--features-out`` checked like every output before any work. ``.json``: an index
-    (process 0) and one ``.npy`` part per process beside it, each written by its process;
-    ``.npy``: one file, from several processes filled by all of them
-    (:func:`uotsel_train.parallel.write_shared_rows`)."""
-    import jax
-
-    from uotsel import shards
-    from uotsel.outputs import Outputs
-
-    count = jax.process_count()
-    if count > 1 and not _in_parts(path):
-        with Outputs([]) as probe:
-            probe.add("--features-out", path, ("npy", "json"))
-        return
-    if outputs.add("--features-out", path, ("npy", "json")) == "json":
-        outputs.add(_PART, shards.part_name(path, jax.process_index(), count), ("npy",))
-
-
-def _features_into(outputs: Any, path: str | None) -> Any:
-    """Where extraction writes this process's features: straight into the part's or the single
-    file's temporary (a memory map, so they need not fit in memory), or, for one ``.npy``
-    filled by several processes, None (in memory, written at the end)."""
-    import jax
-    import numpy as np
-
-    if not path or (jax.process_count() > 1 and not _in_parts(path)):
-        return None
-    arg = _PART if _in_parts(path) else "--features-out"
-    return lambda shape: outputs.array(arg, shape, np.float32)
-
-
-def _write_extracted(outputs: Any, args: argparse.Namespace, source: Any, result: Any, lead: bool):
-    """The class means (process 0) and the per-sample features. With parts, every output is
-    complete on every process before any is renamed into place, and the index (process 0) goes
-    in last, so a failure leaves no index that names parts of another run."""
-    import jax
-    import numpy as np
-
-    from uotsel import io, shards
-    from uotsel_train import parallel
-
-    count, n = jax.process_count(), len(source)
-    parts = _in_parts(args.features_out)
-    if lead:
-        outputs.write(
-            "--out",
-            io.write_units,
-            result.means,
-            counts=result.counts,
-            names=source.classes,
-            assignment=source.labels,
-        )
-    if lead and parts:
-        names = [
-            (shards.part_name(args.features_out, i, count), len(parallel.process_share(n, i)))
-            for i in range(count)
-        ]
-        dim = result.features.shape[1]
-        outputs.write("--features-out", io.write_shards_index, names, dim, np.float32)
-    elif parts:
-        outputs.drop("--out")
-        outputs.drop("--features-out")
-    elif args.features_out and count > 1:
-        parallel.write_shared_rows(args.features_out, result.features, result.rows, n)
-    parallel.wait_for_all(f"{args.out} outputs ready")
-    if parts and not lead:
-        outputs.commit()
-    parallel.wait_for_all(f"{args.out} parts in place")
-    if lead:
-        outputs.commit()
-
-
-def _convert(args: argparse.Namespace, pairs: list[str]) -> int:
-    from uotsel.outputs import Outputs
-    from uotsel_train import convert
-
-    with Outputs([("--checkpoint", args.checkpoint)]) as outputs:
-        outputs.add("--out", args.out, ("npz",))
-        state = convert.load_state_dict(args.checkpoint)
-        converted = convert.convert_state_dict(state, args.arch)
-        outputs.write("--out", lambda fh: convert.save_variables(converted, fh))
-        outputs.commit()
-    parts = [name for name in ("backbone", "fc", "moco_head") if converted.get(name) is not None]
-    print(f"converted {len(state)} tensors ({', '.join(parts)}) for {args.arch} -> {args.out}")
-    return 0
-
-
 _COMMANDS = {
-    "convert": _convert,
-    "extract": _extract,
-    "configs": _configs,
-    "finetune": _finetune,
-    "grid": _grid,
-    "input-bench": _input_bench,
-    "plot": _plot,
-    "demo": _demo,
+    "convert": commands.convert_command,
+    "extract": commands.extract_command,
+    "configs": commands.configs_command,
+    "finetune": commands.finetune_command,
+    "grid": commands.grid_command,
+    "input-bench": commands.input_bench_command,
+    "plot": commands.plot_command,
+    "demo": commands.demo_command,
 }
 
 
@@ -580,32 +272,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         argv, pairs = _split_overrides(argv)
     except ValueError as err:
-        print(f"uotsel-train: error: {err}", file=sys.stderr)
-        return 2
+        return report("uotsel-train", err)
     _console()
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:
         return int(done.code or 0)
+    prog = f"uotsel-train {args.command}"
     if pairs and args.command not in ("finetune", "grid", "configs", "input-bench"):
-        print(
-            f"uotsel-train {args.command}: error: --config.{pairs[0]}: not a setting of this "
-            "command",
-            file=sys.stderr,
-        )
-        return 2
+        return report(prog, UsageError(f"--config.{pairs[0]}: not a setting of this command"))
     try:
         return _COMMANDS[args.command](args, pairs)
     except WorkerDied as err:
-        print(f"uotsel-train {args.command}: error: {err}", file=sys.stderr)
-        return 4
-    except ValueError as err:
-        print(f"uotsel-train {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return report(prog, err, status=4)
+    except (UsageError, ValueError) as err:
+        return report(prog, err)
     except FloatingPointError as err:  # train.Diverged: the loss became NaN or infinite
-        print(f"uotsel-train {args.command}: diverged: {err}", file=sys.stderr)
-        return 3
+        return report(prog, err, status=3, word="diverged")
 
 
 def entry() -> None:

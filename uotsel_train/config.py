@@ -20,6 +20,7 @@ import ast
 import difflib
 import importlib.util
 import json
+import logging
 import math
 import os
 from typing import Any, NamedTuple
@@ -58,7 +59,9 @@ FIELDS: dict[str, Field] = {
     "weights": Field("", "Flax weights from 'uotsel-train convert' (the backbone is loaded)"),
     "objective": Field("labelled", "vanilla, labelled (eq. 6) or unlabelled (eq. 7)"),
     "lam": Field(0.3, "lambda, weight of the pre-training term"),
-    "threshold": Field(0.0, "eq. 7 confidence threshold on the pseudo-label; 0: every image"),
+    "min_confidence": Field(
+        0.0, "eq. 7: least confidence of a pseudo-label for its image to count; 0: every image"
+    ),
     "strong_view": Field("released", "eq. 7 strong view: released (the paper's code) or wide"),
     "bn_group_size": Field(
         0, "BatchNorm statistics per group of N images of a step; 0: the whole step batch"
@@ -180,15 +183,28 @@ def override(cfg: ml_collections.ConfigDict, pairs: list[str]) -> ml_collections
         key = key.strip()
         if not sep:
             raise ConfigError(f"{key or pair}: expected KEY=VALUE, got {pair!r}")
+        if key in RENAMED:
+            raise ConfigError(f"{key}: renamed {RENAMED[key]}")
         if key not in FIELDS:
             raise ConfigError(f"{key}: unknown setting{_nearest(key)}")
         cfg[key] = _parse(key, text)
     return cfg
 
 
+# Settings renamed since runs were first saved: old name -> new name. A saved config.json
+# with an old name loads under the new one, with a log line; on the command line the old name
+# is refused with the new one.
+RENAMED = {"threshold": "min_confidence"}
+
+
 def _from_mapping(record: dict, origin: str) -> ml_collections.ConfigDict:
     cfg = default()
     for key, value in record.items():
+        if key in RENAMED and RENAMED[key] not in record:
+            logging.getLogger("uotsel_train").info(
+                "%s: renamed %s; the value in %s is read as such", key, RENAMED[key], origin
+            )
+            key = RENAMED[key]
         if key not in FIELDS:
             raise ConfigError(f"{key}: unknown setting in {origin}{_nearest(key)}")
         want = type(FIELDS[key].default)
@@ -289,13 +305,13 @@ def _check_ranges(cfg: ml_collections.ConfigDict) -> None:
         ("lam", 0.0, math.inf, True),
         ("momentum", 0.0, 1.0, True),
         ("lr_decay", 0.0, 1.0, False),
-        ("threshold", 0.0, 1.0, True),
+        ("min_confidence", 0.0, 1.0, True),
         ("target_fraction", 0.0, 1.0, False),
         ("val_fraction", 0.0, 1.0, True),
     ):
         value = cfg[key]
         ok = math.isfinite(value) and (low <= value if closed else low < value) and value <= high
-        if not ok or (key in ("momentum", "threshold", "val_fraction") and value >= 1):
+        if not ok or (key in ("momentum", "min_confidence", "val_fraction") and value >= 1):
             shown = "[" if closed else "("
             raise ConfigError(f"{key}: must be in {shown}{low:g}, {high:g}), got {value}")
     if not (math.isfinite(cfg.long_tail) and cfg.long_tail >= 1):

@@ -181,8 +181,7 @@ def stream_order(indices: Any, seed: int) -> grain.MapDataset:
 
 def _views(views: tuple, seed: int, step: int, stream: int, img: Image.Image, index: int):
     crops = [
-        make(img, np.random.default_rng([seed, step, stream, index, num]))
-        for _, num, make in views
+        make(img, np.random.default_rng([seed, step, stream, index, num])) for _, num, make in views
     ]
     return crops[0][None] if len(crops) == 1 else np.stack(crops)
 

@@ -39,16 +39,16 @@ def labelled_loss(target_logits, target_labels, source_logits, source_labels, la
 
 
 def unlabelled_loss(
-    target_logits, target_labels, strong_logits, weak_logits, lam, threshold: float = 0.0
+    target_logits, target_labels, strong_logits, weak_logits, lam, min_confidence: float = 0.0
 ):
     """Eq. 7. Returns ``(loss, {"target_ce", "pseudo_ce", "mask_rate"})``."""
     t = cross_entropy(target_logits, target_labels)
     pseudo = jax.lax.stop_gradient(jax.nn.softmax(weak_logits))
     per_sample = soft_cross_entropy(strong_logits, pseudo)
-    if not threshold:
+    if not min_confidence:
         mask = jnp.ones_like(per_sample)
     else:
-        mask = (jnp.max(pseudo, axis=1) >= threshold).astype(per_sample.dtype)
+        mask = (jnp.max(pseudo, axis=1) >= min_confidence).astype(per_sample.dtype)
     kept = jnp.sum(mask)
     u = jnp.sum(per_sample * mask) / jnp.maximum(kept, 1.0)  # empty mask: 0, not NaN
     return t + lam * u, {"target_ce": t, "pseudo_ce": u, "mask_rate": kept / mask.size}
@@ -79,5 +79,5 @@ def unlabelled(logits: dict, batch: dict, s):
         logits["source_strong"][0],
         logits["source_weak"][0],
         s.lam,
-        s.threshold,
+        s.min_confidence,
     )

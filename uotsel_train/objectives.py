@@ -6,7 +6,7 @@ it needs, whether it needs the source head, and its loss in :mod:`uotsel_train.l
   pre-training batch (one forward pass over the concatenated batch);
 - ``unlabelled`` (eq. 7, FixMatch-style): that plus ``lam`` times the soft cross-entropy between
   the target head's prediction on the strong view and its softmax on the weak view (gradient
-  stopped, temperature 1); with a confidence ``threshold`` > 0 only samples whose pseudo-label
+  stopped, temperature 1); with ``min_confidence`` > 0 only samples whose pseudo-label
   reaches it count, and an empty mask contributes 0 instead of NaN.
 
 A new objective is one loss function in :mod:`uotsel_train.losses` and one :data:`REGISTRY`
@@ -25,10 +25,11 @@ __all__ = ["REGISTRY", "Objective", "Settings", "get"]
 
 class Settings(NamedTuple):
     """The objectives' hyper-parameters: ``lam`` (weight of the pre-training term) and
-    ``threshold`` (eq. 7 confidence threshold; 0 keeps every sample)."""
+    ``min_confidence`` (eq. 7: least pseudo-label confidence a sample needs; 0 keeps every
+    sample)."""
 
     lam: float = 1.0
-    threshold: float = 0.0
+    min_confidence: float = 0.0
 
 
 class Objective(NamedTuple):

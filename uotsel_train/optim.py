@@ -20,14 +20,14 @@ HEAD_MODULES = ("target_head", "source_head")
 
 
 def learning_rate(
-    base: float, steps_per_epoch: int, milestones: Sequence[int] = (60, 80), gamma: float = 0.1
+    base: float, steps_per_epoch: int, milestones: Sequence[int] = (60, 80), lr_decay: float = 0.1
 ) -> optax.Schedule:
-    """``base * gamma ** (number of milestones <= epoch)`` at step ``s``, epoch ``s //
+    """``base * lr_decay ** (number of milestones <= epoch)`` at step ``s``, epoch ``s //
     steps_per_epoch`` (torch's MultiStepLR stepped once per epoch)."""
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch: must be >= 1, got {steps_per_epoch}")
     return optax.piecewise_constant_schedule(
-        base, {int(m) * steps_per_epoch: gamma for m in milestones}
+        base, {int(m) * steps_per_epoch: lr_decay for m in milestones}
     )
 
 
@@ -46,22 +46,22 @@ def sgd(
     weight_decay: float,
     steps_per_epoch: int,
     *,
-    head_multiplier: float = 10.0,
+    head_lr_multiplier: float = 10.0,
     momentum: float = 0.9,
     nesterov: bool = True,
     milestones: Sequence[int] = (60, 80),
-    gamma: float = 0.1,
+    lr_decay: float = 0.1,
 ) -> optax.GradientTransformation:
     """The paper's optimiser for a parameter tree whose top level holds ``target_head`` /
     ``source_head`` next to the backbone."""
 
     def group(multiplier: float) -> optax.GradientTransformation:
-        schedule = learning_rate(base_lr * multiplier, steps_per_epoch, milestones, gamma)
+        schedule = learning_rate(base_lr * multiplier, steps_per_epoch, milestones, lr_decay)
         return optax.chain(
             optax.add_decayed_weights(weight_decay),  # coupled: g + wd * p, as torch does
             optax.sgd(schedule, momentum=momentum, nesterov=nesterov),
         )
 
     return optax.multi_transform(
-        {"backbone": group(1.0), "head": group(head_multiplier)}, param_groups
+        {"backbone": group(1.0), "head": group(head_lr_multiplier)}, param_groups
     )

@@ -276,10 +276,10 @@ def _start(cfg: Any, inputs, backbone, out_dir: str, resume: bool, log: Callable
         cfg.lr,
         cfg.weight_decay,
         spe,
-        head_multiplier=cfg.head_lr_multiplier,
+        head_lr_multiplier=cfg.head_lr_multiplier,
         momentum=cfg.momentum,
         milestones=cfg.milestones,
-        gamma=cfg.lr_decay,
+        lr_decay=cfg.lr_decay,
     )
     model = build_model(cfg, len(inputs.target.classes), inputs.num_source_classes)
     store = checkpoints.Store(out_dir)
@@ -326,7 +326,7 @@ def fit(
         _write(os.path.join(out_dir, "config.json"), {"config": config.to_dict(cfg), **extra})
     objective = objectives.get(cfg.objective)
     replicated = NamedSharding(mesh, PartitionSpec())
-    settings = objectives.Settings(cfg.lam, cfg.threshold)
+    settings = objectives.Settings(cfg.lam, cfg.min_confidence)
     spe = inputs.train_indices.size // cfg.batch_size
     end_epoch = cfg.epochs if until_epoch is None else min(cfg.epochs, until_epoch)
     start = int(state.step)

@@ -1,0 +1,404 @@
+"""What the ``uotsel`` commands do once their flags are parsed (:mod:`uotsel.cli`): read the
+inputs, call the library, write the outputs together (:class:`uotsel.outputs.Outputs`). Each
+``cmd_NAME(args)`` returns the exit status; bad input raises :class:`uotsel.cli_kit.UsageError`
+or ``ValueError`` naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+
+from uotsel import __version__, _checks, costs, demo, embedded, io, mesh, paper, plot
+from uotsel.centroids import class_means
+from uotsel.cli_kit import (
+    UsageError,
+    check_cluster_flags,
+)
+from uotsel.clustering import ProgressBars, kmeans
+from uotsel.outputs import Outputs, first_line
+from uotsel.plan import selection_mass
+from uotsel.progress import Progress
+from uotsel.selection import select
+from uotsel.settings import UOT
+from uotsel.strategies import STRATEGIES
+
+
+def _join(args: argparse.Namespace) -> bool:
+    """Join the multi-process run when asked; True on the process that writes and reports."""
+    check_cluster_flags(args)
+
+    if args.distributed:
+        try:
+            mesh.initialize(args.coordinator, args.num_processes, args.process_id)
+        except (RuntimeError, ValueError) as err:
+            raise UsageError(f"--distributed: {first_line(err)}") from None
+    return jax.process_index() == 0
+
+
+def _is_id_list(text: str) -> bool:
+    return bool(re.fullmatch(r"[\s\d,+\-.eE]*\d[\s\d,+\-.eE]*", text))
+
+
+def _matching_file(text: str | None) -> str | None:
+    """The file ``--matching`` names, or None when it is a comma-separated list."""
+    if text is None or (_is_id_list(text) and not os.path.lexists(text)):
+        return None
+    return text
+
+
+def _read_matching(text: str, num_units: int) -> np.ndarray:
+
+    path = _matching_file(text)
+    if path is not None:
+        if not os.path.lexists(path):
+            raise UsageError(
+                f"--matching: neither an existing file nor a comma-separated list of ids: {text!r}"
+            )
+        ids = io.read_ids(path, "--matching")
+    else:
+        ids = io.parse_ids(text.split(","), "--matching")
+    if ids.size == 0:
+        raise UsageError("--matching: no ids given")
+    if ids.min() < 0 or ids.max() >= num_units:
+        bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+        raise UsageError(
+            f"--matching: id {bad} is not a source unit (ids must be in [0, {num_units}))"
+        )
+    return ids
+
+
+def _check_units_for_cost(units: Any, flag: str, cost: str) -> None:
+    """Rows of zeros have no direction: refused (naming ``flag``) for an angular cost."""
+    if costs.check_kind(cost).angular:
+        _checks.check_nonzero_rows(units.means, flag)
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+
+    spec = STRATEGIES[args.strategy]
+    if spec.needs_target and not args.target:
+        raise UsageError(f"--target: required by --strategy {args.strategy}")
+    if args.strategy == "label" and args.matching is None:
+        raise UsageError("--matching: required by --strategy label")
+    inputs = [
+        ("--source", io.input_path(args.source)),
+        ("--target", io.input_path(args.target)),
+        ("--matching", _matching_file(args.matching)),
+    ]
+    lead = _join(args)
+    with Outputs(inputs, writes=lead) as outputs:
+        outputs.add("--out", args.out, ("json",))
+        if args.names_out is not None:
+            outputs.add("--names-out", args.names_out, ("txt",))
+        if args.samples_out is not None:
+            outputs.add("--samples-out", args.samples_out, ("npy", "txt"))
+
+        source = io.read_units(args.source, "--source")
+        target = io.read_units(args.target, "--target") if args.target else None
+        num_units, dim = source.means.shape
+        if target is not None and target.means.shape[1] != dim:
+            raise UsageError(
+                f"--target: feature dimension {target.means.shape[1]} does not match the "
+                f"source's {dim}"
+            )
+        if args.samples_out is not None and source.unit_ids is None:
+            raise UsageError(
+                "--samples-out: the source file has no per-sample unit ids ('labels' or "
+                "'assignment')"
+            )
+        cost = args.cost or spec.defaults.get("cost")
+        if spec.needs_target:
+            _check_units_for_cost(source, "--source", cost)
+            _check_units_for_cost(target, "--target", cost)
+        matching = None
+        if args.strategy == "label":
+            matching = _read_matching(args.matching, num_units)
+        top_k = _select_top_k(args, num_units, matching)
+        selection = select(
+            source.means,
+            None if target is None else target.means,
+            strategy=args.strategy,
+            top_k=top_k,
+            n_groups=args.n_groups if args.n_groups is not None else min(paper.N_GROUPS, num_units),
+            unit_ids=source.unit_ids,
+            **_strategy_settings(args, matching),
+        )
+        _write_selection_outputs(outputs, args, selection, source, target)
+        outputs.commit()
+    if lead:
+        _report_selection(args, selection)
+    return 0
+
+
+def _select_top_k(args: argparse.Namespace, num_units: int, matching: Any) -> int | None:
+    """``--top-k`` (its default for every strategy but ``label``), checked against the units;
+    ``--n-groups`` checked too."""
+    top_k = args.top_k
+    if top_k is None and args.strategy != "label":
+        top_k = paper.TOP_K_CLASSES
+        if top_k > num_units:
+            raise UsageError(
+                f"--top-k: the default {top_k} is more than the {num_units} source units; "
+                "give --top-k"
+            )
+    if top_k is not None and top_k > num_units:
+        raise UsageError(f"--top-k: {top_k} is more than the {num_units} source units")
+    if matching is not None and top_k is not None and top_k > np.unique(matching).size:
+        raise UsageError(
+            f"--top-k: {top_k} is more than the {np.unique(matching).size} units listed in "
+            "--matching"
+        )
+    if args.n_groups is not None and args.n_groups > num_units:
+        raise UsageError(f"--n-groups: {args.n_groups} is more than the {num_units} source units")
+    return top_k
+
+
+def _strategy_settings(args: argparse.Namespace, matching: Any) -> dict[str, Any]:
+    """The flags ``--strategy`` takes, as :func:`uotsel.select` keywords."""
+    with_cost = {} if args.cost is None else {"cost": args.cost}
+    return {
+        "uot": dict(
+            **with_cost,
+            **{f: getattr(args, f) for f in UOT._fields if f != "cost"},
+            shard=args.shard,
+        ),
+        "greedy_ot": dict(**with_cost, eps_c=args.eps_c),
+        "nearest": dict(**with_cost, eps_c=args.eps_c),
+        "random": dict(seed=args.seed),
+        "label": dict(matching=matching),
+    }[args.strategy]
+
+
+def _write_selection_outputs(
+    outputs: Outputs, args: argparse.Namespace, selection: Any, source: Any, target: Any
+) -> None:
+    """The selection file, and the names and sample files when asked for, into ``outputs``."""
+
+    mass = None
+    if args.strategy == "uot":
+        mass = selection_mass(selection, source.means, target.means)
+    record = io.selection_record(selection, source, target, __version__, mass)
+    outputs.write("--out", io.write_selection, record)
+    if args.names_out is not None:
+        outputs.write("--names-out", io.write_lines, _unit_lines(source, selection.selected))
+    if args.samples_out is not None:
+        if outputs.format("--samples-out") == "npy":
+            outputs.write("--samples-out", io.write_indices, selection.sample_indices)
+        else:
+            names = source.sample_names
+            outputs.write(
+                "--samples-out",
+                io.write_lines,
+                (names[i] if names is not None else int(i) for i in selection.sample_indices),
+            )
+
+
+def _report_selection(args: argparse.Namespace, selection: Any) -> None:
+    """One line on stdout; a warning on stderr when the solver stopped short."""
+    diag = selection.diagnostics
+    note = ""
+    if diag:
+        note = f"; solver: {diag['n_iters']} iterations, error {diag['error']:.2e}"
+        if not diag["converged"]:
+            print(
+                f"uotsel select: warning: the solver did not reach --threshold "
+                f"{args.threshold:g} in {diag['n_iters']} iterations (error "
+                f"{diag['error']:.2e}); raise --max-iter or --threshold",
+                file=sys.stderr,
+            )
+    print(
+        f"selected {selection.selected.size} of {selection.ranking.size} units with "
+        f"{args.strategy}{note} -> {args.out}"
+    )
+
+
+def _unit_lines(source: Any, ids: np.ndarray) -> list[Any]:
+    """One line per unit: ``wnid<TAB>name`` for the embedded ImageNet classes, else the name or
+    the id."""
+
+    names, wnids = source.names, io.unit_wnids(source)
+    if wnids is not None and names is not None:
+        return [f"{wnids[i]}\t{names[i]}" for i in ids]
+    return [names[i] if names is not None else int(i) for i in ids]
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+
+    with Outputs([("SELECTION", args.selection)]) as outputs:
+        outputs.add("--out", args.out, ("png",))
+        plot.require_matplotlib("--out")
+        record = io.read_selection(args.selection, "SELECTION")
+        data = plot.check_record(record, args.selection, "SELECTION")
+        outputs.write("--out", plot.write_png, data, os.path.basename(args.selection))
+        outputs.commit()
+    print(f"drew {args.selection} -> {args.out}")
+    return 0
+
+
+def cmd_embedded(args: argparse.Namespace) -> int:
+
+    rows = [("backbone", "dataset", "units", "dim")]
+    for name in embedded.available():
+        backbone, _, dataset = name.partition("/")
+        units, dim = embedded.shape(backbone, dataset)
+        rows.append((backbone, dataset, str(units), str(dim)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [row[2].rjust(widths[2]), row[3].rjust(widths[3])]
+        print("  ".join(cells))
+    return 0
+
+
+def _read_labels(args: argparse.Namespace, keys: list[str] | None, n: int) -> np.ndarray:
+
+    if args.labels is not None:
+        labels = io.read_ids(args.labels, "--labels")
+    elif keys is not None and "labels" in keys:
+        labels = io.read_ids(args.features, "--labels", key="labels")
+    else:
+        raise UsageError("--labels: required unless --features is an .npz with 'labels'")
+    if labels.shape != (n,):
+        raise UsageError(f"--labels: {labels.size} labels for the {n} rows of --features")
+    if labels.min() < 0:
+        raise UsageError(f"--labels: label {int(labels.min())} is negative")
+    top = int(labels.max())
+    if args.num_classes is not None and top >= args.num_classes:
+        raise UsageError(
+            f"--labels: class id {top} is out of range for --num-classes {args.num_classes}"
+        )
+    if args.num_classes is None and top >= n:
+        raise UsageError(
+            f"--labels: label {top} is not below the number of samples ({n}), so classes would "
+            "be left without samples; give --num-classes (and --allow-empty-classes) for more "
+            "classes than samples"
+        )
+    return labels
+
+
+def cmd_centroids(args: argparse.Namespace) -> int:
+
+    inputs = [("--features", args.features), ("--labels", args.labels), ("--names", args.names)]
+    with Outputs(inputs) as outputs:
+        outputs.add("--out", args.out, ("npz",))
+        features = io.read_features(args.features, "--features")
+        n = features.shape[0]
+        labels = _read_labels(args, io.npz_keys(args.features, "--features"), n)
+        num_classes = args.num_classes or int(labels.max()) + 1
+        counts = np.bincount(labels, minlength=num_classes)
+        empty = np.flatnonzero(counts == 0)
+        if empty.size and not args.allow_empty_classes:
+            raise UsageError(
+                f"--labels: {empty.size} of {num_classes} classes have no samples (first: "
+                f"{int(empty[0])}); give --allow-empty-classes to keep them as zero rows"
+            )
+        names = None
+        if args.names is not None:
+            names = io.read_names(args.names, "--names", num_classes, "classes")
+        with Progress(
+            n, "checking features", unit="rows", enabled=not args.quiet, log_start=False
+        ) as bar:
+            _checks.check_rows(
+                features, "--features", chunk_size=args.chunk_size, progress=bar.update
+            )
+        with Progress(
+            n, "class means", unit="rows", enabled=not args.quiet, log_start=False
+        ) as bar:
+            result = class_means(
+                features,
+                labels,
+                num_classes,
+                chunk_size=args.chunk_size,
+                allow_empty=args.allow_empty_classes,
+                progress=bar.update,
+            )
+        outputs.write(
+            "--out",
+            io.write_units,
+            result.means,
+            counts=result.counts,
+            names=names,
+            assignment=labels,
+        )
+        outputs.commit()
+    print(
+        f"{result.means.shape[0]} class means of dimension {result.means.shape[1]} from "
+        f"{int(result.counts.sum())} samples -> {args.out}"
+    )
+    return 0
+
+
+def cmd_kmeans(args: argparse.Namespace) -> int:
+
+    if args.stream_rows is not None and args.shard == "on":
+        raise UsageError("--stream-rows: streaming runs on one device; drop --shard on")
+    inputs = [("--features", args.features), ("--sample-names", args.sample_names)]
+    lead = _join(args)
+    quiet = args.quiet or not lead
+    with Outputs(inputs, writes=lead) as outputs:
+        outputs.add("--out", args.out, ("npz",))
+        features = io.read_features(args.features, "--features")
+        n = features.shape[0]
+        if args.k > n:
+            raise UsageError(f"--k: {args.k} clusters for only {n} samples")
+        names = None
+        if args.sample_names is not None:
+            names = io.read_names(args.sample_names, "--sample-names", n, "samples")
+        with Progress(
+            n, "checking features", unit="rows", enabled=not quiet, log_start=False
+        ) as bar:
+            _checks.check_rows(
+                features,
+                "--features",
+                chunk_size=args.chunk_size or 65536,
+                nonzero=not args.euclidean,
+                progress=bar.update,
+            )
+        with ProgressBars(enabled=not quiet) as bars:
+            result = kmeans(
+                features,
+                args.k,
+                cost="sqeuclidean" if args.euclidean else "cosine",
+                n_init=args.n_init,
+                max_iter=args.max_iter,
+                tol=args.tol,
+                seed=args.seed,
+                chunk_size=args.chunk_size,
+                progress=bars,
+                shard=args.shard,
+                stream_rows=args.stream_rows,
+            )
+        outputs.write("--out", io.write_clusters, result, sample_names=names)
+        outputs.commit()
+    if not lead:
+        return 0
+    state = "converged" if result.converged else "stopped at --max-iter"
+    print(
+        f"{args.k} clusters of {n} samples, objective {result.objective:.6g}, "
+        f"{result.n_iters} iterations ({state}) -> {args.out}"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+
+    if args.out is None:
+        demo.run(top=args.top)
+        return 0
+    figure = demo.figure_path(args.out)
+    with Outputs() as outputs:
+        outputs.add("--out", args.out, ("json",))
+        outputs.add("--out figure", figure, ("png",))
+        plot.require_matplotlib("--out")
+        rows = demo.run(top=args.top)
+        demo.save(outputs, rows, __version__, os.path.basename(args.out))
+        outputs.commit()
+    print(f"wrote {args.out} and its picture {figure}")
+    return 0
