@@ -64,14 +64,14 @@ def test_demo_out_writes_the_uot_selection_and_its_picture(tmp_path, capsys):
     import numpy as np
 
     import uotsel
-    from uotsel import embedded, io
+    from uotsel import embedded, selection_file
     from uotsel.cli import main
 
     out = tmp_path / "cub.json"
     assert main(["demo", "--top", "0", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out} and its picture {tmp_path / 'cub.png'}" in printed
-    record = io.read_selection(str(out))
+    record = selection_file.read_selection(str(out))
     source = embedded.load("resnet18_supervised", "imagenet").means
     target = embedded.load("resnet18_supervised", "cub").means
     expected = uotsel.select(source, target, top_k=100)

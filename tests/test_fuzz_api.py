@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import uotsel
-from uotsel import embedded, io
+from uotsel import embedded, io, selection_file
 
 rng = np.random.default_rng(0)
 S = rng.normal(size=(6, 3)).astype(np.float32)
@@ -334,21 +334,26 @@ def test_units_written_are_read_back(tmp_path):
     ],
 )
 def test_read_selection(tmp_path, content, words):
-    good = {"format": io.SELECTION_FORMAT, "selected": [1], "ranking": [1, 0], "groups": [[1], [0]]}
+    good = {
+        "format": selection_file.SELECTION_FORMAT,
+        "selected": [1],
+        "ranking": [1, 0],
+        "groups": [[1], [0]],
+    }
     path = tmp_path / "s.json"
     path.write_text(json.dumps({**good, **content}) if isinstance(content, dict) else content)
     with pytest.raises(ValueError) as info:
-        io.read_selection(str(path), "sel")
+        selection_file.read_selection(str(path), "sel")
     assert str(info.value).startswith("sel: ") and words in str(info.value), str(info.value)
     path.write_text(json.dumps(good))
-    assert io.read_selection(str(path))["selected"] == [1]
+    assert selection_file.read_selection(str(path))["selected"] == [1]
 
 
 def test_read_selection_folder_and_missing(tmp_path):
     with pytest.raises(ValueError, match=r"^selection: is a folder"):
-        io.read_selection(str(tmp_path))
+        selection_file.read_selection(str(tmp_path))
     with pytest.raises(ValueError, match=r"^selection: file not found"):
-        io.read_selection(str(tmp_path / "none.json"))
+        selection_file.read_selection(str(tmp_path / "none.json"))
 
 
 @pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])

@@ -15,7 +15,18 @@ from typing import Any
 import jax
 import numpy as np
 
-from uotsel import __version__, _checks, costs, demo, embedded, io, mesh, paper, plot
+from uotsel import (
+    __version__,
+    _checks,
+    costs,
+    demo,
+    embedded,
+    io,
+    mesh,
+    paper,
+    plot,
+    selection_file,
+)
 from uotsel.centroids import class_means
 from uotsel.cli_kit import (
     UsageError,
@@ -184,8 +195,8 @@ def _write_selection_outputs(
     mass = None
     if args.strategy == "uot":
         mass = selection_mass(selection, source.means, target.means)
-    record = io.selection_record(selection, source, target, __version__, mass)
-    outputs.write("--out", io.write_selection, record)
+    record = selection_file.selection_record(selection, source, target, __version__, mass)
+    outputs.write("--out", selection_file.write_selection, record)
     if args.names_out is not None:
         outputs.write("--names-out", io.write_lines, _unit_lines(source, selection.selected))
     if args.samples_out is not None:
@@ -234,7 +245,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     with Outputs([("SELECTION", args.selection)]) as outputs:
         outputs.add("--out", args.out, ("png",))
         plot.require_matplotlib("--out")
-        record = io.read_selection(args.selection, "SELECTION")
+        record = selection_file.read_selection(args.selection, "SELECTION")
         data = plot.check_record(record, args.selection, "SELECTION")
         outputs.write("--out", plot.write_png, data, os.path.basename(args.selection))
         outputs.commit()

@@ -168,14 +168,14 @@ def save(outputs: Any, rows: list[RecallRow], version: str, title: str) -> None:
     """Write the UOT selection for CUB-200 on supervised ResNet18 features (the paper's main
     cell) as a selection file, and its picture (:mod:`uotsel.plot`), into ``outputs`` (a
     :class:`uotsel.outputs.Outputs` holding ``--out`` and ``--out figure``)."""
-    from uotsel import io, plot
+    from uotsel import io, plot, selection_file
     from uotsel.plan import selection_mass
 
     row = next(r for r in rows if r.method == "UOT" and r.backbone == "resnet18_supervised")
     source = io.read_units(f"{embedded.PREFIX}{row.backbone}/imagenet", "source")
     target = io.read_units(f"{embedded.PREFIX}{row.backbone}/cub", "target")
     mass = selection_mass(row.selection, source.means, target.means)
-    record = io.selection_record(row.selection, source, target, version, mass)
-    outputs.write("--out", io.write_selection, record)
+    record = selection_file.selection_record(row.selection, source, target, version, mass)
+    outputs.write("--out", selection_file.write_selection, record)
     data = plot.check_record(record, "demo", "--out")
     outputs.write("--out figure", plot.write_png, data, title)

@@ -1,4 +1,4 @@
-"""Every file format of uotsel, read and written in one place, without ever unpickling.
+"""uotsel's unit, feature, id and name files, read and written without ever unpickling.
 
 Unit files (read by :func:`read_units`, written by :func:`write_units` and
 :func:`write_clusters`):
@@ -14,64 +14,47 @@ Unit files (read by :func:`read_units`, written by :func:`write_units` and
 Per-sample features split into parts (``uotsel.feature-shards/1`` JSON index, see
 :mod:`uotsel.shards`): :func:`read_features`, :func:`write_shards_index`.
 
-Selection files (``uotsel.selection/1`` JSON): :func:`selection_record`, :func:`write_selection`,
-:func:`read_selection`. Text files (one name or id a line): :func:`read_names`,
-:func:`read_ids`, :func:`write_lines`. Sample indices: :func:`write_indices` (``.npy``).
-
-Numpy files are recognised by their first bytes; a folder, an empty, truncated or corrupt file,
-a file that is not numpy at all and an array of Python objects each get their own one-line
-``ValueError`` naming the argument.
+Text files (one name or id a line): :func:`read_names`, :func:`read_ids`, :func:`write_lines`.
+Sample indices: :func:`write_indices` (``.npy``). Selection files: :mod:`uotsel.selection_file`.
+Numpy files themselves, recognised by their first bytes and read without unpickling (each bad
+file its own one-line ``ValueError`` naming the argument): :mod:`uotsel.npfiles`.
 
 Writing them into place, all of a command's outputs together: :mod:`uotsel.outputs`.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
-import math
 import os
 import re
-import stat
-import zipfile
-import zlib
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from uotsel import _checks, embedded, shards
+from uotsel import _checks, embedded, npfiles, shards
 from uotsel.centroids import class_means
 from uotsel.outputs import atomic_writer, first_line, reason
 
 __all__ = [
-    "SELECTION_FORMAT",
     "Units",
     "input_path",
     "npz_keys",
     "parse_ids",
-    "read_array",
     "read_features",
     "read_ids",
+    "read_json",
     "read_names",
-    "read_selection",
     "read_units",
-    "selection_record",
     "unit_wnids",
     "sha256_file",
     "write_clusters",
     "write_indices",
     "write_json",
     "write_lines",
-    "write_selection",
     "write_units",
 ]
-
-SELECTION_FORMAT = "uotsel.selection/1"
-
-_NPY_MAGIC = b"\x93NUMPY"
-_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 class Units(NamedTuple):
@@ -120,214 +103,17 @@ def input_path(spec: str) -> str | None:
     return spec
 
 
-def _check_file(path: str, arg: str) -> int:
-    """The size of the regular, non-empty file at ``path``, or a one-line error."""
-    if not path:
-        raise ValueError(f"{arg}: no file name given")
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise ValueError(f"{arg}: file not found: {path}") from None
-    except OSError as err:
-        raise ValueError(f"{arg}: cannot read {path}: {reason(err)}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise ValueError(f"{arg}: is a folder, expected a file: {path}")
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{arg}: is not a regular file: {path}")
-    if info.st_size == 0:
-        raise ValueError(f"{arg}: {path} is empty (0 bytes)")
-    return info.st_size
-
-
-def _read_head(path: str, arg: str, size: int = 8) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(size)
-    except OSError as err:
-        raise ValueError(f"{arg}: cannot read {path}: {reason(err)}") from None
-
-
-def _kind(head: bytes) -> str:
-    if head.startswith(_NPY_MAGIC):
-        return "npy"
-    if head.startswith(_ZIP_MAGICS):
-        return "npz"
-    return ""
-
-
-def _sniff(path: str, arg: str) -> str:
-    """``"npy"`` or ``"npz"`` from the file's first bytes, after the file checks."""
-    _check_file(path, arg)
-    kind = _kind(_read_head(path, arg))
-    if not kind:
-        raise ValueError(f"{arg}: {path} is not a numpy file (neither .npy nor .npz)")
-    return kind
-
-
-def _npy_header(fh: Any, where: str, arg: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
-    """(shape, fortran order, dtype, data bytes) of the ``.npy`` stream at ``fh``."""
-    fmt = np.lib.format
-    try:
-        version = fmt.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(fh)
-        elif version == (2, 0):
-            shape, fortran, dtype = fmt.read_array_header_2_0(fh)
-        else:
-            shape, fortran, dtype = _npy_header_3_0(fh)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise ValueError(
-            f"{arg}: {where} is truncated or corrupt (unreadable .npy header: {first_line(err)})"
-        ) from None
-    if dtype.hasobject:
-        raise ValueError(
-            f"{arg}: {where} holds Python objects ({dtype}), not plain numbers or strings"
-        )
-    return shape, fortran, dtype, math.prod(shape) * dtype.itemsize
-
-
-def _npy_header_3_0(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """The header of a version 3.0 ``.npy`` file after its magic: version 2.0's layout (a
-    4-byte little-endian length, then a Python literal dict) in UTF-8, for which numpy has no
-    public reader."""
-    size = fh.read(4)
-    if len(size) != 4:
-        raise EOFError("the header length is cut short")
-    text = fh.read(int.from_bytes(size, "little"))
-    try:
-        header = ast.literal_eval(text.decode("utf-8"))
-    except (SyntaxError, UnicodeDecodeError, MemoryError, RecursionError) as err:
-        raise ValueError(f"the header is not a Python literal ({type(err).__name__})") from None
-    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
-        raise ValueError("the header does not hold exactly descr, fortran_order and shape")
-    shape, fortran = header["shape"], header["fortran_order"]
-    if not isinstance(shape, tuple) or not all(
-        isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape
-    ):
-        raise ValueError(f"the header's shape is not a tuple of sizes: {shape!r}")
-    if not isinstance(fortran, bool):
-        raise ValueError(f"the header's fortran_order is not a bool: {fortran!r}")
-    try:
-        dtype = np.lib.format.descr_to_dtype(header["descr"])
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"the header's descr is not a dtype ({first_line(err)})") from None
-    return shape, fortran, dtype
-
-
-def _read_npy(path: str, arg: str, mmap: bool) -> np.ndarray:
-    size = _check_file(path, arg)
-    try:
-        with open(path, "rb") as fh:
-            shape, _, _, nbytes = _npy_header(fh, path, arg)
-            offset = fh.tell()
-    except OSError as err:
-        raise ValueError(f"{arg}: cannot read {path}: {reason(err)}") from None
-    if size - offset < nbytes:
-        raise ValueError(
-            f"{arg}: {path} is truncated: its header announces {nbytes} bytes of data "
-            f"(shape {shape}), the file holds {size - offset}"
-        )
-    try:
-        return np.load(path, mmap_mode="r" if mmap and nbytes else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"{arg}: {path} is truncated or corrupt ({first_line(err)})") from None
-
-
-class _Npz:
-    """The arrays of an ``.npz`` archive, read one by one with their headers checked."""
-
-    def __init__(self, path: str, arg: str):
-        self.path, self.arg = path, arg
-        try:
-            self._zip = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, EOFError, ValueError) as err:
-            raise ValueError(
-                f"{arg}: {path} is truncated or corrupt (not a readable .npz archive: "
-                f"{first_line(err)})"
-            ) from None
-        except OSError as err:
-            raise ValueError(f"{arg}: cannot read {path}: {reason(err)}") from None
-        self._members = {}
-        for info in self._zip.infolist():
-            name = info.filename
-            self._members[name[:-4] if name.endswith(".npy") else name] = info
-        self.files = list(self._members)
-
-    def __enter__(self) -> _Npz:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._zip.close()
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._members
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        info = self._members[key]
-        where = f"key {key!r} in {self.path}"
-        try:
-            with self._zip.open(info) as fh:
-                _, _, _, nbytes = _npy_header(fh, where, self.arg)
-                if info.file_size - fh.tell() < nbytes:
-                    raise ValueError(
-                        f"{self.arg}: {where} is truncated: its header announces {nbytes} bytes, "
-                        f"the archive holds {info.file_size - fh.tell()}"
-                    )
-                fh.seek(0)
-                return np.lib.format.read_array(fh, allow_pickle=False)
-        except ValueError as err:
-            if str(err).startswith(f"{self.arg}: "):
-                raise
-            raise ValueError(f"{self.arg}: {where} is corrupt ({first_line(err)})") from None
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
-            raise ValueError(
-                f"{self.arg}: {where} is truncated or corrupt ({first_line(err)})"
-            ) from None
-
-
-def _open_npz(path: str, arg: str) -> _Npz:
-    return _Npz(path, arg)
-
-
-def read_array(path: str, arg: str, *, key: str | None = None, mmap: bool = True) -> np.ndarray:
-    """One array from a ``.npy`` file (memory-mapped unless ``mmap=False``) or from ``key`` of
-    an ``.npz`` archive (``key=None``: its only array). The content decides which it is.
-
-    Raises:
-      ValueError: starting with ``arg``: a folder, a missing, empty, truncated, corrupt or
-        non-numpy file, a missing key, or an array of Python objects.
-    """
-    kind = _sniff(path, arg)
-    if kind == "npy":
-        if key is not None:
-            raise ValueError(f"{arg}: {path} is a single .npy array; expected an .npz with {key!r}")
-        return _read_npy(path, arg, mmap)
-    with _open_npz(path, arg) as archive:
-        if key is None:
-            if len(archive.files) != 1:
-                raise ValueError(
-                    f"{arg}: {path} holds {len(archive.files)} arrays "
-                    f"({', '.join(archive.files) or 'none'}); expected a single array"
-                )
-            key = archive.files[0]
-        if key not in archive:
-            raise ValueError(
-                f"{arg}: {path} has no key {key!r} (keys: {', '.join(archive.files) or 'none'})"
-            )
-        return archive[key]
+def _is_json(path: str, arg: str) -> bool:
+    npfiles.check_file(path, arg)
+    return npfiles.read_head(path, arg, 64).lstrip().startswith(b"{")
 
 
 def npz_keys(path: str, arg: str) -> list[str] | None:
     """The array names of an ``.npz`` archive, or None for a ``.npy`` file or a shards index."""
-    if _is_json(path, arg) or _sniff(path, arg) == "npy":
+    if _is_json(path, arg) or npfiles.sniff(path, arg) == "npy":
         return None
-    with _open_npz(path, arg) as archive:
+    with npfiles.open_npz(path, arg) as archive:
         return list(archive.files)
-
-
-def _is_json(path: str, arg: str) -> bool:
-    _check_file(path, arg)
-    return _read_head(path, arg, 64).lstrip().startswith(b"{")
 
 
 def read_features(path: str, arg: str, *, key: str = "features") -> np.ndarray | shards.RowShards:
@@ -343,8 +129,8 @@ def read_features(path: str, arg: str, *, key: str = "features") -> np.ndarray |
     if _is_json(path, arg):
         features = _read_shards(path, arg)
     else:
-        kind = _sniff(path, arg)
-        features = read_array(path, arg, key=None if kind == "npy" else key)
+        kind = npfiles.sniff(path, arg)
+        features = npfiles.read_array(path, arg, key=None if kind == "npy" else key)
     if features.ndim != 2:
         raise ValueError(f"{arg}: {path} must hold a 2-d array [N, D], got shape {features.shape}")
     if features.dtype.kind not in "fiub":
@@ -358,7 +144,7 @@ def read_features(path: str, arg: str, *, key: str = "features") -> np.ndarray |
 
 def _read_shards(path: str, arg: str) -> shards.RowShards:
     """The parts listed by a ``uotsel.feature-shards/1`` index, memory-mapped, as one array."""
-    record = _read_json(path, arg)
+    record = read_json(path, arg)
     if not isinstance(record, dict) or record.get("format") != shards.FORMAT:
         raise ValueError(f"{arg}: {path} is JSON but not a {shards.FORMAT} index")
     parts = record.get("parts")
@@ -373,7 +159,7 @@ def _read_shards(path: str, arg: str) -> shards.RowShards:
             raise ValueError(f"{arg}: {path}: part {i} needs 'file', a file name without folders")
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
             raise ValueError(f"{arg}: {path}: part {i} needs 'rows', a whole number >= 0")
-        array = _read_npy(os.path.join(folder, name), arg, mmap=True)
+        array = npfiles.read_npy(os.path.join(folder, name), arg, mmap=True)
         if array.ndim != 2 or array.shape[0] != rows:
             raise ValueError(
                 f"{arg}: {path}: part {i} ({name}) holds shape {array.shape}, the index "
@@ -397,9 +183,9 @@ def _read_shards(path: str, arg: str) -> shards.RowShards:
 
 
 def _read_text_lines(path: str, arg: str) -> list[str]:
-    _check_file(path, arg)
-    head = _read_head(path, arg)
-    if _kind(head):
+    npfiles.check_file(path, arg)
+    head = npfiles.read_head(path, arg)
+    if npfiles.kind_of(head):
         raise ValueError(f"{arg}: {path} is a numpy file, expected text (one entry a line)")
     try:
         with open(path, encoding="utf-8") as fh:
@@ -451,9 +237,9 @@ def read_ids(path: str, arg: str, *, key: str | None = None) -> np.ndarray:
       ValueError, TypeError: starting with ``arg``: unreadable file, fractional or non-numeric
         values, or not a 1-d list.
     """
-    _check_file(path, arg)
-    if _kind(_read_head(path, arg)):
-        values = np.asarray(read_array(path, arg, key=key, mmap=False))
+    npfiles.check_file(path, arg)
+    if npfiles.kind_of(npfiles.read_head(path, arg)):
+        values = np.asarray(npfiles.read_array(path, arg, key=key, mmap=False))
         if values.ndim != 1:
             raise ValueError(f"{arg}: expected a 1-d list of ids, got shape {values.shape}")
         return _checks.whole_numbers(values, arg)
@@ -472,10 +258,10 @@ def read_units(spec: str, arg: str = "source") -> Units:
     else:
         path, names = spec, None
     counts = unit_ids = sample_names = None
-    if _sniff(path, arg) == "npy":
-        means = read_array(path, arg)
+    if npfiles.sniff(path, arg) == "npy":
+        means = npfiles.read_array(path, arg)
     else:
-        with _open_npz(path, arg) as archive:
+        with npfiles.open_npz(path, arg) as archive:
             keys = set(archive.files)
             if "means" in keys:
                 means = archive["means"]
@@ -577,44 +363,17 @@ def _check_means(means: np.ndarray, path: str, arg: str) -> np.ndarray:
     return np.asarray(means, np.float32)
 
 
-def _read_json(path: str, arg: str) -> Any:
+def read_json(path: str, arg: str) -> Any:
     if os.path.isdir(path):
         raise ValueError(f"{arg}: is a folder, expected a file: {path}")
     if not os.path.exists(path):
         raise ValueError(f"{arg}: file not found: {path}")
-    _check_file(path, arg)
+    npfiles.check_file(path, arg)
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"{arg}: cannot read {path}: {first_line(err)}") from None
-
-
-def read_selection(path: str, arg: str = "selection") -> dict[str, Any]:
-    """The ``uotsel.selection/1`` record at ``path``, checked for the fields training reads:
-    ``selected`` and ``ranking`` lists of non-negative integers (booleans refused) and
-    ``groups`` a list of such lists.
-
-    Raises:
-      ValueError: one line starting with ``arg``: a folder, a missing, empty or unreadable
-        file, not JSON, or not a selection.
-    """
-    record = _read_json(path, arg)
-    if not isinstance(record, dict) or record.get("format") != SELECTION_FORMAT:
-        raise ValueError(f"{arg}: {path} is not a uotsel selection file")
-    for key in ("selected", "ranking"):
-        if not _id_list(record.get(key)):
-            raise ValueError(f"{arg}: {path} has no valid list {key!r} of unit ids")
-    groups = record.get("groups")
-    if not isinstance(groups, list) or not all(_id_list(g) for g in groups):
-        raise ValueError(f"{arg}: {path} has no list of score groups")
-    return record
-
-
-def _id_list(ids: Any) -> bool:
-    return isinstance(ids, list) and all(
-        isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in ids
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -691,13 +450,6 @@ def write_shards_index(target: Any, parts: Any, dim: int, dtype: Any) -> None:
     write_json(target, shards.index_record(parts, dim, dtype))
 
 
-def write_selection(target: Any, record: dict[str, Any]) -> None:
-    """A selection file (``uotsel.selection/1``, see :func:`selection_record`)."""
-    if record.get("format") != SELECTION_FORMAT:
-        raise ValueError(f"record: not a {SELECTION_FORMAT} record")
-    write_json(target, record)
-
-
 def write_lines(target: Any, lines: Iterable[Any]) -> None:
     """One item a line (UTF-8)."""
 
@@ -708,62 +460,6 @@ def write_lines(target: Any, lines: Iterable[Any]) -> None:
     _write_bytes(target, write)
 
 
-def selection_record(
-    selection: Any,
-    source: Units,
-    target: Units | None,
-    version: str,
-    target_mass: Any = None,
-) -> dict:
-    """The JSON-ready record of a :class:`~uotsel.Selection` (see ``docs/cli.md``).
-
-    ``selected_wnids`` is added for the embedded ImageNet classes, and ``target_mass`` /
-    ``target_mass_total`` when ``target_mass`` (a :class:`uotsel.plan.TargetMass`) is given.
-    """
-
-    def ids(a: np.ndarray) -> list[int]:
-        return [int(x) for x in a]
-
-    def floats(a: np.ndarray | None) -> list[float | str | None] | None:
-        return None if a is None else [_json_number(x) for x in a]
-
-    def describe(units: Units) -> dict[str, Any]:
-        return {
-            "path": units.source,
-            "sha256": units.sha256,
-            "units": int(units.means.shape[0]),
-            "dim": int(units.means.shape[1]),
-        }
-
-    record: dict[str, Any] = {
-        "format": SELECTION_FORMAT,
-        "uotsel_version": version,
-        "strategy": selection.strategy,
-        "top_k": int(selection.selected.size),
-        "selected": ids(selection.selected),
-    }
-    if source.names is not None:
-        record["selected_names"] = [str(source.names[i]) for i in selection.selected]
-    wnids = unit_wnids(source)
-    if wnids is not None:
-        record["selected_wnids"] = [str(wnids[i]) for i in selection.selected]
-    record.update(
-        ranking=ids(selection.ranking),
-        scores=floats(selection.scores),
-        log_scores=floats(selection.log_scores),
-        groups=[ids(g) for g in selection.groups],
-        settings={k: _json_number(v) for k, v in selection.settings.items()},
-        solver={k: _json_number(v) for k, v in selection.diagnostics.items()} or None,
-        inputs={"source": describe(source), "target": None if target is None else describe(target)},
-    )
-    if target_mass is not None:
-        record["target_mass"] = floats(np.asarray(target_mass.selected, np.float64))
-        record["target_mass_total"] = floats(np.asarray(target_mass.total, np.float64))
-    if selection.sample_indices is not None:
-        record["num_selected_samples"] = int(selection.sample_indices.size)
-    return record
-
-
 def unit_wnids(units: Units) -> np.ndarray | None:
     """The ImageNet wnids of the units when they are the embedded ImageNet classes, else None."""
     spec = units.source
@@ -772,19 +468,3 @@ def unit_wnids(units: Units) -> np.ndarray | None:
     if spec[len(embedded.PREFIX) :].partition("/")[2] != "imagenet":
         return None
     return embedded.imagenet_classes()["wnid"].astype(str)
-
-
-def _json_number(value: Any) -> Any:
-    """A number as JSON holds it: infinities as the strings ``"inf"``/``"-inf"``, NaN as null;
-    anything else unchanged."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-    elif isinstance(value, np.integer):
-        return int(value)
-    return value

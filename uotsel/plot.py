@@ -50,7 +50,8 @@ def _numbers(record: dict[str, Any], key: str, size: int, path: str, arg: str) -
 
 
 def check_record(record: dict[str, Any], path: str, arg: str) -> dict[str, Any]:
-    """The arrays a picture needs from a record :func:`uotsel.io.read_selection` returned.
+    """The arrays a picture needs from a record that
+    :func:`uotsel.selection_file.read_selection` returned.
 
     Returns a dict with ``ranking``, ``selected``, ``groups`` (lists of ids), ``values`` (the
     score of every unit, by id), ``log`` (True when ``values`` are ``log_scores``), ``names``

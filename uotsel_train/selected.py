@@ -16,7 +16,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from uotsel.io import read_array, read_selection, sha256_file
+from uotsel.io import sha256_file
+from uotsel.npfiles import read_array
+from uotsel.selection_file import read_selection
 
 __all__ = ["Choice", "check_against", "read", "unit_ids", "units"]
 
