@@ -321,7 +321,8 @@ def test_units_written_are_read_back(tmp_path):
     "content, words",
     [
         ("", "is empty (0 bytes)"),
-        ("{", "cannot read"),
+        ("{", "is not a uotsel selection file (not JSON"),
+        (b"\x93NUMPY\x01\x00", "is not a uotsel selection file (not UTF-8 text)"),
         ("[1, 2]", "is not a uotsel selection file"),
         ('{"format": "other"}', "is not a uotsel selection file"),
         ({"selected": [1, True]}, "no valid list 'selected'"),
@@ -341,7 +342,10 @@ def test_read_selection(tmp_path, content, words):
         "groups": [[1], [0]],
     }
     path = tmp_path / "s.json"
-    path.write_text(json.dumps({**good, **content}) if isinstance(content, dict) else content)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(json.dumps({**good, **content}) if isinstance(content, dict) else content)
     with pytest.raises(ValueError) as info:
         selection_file.read_selection(str(path), "sel")
     assert str(info.value).startswith("sel: ") and words in str(info.value), str(info.value)

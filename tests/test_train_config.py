@@ -245,3 +245,13 @@ def test_an_old_name_in_a_saved_config_loads_under_the_new_one(tmp_path, caplog)
     assert "threshold: renamed min_confidence" in caplog.text
     with pytest.raises(config.ConfigError, match=r"^threshold: renamed min_confidence$"):
         config.override(config.default(), ["threshold=0.7"])
+
+
+def test_the_command_lines_seed_bound_is_the_configs():
+    from uotsel_train.commands import MAX_SEED
+
+    config.validate(config.override(config.default(), [f"seed={MAX_SEED}"]), check_files=False)
+    with pytest.raises(config.ConfigError, match=r"^seed: "):
+        config.validate(
+            config.override(config.default(), [f"seed={MAX_SEED + 1}"]), check_files=False
+        )

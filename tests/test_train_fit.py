@@ -335,18 +335,19 @@ def test_file_problems_are_one_line_and_touch_nothing(tmp_path, capsys):
     assert "--until-epoch: must be between 1 and 2, got -1" in capsys.readouterr().err
 
 
-def test_without_the_train_extra_the_command_says_what_to_install():
+@pytest.mark.parametrize("module", ["flax", "tensorboardX", "tqdm"])
+def test_without_the_train_extra_the_command_says_what_to_install(module):
     import subprocess
 
     code = (
-        "import sys\nsys.modules['flax'] = None\n"
+        f"import sys\nsys.modules[{module!r}] = None\n"
         "from uotsel_train.cli import main\nsys.exit(main(['--help']))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip() == (
         "uotsel-train: error: the training side needs the 'train' extra: "
-        "pip install 'uotsel[train]' (missing: flax)"
+        f"pip install 'uotsel[train]' (missing: {module})"
     )
 
 

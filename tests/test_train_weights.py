@@ -254,3 +254,14 @@ def test_extract_names_an_empty_class_unless_allowed():
     res = run_extract({"backbone": tiny_backbone()}, source=source, allow_empty=True)
     assert res.counts.tolist() == [2, 2, 0] and not np.any(res.means[2])
     assert np.all(np.any(res.means[:2] != 0, axis=1))
+
+
+def test_extract_refuses_weights_of_another_arch_by_name():
+    other = models.backbone("resnet18").init(jax.random.key(0), np.zeros((1, 32, 32, 3)))
+    with pytest.raises(ValueError, match=r"^weights: the backbone does not fit arch 'tiny' \("):
+        run_extract({"backbone": jax.tree_util.tree_map(np.asarray, dict(other))})
+    backbone = tiny_backbone()
+    kernel = backbone["params"]["conv1"]["kernel"]
+    backbone["params"]["conv1"]["kernel"] = np.zeros(kernel.shape[:-1] + (kernel.shape[-1] + 1,))
+    with pytest.raises(ValueError, match=r"\['conv1'\]\['kernel'\]: expected shape"):
+        run_extract({"backbone": backbone})

@@ -144,7 +144,7 @@ def read_features(path: str, arg: str, *, key: str = "features") -> np.ndarray |
 
 def _read_shards(path: str, arg: str) -> shards.RowShards:
     """The parts listed by a ``uotsel.feature-shards/1`` index, memory-mapped, as one array."""
-    record = read_json(path, arg)
+    record = read_json(path, arg, f"a {shards.FORMAT} index")
     if not isinstance(record, dict) or record.get("format") != shards.FORMAT:
         raise ValueError(f"{arg}: {path} is JSON but not a {shards.FORMAT} index")
     parts = record.get("parts")
@@ -363,7 +363,14 @@ def _check_means(means: np.ndarray, path: str, arg: str) -> np.ndarray:
     return np.asarray(means, np.float32)
 
 
-def read_json(path: str, arg: str) -> Any:
+def read_json(path: str, arg: str, what: str = "a JSON file") -> Any:
+    """The JSON value in the file at ``path``; ``what`` names the kind of file expected, for
+    the error when it is not JSON text.
+
+    Raises:
+      ValueError: one line starting with ``arg``: a folder, a missing, empty or unreadable
+        file, or not JSON text (``{arg}: {path} is not {what} ...``).
+    """
     if os.path.isdir(path):
         raise ValueError(f"{arg}: is a folder, expected a file: {path}")
     if not os.path.exists(path):
@@ -372,8 +379,12 @@ def read_json(path: str, arg: str) -> Any:
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+    except OSError as err:
         raise ValueError(f"{arg}: cannot read {path}: {first_line(err)}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{arg}: {path} is not {what} (not UTF-8 text)") from None
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{arg}: {path} is not {what} (not JSON: {first_line(err)})") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def read_selection(path: str, arg: str = "selection") -> dict[str, Any]:
       ValueError: one line starting with ``arg``: a folder, a missing, empty or unreadable
         file, not JSON, or not a selection.
     """
-    record = io.read_json(path, arg)
+    record = io.read_json(path, arg, "a uotsel selection file")
     if not isinstance(record, dict) or record.get("format") != SELECTION_FORMAT:
         raise ValueError(f"{arg}: {path} is not a uotsel selection file")
     for key in ("selected", "ranking"):

@@ -29,9 +29,11 @@ from uotsel.cli_kit import (
     OneLineParser,
     UsageError,
     add_cluster_flags,
+    integer,
     report,
 )
 from uotsel_train import __version__, commands
+from uotsel_train.commands import MAX_SEED
 from uotsel_train.errors import WorkerDied
 
 __all__ = ["main"]
@@ -45,6 +47,8 @@ _NEEDS = {
     "PIL": "pillow",
     "grain": "grain",
     "tensorflow_datasets": "tensorflow-datasets",
+    "tensorboardX": "tensorboardX",
+    "tqdm": "tqdm",
 }
 
 
@@ -108,8 +112,10 @@ def _add_convert_and_extract(sub: Any) -> None:
     ext.add_argument(
         "--moco-head", action="store_true", help="use MoCo-v2's 128-d head output, as the paper"
     )
-    ext.add_argument("--image-size", type=int, default=224, help="crop size (default: 224)")
-    ext.add_argument("--batch-size", type=int, default=64, help="default: 64")
+    ext.add_argument(
+        "--image-size", type=integer(1, 10**5), default=224, help="crop size (default: 224)"
+    )
+    ext.add_argument("--batch-size", type=integer(1, 10**5), default=64, help="default: 64")
     ext.add_argument(
         "--workers",
         type=int,
@@ -157,7 +163,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "selected pre-training data (paper eq. 6 / 7), as a config says.",
     )
     _run_options(ft)
-    ft.add_argument("--until-epoch", type=int, help="stop after this epoch (resume later)")
+    ft.add_argument(
+        "--until-epoch", type=integer(1, 10**6), help="stop after this epoch (resume later)"
+    )
     grid = sub.add_parser(
         "grid",
         help="grid search over lr, weight decay and lambda with several seeds",
@@ -188,7 +196,9 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="NAME[:ARG]|FILE",
         help="as for finetune; override any setting with --config.KEY=VALUE",
     )
-    bench.add_argument("--steps", type=int, default=20, help="timed steps (default: 20)")
+    bench.add_argument(
+        "--steps", type=integer(1, 10**6), default=20, help="timed steps (default: 20)"
+    )
     plot = sub.add_parser(
         "plot",
         help="draw runs: loss, learning rate and accuracy against epochs",
@@ -207,7 +217,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out-dir", help="folder for the runs and demo.json (default: a new one)")
     demo.add_argument("--seeds", help="fine-tuning seeds (default: 0,1,2; --quick: 0)")
-    demo.add_argument("--data-seed", type=int, default=0, help="image seed (default: 0)")
+    demo.add_argument(
+        "--data-seed", type=integer(0, MAX_SEED), default=0, help="image seed (default: 0)"
+    )
     demo.add_argument("--quick", action="store_true", help="a few seconds' smoke run")
     return parser
 

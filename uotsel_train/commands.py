@@ -27,6 +27,9 @@ from uotsel.cli_kit import (
 from uotsel.outputs import Outputs
 from uotsel_train import demo, plot
 
+# The largest seed (config.validate's bound on ``seed``, the demo's seeds and data seed).
+MAX_SEED = 2**31 - 1
+
 
 def _config(args: argparse.Namespace, pairs: list[str], **changes):
     from uotsel_train import config
@@ -98,9 +101,9 @@ def grid_command(args: argparse.Namespace, pairs: list[str]) -> int:
         "weight_decay": numbers(args.wds, "--wds"),
         "lam": numbers(args.lams, "--lams"),
     }
-    seeds = numbers(args.seeds, "--seeds", int)
-    if not seeds or any(not 0 <= s < 2**31 for s in seeds):
-        raise ValueError(f"--seeds: give seeds between 0 and 2^31 - 1, got {args.seeds!r}")
+    seeds = numbers(args.seeds, "--seeds", int, maximum=MAX_SEED)
+    if not seeds:
+        raise ValueError(f"--seeds: give at least one seed, got {args.seeds!r}")
     lead = _join(args)
     from uotsel_train import grid
 
@@ -156,7 +159,7 @@ def demo_command(args: argparse.Namespace, pairs: list[str]) -> int:
 
     settings = demo.DemoSettings.quick() if args.quick else demo.DemoSettings()
     if args.seeds is not None:
-        seeds = tuple(numbers(args.seeds, "--seeds", int))
+        seeds = tuple(numbers(args.seeds, "--seeds", int, maximum=MAX_SEED))
         if not seeds:
             raise ValueError("--seeds: give at least one seed")
         settings = dataclasses.replace(settings, seeds=seeds)
@@ -175,9 +178,6 @@ def demo_command(args: argparse.Namespace, pairs: list[str]) -> int:
 def extract_command(args: argparse.Namespace, pairs: list[str]) -> int:
     from uotsel_train import config, extract, initialise, input_pipeline
 
-    for value, flag in ((args.image_size, "--image-size"), (args.batch_size, "--batch-size")):
-        if not 1 <= value <= 10**5:
-            raise ValueError(f"{flag}: must be between 1 and 10^5, got {value}")
     config.check_workers(args.workers, "--workers")
     if os.path.isdir(args.weights) or not os.path.exists(args.weights):
         raise ValueError(f"--weights: not a file: {args.weights}")

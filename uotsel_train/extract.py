@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from uotsel import ClassMeanAccumulator
 from uotsel.progress import Progress
-from uotsel_train import data, loader, models, parallel
+from uotsel_train import data, initialise, loader, models, parallel
 
 __all__ = ["Extracted", "extract"]
 
@@ -88,6 +88,7 @@ def extract(
     if moco_head and variables.get("moco_head") is None:
         raise ValueError("weights: moco_head requested but the weights have no MoCo head")
     _check_finite_weights(variables, ("backbone", "moco_head") if moco_head else ("backbone",))
+    initialise.check_fits(variables["backbone"], arch)
     if len(source) == 0:
         raise ValueError("data: holds no images")
     labels = np.asarray(source.labels)

@@ -46,6 +46,31 @@ def load_backbone(path: str) -> dict[str, Any]:
     return {"params": backbone["params"], "batch_stats": backbone.get("batch_stats", {})}
 
 
+def check_fits(backbone: dict[str, Any], arch: str) -> None:
+    """Raise unless ``backbone``'s parameters (``{"params", ...}``) have the shapes of
+    ``arch``'s backbone.
+
+    Raises:
+      ValueError: starting with ``weights:``, naming the arch and the first parameter that
+        differs.
+    """
+    model = models.backbone(arch)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    flat = jax.tree_util.tree_flatten_with_path
+    want = [(path, tuple(leaf.shape)) for path, leaf in flat(shapes["params"])[0]]
+    got = {path: tuple(np.shape(leaf)) for path, leaf in flat(backbone["params"])[0]}
+    for path, shape in want:
+        if got.pop(path, None) != shape:
+            where = jax.tree_util.keystr(path)
+            raise ValueError(
+                f"weights: the backbone does not fit arch {arch!r} (parameter {where}: "
+                f"expected shape {list(shape)})"
+            )
+    if got:
+        where = jax.tree_util.keystr(next(iter(got)))
+        raise ValueError(f"weights: the backbone does not fit arch {arch!r} (extra {where})")
+
+
 def variables(model: models.FineTuner, backbone: dict[str, Any], seed: int) -> dict[str, Any]:
     """Variables of ``model``: ``backbone`` (``{"params", "batch_stats"}``) under
     ``backbone``, heads drawn from ``seed``.
@@ -53,11 +78,7 @@ def variables(model: models.FineTuner, backbone: dict[str, Any], seed: int) -> d
     Raises:
       ValueError: starting with ``weights:`` when the backbone does not fit ``model.arch``.
     """
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-    want = jax.tree.map(lambda x: x.shape, shapes["params"]["backbone"])
-    got = jax.tree.map(lambda x: tuple(np.shape(x)), backbone["params"])
-    if want != got:
-        raise ValueError(f"weights: the backbone does not fit arch {model.arch!r}")
+    check_fits(backbone, model.arch)
     heads = fresh(model, seed)["params"]
     return {
         "params": {**heads, "backbone": backbone["params"]},
