@@ -711,3 +711,40 @@ def test_a_dropped_or_abandoned_output_map_leaves_nothing(tmp_path):
         outputs.drop("--x")
         outputs.array("--y", (3, 2), np.float64)[:] = 1.0
     assert os.listdir(tmp_path) == []
+
+
+def test_a_writer_killed_mid_write_leaves_nothing_after_the_next_write(tmp_path):
+    import signal
+    import time
+
+    from uotsel import outputs
+
+    # A process that has reserved a large output (as extract does) and is killed by SIGKILL.
+    code = (
+        "import sys, time\n"
+        "from uotsel.outputs import Outputs\n"
+        "o = Outputs([]).__enter__()\n"
+        "o.add('--out', sys.argv[1], ('npy',))\n"
+        "o.array('--out', (1024, 1024), 'float32')\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    (tmp_path / "keep.npy").write_bytes(b"earlier output")
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "keep.npy")], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout.readline().strip() == "ready"
+    left = [n for n in os.listdir(tmp_path) if n.startswith(".uotsel-")]
+    assert len(left) == 1 and f"-{child.pid}-" in left[0]
+    # a running writer's temporary is never taken away
+    assert outputs.sweep(str(tmp_path)) == []
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    time.sleep(0.1)
+    # another host's temporaries in a shared folder stay
+    (tmp_path / ".uotsel-otherhost-1-abc.tmp").write_bytes(b"x")
+    with outputs.atomic_writer(str(tmp_path / "next.txt")) as fh:
+        fh.write("next")
+    names = sorted(os.listdir(tmp_path))
+    assert names == [".uotsel-otherhost-1-abc.tmp", "keep.npy", "next.txt"]
+    assert (tmp_path / "keep.npy").read_bytes() == b"earlier output"

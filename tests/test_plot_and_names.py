@@ -82,7 +82,7 @@ def test_plot_without_target_mass_or_log_scores(tmp_path, capsys):
     "content, out_name, flag, contains",
     [
         ('{"a": 1}', "p.png", "SELECTION", "is not a uotsel selection file"),
-        ("not json", "p.png", "SELECTION", "cannot read"),
+        ("not json", "p.png", "SELECTION", "is not a uotsel selection file (not JSON"),
         (None, "p.jpg", "--out", "must end in .png"),
         (None, "sel.png", "--out", "is the input file of SELECTION"),
         (None, "nope/p.png", "--out", "folder does not exist"),

@@ -128,7 +128,8 @@ def test_broken_indexes_get_one_line_naming_the_argument(tmp_path, change, messa
 def test_not_json_after_a_brace(tmp_path):
     path = tmp_path / "f.json"
     path.write_text("{ not json")
-    with pytest.raises(ValueError, match=r"^--features: .*f.json is not a uotsel.feature-shards/1 index \(not JSON: "):
+    expected = r"^--features: .*f.json is not a uotsel.feature-shards/1 index \(not JSON: "
+    with pytest.raises(ValueError, match=expected):
         io.read_features(str(path), "--features")
 
 

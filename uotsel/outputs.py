@@ -3,7 +3,9 @@ file atomically (:func:`atomic_writer`).
 
 Every output goes to a temporary file beside its destination and is renamed into place only
 when complete; failures are one-line ``ValueError`` naming the output's argument, and leave
-existing files byte-identical.
+existing files byte-identical. A temporary is named after its host and process
+(``.uotsel-HOST-PID-*.tmp``): what a process killed while writing (``SIGKILL``, out of memory)
+left behind is deleted by the next write into that folder on that host (:func:`sweep`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import contextlib
 import errno
 import io
 import os
+import re
 import shutil
+import socket
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -20,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMATS", "Outputs", "atomic_writer", "first_line", "reason"]
+__all__ = ["FORMATS", "Outputs", "atomic_writer", "first_line", "reason", "sweep"]
 
 # File name extension -> format written.
 FORMATS = {".npy": "npy", ".npz": "npz", ".json": "json", ".txt": "txt", ".png": "png"}
@@ -37,8 +41,42 @@ def _new_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def _owner() -> str:
+    """``HOST-PID`` of this process, as its temporaries are named (``.uotsel-HOST-PID-*``)."""
+    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, or a PID out of range
+        return True
+    return True
+
+
+def sweep(folder: str) -> list[str]:
+    """Delete the temporaries and backups (``.uotsel-HOST-PID-*.tmp``, ``.old``) that this
+    host's processes no longer running (killed while writing) left in ``folder``; returns the
+    names deleted. Files of other hosts (a shared folder) and of running processes stay."""
+    host = _owner().rsplit("-", 1)[0]
+    pattern = re.compile(rf"\.uotsel-{re.escape(host)}-(\d+)-[^/]*\.(tmp|old)")
+    gone = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            found = pattern.fullmatch(name)
+            if found and not _alive(int(found[1])):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+                    gone.append(name)
+    return gone
+
+
 def _create_temp(folder: str) -> tuple[int, str]:
-    return tempfile.mkstemp(prefix=".uotsel-", suffix=".tmp", dir=folder)
+    sweep(folder)
+    return tempfile.mkstemp(prefix=f".uotsel-{_owner()}-", suffix=".tmp", dir=folder)
 
 
 def _finish(fh: Any, mode: int) -> None:
