@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("PIL")
 
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from uotsel_train import augment, data
 
@@ -207,44 +207,67 @@ def grey_box(arr):
     return rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
 
 
-def centre_of(lo, hi, extent, side):
-    """The centre whose clipped square spans ``[lo, hi)``, checking the clip is right."""
-    centre = lo + side // 2 if lo > 0 else hi - side + side // 2
-    assert lo == max(0, centre - side // 2) and hi == min(extent, centre - side // 2 + side)
-    assert 0 <= centre < extent
-    return centre
+def cutout_abs(img, v, cx, cy):
+    """A transcription of the release's ``CutoutAbs`` at a given centre (ImageDraw fills the
+    rectangle's both ends)."""
+    w, h = img.size
+    x0, y0 = int(max(0, cx - v / 2.0)), int(max(0, cy - v / 2.0))
+    x1, y1 = min(w, x0 + v), min(h, y0 + v)
+    img = img.copy()
+    ImageDraw.Draw(img).rectangle((x0, y0, x1, y1), (127, 127, 127))
+    return img
 
 
-@pytest.mark.parametrize("side", [10, 11])
-def test_cutout_is_a_clipped_square_at_a_uniform_pixel(side):
-    w, h = 40, 30
+@pytest.mark.parametrize("side", [10, 11, 112])
+def test_cutout_is_the_releases(side):
+    w, h = 150, 120
     black = Image.new("RGB", (w, h))
-    xs, ys = [], []
-    for seed in range(600):
-        out = np.asarray(augment.cutout(black, np.random.default_rng(seed), size=side))
-        top, bottom, left, right = grey_box(out)
+    widths = []
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        out = np.asarray(augment.cutout(black, rng, size=side))
+        again = np.random.default_rng(seed)
+        cx, cy = again.uniform(0, w), again.uniform(0, h)
+        np.testing.assert_array_equal(out, np.asarray(cutout_abs(black, side, cx, cy)))
+        _, _, left, right = grey_box(out)
         assert np.all(out[np.any(out != 127, axis=-1)] == 0)  # nothing else changed
-        xs.append(centre_of(left, right, w, side))
-        ys.append(centre_of(top, bottom, h, side))
-        if 0 < left and right < w:
-            assert right - left == side
-    assert min(xs) == 0 and max(xs) == w - 1 and min(ys) == 0 and max(ys) == h - 1
-    assert abs(np.mean(xs) - (w - 1) / 2) < 1.5 and abs(np.mean(ys) - (h - 1) / 2) < 1.5
+        widths.append(right - left)
+        if cx < side / 2:  # over the left edge: moved inward, not trimmed
+            assert left == 0 and right == min(w, side + 1)
+    assert max(widths) == min(side + 1, w)
     with pytest.raises(ValueError, match=r"^size: must be an int >= 0"):
         augment.cutout(black, np.random.default_rng(0), size=-1)
 
 
+def test_cutout_box_centred_near_the_left_edge_spans_113_columns():
+    # the example of the release's behaviour: a box centred at x = 10 covers columns 0-112
+    class Centre:
+        def __init__(self, *values):
+            self.values = list(values)
+
+        def uniform(self, low, high):
+            return self.values.pop(0)
+
+    black = Image.new("RGB", (224, 224))
+    for cx, span in ((10.0, (0, 112)), (100.0, (44, 156)), (220.0, (164, 223))):
+        out = np.asarray(augment.cutout(black, Centre(cx, 100.0), 112))
+        cols = np.flatnonzero(np.all(out == 127, axis=-1).any(0))
+        assert (cols[0], cols[-1]) == span
+
+
 def test_strong_view_cutout_is_half_the_crop_and_grey():
+    # the release's box: side 112, drawn with both ends (113 pixels), clipped on the right and
+    # bottom edges only (at least 57 pixels left)
     black = Image.new("RGB", (224, 224))
     sides = []
-    for seed in range(6):
+    for seed in range(12):
         view = augment.strong_view(black, np.random.default_rng(seed))
         assert view.shape == (224, 224, 3)
         mask = np.all(view == 127, axis=-1)
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         assert mask.sum() == rows.size * cols.size
         sides += [rows.size, cols.size]
-    assert max(sides) == 112 and min(sides) >= 56
+    assert max(sides) == 113 and min(sides) >= 57
 
 
 def test_strong_view_composes_crop_randaugment_cutout(image):

@@ -244,9 +244,12 @@ def rand_augment(
 
 
 def cutout(img: Image.Image, rng: np.random.Generator, size: int = 112) -> Image.Image:
-    """A ``(127, 127, 127)`` square of side ``size`` centred at a uniformly drawn pixel
-    (columns ``cx - size // 2`` to ``cx - size // 2 + size - 1``, rows alike), clipped at the
-    border; a copy of ``img`` comes out.
+    """Cutout as the paper's release draws it (``CutoutAbs``): a centre ``(cx, cy)`` uniform
+    over the image (continuous), the corner ``x0 = int(max(0, cx - size / 2))`` (rows alike),
+    the far side ``x1 = int(min(w, x0 + size))``, and every pixel from ``x0`` to ``x1``
+    *inclusive* (PIL's ``rectangle``) set to ``(127, 127, 127)``: a full box is ``size + 1``
+    pixels wide, a box over the left or top edge is moved inward, one over the right or bottom
+    edge is clipped. A copy of ``img`` comes out.
 
     Raises:
       ValueError: for a negative ``size``.
@@ -254,11 +257,11 @@ def cutout(img: Image.Image, rng: np.random.Generator, size: int = 112) -> Image
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
         raise ValueError(f"size: must be an int >= 0, got {size!r}")
     w, h = img.size
-    cx, cy = int(rng.integers(w)), int(rng.integers(h))
-    left, top = cx - size // 2, cy - size // 2
-    box = (max(0, left), max(0, top), min(w, left + size), min(h, top + size))
+    cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+    x0, y0 = int(max(0.0, cx - size / 2)), int(max(0.0, cy - size / 2))
+    x1, y1 = int(min(w, x0 + size)), int(min(h, y0 + size))
     img = img.copy()
-    img.paste(GREY, box)
+    img.paste(GREY, (x0, y0, min(w, x1 + 1), min(h, y1 + 1)))
     return img
 
 
