@@ -748,3 +748,21 @@ def test_a_writer_killed_mid_write_leaves_nothing_after_the_next_write(tmp_path)
     names = sorted(os.listdir(tmp_path))
     assert names == [".uotsel-otherhost-1-abc.tmp", "keep.npy", "next.txt"]
     assert (tmp_path / "keep.npy").read_bytes() == b"earlier output"
+
+
+def test_select_takes_the_papers_count_of_clusters_or_classes_by_default(tmp_path, rng, capsys):
+    from uotsel import io, paper
+
+    features = rng.normal(size=(2400, 6)).astype(np.float32)
+    np.savez(tmp_path / "t.npz", means=rng.normal(size=(3, 6)).astype(np.float32))
+    result = uotsel.kmeans(features, 220, seed=0, max_iter=2)
+    io.write_clusters(str(tmp_path / "clusters.npz"), result)
+    np.savez(tmp_path / "classes.npz", means=np.asarray(result.means))  # the same units
+    for name, want in (("clusters", paper.TOP_K_CLUSTERS), ("classes", paper.TOP_K_CLASSES)):
+        out = tmp_path / f"{name}.json"
+        args = ["select", "--source", tmp_path / f"{name}.npz", "--target", tmp_path / "t.npz"]
+        code, _, _ = _run([*args, "--out", out], capsys)
+        assert code == 0
+        assert len(json.loads(out.read_text())["selected"]) == want
+    assert io.read_units(str(tmp_path / "clusters.npz")).clusters
+    assert not io.read_units(str(tmp_path / "classes.npz")).clusters

@@ -70,7 +70,8 @@ def _add_select(sub: Any) -> argparse.ArgumentParser:
         "--top-k",
         type=integer(1, MAX_UNITS),
         default=None,
-        help=f"number of units to select (default: {paper.TOP_K_CLASSES}; label: all matching)",
+        help=f"number of units to select (default: the paper's {paper.TOP_K_CLASSES} classes, "
+        f"or {paper.TOP_K_CLUSTERS} clusters from a 'uotsel kmeans' file; label: all matching)",
     )
     sel.add_argument(
         "--cost",

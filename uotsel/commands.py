@@ -131,7 +131,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         matching = None
         if args.strategy == "label":
             matching = _read_matching(args.matching, num_units)
-        top_k = _select_top_k(args, num_units, matching)
+        top_k = _select_top_k(args, source, matching)
         selection = select(
             source.means,
             None if target is None else target.means,
@@ -148,12 +148,19 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
-def _select_top_k(args: argparse.Namespace, num_units: int, matching: Any) -> int | None:
+def default_top_k(source: io.Units) -> int:
+    """The paper's number of units to select: 200 k-means clusters (a ``uotsel kmeans`` file),
+    else 100 classes."""
+    return paper.TOP_K_CLUSTERS if source.clusters else paper.TOP_K_CLASSES
+
+
+def _select_top_k(args: argparse.Namespace, source: io.Units, matching: Any) -> int | None:
     """``--top-k`` (its default for every strategy but ``label``), checked against the units;
     ``--n-groups`` checked too."""
+    num_units = source.means.shape[0]
     top_k = args.top_k
     if top_k is None and args.strategy != "label":
-        top_k = paper.TOP_K_CLASSES
+        top_k = default_top_k(source)
         if top_k > num_units:
             raise UsageError(
                 f"--top-k: the default {top_k} is more than the {num_units} source units; "

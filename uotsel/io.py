@@ -68,6 +68,8 @@ class Units(NamedTuple):
       sample_names: ``[N]`` str name of every sample (``sample_names`` key), or None.
       source: the path or ``embedded:`` spec it came from.
       sha256: hex digest of the file's bytes.
+      clusters: whether the units are k-means clusters (a ``uotsel kmeans`` file: its
+        ``centroids`` beside the ``assignment``), not classes.
     """
 
     means: np.ndarray
@@ -77,6 +79,7 @@ class Units(NamedTuple):
     sample_names: np.ndarray | None
     source: str
     sha256: str
+    clusters: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +261,7 @@ def read_units(spec: str, arg: str = "source") -> Units:
     else:
         path, names = spec, None
     counts = unit_ids = sample_names = None
+    clusters = False
     if npfiles.sniff(path, arg) == "npy":
         means = npfiles.read_array(path, arg)
     else:
@@ -268,6 +272,7 @@ def read_units(spec: str, arg: str = "source") -> Units:
                 counts = archive["counts"] if "counts" in keys else None
                 if "assignment" in keys:
                     unit_ids = _unit_ids(archive["assignment"], path, arg)
+                clusters = {"assignment", "centroids"} <= keys
             elif {"features", "labels"} <= keys:
                 means, counts, unit_ids = _means_from_samples(
                     archive["features"], archive["labels"], path, arg
@@ -308,7 +313,8 @@ def read_units(spec: str, arg: str = "source") -> Units:
                 f"{arg}: 'sample_names' in {path} must be strings matching the per-sample unit ids"
             )
         sample_names = sample_names.astype(str)
-    return Units(means, counts, names, unit_ids, sample_names, spec, sha256_file(path))
+    digest = sha256_file(path)
+    return Units(means, counts, names, unit_ids, sample_names, spec, digest, clusters)
 
 
 def _unit_ids(values: np.ndarray, path: str, arg: str) -> np.ndarray:
