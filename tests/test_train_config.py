@@ -255,3 +255,18 @@ def test_the_command_lines_seed_bound_is_the_configs():
         config.validate(
             config.override(config.default(), [f"seed={MAX_SEED + 1}"]), check_files=False
         )
+
+
+def test_evaluation_schedules():
+    from uotsel_train import train
+
+    every = config.override(config.default(), ["epochs=100", "eval_every=10"])
+    released = config.override(every, ["eval_schedule=released"])
+    assert [e for e in range(1, 101) if train.evaluates_after(e, every)] == list(range(10, 101, 10))
+    assert [e for e in range(1, 101) if train.evaluates_after(e, released)] == list(
+        range(1, 92, 10)
+    )
+    odd = config.override(config.default(), ["epochs=25", "eval_every=10"])
+    assert [e for e in range(1, 26) if train.evaluates_after(e, odd)] == [10, 20, 25]
+    with pytest.raises(config.ConfigError, match=r"^eval_schedule: unknown 'weekly'"):
+        config.validate(config.override(odd, ["eval_schedule=weekly"]), check_files=False)

@@ -97,7 +97,12 @@ FIELDS: dict[str, Field] = {
     "top_k": Field(0, "train on the file's top K units of its ranking; 0: its 'selected'"),
     "group": Field(-1, "train on one score group of the file (Fig. 4b: 0-9); -1: 'selected'"),
     # evaluation, checkpoints, machinery
-    "eval_every": Field(10, "epochs between evaluations (and always after the last)"),
+    "eval_every": Field(10, "epochs between evaluations"),
+    "eval_schedule": Field(
+        "every",
+        "every: after epochs eval_every, 2 eval_every, ... and the last; released: after "
+        "epochs 1, 1 + eval_every, ..., as the released top-1 scripts (not after the last)",
+    ),
     "log_every_steps": Field(10, "steps between training records (and at every epoch's end)"),
     "checkpoint_every": Field(1, "epochs between checkpoints (and always after the last)"),
     "seed": Field(0, "heads, data orders and every augmentation"),
@@ -112,6 +117,7 @@ FIELDS: dict[str, Field] = {
 # the tests check that they agree with those modules.
 PRECISIONS = ("float32", "bfloat16")
 STRONG_VIEWS = ("released", "wide")
+EVAL_SCHEDULES = ("every", "released")
 LONG_TAIL_PROFILES = ("exponential", "power")
 ARCHS = ("resnet18", "resnet34", "resnet50", "tiny")
 STRATEGIES = ("", "uot", "greedy_ot", "nearest", "random", "label")
@@ -332,6 +338,7 @@ def _check_choices(cfg: ml_collections.ConfigDict) -> None:
         ("objective", tuple(objectives.REGISTRY)),
         ("precision", PRECISIONS),
         ("strong_view", STRONG_VIEWS),
+        ("eval_schedule", EVAL_SCHEDULES),
         ("long_tail_profile", LONG_TAIL_PROFILES),
         ("selection_strategy", STRATEGIES),
     ):

@@ -6,8 +6,9 @@ images and ``source_batch_size`` pre-training images (in every view the objectiv
 seeded, resumable streams; an epoch is one pass over the target training samples (drop last).
 Batches are split over every device of every process and made ahead of time in a background
 thread. At the end of every ``checkpoint_every`` epochs the whole state is checkpointed
-(:mod:`uotsel_train.checkpoints`); every ``eval_every`` epochs the target head is evaluated on
-the test set and the validation samples. The run folder holds ``config.json`` (the whole recipe,
+(:mod:`uotsel_train.checkpoints`); after the epochs of ``eval_schedule``
+(:func:`evaluates_after`) the target head is evaluated on the test set and the validation
+samples. The run folder holds ``config.json`` (the whole recipe,
 reloadable), ``metrics.jsonl`` and TensorBoard event files (:mod:`uotsel_train.metrics`),
 ``result.json`` (the last and the best evaluation, as the released code reports) and
 ``checkpoints/``. A progress bar with an ETA shows on a terminal, a line every 30 s otherwise.
@@ -63,6 +64,7 @@ SAME_ON_RESUME = tuple(
     not in (
         "epochs",
         "eval_every",
+        "eval_schedule",
         "log_every_steps",
         "checkpoint_every",
         "workers",
@@ -371,13 +373,22 @@ def fit(
     return FitResult(int(state.step), int(state.step) // spe, state, last, best)
 
 
+def evaluates_after(epoch: int, cfg: Any) -> bool:
+    """Whether the run evaluates after (1-based) ``epoch``, by ``cfg.eval_schedule``:
+    ``every`` after every ``eval_every``-th epoch and the last, ``released`` after epochs
+    1, 1 + ``eval_every``, ... (the released scripts' ``epoch % 10 == 0`` on 0-based epochs)."""
+    if cfg.eval_schedule == "released":
+        return (epoch - 1) % cfg.eval_every == 0
+    return epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+
+
 def _epochs(loop, state, inputs, cfg, out_dir, meter, end_epoch, evals, log):
     """Train from ``state`` to the end of ``end_epoch``: ``(state, last, best)``."""
     last, best = evals
     lead = jax.process_index() == 0
     for epoch in range(int(state.step) // loop.steps_per_epoch, end_epoch):
         state, positions = _train_epoch(loop, state, epoch, meter)
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        if evaluates_after(epoch + 1, cfg):
             scores = _evaluate(loop.predict, state, inputs, cfg)
             last = {"epoch": epoch + 1, **scores}
             best = last if _better(last, best) else best
