@@ -766,3 +766,21 @@ def test_select_takes_the_papers_count_of_clusters_or_classes_by_default(tmp_pat
         assert len(json.loads(out.read_text())["selected"]) == want
     assert io.read_units(str(tmp_path / "clusters.npz")).clusters
     assert not io.read_units(str(tmp_path / "classes.npz")).clusters
+
+
+def test_label_strategy_takes_an_imagenet_concept(tmp_path, capsys):
+    out = tmp_path / "birds.json"
+    source = "embedded:resnet18_supervised/imagenet"
+    args = ["select", "--source", source, "--strategy", "label", "--matching", "concept:bird"]
+    code, _, _ = _run([*args, "--out", out], capsys)
+    assert code == 0
+    concepts = embedded.imagenet_classes()["concept"].astype(str)
+    assert sorted(json.loads(out.read_text())["selected"]) == np.flatnonzero(
+        concepts == "bird"
+    ).tolist()
+    code, _, err = _run([*args[:-1], "concept:planes", "--out", tmp_path / "x.json"], capsys)
+    assert code == 2 and "--matching: unknown ImageNet concept 'planes'; valid: " in err
+    args[2] = "embedded:resnet18_supervised/cub"
+    code, _, err = _run([*args, "--out", tmp_path / "x.json"], capsys)
+    assert code == 2 and "not the 1000 ImageNet classes" in err
+    assert not (tmp_path / "x.json").exists()

@@ -270,3 +270,12 @@ def test_evaluation_schedules():
     assert [e for e in range(1, 26) if train.evaluates_after(e, odd)] == [10, 20, 25]
     with pytest.raises(config.ConfigError, match=r"^eval_schedule: unknown 'weekly'"):
         config.validate(config.override(odd, ["eval_schedule=weekly"]), check_files=False)
+
+
+def test_the_paper_arms_of_fig3a_and_table1():
+    rand = config.load("fig3a_num_selected:150,random")
+    assert rand.selection_strategy == "random" and rand.top_k == 150
+    assert config.load("fig3a_num_selected:50").selection_strategy == "uot"
+    with pytest.raises(ValueError, match="uot and random arms"):
+        config.load("fig3a_num_selected:50,greedy_ot")
+    assert config.load("table1_resnet18:label").selection_strategy == "label"

@@ -57,15 +57,28 @@ def _is_id_list(text: str) -> bool:
     return bool(re.fullmatch(r"[\s\d,+\-.eE]*\d[\s\d,+\-.eE]*", text))
 
 
+# `--matching concept:NAME`: the ImageNet classes of a concept (uotsel.embedded.concept_ids)
+CONCEPT_PREFIX = "concept:"
+
+
 def _matching_file(text: str | None) -> str | None:
-    """The file ``--matching`` names, or None when it is a comma-separated list."""
+    """The file ``--matching`` names, or None when it is a comma-separated list or a concept."""
     if text is None or (_is_id_list(text) and not os.path.lexists(text)):
+        return None
+    if text.startswith(CONCEPT_PREFIX) and not os.path.lexists(text):
         return None
     return text
 
 
 def _read_matching(text: str, num_units: int) -> np.ndarray:
-
+    if text.startswith(CONCEPT_PREFIX) and not os.path.lexists(text):
+        classes = len(embedded.imagenet_classes()["concept"])
+        if num_units != classes:
+            raise UsageError(
+                f"--matching: {text} names ImageNet classes; the source has {num_units} units, "
+                f"not the {classes} ImageNet classes"
+            )
+        return embedded.concept_ids(text[len(CONCEPT_PREFIX) :], "--matching")
     path = _matching_file(text)
     if path is not None:
         if not os.path.lexists(path):

@@ -112,6 +112,20 @@ def shape(backbone: str, dataset: str) -> tuple[int, int]:
     return int(means.shape[0]), int(means.shape[1])
 
 
+def concept_ids(concept: str, arg: str = "matching") -> np.ndarray:
+    """The ImageNet class ids ``[C]`` (ascending) of ``concept`` (``bird``: 59, ``dog``: 118,
+    ...), the label-based selection of the paper's Table 1 for a target of that concept.
+
+    Raises:
+      ValueError: starting with ``arg`` for an unknown concept, listing the valid ones.
+    """
+    concepts = imagenet_classes()["concept"].astype(str)
+    valid = sorted(set(concepts.tolist()))
+    if concept not in valid:
+        raise ValueError(f"{arg}: unknown ImageNet concept {concept!r}; valid: {', '.join(valid)}")
+    return np.flatnonzero(concepts == concept).astype(np.int64)
+
+
 def imagenet_classes() -> dict[str, np.ndarray]:
     """ImageNet class ``wnid``, ``name`` and coarse ``concept`` ``[1000]`` in label order.
 

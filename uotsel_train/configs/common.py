@@ -11,8 +11,10 @@ Settings (per setting: lr, weight decay, lambda; common: Nesterov SGD 0.9, 256 +
   1.0, 500 clusters in the released script (200 in the paper: the selection file decides);
   BatchNorm per quarter (64 target + 64 weak + 64 strong images).
 
-Arms: ``uot`` (the paper's), ``greedy_ot`` and ``random`` train on a selection file that
-strategy made (checked: ``selection_strategy``); ``finetune`` trains on the target data alone.
+Arms: ``uot`` (the paper's), ``greedy_ot``, ``random`` and ``label`` train on a selection file
+that strategy made (checked: ``selection_strategy``; ``label``: Table 1's label-based selection,
+``uotsel select --strategy label --matching concept:bird`` for CUB, ``concept:dog`` for Dogs);
+``finetune`` trains on the target data alone.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 # replicas whose separate BatchNorm statistics the released runs had (0: the whole batch)
 RELEASED_REPLICAS = {"resnet18": 0, "mocov2_labelled": 4, "mocov2_unlabelled": 4}
-ARMS = ("uot", "greedy_ot", "random", "finetune")
+ARMS = ("uot", "greedy_ot", "random", "label", "finetune")
 
 
 def parse(arg: str | None, default_setting: str) -> tuple[str, str, str | None]:
@@ -99,14 +101,16 @@ def whole(number: str | None, default: int) -> int:
     return int(value)
 
 
-def on_uot_ranking(arg: str | None, key: str, default: int, why: str) -> dict[str, Any]:
-    """An experiment on the UOT ranking of a selection file: ``key`` set to the whole number of
-    ``arg`` (``default`` when absent).
+def on_ranking(
+    arg: str | None, key: str, default: int, why: str, arms: tuple[str, ...] = ("uot",)
+) -> dict[str, Any]:
+    """An experiment on the ranking of a selection file made by one of ``arms``: ``key`` set
+    to the whole number of ``arg`` (``default`` when absent).
 
     Raises:
-      ValueError: ``why``, for an arm other than ``uot``.
+      ValueError: ``why``, for an arm not in ``arms``.
     """
     arm, setting, number = parse(arg, "resnet18")
-    if arm != "uot":
+    if arm not in arms:
         raise ValueError(why)
-    return config(setting, "uot") | {key: whole(number, default)}
+    return config(setting, arm) | {key: whole(number, default)}

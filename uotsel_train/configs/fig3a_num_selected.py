@@ -7,15 +7,20 @@
           --config.pretrain=tfds:imagenet --config.selection=uot.json
     done
 
-One selection file serves every count: the run trains on the top ``n`` units of its UOT
-ranking (``top_k``). ARG: ``n[,setting]`` (default 100, ``resnet18``). The paper varies the
-count from 50 to 300 and uses 100.
+One selection file serves every count: the run trains on the top ``n`` units of its ranking
+(``top_k``). ARG: ``n[,arm][,setting]`` (default 100, ``uot``, ``resnet18``); the figure's
+other arm is ``random`` (a file of ``uotsel select --strategy random``: its top ``n`` are ``n``
+random classes). The paper varies the count from 50 to 300 and uses 100.
 """
 
 from uotsel_train.configs import common
 
 
 def get_config(arg=None):
-    return common.on_uot_ranking(
-        arg, "top_k", 100, "the number of selected classes is an experiment on the UOT arm"
+    return common.on_ranking(
+        arg,
+        "top_k",
+        100,
+        "the number of selected classes is an experiment on the uot and random arms",
+        arms=("uot", "random"),
     )

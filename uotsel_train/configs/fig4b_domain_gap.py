@@ -16,4 +16,4 @@ from uotsel_train.configs import common
 
 
 def get_config(arg=None):
-    return common.on_uot_ranking(arg, "group", 0, "the score groups come from a UOT selection file")
+    return common.on_ranking(arg, "group", 0, "the score groups come from a UOT selection file")
