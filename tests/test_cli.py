@@ -775,9 +775,10 @@ def test_label_strategy_takes_an_imagenet_concept(tmp_path, capsys):
     code, _, _ = _run([*args, "--out", out], capsys)
     assert code == 0
     concepts = embedded.imagenet_classes()["concept"].astype(str)
-    assert sorted(json.loads(out.read_text())["selected"]) == np.flatnonzero(
-        concepts == "bird"
-    ).tolist()
+    assert (
+        sorted(json.loads(out.read_text())["selected"])
+        == np.flatnonzero(concepts == "bird").tolist()
+    )
     code, _, err = _run([*args[:-1], "concept:planes", "--out", tmp_path / "x.json"], capsys)
     assert code == 2 and "--matching: unknown ImageNet concept 'planes'; valid: " in err
     args[2] = "embedded:resnet18_supervised/cub"
