@@ -197,7 +197,7 @@ def test_shipped_configs_follow_the_paper():
     ("spec", "message"),
     [
         ("fig3a_num_selected:12.5", "expected a whole number, got '12.5'"),
-        ("fig3a_num_selected:random", "the number of selected classes is an experiment on"),
+        ("fig3a_num_selected:greedy_ot", "the number of selected classes is an experiment on"),
         ("fig4b_domain_gap:3,finetune", "the score groups come from a UOT selection file"),
         ("table1_resnet18:uot,uot", "unexpected 'uot'"),
         ("table1_resnet18:best", "unexpected 'best'"),

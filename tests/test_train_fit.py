@@ -332,7 +332,10 @@ def test_file_problems_are_one_line_and_touch_nothing(tmp_path, capsys):
         )
         == 2
     )
-    assert "--until-epoch: must be between 1 and 2, got -1" in capsys.readouterr().err
+    assert "--until-epoch: must be >= 1, got -1" in capsys.readouterr().err
+    late = [*base, "--out-dir", str(tmp_path / "r6"), "--until-epoch", "3", *tiny_overrides(paths)]
+    assert main(late) == 2
+    assert "--until-epoch: must be between 1 and 2, got 3" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("module", ["flax", "tensorboardX", "tqdm"])
