@@ -37,7 +37,7 @@ def test_read_selection(tmp_path):
         ("none.json", "selection: file not found"),
         ("nogroups.json", "selection: .* has no list of score groups"),
         ("floats.json", "selection: .* has no valid list 'selected' of unit ids"),
-        ("cut.json", "selection: cannot read"),
+        ("cut.json", r"selection: .*cut.json is not a uotsel selection file \(not JSON: "),
         ("", "selection: is a folder"),
     ]:
         with pytest.raises(ValueError, match=message):
