@@ -482,3 +482,53 @@ def test_second_program_compiled_only_when_needed(paper_features):
     assert unbalanced._rest_program._cache_size() == before
     uotsel.sinkhorn(_hard_for_the_kernel()[:9], tau_target=0.05)
     assert unbalanced._rest_program._cache_size() == before + 1
+
+
+# --- weights beyond the dtype's normal range ------------------------------------------------------
+
+
+def _cache_sizes():
+    return [p._cache_size() for p in (unbalanced.solve, unbalanced._first_program)]
+
+
+@pytest.mark.parametrize("side", ["source_weights", "target_weights"])
+@pytest.mark.parametrize("value", [1.2e-39, 1e-45, 1e-38])
+def test_subnormal_weight_is_refused_before_tracing(side, value):
+    cost = np.random.default_rng(0).uniform(0, 5, (100, 100)).astype(np.float32)
+    weights = np.ones(100, np.float32)
+    weights[17] = value
+    before = _cache_sizes()
+    with pytest.raises(ValueError, match=rf"^{side}: .*\(unit 17\).*\[1\.18e-38, 3\.4e\+38\]"):
+        uotsel.sinkhorn(cost, **{side: weights})
+    assert _cache_sizes() == before
+
+
+def test_weight_range_is_refused_in_batches_and_float64():
+    weights = np.ones((2, 10))
+    weights[1, 3] = 1e-40
+    with pytest.raises(ValueError, match=r"^source_weights: 1e-40 \(unit 3\)"):
+        unbalanced.prepare((2,), 10, 4, np.float32, source_weights=weights)
+    weights[1, 3] = 1e39  # finite in float64, beyond float32
+    with pytest.raises(ValueError, match=r"^source_weights: 1e\+39 .*largest float32"):
+        unbalanced.prepare((2,), 10, 4, np.float32, source_weights=weights)
+    # A masked unit is not solved: its weight is not checked.
+    mask = np.ones((2, 10), bool)
+    mask[1, 3] = False
+    unbalanced.prepare((2,), 10, 4, np.float32, source_weights=weights, source_mask=mask)
+    low, _ = unbalanced.weight_range(np.float64)
+    assert low == float(np.finfo(np.float64).tiny)
+    with pytest.raises(ValueError, match=r"^target_weights: .*\[2\.23e-308, 1\.8e\+308\]"):
+        unbalanced.prepare((), 10, 4, np.float64, target_weights=np.full(4, 1e-310))
+
+
+def test_the_smallest_normal_weights_are_solved_as_pot_does_in_float64():
+    low, _ = unbalanced.weight_range(np.float32)
+    rng = np.random.default_rng(1)
+    cost = rng.uniform(0, 5, (30, 20))
+    a = np.ones(30, np.float32)
+    a[1], a[7] = low, 1e-30
+    b = np.ones(20, np.float32)
+    b[3] = low
+    out = uotsel.sinkhorn(cost.astype(np.float32), source_weights=a, target_weights=b)
+    want = np.log(pot_marginals(cost, a=a.astype(np.float64), b=b.astype(np.float64))[0])
+    np.testing.assert_allclose(np.asarray(out.log_row_sums), want, rtol=0, atol=1e-4)

@@ -60,6 +60,7 @@ __all__ = [
     "solve_first",
     "solve_rest",
     "solve_staged",
+    "weight_range",
 ]
 
 Array = jax.Array
@@ -366,8 +367,8 @@ def prepare(
     target_mask = _vector(target_mask, "target_mask", lead, m, bool)
     source_weights = _vector(source_weights, "source_weights", lead, n, dtype)
     target_weights = _vector(target_weights, "target_weights", lead, m, dtype)
-    _check_weights(source_weights, source_mask, "source_weights")
-    _check_weights(target_weights, target_mask, "target_weights")
+    _check_weights(source_weights, source_mask, "source_weights", dtype)
+    _check_weights(target_weights, target_mask, "target_weights", dtype)
     for name, unit, mask in (
         ("source_mask", "source", source_mask),
         ("target_mask", "target", target_mask),
@@ -538,13 +539,39 @@ def _vector(value: Any, name: str, lead: tuple[int, ...], size: int, dtype: Any)
     return _checks.as_float_array(value, name, value.ndim)
 
 
-def _check_weights(w: Any, mask: Any, name: str) -> None:
+def _check_weights(w: Any, mask: Any, name: str, dtype: Any) -> None:
+    """Weights ``[..., size]`` finite and positive on every unmasked unit, and within the normal
+    range of ``dtype`` (:func:`weight_range`); checked on the host, before tracing."""
     if w is None or not (_checks.is_concrete(w) and _checks.is_concrete(mask)):
         return
     w = np.asarray(w)
     keep = np.ones(w.shape, bool) if mask is None else np.broadcast_to(np.asarray(mask), w.shape)
     if not np.all(np.isfinite(w[keep])) or np.any(w[keep] <= 0):
         raise ValueError(f"{name}: must be finite and > 0 on every unmasked unit")
+    low, high = weight_range(dtype)
+    outside = keep & ((w < low) | (w > high))
+    if np.any(outside):
+        where = np.argwhere(outside)[0]
+        value, kind = float(w[tuple(where)]), np.dtype(dtype).name
+        why = (
+            f"the solver takes log({name}) in {kind}, where numbers below the smallest normal "
+            f"one are flushed to zero; raise the weight to at least {low:.3g} or mask the "
+            "unit out"
+            if value < low
+            else f"it is beyond the largest {kind} number; lower the weight"
+        )
+        raise ValueError(
+            f"{name}: {value:.3g} (unit {int(where[-1])}) is outside [{low:.3g}, {high:.3g}], "
+            f"the weights {kind} supports: {why}, or use float64 inputs under jax.enable_x64"
+        )
+
+
+def weight_range(dtype: Any) -> tuple[float, float]:
+    """Smallest and largest weight accepted in ``dtype``: its smallest normal number (1.2e-38 in
+    float32; XLA flushes subnormal numbers to zero, so ``log`` of one is ``-inf``) and its
+    largest finite number."""
+    info = np.finfo(dtype)
+    return float(info.tiny), float(info.max)
 
 
 def _check_balanced_masses(s: SolverSettings, n: int, m: int, dtype: Any) -> None:
