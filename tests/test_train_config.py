@@ -125,11 +125,10 @@ def test_batch_norm_groups_must_split_every_part():
 
 
 def test_choices_agree_with_the_modules_that_implement_them():
-    from uotsel_train import augment, models, streams, train
+    from uotsel_train import augment, models, train
 
     assert set(config.ARCHS) == set(models.ARCHS)
     assert set(config.STRONG_VIEWS) == set(augment.POLICIES)
-    assert set(config.LONG_TAIL_PROFILES) == set(streams.LONG_TAIL_PROFILES)
     assert set(config.PRECISIONS) == set(train.DTYPES)
 
 

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from uotsel_train import objectives
+from uotsel_train.streams import LONG_TAIL_PROFILES
 
 __all__ = [
     "FIELDS",
@@ -118,7 +119,6 @@ FIELDS: dict[str, Field] = {
 PRECISIONS = ("float32", "bfloat16")
 STRONG_VIEWS = ("released", "wide")
 EVAL_SCHEDULES = ("every", "released")
-LONG_TAIL_PROFILES = ("exponential", "power")
 ARCHS = ("resnet18", "resnet34", "resnet50", "tiny")
 STRATEGIES = ("", "uot", "greedy_ot", "nearest", "random", "label")
 MAX_WORKERS = 256  # worker processes: beyond any host's useful count
