@@ -7,7 +7,7 @@ change (:func:`explain_failure`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +15,6 @@ import numpy as np
 
 from uotsel import _checks
 from uotsel import _iterations as _it
-
-if TYPE_CHECKING:
-    from uotsel.unbalanced import SinkhornOutput, SolverSettings
 
 __all__ = [
     "MASS_RTOL",
@@ -73,8 +70,10 @@ def check_ranges(eps: Any, tau_source: Any, tau_target: Any, dtype: Any) -> None
                 )
 
 
-def explain_failure(cost: Any, settings: SolverSettings, output: SinkhornOutput) -> None:
-    """Raise the one-line ``ValueError`` that explains a solve whose ``ok`` flag is False.
+def explain_failure(cost: Any, settings: Any, output: Any) -> None:
+    """Raise the one-line ``ValueError`` that explains a solve whose ``ok`` flag is False
+    (``settings``: the :class:`uotsel.unbalanced.SolverSettings` it ran with; ``output``: its
+    :class:`uotsel.SinkhornOutput`).
 
     ``+inf`` entries are allowed (they forbid a pair) as long as every unit keeps a finite cost;
     otherwise the cost, ``eps`` (too small for the cost in this dtype) or the marginal weights
@@ -223,8 +222,9 @@ def weight_range(dtype: Any) -> tuple[float, float]:
     return float(info.tiny), float(info.max)
 
 
-def check_balanced_masses(s: SolverSettings, n: int, m: int, dtype: Any) -> None:
-    """A problem held exactly on both sides (both taus inf) needs equal total masses. (Taus
+def check_balanced_masses(s: Any, n: int, m: int, dtype: Any) -> None:
+    """``s``, a :class:`uotsel.unbalanced.SolverSettings`: a problem held exactly on both sides
+    (both taus inf) needs equal total masses. (Taus
     that are only too large for the dtype to tell from inf are caught after the solve, so that
     an ``eps`` too small for the cost is named first.)"""
     values = (s.tau_source, s.tau_target, s.source_weights, s.target_weights)
@@ -256,7 +256,7 @@ def _masses(w: Any, mask: Any, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.where(mask, w, 0.0).sum(-1), np.sum(mask, axis=-1)
 
 
-def _unequal_masses(why: str, s: SolverSettings, source: tuple, target: tuple) -> str:
+def _unequal_masses(why: str, s: Any, source: tuple, target: tuple) -> str:
     def describe(side, mass, weights):
         total, units = mass
         if weights is None:
