@@ -12,7 +12,7 @@ pytest.importorskip("orbax.checkpoint")
 
 import jax
 import jax.numpy as jnp
-from train_helpers import image_folder, tiny_overrides, tiny_project
+from train_helpers import image_folder, memory_cfg, tiny_overrides, tiny_project
 
 from uotsel_train import config, data, input_pipeline, models, streams, train
 
@@ -32,22 +32,7 @@ def memory():
 
 
 def _cfg(**changes):
-    base = {
-        "arch": "tiny",
-        "lr": 0.05,
-        "lam": 0.5,
-        "epochs": 3,
-        "milestones": "1,2",
-        "batch_size": 4,
-        "source_batch_size": 2,
-        "image_size": 16,
-        "eval_every": 1,
-        "workers": 0,
-        "progress": False,
-    }
-    cfg = config.override(config.default(), [f"{k}={v}" for k, v in {**base, **changes}.items()])
-    config.validate(cfg, check_files=False)
-    return cfg
+    return memory_cfg(**{"lam": 0.5, **changes})
 
 
 def _inputs(memory, cfg, units=(0, 2)):

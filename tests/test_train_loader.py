@@ -13,11 +13,10 @@ pytest.importorskip("orbax.checkpoint")
 import jax
 import jax.numpy as jnp
 from PIL import Image
-from train_helpers import KillingSource, image_folder, normalised, spawned_children
+from train_helpers import KillingSource, image_folder, memory_cfg, normalised, spawned_children
 
 from uotsel_train import (
     augment,
-    config,
     data,
     input_pipeline,
     loader,
@@ -37,24 +36,6 @@ def memory():
     target = data.ArraySource(images[:8], labels[:8], ["a", "b"])
     pretrain = data.ArraySource(images[8:], labels[8:], ["p", "q", "r"])
     return target, pretrain
-
-
-def _cfg(**changes):
-    base = {
-        "arch": "tiny",
-        "lr": 0.05,
-        "epochs": 3,
-        "milestones": "1,2",
-        "batch_size": 4,
-        "source_batch_size": 2,
-        "image_size": 16,
-        "eval_every": 1,
-        "workers": 0,
-        "progress": False,
-    }
-    cfg = config.override(config.default(), [f"{k}={v}" for k, v in {**base, **changes}.items()])
-    config.validate(cfg, check_files=False)
-    return cfg
 
 
 def _inputs(memory, cfg, target=None):
@@ -87,7 +68,7 @@ def _same(a, b):
 
 @pytest.mark.parametrize("objective", ["labelled", "unlabelled"])
 def test_a_step_batch_is_its_seeded_views_of_its_stream_positions(memory, objective):
-    cfg = _cfg(objective=objective, seed=3)
+    cfg = memory_cfg(objective=objective, seed=3)
     inputs = _inputs(memory, cfg)
     ds = input_pipeline.steps(cfg, inputs, parallel.data_mesh())
     target_order = loader.stream_order(inputs.train_indices, 3)
@@ -115,7 +96,7 @@ def test_a_step_batch_is_its_seeded_views_of_its_stream_positions(memory, object
 
 
 def test_batches_are_the_same_whatever_the_workers_and_the_first_step(memory):
-    cfg = _cfg(objective="unlabelled")
+    cfg = memory_cfg(objective="unlabelled")
     ds = input_pipeline.steps(cfg, _inputs(memory, cfg), parallel.data_mesh())
     here = _run(ds[0:7], 0)
     for got, want in zip(_run(ds[0:7], 2, prefetch=3), here, strict=True):
@@ -129,9 +110,9 @@ def test_a_resume_with_other_workers_and_prefetch_is_bit_identical(tmp_path, mem
         backbone = models.backbone("tiny").init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))
         return train.fit(cfg, _inputs(memory, cfg), backbone, str(out), log=lambda x: None, **kw)
 
-    whole = fit(tmp_path / "whole", _cfg())
-    fit(tmp_path / "split", _cfg(), until_epoch=1)
-    resumed = fit(tmp_path / "split", _cfg(workers=2, prefetch=3), resume=True)
+    whole = fit(tmp_path / "whole", memory_cfg())
+    fit(tmp_path / "split", memory_cfg(), until_epoch=1)
+    resumed = fit(tmp_path / "split", memory_cfg(workers=2, prefetch=3), resume=True)
     assert resumed.step == whole.step == 6
     for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -140,7 +121,7 @@ def test_a_resume_with_other_workers_and_prefetch_is_bit_identical(tmp_path, mem
 def test_a_worker_that_dies_is_named_with_its_image_and_the_run_resumes(tmp_path, memory):
     armed = tmp_path / "armed"
     target = KillingSource(memory[0], victim=5, armed=armed)
-    cfg = _cfg(objective="vanilla", workers=2)
+    cfg = memory_cfg(objective="vanilla", workers=2)
     backbone = models.backbone("tiny").init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))
 
     def fit(**kw):
@@ -214,7 +195,7 @@ def test_unreadable_training_images_are_replaced_and_named(tmp_path):
     root = image_folder(tmp_path / "t", 2, 3, 0)
     (tmp_path / "t" / "c0" / "bad.png").write_bytes(b"\x89PNG broken")
     target = data.ImageFolder(root)
-    cfg = _cfg(objective="vanilla", batch_size=7)
+    cfg = memory_cfg(objective="vanilla", batch_size=7)
     inputs = input_pipeline.Inputs(
         target, np.arange(len(target)), np.zeros(0, np.int64), None, None, None, 0
     )

@@ -3,7 +3,27 @@
 import numpy as np
 from PIL import Image
 
-from uotsel_train import data
+from uotsel_train import config, data
+
+
+def memory_cfg(**changes):
+    """A validated config for the in-memory tiny runs: the tiny backbone, 4 + 2 images of
+    16 px, 3 epochs with milestones at 1 and 2, evaluated every epoch, decoded in-process."""
+    base = {
+        "arch": "tiny",
+        "lr": 0.05,
+        "epochs": 3,
+        "milestones": "1,2",
+        "batch_size": 4,
+        "source_batch_size": 2,
+        "image_size": 16,
+        "eval_every": 1,
+        "workers": 0,
+        "progress": False,
+    }
+    cfg = config.override(config.default(), [f"{k}={v}" for k, v in {**base, **changes}.items()])
+    config.validate(cfg, check_files=False)
+    return cfg
 
 
 def image_folder(root, classes, per_class, seed):
