@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uotsel import _rounding
+
 Array = jax.Array
 
 # Absorb the kernel again once the potentials have moved this far (in units of eps) from the
@@ -285,6 +287,8 @@ class Pass(NamedTuple):
     bad: Array  # the last iteration was refused (sums near the float range)
     log_cols: Array  # [m] log column sums of the best plan, valid where cols_ok
     cols_ok: Array
+    check: Array  # [4] rounding check of the best plan (uotsel._rounding), valid where check_ok
+    check_ok: Array
 
 
 def _tiny(p: Problem) -> tuple[Array, Array]:
@@ -376,6 +380,14 @@ def kernel_pass(p: Problem, f: Array, g: Array, progress: Progress) -> Pass:
     s_best = jnp.exp(z - top) @ kernel
     log_cols = (progress.g - g) / p.eps + jnp.log(s_best) + top + top_r
     cols_ok = jnp.all(~p.target_mask | ((s_best >= tiny_cols) & jnp.isfinite(log_cols)))
+    # The rounding check of the returned plan, on the last pass only (no other follows).
+    check, check_ok = jax.lax.cond(
+        keep_going(p, progress),
+        lambda: _rounding.unchecked(p.cost.dtype),
+        lambda: _rounding.kernel_check(
+            p, kernel, r, rel_r, top_r, f, g, progress.f, progress.g, z, top, log_cols
+        ),
+    )
     return Pass(
         f=jnp.where(p.source_mask, f + p.eps * w, 0.0),
         g=jnp.where(p.target_mask, g + p.eps * lv, 0.0),
@@ -384,6 +396,8 @@ def kernel_pass(p: Problem, f: Array, g: Array, progress: Progress) -> Pass:
         bad=bad,
         log_cols=log_cols,
         cols_ok=cols_ok,
+        check=check,
+        check_ok=check_ok,
     )
 
 
@@ -391,7 +405,14 @@ def initial_pass(p: Problem, f: Array, progress: Progress) -> Pass:
     """The state before any kernel pass: absorb at ``(f, first_g(f))`` next."""
     zeros = jnp.zeros_like(p.log_target_weights)
     return Pass(
-        f, first_g(p, f), progress, jnp.bool_(True), jnp.bool_(False), zeros, jnp.bool_(False)
+        f,
+        first_g(p, f),
+        progress,
+        jnp.bool_(True),
+        jnp.bool_(False),
+        zeros,
+        jnp.bool_(False),
+        *_rounding.unchecked(p.cost.dtype),
     )
 
 

@@ -32,7 +32,8 @@ class Selection(NamedTuple):
       sample_indices: ``[S]`` int64 ascending indices of the samples whose unit is selected,
         when per-sample ``unit_ids`` were given, else None.
       settings: the strategy's settings as used (defaults filled in; arrays omitted).
-      diagnostics: solver figures for ``uot`` (``n_iters``, ``error``, ``converged``), else {}.
+      diagnostics: solver figures for ``uot`` (``n_iters``, ``error``, ``rounding``,
+        ``converged``), else {}.
       solver: the :class:`~uotsel.SinkhornOutput` for ``uot`` (its potentials rebuild the plan,
         see :func:`uotsel.plan.selection_mass`), else None.
     """
@@ -193,6 +194,7 @@ def select(
         diagnostics = {
             "n_iters": int(result.solver.n_iters),
             "error": float(result.solver.error),
+            "rounding": float(result.solver.rounding),
             "converged": bool(result.solver.converged),
         }
     return Selection(

@@ -17,7 +17,9 @@ Stopping rule: the map ``f -> F(G(f))`` is a contraction in the sup norm with fa
 ``delta = max |f_new - f_old|``, the distance to the exact solution is at most
 ``kappa / (1 - kappa) * delta``; ``error`` converts that into a certified bound on the largest
 relative error of both marginals of the returned plan (see :class:`SinkhornOutput`). A marginal
-test such as ``|P^T 1 - b|`` would never reach its threshold on a relaxed side.
+test such as ``|P^T 1 - b|`` would never reach its threshold on a relaxed side. ``rounding``
+bounds what the floating-point computation adds, from a check of the returned potentials
+(:mod:`uotsel._rounding`); it plays no part in stopping.
 
 Floating-point range: a problem is solved only when its dtype resolves the potentials to a
 small fraction of ``eps`` (``|f|, |g| <= resolved_range(dtype) * eps``, 2^20 in float32); beyond
@@ -41,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uotsel import _checks, solvable
+from uotsel import _checks, _rounding, solvable
 from uotsel import _iterations as _it
 from uotsel.settings import UOT, resolve
 from uotsel.solvable import MASS_RTOL, eps_range, explain_failure, resolved_range, weight_range
@@ -98,6 +100,10 @@ class SinkhornOutput(NamedTuple):
         problem this is the relative violation of the column marginal.
       converged: ``[...]`` bool, ``error <= threshold``.
       eps: ``[...]`` the entropic regularisation used (needed to rebuild the plan).
+      rounding: ``[...]`` what floating-point arithmetic can add to ``error``: ``error +
+        rounding`` bounds the same relative errors for the computation as it ran in the cost's
+        dtype, against the exact solution of the problem as given (``docs/solver.md``). From a
+        check of the returned potentials after the solve; it plays no part in stopping.
     """
 
     f: Array
@@ -108,6 +114,7 @@ class SinkhornOutput(NamedTuple):
     error: Array
     converged: Array
     eps: Array
+    rounding: Array
 
     @property
     def row_sums(self) -> Array:
@@ -387,7 +394,9 @@ def _init(init: Any, lead: tuple[int, ...], n: int) -> Any:
     return f0
 
 
-def _finish(p: _it.Problem, progress: _it.Progress, log_cols: Array) -> SinkhornOutput:
+def _finish(
+    p: _it.Problem, progress: _it.Progress, log_cols: Array, check: Array
+) -> SinkhornOutput:
     f, g = progress.f, progress.g
     return SinkhornOutput(
         f=f,
@@ -400,6 +409,7 @@ def _finish(p: _it.Problem, progress: _it.Progress, log_cols: Array) -> Sinkhorn
         error=progress.error,
         converged=progress.error <= p.threshold,
         eps=p.eps,
+        rounding=_rounding.rounding(p, check, progress.error),
     )
 
 
@@ -435,8 +445,8 @@ def _first_pass(p: _it.Problem, f0: Array) -> tuple[Solved, Resume, Array]:
     """One problem's kernel iterations (absorbing again as often as needed), its output, and
     whether it needs the rest: the log-domain hand-over or exact column sums."""
     last, stuck = _it.kernel_loop(p, *_from_start(p, f0))
-    more = stuck | ~last.cols_ok
-    return _solved(p, last.progress, last.log_cols), Resume(last, stuck), more
+    more = stuck | ~last.cols_ok | ~last.check_ok
+    return _solved(p, last.progress, last.log_cols, last.check), Resume(last, stuck), more
 
 
 def _rest(p: _it.Problem, resume: Resume) -> Solved:
@@ -448,13 +458,19 @@ def _rest(p: _it.Problem, resume: Resume) -> Solved:
     log_cols = jax.lax.cond(
         stuck | ~last.cols_ok, lambda: _it.log_col_sums(p, progress), lambda: last.log_cols
     )
-    return _solved(p, progress, log_cols)
+    check = jax.lax.cond(
+        stuck | ~last.cols_ok | ~last.check_ok,
+        lambda: _rounding.log_check(p, progress.f, progress.g, log_cols),
+        lambda: last.check,
+    )
+    return _solved(p, progress, log_cols, check)
 
 
 def _log_only(p: _it.Problem, f0: Array) -> Solved:
     progress = _it.start(p, f0)
     progress = _it.log_loop(p, progress.f, progress)
-    return _solved(p, progress, _it.log_col_sums(p, progress))
+    log_cols = _it.log_col_sums(p, progress)
+    return _solved(p, progress, log_cols, _rounding.log_check(p, progress.f, progress.g, log_cols))
 
 
 def _from_start(p: _it.Problem, f0: Array) -> Resume:
@@ -483,12 +499,21 @@ def _rest_vmapped(p: _it.Problem, resume: Resume) -> Solved:
         lambda c: c,
         last.log_cols,
     )
-    solved = every(_solved)(p, progress, log_cols)
+    recheck = exact_cols | ~last.check_ok
+    check = jax.lax.cond(
+        jnp.any(recheck),
+        lambda c: jnp.where(
+            recheck[:, None], every(_rounding.log_check)(p, progress.f, progress.g, log_cols), c
+        ),
+        lambda c: c,
+        last.check,
+    )
+    solved = every(_solved)(p, progress, log_cols, check)
     return Solved(solved.output, jnp.all(solved.ok))
 
 
-def _solved(p: _it.Problem, progress: _it.Progress, log_cols: Array) -> Solved:
-    out = _finish(p, progress, log_cols)
+def _solved(p: _it.Problem, progress: _it.Progress, log_cols: Array, check: Array) -> Solved:
+    out = _finish(p, progress, log_cols, check)
     return Solved(out, _resolved(p, out))
 
 
