@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uotsel import _checks, costs, unbalanced
+from uotsel import _checks, costs, ott_convert, unbalanced
 from uotsel import mesh as meshes
 from uotsel.settings import UOT, resolve
 from uotsel.unbalanced import SinkhornOutput
@@ -46,7 +46,7 @@ def transport(
     Args:
       source, target: unit features (class means or cluster centroids); or ``source`` an
         ott-jax ``Geometry``/``PointCloud`` and ``target`` None (its points and cost, or its
-        cost matrix, see :func:`uotsel.ott_interop.features_of`).
+        cost matrix, see :func:`uotsel.ott_convert.features_of`).
       settings: a :class:`uotsel.UOT` (default ``UOT()``, the paper's); the keyword arguments
         of the same names override its fields (None: the field's value).
       cost: ``"cosine"`` (``(1 - cos) / eps_c``, the paper's), ``"l2"``, ``"sqeuclidean"``, a
@@ -130,12 +130,10 @@ def transport(
 def _from_ott(geom, target, cost, eps_c, eps, settings):
     """An ott-jax geometry given as ``source``: its points (or its cost matrix) and what it
     says of ``cost``, ``eps_c`` and ``eps``, below what the caller set
-    (:func:`uotsel.ott_interop.features_of`)."""
-    from uotsel import ott_interop
-
+    (:func:`uotsel.ott_convert.features_of`)."""
     if target is not None:
         raise TypeError("target: must be None when source is an ott-jax geometry (it holds both)")
-    source, target, given = ott_interop.features_of(geom)
+    source, target, given = ott_convert.features_of(geom)
     if "eps" in given and settings is not None:
         given.pop("eps")  # the settings' eps is the caller's
     pick = {"cost": cost, "eps_c": eps_c, "eps": eps}

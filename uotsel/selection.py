@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from uotsel import _checks, costs, paper
+from uotsel import _checks, costs, ott_convert, paper
 from uotsel.settings import UOT, resolve
 from uotsel.strategies import STRATEGIES, Scores
 
@@ -102,7 +102,7 @@ def select(
     Args:
       source: ``[K, D]`` source unit features (class means or cluster centroids of the
         pre-training data); or an ott-jax ``Geometry``/``PointCloud`` with ``target`` None
-        (:func:`uotsel.ott_interop.features_of`).
+        (:func:`uotsel.ott_convert.features_of`).
       target: ``[M, D]`` target unit features (class means of the fine-tuning data).
       settings: a :class:`uotsel.UOT` (default ``UOT()``, the paper's): its fields fill the
         strategy's settings of the same names (all of them for ``uot``; ``cost`` and ``eps_c``
@@ -213,12 +213,10 @@ def select(
 
 def _from_ott(geom, target, defaults, settings, options):
     """An ott-jax geometry given as ``source``: its points (or cost matrix) and the settings it
-    implies, below the caller's (:func:`uotsel.ott_interop.features_of`)."""
-    from uotsel import ott_interop
-
+    implies, below the caller's (:func:`uotsel.ott_convert.features_of`)."""
     if target is not None:
         raise TypeError("target: must be None when source is an ott-jax geometry (it holds both)")
-    source, target, given = ott_interop.features_of(geom)
+    source, target, given = ott_convert.features_of(geom)
     if settings is not None:
         given.pop("eps", None)  # the settings' eps is the caller's
     given = {k: v for k, v in given.items() if k in defaults}

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uotsel import _checks, _rounding, solvable
+from uotsel import _checks, _rounding, ott_convert, solvable
 from uotsel import _iterations as _it
 from uotsel.settings import UOT, resolve
 from uotsel.solvable import MASS_RTOL, eps_range, explain_failure, resolved_range, weight_range
@@ -295,16 +295,15 @@ def sinkhorn(
 
 
 def _ott_problem(problem: Any, settings: UOT | None, **given: Any) -> SinkhornOutput:
-    """:func:`sinkhorn` of an ott-jax geometry or ``LinearProblem`` (:mod:`uotsel.ott_interop`;
-    ott-jax is an optional peer, imported only here). ``eps``: the caller's or the settings'
-    value, else the geometry's own explicit epsilon, else the paper's."""
-    from uotsel import ott_interop
-
+    """:func:`sinkhorn` of an ott-jax geometry or ``LinearProblem`` (converted by
+    :mod:`uotsel.ott_convert`). ``eps``: the caller's or the settings' value, else the
+    geometry's own explicit epsilon, else the paper's."""
     given = {k: v for k, v in given.items() if v is not None}
     eps = given.pop("eps", None)
     if eps is None and settings is not None:
         eps = settings.eps
-    return ott_interop.solve(problem, eps=eps, settings=settings, **given)
+    cost, kwargs = ott_convert.sinkhorn_args(problem, eps, given)
+    return sinkhorn(cost, settings, **kwargs)
 
 
 def prepare(
