@@ -16,7 +16,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from uotsel.cli import MAX_CHUNK, MAX_ITER, MAX_N_INIT, MAX_SEED, MAX_UNITS, main
+from uotsel.cli import MAX_CHUNK, MAX_IMAGES, MAX_ITER, MAX_N_INIT, MAX_SEED, MAX_UNITS, main
 
 K, N, D, CLASSES = 12, 30, 4, 6
 
@@ -169,6 +169,8 @@ CEN_NO_OUT = "centroids --features {d}/f.npy --labels {d}/l.npy"
 KM = "kmeans --features {d}/f.npy --k 2 --quiet --out {d}/old.npz"
 KM_NO_OUT = "kmeans --features {d}/f.npy --k 2 --quiet"
 LABEL = "select --source {d}/src.npz --strategy label --out {d}/old.json"
+# src.npz: 12 units of 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2 samples
+BUDGET = "select --source {d}/src.npz --target {d}/tgt.npz --out {d}/old.json"
 
 # Outputs: (command line, flag, part of the message).
 OUTPUT_CASES = [
@@ -330,6 +332,16 @@ INPUT_CASES = (
         (LABEL + " --matching 1,3 --top-k 3", "--top-k", "3 is more than the 2 units listed"),
         (LABEL, "--matching", "required by --strategy label"),
         (
+            BUDGET.replace("src.npz", "f.npy") + " --budget-images 5",
+            "--budget-images",
+            "no 'counts', 'labels' or 'assignment'",
+        ),
+        (
+            LABEL + " --matching 1,3 --budget-images 7",
+            "--budget-images",
+            "7 is more than the 6 images of the 2 units listed in matching",
+        ),
+        (
             "select --source {d}/tgt.npz --strategy random --out {d}/old.json "
             "--samples-out {d}/s.npy",
             "--samples-out",
@@ -352,6 +364,17 @@ NUMBER_CASES = (
     + [(SEL, "--top-k", v, f"at most {MAX_UNITS}") for v in _HUGE]
     + [(SEL, "--top-k", v, "expected an integer") for v in _NOT_INT]
     + [(SEL, "--n-groups", v, m) for v, m in [("0", ">= 1"), ("13", "than the 12")]]
+    + [
+        (BUDGET, "--budget-images", v, m)
+        for v, m in [
+            ("0", ">= 1"),
+            ("-1", ">= 1"),
+            ("31", "31 is more than the 30 images of the 12 source units"),
+            ("1", "alone holds"),
+        ]
+    ]
+    + [(BUDGET, "--budget-images", v, f"at most {MAX_IMAGES}") for v in _HUGE]
+    + [(BUDGET, "--budget-images", v, "expected an integer") for v in _NOT_INT]
     + [(SEL, "--n-groups", v, f"at most {MAX_UNITS}") for v in _HUGE]
     + [(SEL, "--max-iter", v, f"at most {MAX_ITER}") for v in _HUGE]
     + [(SEL, "--max-iter", v, m) for v, m in [("0", ">= 1"), ("1.5", "integer")]]
@@ -413,6 +436,8 @@ PARSER_CASES = [
     ("centroids --labels {d}/l.npy --out {d}/old.npz", "--features", "required"),
     ("kmeans --features {d}/f.npy --out {d}/old.npz", "--k", "required"),
     (SEL + " --top-k", "--top-k", "expected one argument"),
+    (SEL + " --budget-images 5", "--budget-images", "not allowed with argument --top-k"),
+    (BUDGET + " --budget-images 5 --top-k 2", "--top-k", "not allowed with argument --budget"),
     (SEL + " --strategy best", "--strategy", "invalid choice"),
     (SEL + " --cost manhattan", "--cost", "invalid choice"),
     (SEL + " --t 5", "--t", "ambiguous"),

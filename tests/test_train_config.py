@@ -9,7 +9,8 @@ import pytest
 
 pytest.importorskip("ml_collections")
 
-from uotsel_train import config, configs
+from uotsel import paper
+from uotsel_train import config, configs, selected
 
 
 def _valid(**changes):
@@ -87,6 +88,9 @@ def test_bad_overrides_are_one_line_naming_the_key(pair, message):
         ({"selection_strategy": "best"}, "selection_strategy: unknown 'best'"),
         ({"target_fraction": 0.5, "long_tail": 10}, "target_fraction: cannot be combined"),
         ({"group": -2}, "group: must be between -1 and 10^7, got -2"),
+        ({"units": "ranking"}, "units: unknown 'ranking'; valid: selected, top_k"),
+        ({"units": "top_k", "top_k": 0}, "top_k: must be between 1 and 10^7, got 0"),
+        ({"units": "top_k", "group": 3}, "units: top_k cannot be combined with group (pick one)"),
     ],
 )
 def test_settings_out_of_range_are_refused_by_name(changes, message):
@@ -185,7 +189,8 @@ def test_shipped_configs_follow_the_paper():
     assert (unl.objective, unl.weight_decay, unl.bn_group_size) == ("unlabelled", 1e-5, 192)
     vanilla = config.load("table1_mocov2_labelled:finetune")
     assert vanilla.objective == "vanilla" and vanilla.bn_group_size == 64
-    assert config.load("fig3a_num_selected:150").top_k == 150
+    fig3a = config.load("fig3a_num_selected:150")
+    assert (fig3a.units, fig3a.top_k) == ("top_k", 150)
     low = config.load("fig3b_low_data:0.2,finetune,mocov2_labelled")
     assert (low.target_fraction, low.objective, low.arch) == (0.2, "vanilla", "resnet50")
     assert config.load("table3_long_tail").long_tail == 10.0
@@ -244,6 +249,40 @@ def test_an_old_name_in_a_saved_config_loads_under_the_new_one(tmp_path, caplog)
     assert "threshold: renamed min_confidence" in caplog.text
     with pytest.raises(config.ConfigError, match=r"^threshold: renamed min_confidence$"):
         config.override(config.default(), ["threshold=0.7"])
+
+
+def test_top_k_as_in_the_library_and_the_files_selected_units_by_name(tmp_path, caplog):
+    cfg = config.default()
+    assert (cfg.units, cfg.top_k) == ("selected", paper.TOP_K_CLASSES)
+    for pair in ("top_k=150", "top_k=0"):
+        with pytest.raises(
+            config.ConfigError, match=r"^top_k: read only with units=top_k; add --config.units="
+        ):
+            config.override(cfg, [pair])
+    assert config.override(cfg, ["units=top_k", "top_k=150"]).top_k == 150
+    saved = tmp_path / "config.json"
+    for old, units, top_k in [(0, "selected", paper.TOP_K_CLASSES), (150, "top_k", 150)]:
+        saved.write_text(json.dumps({"config": {"top_k": old, "group": -1}}))
+        with caplog.at_level("INFO", logger="uotsel_train"):
+            loaded = config.load(str(saved))
+        assert (loaded.units, loaded.top_k) == (units, top_k)
+        assert f"top_k: {old} in {saved} is read as units={units}" in caplog.text
+        config.save(loaded, str(saved))
+        again = config.load(str(saved))
+        assert (again.units, again.top_k) == (units, top_k)
+
+
+def test_the_units_a_run_trains_on():
+    record = {"selected": [4, 2], "ranking": [4, 2, 0, 1, 3], "groups": [[4, 2, 0], [1, 3]]}
+    assert selected.units(record).units.tolist() == [4, 2]
+    assert selected.units(record, top_k=3).units.tolist() == [4, 2]
+    assert selected.units(record, units="top_k", top_k=3).units.tolist() == [4, 2, 0]
+    assert selected.units(record, units="top_k", top_k=5, group=1).units.tolist() == [1, 3]
+    for top_k in (0, 6):
+        with pytest.raises(ValueError, match=f"^top_k: {top_k} is not between 1 and the 5 ranked"):
+            selected.units(record, units="top_k", top_k=top_k)
+    with pytest.raises(ValueError, match=r"^units: unknown 'all'; valid: selected, top_k"):
+        selected.units(record, units="all")
 
 
 def test_the_command_lines_seed_bound_is_the_configs():

@@ -27,7 +27,7 @@ def test_each_experiment_config_trains_one_epoch_on_tiny_data(project, name, cap
     if cfg.bn_group_size:  # the released 4-replica grouping, at this batch: 2 groups
         views = {"vanilla": 0, "labelled": 1, "unlabelled": 2}[cfg.objective]
         extra["bn_group_size"] = (4 + 2 * views) // 2
-    if cfg.top_k:
+    if cfg.units == "top_k":
         extra["top_k"] = 3  # of the 10 ranked pre-training classes
     if cfg.target_fraction < 1 or cfg.long_tail > 1:
         extra["batch_size"] = 2
@@ -40,7 +40,8 @@ def test_each_experiment_config_trains_one_epoch_on_tiny_data(project, name, cap
     assert len(lines) == 1 and np.isfinite(lines[0]["loss"])
     saved = json.loads((out / "config.json").read_text())["config"]
     assert saved["objective"] == cfg.objective and saved["group"] == cfg.group
-    assert saved["long_tail"] == cfg.long_tail and saved["top_k"] == extra.get("top_k", 0)
+    assert saved["long_tail"] == cfg.long_tail and saved["units"] == cfg.units
+    assert saved["top_k"] == extra.get("top_k", config.FIELDS["top_k"].default)
 
 
 def test_configs_command_lists_and_shows(capsys):

@@ -210,7 +210,7 @@ def test_the_selection_file_is_consumed_whole_and_checked(tmp_path):
 
     got = _load(paths).pretrain_indices
     np.testing.assert_array_equal(got, images_of(record["selected"]))
-    got = _load(paths, top_k=1).pretrain_indices
+    got = _load(paths, units="top_k", top_k=1).pretrain_indices
     np.testing.assert_array_equal(got, images_of(record["ranking"][:1]))
     got = _load(paths, group=3).pretrain_indices
     np.testing.assert_array_equal(got, images_of(record["groups"][3]))

@@ -42,6 +42,7 @@ _EXPORTS = {
     "embedded": "uotsel.embedded",
     "enable_compilation_cache": "uotsel.cache",
     "expand_to_samples": "uotsel.selection",
+    "fit_budget": "uotsel.budget",
     "kmeans": "uotsel.clustering",
     "l2_cost": "uotsel.costs",
     "rank": "uotsel.selection",
@@ -50,6 +51,7 @@ _EXPORTS = {
     "split_groups": "uotsel.selection",
     "sqeuclidean_cost": "uotsel.costs",
     "transport": "uotsel.feature_transport",
+    "unit_sizes": "uotsel.budget",
 }
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "embedded",
     "enable_compilation_cache",
     "expand_to_samples",
+    "fit_budget",
     "kmeans",
     "l2_cost",
     "rank",
@@ -77,6 +80,7 @@ __all__ = [
     "split_groups",
     "sqeuclidean_cost",
     "transport",
+    "unit_sizes",
 ]
 
 
@@ -98,6 +102,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from uotsel import embedded
+    from uotsel.budget import fit_budget, unit_sizes
     from uotsel.cache import enable_compilation_cache
     from uotsel.centroids import ClassMeanAccumulator, ClassMeans, class_means
     from uotsel.clustering import KMeansResult, kmeans

@@ -32,7 +32,16 @@ from uotsel.settings import FIELD_HELP, UOT
 from uotsel.strategies import STRATEGIES
 from uotsel.unbalanced import METHODS
 
-__all__ = ["MAX_CHUNK", "MAX_ITER", "MAX_N_INIT", "MAX_SEED", "MAX_UNITS", "OneLineParser", "main"]
+__all__ = [
+    "MAX_CHUNK",
+    "MAX_IMAGES",
+    "MAX_ITER",
+    "MAX_N_INIT",
+    "MAX_SEED",
+    "MAX_UNITS",
+    "OneLineParser",
+    "main",
+]
 
 # Upper bounds of the integer options (docs/cli.md).
 MAX_UNITS = 1_000_000  # --top-k, --n-groups, --num-classes, --k
@@ -40,6 +49,7 @@ MAX_ITER = 1_000_000  # --max-iter
 MAX_SEED = 2**32 - 1  # --seed
 MAX_N_INIT = 1000  # --n-init
 MAX_CHUNK = 2**24  # --chunk-size
+MAX_IMAGES = 10**12  # --budget-images
 
 
 def _default(fn: Callable[..., Any], name: str) -> Any:
@@ -53,7 +63,8 @@ def _add_select(sub: Any) -> argparse.ArgumentParser:
         "select",
         help="rank source units by similarity to a target and write a selection",
         description="Rank the source (pre-training) units by similarity to the target units and "
-        "write the top K as a JSON selection file. Unit files: .npz with 'means' [K, D] "
+        "write the top K (or the best units a budget in images holds) as a JSON selection "
+        "file. Unit files: .npz with 'means' [K, D] "
         "(+ 'counts', 'names', 'assignment') or 'features' [N, D] + 'labels' [N]; .npy with "
         "means [K, D]; or embedded:<backbone>/<dataset> (see 'uotsel demo'). Defaults are the "
         "paper's settings.",
@@ -66,12 +77,22 @@ def _add_select(sub: Any) -> argparse.ArgumentParser:
         choices=list(STRATEGIES),
         help="selection strategy (default: uot)",
     )
-    sel.add_argument(
+    count = sel.add_mutually_exclusive_group()
+    count.add_argument(
         "--top-k",
         type=integer(1, MAX_UNITS),
         default=None,
         help=f"number of units to select (default: the paper's {paper.TOP_K_CLASSES} classes, "
         f"or {paper.TOP_K_CLUSTERS} clusters from a 'uotsel kmeans' file; label: all matching)",
+    )
+    count.add_argument(
+        "--budget-images",
+        type=integer(1, MAX_IMAGES),
+        default=None,
+        metavar="N",
+        help="instead of --top-k: the most images to select. Whole units are taken best first, "
+        "and the first unit that does not fit ends the selection; unit sizes come from the "
+        "source file ('counts', else its 'labels' or 'assignment')",
     )
     sel.add_argument(
         "--cost",

@@ -18,6 +18,7 @@ import numpy as np
 from uotsel import (
     __version__,
     _checks,
+    budget,
     costs,
     demo,
     embedded,
@@ -144,21 +145,34 @@ def cmd_select(args: argparse.Namespace) -> int:
         matching = None
         if args.strategy == "label":
             matching = _read_matching(args.matching, num_units)
-        top_k = _select_top_k(args, source, matching)
-        selection = select(
-            source.means,
-            None if target is None else target.means,
-            strategy=args.strategy,
-            top_k=top_k,
-            n_groups=args.n_groups if args.n_groups is not None else min(paper.N_GROUPS, num_units),
-            unit_ids=source.unit_ids,
-            **_strategy_settings(args, matching),
-        )
+        selection = _run_select(args, source, target, matching)
         _write_selection_outputs(outputs, args, selection, source, target)
         outputs.commit()
     if lead:
         _report_selection(args, selection)
     return 0
+
+
+def _run_select(
+    args: argparse.Namespace, source: io.Units, target: io.Units | None, matching: Any
+) -> Any:
+    """:func:`uotsel.select` with the flags; a budget error of the library named as
+    ``--budget-images``."""
+    num_units = source.means.shape[0]
+    try:
+        return select(
+            source.means,
+            None if target is None else target.means,
+            strategy=args.strategy,
+            top_k=_select_top_k(args, source, matching),
+            budget_images=args.budget_images,
+            unit_sizes=_unit_sizes(args, source),
+            n_groups=min(paper.N_GROUPS, num_units) if args.n_groups is None else args.n_groups,
+            unit_ids=source.unit_ids,
+            **_strategy_settings(args, matching),
+        )
+    except ValueError as err:
+        raise _budget_error(err) from None
 
 
 def default_top_k(source: io.Units) -> int:
@@ -172,7 +186,7 @@ def _select_top_k(args: argparse.Namespace, source: io.Units, matching: Any) -> 
     ``--n-groups`` checked too."""
     num_units = source.means.shape[0]
     top_k = args.top_k
-    if top_k is None and args.strategy != "label":
+    if top_k is None and args.strategy != "label" and args.budget_images is None:
         top_k = default_top_k(source)
         if top_k > num_units:
             raise UsageError(
@@ -189,6 +203,31 @@ def _select_top_k(args: argparse.Namespace, source: io.Units, matching: Any) -> 
     if args.n_groups is not None and args.n_groups > num_units:
         raise UsageError(f"--n-groups: {args.n_groups} is more than the {num_units} source units")
     return top_k
+
+
+def _unit_sizes(args: argparse.Namespace, source: io.Units) -> np.ndarray | None:
+    """With ``--budget-images``: the images of every source unit, from the source file's
+    ``counts``, else from its per-sample unit ids (:func:`uotsel.budget.unit_sizes`)."""
+    if args.budget_images is None:
+        return None
+    if source.counts is None and source.unit_ids is None:
+        raise UsageError(
+            "--budget-images: the source file does not give the images of its units (it has "
+            "no 'counts', 'labels' or 'assignment')"
+        )
+    try:
+        return budget.unit_sizes(
+            source.means.shape[0], counts=source.counts, unit_ids=source.unit_ids
+        )
+    except ValueError as err:
+        raise UsageError(f"--source: {str(err).partition(': ')[2]}") from None
+
+
+def _budget_error(err: ValueError) -> Exception:
+    """The library's ``budget_images: ...`` as the one-line error of ``--budget-images``;
+    any other error as it is."""
+    name, _, rest = str(err).partition(": ")
+    return UsageError(f"--budget-images: {rest}") if name == "budget_images" else err
 
 
 def _strategy_settings(args: argparse.Namespace, matching: Any) -> dict[str, Any]:
@@ -244,8 +283,11 @@ def _report_selection(args: argparse.Namespace, selection: Any) -> None:
                 f"{diag['error']:.2e}); raise --max-iter or --threshold",
                 file=sys.stderr,
             )
+    used = ""
+    if selection.budget_images is not None:
+        used = f" ({selection.images_used} images of a budget of {selection.budget_images})"
     print(
-        f"selected {selection.selected.size} of {selection.ranking.size} units with "
+        f"selected {selection.selected.size} of {selection.ranking.size} units{used} with "
         f"{args.strategy}{note} -> {args.out}"
     )
 

@@ -1,4 +1,5 @@
-"""Rank source units by a strategy's scores, take the top K, and expand units to samples.
+"""Rank source units by a strategy's scores, take the top K (or the units a budget in images
+holds, :mod:`uotsel.budget`), and expand units to samples.
 
 Ordering rule (deterministic, documented): units are sorted by decreasing score (by
 ``log_scores`` when the strategy has them, so that units whose ``P 1`` underflows are still
@@ -11,7 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from uotsel import _checks, costs, ott_convert, paper
+from uotsel import _checks, budget, costs, ott_convert, paper
 from uotsel.settings import UOT, resolve
 from uotsel.strategies import STRATEGIES, Scores
 
@@ -36,6 +37,9 @@ class Selection(NamedTuple):
         ``converged``), else {}.
       solver: the :class:`~uotsel.SinkhornOutput` for ``uot`` (its potentials rebuild the plan,
         see :func:`uotsel.plan.selection_mass`), else None.
+      budget_images: the budget in images the units were taken by, else None.
+      images_used: with a budget, the images of the selected units (at most the budget), else
+        None.
     """
 
     strategy: str
@@ -48,6 +52,19 @@ class Selection(NamedTuple):
     settings: dict[str, Any]
     diagnostics: dict[str, Any]
     solver: Any = None
+    budget_images: int | None = None
+    images_used: int | None = None
+
+
+class _PaperTopK(int):
+    """The default ``top_k`` of :func:`select`, the paper's number of classes: an ``int`` that
+    :func:`select` tells apart from a ``top_k`` given with ``budget_images``."""
+
+    def __repr__(self) -> str:
+        return repr(int(self))
+
+
+_DEFAULT_TOP_K = _PaperTopK(paper.TOP_K_CLASSES)
 
 
 def rank(scores: Any) -> np.ndarray:
@@ -92,12 +109,15 @@ def select(
     settings: UOT | None = None,
     *,
     strategy: str = "uot",
-    top_k: int | None = paper.TOP_K_CLASSES,
+    top_k: int | None = _DEFAULT_TOP_K,
+    budget_images: int | None = None,
+    unit_sizes: Any = None,
     n_groups: int | None = None,
     unit_ids: Any = None,
     **options: Any,
 ) -> Selection:
-    """Choose the ``top_k`` source units most similar to the target units.
+    """Choose the ``top_k`` source units most similar to the target units, or as many of the
+    most similar as a budget in images holds.
 
     Args:
       source: ``[K, D]`` source unit features (class means or cluster centroids of the
@@ -110,7 +130,14 @@ def select(
       strategy: one of ``uot`` (default, the paper's), ``greedy_ot``, ``nearest``, ``random``,
         ``label`` (see :mod:`uotsel.strategies`).
       top_k: how many units to select; ``None`` selects every unit ``label`` matches (for the
-        other strategies ``None`` means all units).
+        other strategies ``None`` means all units). Left out (or None) with ``budget_images``.
+      budget_images: instead of ``top_k``, the most images to select: whole units are taken
+        best first and the first unit that does not fit ends the selection, so ``selected`` is
+        a prefix of ``ranking`` (``label``: of the matching units) holding at most this many
+        images (:func:`uotsel.budget.fit_budget`). From the size of the best unit to the
+        images of all units (``label``: of the matching units).
+      unit_sizes: with ``budget_images``, ``[K]`` images of each unit (a unit file's
+        ``counts``); by default counted from ``unit_ids``; both given must agree.
       n_groups: number of equal groups the ranking is split into; default
         ``min(paper.N_GROUPS, K)`` (the paper's domain-gap study uses 10).
       unit_ids: optional ``[N]`` unit id of every pre-training sample; fills ``sample_indices``.
@@ -128,7 +155,8 @@ def select(
 
     Raises:
       ValueError, TypeError: for an unknown strategy or setting (the message lists the valid
-        ones) or any bad argument, before any computation.
+        ones) or any bad argument, before any computation; ``budget_images`` below the size of
+        the best unit, once the ranking is known (the message gives that size).
 
     Example:
       >>> import numpy as np, uotsel
@@ -165,6 +193,11 @@ def select(
     if spec.needs_target:
         target = _checks.as_float_array(target, "target", 2)
         _checks.check_nonempty(target, "target", 0, "units")
+    sizes = None
+    if budget_images is not None:
+        top_k, sizes = None, _budget_sizes(top_k, budget_images, num_units, unit_sizes, unit_ids)
+    elif unit_sizes is not None:
+        raise ValueError("unit_sizes: only read with budget_images")
     if top_k is not None:
         top_k = _checks.check_positive_int(top_k, "top_k")
         if top_k > num_units:
@@ -187,6 +220,8 @@ def select(
             f"top_k: {top_k} is more than the {int(np.count_nonzero(result.scores > 0))} "
             "units listed in matching (use top_k=None to take them all)"
         )
+    if sizes is not None:
+        top_k = _fit_budget(ranking[:top_k], sizes, budget_images, strategy)
     selected = ranking[:top_k]
 
     diagnostics: dict[str, Any] = {}
@@ -208,7 +243,36 @@ def select(
         settings={k: p for k, p in ((k, _plain(v)) for k, v in used.items()) if p is not _OMIT},
         diagnostics=diagnostics,
         solver=result.solver,
+        budget_images=None if sizes is None else int(budget_images),
+        images_used=None if sizes is None else int(sizes[selected].sum()),
     )
+
+
+def _budget_sizes(
+    top_k: Any, budget_images: Any, num_units: int, unit_sizes: Any, unit_ids: Any
+) -> np.ndarray:
+    """The ``[K]`` unit sizes a budget is taken by, once ``top_k`` is known to be left out and
+    the budget to be at most the images of all units."""
+    if top_k is not None and top_k is not _DEFAULT_TOP_K:
+        raise ValueError("top_k: cannot be combined with budget_images (give one)")
+    if unit_sizes is None and unit_ids is None:
+        raise ValueError(
+            "budget_images: needs unit_sizes or unit_ids to count the images of each unit"
+        )
+    sizes = budget.unit_sizes(num_units, counts=unit_sizes, unit_ids=unit_ids)
+    budget.check_budget(budget_images, int(sizes.sum()), f"{num_units} source units")
+    return sizes
+
+
+def _fit_budget(
+    candidates: np.ndarray, sizes: np.ndarray, budget_images: Any, strategy: str
+) -> int:
+    """How many of the ``candidates`` (the ranking; ``label``: its matching units) the budget
+    takes."""
+    if strategy == "label":
+        total = int(sizes[candidates].sum())
+        budget.check_budget(budget_images, total, f"{candidates.size} units listed in matching")
+    return budget.fit_budget(candidates, sizes, budget_images)
 
 
 def _from_ott(geom, target, defaults, settings, options):

@@ -62,8 +62,9 @@ def selection_record(
 ) -> dict:
     """The JSON-ready record of a :class:`~uotsel.Selection` (see ``docs/cli.md``).
 
-    ``selected_wnids`` is added for the embedded ImageNet classes, and ``target_mass`` /
-    ``target_mass_total`` when ``target_mass`` (a :class:`uotsel.plan.TargetMass`) is given.
+    ``selected_wnids`` is added for the embedded ImageNet classes, ``target_mass`` /
+    ``target_mass_total`` when ``target_mass`` (a :class:`uotsel.plan.TargetMass`) is given,
+    and ``budget_images`` / ``images_used`` for a selection taken by a budget in images.
     """
 
     def ids(a: np.ndarray) -> list[int]:
@@ -85,8 +86,11 @@ def selection_record(
         "uotsel_version": version,
         "strategy": selection.strategy,
         "top_k": int(selection.selected.size),
-        "selected": ids(selection.selected),
     }
+    if selection.budget_images is not None:
+        record["budget_images"] = int(selection.budget_images)
+        record["images_used"] = int(selection.images_used)
+    record["selected"] = ids(selection.selected)
     if source.names is not None:
         record["selected_names"] = [str(source.names[i]) for i in selection.selected]
     wnids = io.unit_wnids(source)

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import ml_collections
 
+from uotsel import paper
 from uotsel_train import objectives
 from uotsel_train.streams import LONG_TAIL_PROFILES
 
@@ -95,8 +96,17 @@ FIELDS: dict[str, Field] = {
     "selection": Field("", "'uotsel select' JSON file (its units, ranking and groups)"),
     "unit_ids": Field("", "per-sample unit ids (.npy, or a .npz with 'assignment'); '' : labels"),
     "selection_strategy": Field("", "refuse a selection file made by another strategy"),
-    "top_k": Field(0, "train on the file's top K units of its ranking; 0: its 'selected'"),
-    "group": Field(-1, "train on one score group of the file (Fig. 4b: 0-9); -1: 'selected'"),
+    "units": Field(
+        "selected",
+        "the file's units to train on: selected (its 'selected' list) or top_k (the first "
+        "top_k of its ranking)",
+    ),
+    "top_k": Field(
+        paper.TOP_K_CLASSES,
+        "with units=top_k: how many units of the file's ranking, best first (Fig. 3a), as "
+        "uotsel.select's top_k",
+    ),
+    "group": Field(-1, "train on one score group of the file (Fig. 4b: 0-9); -1: by units"),
     # evaluation, checkpoints, machinery
     "eval_every": Field(10, "epochs between evaluations"),
     "eval_schedule": Field(
@@ -121,6 +131,7 @@ STRONG_VIEWS = ("released", "wide")
 EVAL_SCHEDULES = ("every", "released")
 ARCHS = ("resnet18", "resnet34", "resnet50", "tiny")
 STRATEGIES = ("", "uot", "greedy_ot", "nearest", "random", "label")
+UNITS = ("selected", "top_k")
 MAX_WORKERS = 256  # worker processes: beyond any host's useful count
 MAX_PREFETCH = 64
 _PATHS = ("weights", "target", "test", "pretrain", "data_dir", "selection", "unit_ids")
@@ -184,6 +195,7 @@ def override(cfg: ml_collections.ConfigDict, pairs: list[str]) -> ml_collections
     """
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     cfg.lock()
+    given = set()
     for pair in pairs:
         key, sep, text = pair.partition("=")
         key = key.strip()
@@ -194,6 +206,12 @@ def override(cfg: ml_collections.ConfigDict, pairs: list[str]) -> ml_collections
         if key not in FIELDS:
             raise ConfigError(f"{key}: unknown setting{_nearest(key)}")
         cfg[key] = _parse(key, text)
+        given.add(key)
+    if "top_k" in given and cfg.units != "top_k":
+        raise ConfigError(
+            "top_k: read only with units=top_k; add --config.units=top_k (units=selected, the "
+            "default, trains on the file's 'selected' units)"
+        )
     return cfg
 
 
@@ -203,7 +221,28 @@ def override(cfg: ml_collections.ConfigDict, pairs: list[str]) -> ml_collections
 RENAMED = {"threshold": "min_confidence"}
 
 
+def _before_units(record: dict, origin: str) -> dict:
+    """A mapping from before the ``units`` setting, when ``top_k`` 0 meant the file's
+    ``selected`` units and any other ``top_k`` the first ``top_k`` of its ranking, in today's
+    settings (with a log line); any other mapping unchanged."""
+    top_k = record.get("top_k")
+    if "units" in record or isinstance(top_k, bool) or not isinstance(top_k, int):
+        return record
+    units = "selected" if top_k == 0 else "top_k"
+    logging.getLogger("uotsel_train").info(
+        "top_k: %d in %s is read as units=%s (top_k 0 was the file's selected units)",
+        top_k,
+        origin,
+        units,
+    )
+    record = {**record, "units": units}
+    if top_k == 0:
+        del record["top_k"]
+    return record
+
+
 def _from_mapping(record: dict, origin: str) -> ml_collections.ConfigDict:
+    record = _before_units(record, origin)
     cfg = default()
     for key, value in record.items():
         if key in RENAMED and RENAMED[key] not in record:
@@ -298,7 +337,7 @@ def _check_ranges(cfg: ml_collections.ConfigDict) -> None:
     check_workers(cfg.workers, "workers")
     if not 1 <= cfg.prefetch <= MAX_PREFETCH:
         raise ConfigError(f"prefetch: must be between 1 and {MAX_PREFETCH}, got {cfg.prefetch}")
-    for key, low in (("bn_group_size", 0), ("top_k", 0), ("group", -1)):
+    for key, low in (("bn_group_size", 0), ("top_k", 1), ("group", -1)):
         if not low <= cfg[key] <= 10**7:
             raise ConfigError(f"{key}: must be between {low} and 10^7, got {cfg[key]}")
     if not 0 <= cfg.seed < 2**31 or not 0 <= cfg.subset_seed < 2**31:
@@ -341,6 +380,7 @@ def _check_choices(cfg: ml_collections.ConfigDict) -> None:
         ("eval_schedule", EVAL_SCHEDULES),
         ("long_tail_profile", LONG_TAIL_PROFILES),
         ("selection_strategy", STRATEGIES),
+        ("units", UNITS),
     ):
         if cfg[key] not in valid:
             shown = ", ".join(v or "''" for v in valid)
@@ -373,8 +413,8 @@ def _check_data(cfg: ml_collections.ConfigDict) -> None:
 
 
 def _check_combinations(cfg: ml_collections.ConfigDict) -> None:
-    if cfg.top_k and cfg.group >= 0:
-        raise ConfigError("top_k: cannot be combined with group (pick one)")
+    if cfg.units == "top_k" and cfg.group >= 0:
+        raise ConfigError("units: top_k cannot be combined with group (pick one)")
     objective = objectives.get(cfg.objective)
     if cfg.bn_group_size:
         views = len(objective.source_views)

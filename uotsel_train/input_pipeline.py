@@ -109,7 +109,7 @@ def _pretrain_samples(cfg: Any, pretrain: Any) -> tuple[np.ndarray, str]:
         unit_names=names,
         unit_file=cfg.unit_ids,
     )
-    choice = selected.units(record, top_k=cfg.top_k, group=cfg.group)
+    choice = selected.units(record, units=cfg.units, top_k=cfg.top_k, group=cfg.group)
     indices = streams.selected_samples(ids, choice.units)
     return indices, f"{choice.what}: {choice.units.size} units, {indices.size} images"
 

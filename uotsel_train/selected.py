@@ -1,13 +1,13 @@
 """Which pre-training samples a run trains on: a ``uotsel select`` file read whole.
 
 The file gives the selected units (``selected``), the full ranking and the 10 score groups; a
-config picks one of them (:func:`units`): the selected units, the top ``top_k`` of the ranking
-(Fig. 3a), or one score group (Fig. 4b). Before any sample is chosen the file is held against
-the pre-training data the run was given (:func:`check_against`): the strategy the config
-expects, the number of units, the unit names where both sides name them in one vocabulary, and
-the checksum of the unit file when the per-sample unit ids come from the very file the selection
-was made from (``uotsel kmeans`` clusters). A selection made from other pre-training data is
-refused with one line.
+config picks one of them (:func:`units`): the selected units, the first ``top_k`` of the
+ranking (Fig. 3a), or one score group (Fig. 4b). Before any sample is chosen the file is held
+against the pre-training data the run was given (:func:`check_against`): the strategy the
+config expects, the number of units, the unit names where both sides name them in one
+vocabulary, and the checksum of the unit file when the per-sample unit ids come from the very
+file the selection was made from (``uotsel kmeans`` clusters). A selection made from other
+pre-training data is refused with one line.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from uotsel import paper
 from uotsel.io import sha256_file
 from uotsel.npfiles import read_array
 from uotsel.selection_file import read_selection
@@ -39,24 +40,34 @@ def read(path: str) -> dict[str, Any]:
     return read_selection(path, "selection")
 
 
-def units(record: dict[str, Any], *, top_k: int = 0, group: int = -1) -> Choice:
-    """The units to train on: the file's ``selected`` (defaults), the first ``top_k`` of its
-    ranking, or its score group ``group`` (0 = most similar).
+def units(
+    record: dict[str, Any],
+    *,
+    units: str = "selected",
+    top_k: int = paper.TOP_K_CLASSES,
+    group: int = -1,
+) -> Choice:
+    """The units to train on: the file's ``selected`` (``units="selected"``), the first
+    ``top_k`` of its ranking (``units="top_k"``: ``top_k`` as :func:`uotsel.select` takes it),
+    or, with ``group >= 0``, its score group ``group`` (0 = most similar).
 
     Raises:
-      ValueError: ``top_k`` beyond the ranking or ``group`` beyond the groups.
+      ValueError: an unknown ``units``, ``top_k`` below 1 or beyond the ranking, or ``group``
+        beyond the groups.
     """
     if group >= 0:
         groups = record["groups"]
         if group >= len(groups):
             raise ValueError(f"group: the selection has {len(groups)} groups (0-{len(groups) - 1})")
         return Choice(np.asarray(groups[group], np.int64), f"score group {group}")
-    if top_k:
-        ranking = record["ranking"]
-        if top_k > len(ranking):
-            raise ValueError(f"top_k: {top_k} is more than the {len(ranking)} ranked units")
-        return Choice(np.asarray(ranking[:top_k], np.int64), f"top {top_k} of the ranking")
-    return Choice(np.asarray(record["selected"], np.int64), "selected units")
+    if units == "selected":
+        return Choice(np.asarray(record["selected"], np.int64), "selected units")
+    if units != "top_k":
+        raise ValueError(f"units: unknown {units!r}; valid: selected, top_k")
+    ranking = record["ranking"]
+    if not 1 <= top_k <= len(ranking):
+        raise ValueError(f"top_k: {top_k} is not between 1 and the {len(ranking)} ranked units")
+    return Choice(np.asarray(ranking[:top_k], np.int64), f"top {top_k} of the ranking")
 
 
 def unit_ids(path: str, num_samples: int) -> np.ndarray:

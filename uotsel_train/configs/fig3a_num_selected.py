@@ -7,10 +7,11 @@
           --config.pretrain=tfds:imagenet --config.selection=uot.json
     done
 
-One selection file serves every count: the run trains on the top ``n`` units of its ranking
-(``top_k``). ARG: ``n[,arm][,setting]`` (default 100, ``uot``, ``resnet18``); the figure's
-other arm is ``random`` (a file of ``uotsel select --strategy random``: its top ``n`` are ``n``
-random classes). The paper varies the count from 50 to 300 and uses 100.
+One selection file serves every count: the run trains on the first ``n`` units of its ranking
+(``units=top_k``, ``top_k=n``). ARG: ``n[,arm][,setting]`` (default 100, ``uot``,
+``resnet18``); the figure's other arm is ``random`` (a file of ``uotsel select --strategy
+random``: its top ``n`` are ``n`` random classes). The paper varies the count from 50 to 300
+and uses 100.
 """
 
 from uotsel_train.configs import common
@@ -23,4 +24,4 @@ def get_config(arg=None):
         100,
         "the number of selected classes is an experiment on the uot and random arms",
         arms=("uot", "random"),
-    )
+    ) | {"units": "top_k"}

@@ -10,9 +10,10 @@
         --config.unit_ids=clusters.npz
 
 The released script selects 500 clusters, the paper 200 (``--top-k`` of ``uotsel select``, or
-``--config.top_k``). Strong view: the released RandAugment (``strong_view=released``). BatchNorm
-per 64 target + 64 weak + 64 strong images (``bn_group_size=192``), as the released 4-GPU runs.
-ARG: the arm. Paper, 8-data-set average top-1: random 82.56, Greedy-OT 83.16, UOT 83.17.
+``--config.units=top_k --config.top_k=200`` on a longer selection). Strong view: the released
+RandAugment (``strong_view=released``). BatchNorm per 64 target + 64 weak + 64 strong images
+(``bn_group_size=192``), as the released 4-GPU runs. ARG: the arm. Paper, 8-data-set average
+top-1: random 82.56, Greedy-OT 83.16, UOT 83.17.
 """
 
 from uotsel_train.configs import common
