@@ -1,4 +1,4 @@
-"""The first programs (``unbalanced._first_program``, ``feature_transport._transport_first``)
+"""The first programs (``programs._first_program``, ``feature_transport._transport_first``)
 are compiled with ``unbalanced.FIRST_PROGRAM_OPTIONS``, which keeps XLA's CPU compiler from
 splitting long reductions into reduce-window chains. The options must take effect (fewer kernels
 to compile) and leave the answers as they are: the solver's bit for bit; ``transport``'s to
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from uotsel import feature_transport, unbalanced
+from uotsel import feature_transport, programs, unbalanced
 
 pytestmark = pytest.mark.skipif(
     jax.default_backend() != "cpu", reason="the options name a pass of the CPU compiler"
@@ -68,6 +68,7 @@ def test_transport_first_program_equals_the_default_compilation(n, m, d, setting
 
 
 @pytest.mark.parametrize("d", [128, 2048])
+@pytest.mark.slow
 def test_transport_first_program_as_accurate_as_the_default_compilation(d):
     """Largest error of ``P 1`` against a float64 solve to 1e-12: no larger with the options."""
     n, m = 400, 40
@@ -87,6 +88,7 @@ def test_transport_first_program_as_accurate_as_the_default_compilation(d):
 
 
 @pytest.mark.parametrize("lockstep", [False, True])
+@pytest.mark.slow
 def test_solver_first_program_equals_the_default_compilation(lockstep):
     """A batch of three problems with masks, weights and one side held exactly."""
     rng = np.random.default_rng(3)
@@ -103,8 +105,8 @@ def test_solver_first_program_equals_the_default_compilation(lockstep):
         source_mask=mask,
         target_weights=rng.uniform(0.5, 1.5, size=(3, 90)).astype(np.float32),
     )
-    ours = unbalanced._first_program(cost, settings, lockstep)
-    theirs = _defaults(unbalanced._first_program, ("lockstep",))(cost, settings, lockstep)
+    ours = programs._first_program(cost, settings, lockstep)
+    theirs = _defaults(programs._first_program, ("lockstep",))(cost, settings, lockstep)
     _assert_same_bits(ours, theirs)
 
 

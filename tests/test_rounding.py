@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import uotsel
-from uotsel import _rounding, selection_file, unbalanced
+from uotsel import _rounding, programs, selection_file, unbalanced
 from uotsel import io as uio
 
 U = 2.0**-24
@@ -164,6 +164,7 @@ def test_bound_holds_over_cost_scales(seed, log2_scale, log_eps, log_taus, exact
     check_bound(cost, eps, tau_s, tau_t, a, b)
 
 
+@pytest.mark.slow
 def test_log_method_and_hand_over():
     cost, a, b = point_cloud(3, 64, 24, 3, 400.0, 0.1)
     check_bound(cost, 0.1, 1.0, 100.0, a, b, method="log")
@@ -202,6 +203,7 @@ def test_paper_like_problem_is_bounded_within_10x():
     assert error + rounding <= 10 * true, (true, error, rounding)
 
 
+@pytest.mark.slow
 def test_float64_rounding_is_tiny():
     cost, a, b = point_cloud(5, 64, 24, 3, 500.0, 0.1)
     ref_rows, ref_cols, ref_bound = exact_marginals(cost, 0.1, 1.0, 100.0, a, b)
@@ -222,6 +224,7 @@ def test_float64_rounding_is_tiny():
             assert true <= float(out.error) + float(out.rounding) + ref_bound
 
 
+@pytest.mark.slow
 def test_batches_bound_each_problem():
     costs, weights = [], []
     for seed in range(3):
@@ -243,6 +246,7 @@ def test_batches_bound_each_problem():
             assert true_error(one, rows, cols) <= float(one.error) + float(one.rounding) + bound
 
 
+@pytest.mark.slow
 def test_masked_units_are_left_out():
     cost, a, b = point_cloud(2, 40, 12, 2, 300.0, 0.2)
     cost, a, b = cost.astype(np.float32), a.astype(np.float32), b.astype(np.float32)
@@ -290,6 +294,7 @@ def _solve_all():
     return outs + [uotsel.transport(source, target)]
 
 
+@pytest.mark.slow
 def test_other_outputs_do_not_depend_on_the_check(monkeypatch):
     with_check = _solve_all()
 
@@ -317,19 +322,22 @@ def test_other_outputs_do_not_depend_on_the_check(monkeypatch):
 # --- pieces -------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("products", ["dot", "reduce"])
 @pytest.mark.parametrize("n", [2000, 1999, 97, 2])
-def test_blocked_column_sums_stay_within_their_bound(n):
+def test_blocked_column_sums_stay_within_their_bound(n, products):
     # A large first term, then terms below half an ulp of it: sequential float32 addition
     # drops all of them; blocked sums must stay within (block + blocks) u.
     kernel = np.full((n, 3), 0.9 * U, np.float32)
     kernel[0] = 1.0
     kernel[:, 2] = np.float32(0.1)
     x = np.ones(n, np.float32)
-    sums = np.asarray(_rounding.blocked_col_sums(jnp.asarray(x)[:, None], jnp.asarray(kernel)))
+    sums = _rounding.blocked_col_sums(jnp.asarray(x)[:, None], jnp.asarray(kernel), products)
+    sums = np.asarray(sums)
     exact = x.astype(np.float64) @ kernel.astype(np.float64)
     relative = np.abs(sums[0].astype(np.float64) / exact - 1.0)
     assert np.all(relative <= _rounding.col_sum_error(n) * U)
-    values = np.asarray(_rounding.row_sums(jnp.asarray(kernel.T), jnp.asarray(x)[:, None]))[:, 0]
+    values = _rounding.row_sums(jnp.asarray(kernel.T), jnp.asarray(x)[:, None], products)
+    values = np.asarray(values)[:, 0]
     relative = np.abs(values.astype(np.float64) / exact - 1.0)
     assert np.all(relative <= _rounding.row_sum_error(n) * U)
 
@@ -355,7 +363,7 @@ def test_select_reports_rounding_in_diagnostics_and_record():
 
 
 def _cache_sizes():
-    return [p._cache_size() for p in (unbalanced.solve, unbalanced._first_program)]
+    return [p._cache_size() for p in (unbalanced.solve, programs._first_program)]
 
 
 @pytest.mark.parametrize("side", ["source_weights", "target_weights"])

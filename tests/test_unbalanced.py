@@ -15,7 +15,7 @@ from reference import (
 )
 
 import uotsel
-from uotsel import unbalanced
+from uotsel import programs, unbalanced
 
 
 def _check_against(out, ref_rows, ref_cols=None, rtol=1e-4, floor=1e-6):
@@ -162,6 +162,7 @@ def _hard_for_the_kernel():
     return np.array([[0.0, 200.0]] * 5 + [[300.0, 100.0]] * 5, np.float32)
 
 
+@pytest.mark.slow
 def test_kernel_hands_over_to_the_log_domain_when_out_of_range():
     from uotsel import _iterations
 
@@ -180,7 +181,7 @@ def test_kernel_hands_over_to_the_log_domain_when_out_of_range():
     )
     f0 = jnp.zeros(10)
     start = _iterations.initial_pass(p, f0, _iterations.start(p, f0))
-    _, stuck = _iterations.kernel_loop(p, start, jnp.bool_(False))
+    _, stuck = _iterations.kernel_loop(p, start, jnp.bool_(False), _iterations.Form())
     assert bool(stuck)
     auto = uotsel.sinkhorn(cost, tau_target=0.05)
     ref_rows, ref_cols = log_domain_marginals(cost, 1.0, 1.0, 0.05)
@@ -233,8 +234,8 @@ def test_no_recompilation_when_settings_change():
     target = rng.normal(size=(12, 8)).astype(np.float32)
     uotsel.sinkhorn(uotsel.cosine_cost(source, target))
     uotsel.sinkhorn(uotsel.cosine_cost(source, target), method="log")
-    programs = (unbalanced.solve, unbalanced._first_program, unbalanced._rest_program)
-    solve_before = [program._cache_size() for program in programs]
+    compiled = (programs.solve, programs._first_program, programs._rest_program)
+    solve_before = [program._cache_size() for program in compiled]
     assert solve_before[:2] != [0, 0]
     from uotsel import costs
 
@@ -248,10 +249,11 @@ def test_no_recompilation_when_settings_change():
         uotsel.sinkhorn(c, eps=eps, tau_source=tau_s, tau_target=tau_t, threshold=thr, max_iter=500)
         uotsel.sinkhorn(3.0 * c, eps=eps, tau_source=tau_s, tau_target=tau_t)
         uotsel.sinkhorn(c, eps=eps, tau_source=tau_s, tau_target=tau_t, method="log")
-    assert [program._cache_size() for program in programs] == solve_before
+    assert [program._cache_size() for program in compiled] == solve_before
     assert costs.pairwise._cache_size() == cost_before
 
 
+@pytest.mark.slow
 def test_batch_with_masks_equals_separate_solves():
     rng = np.random.default_rng(6)
     shapes = [(30, 5), (25, 9), (30, 9), (12, 3)]
@@ -285,6 +287,7 @@ def test_batch_with_masks_equals_separate_solves():
         assert bool(out.converged[i])
 
 
+@pytest.mark.slow
 def test_warm_start_needs_fewer_iterations():
     rng = np.random.default_rng(8)
     source, target = clustered_features(rng, 400, 50)
@@ -330,6 +333,7 @@ def test_bad_arguments_raise_before_tracing(kwargs, match):
         uotsel.sinkhorn(cost, **kwargs)
 
 
+@pytest.mark.slow
 def test_infinite_costs_forbid_pairs():
     cost = np.array([[0.0, np.inf], [1.0, 0.5], [np.inf, 2.0]], np.float32)
     out = uotsel.sinkhorn(cost, tau_target=math.inf)
@@ -409,6 +413,7 @@ def test_property_exact_target_side_holds_its_marginal(cost, tau):
     assert np.all(np.isfinite(np.asarray(out.log_row_sums)))
 
 
+@pytest.mark.slow
 def test_lockstep_batches_match_sequential_batches():
     """The vmapped (accelerator) path and the sequential (CPU) path give the same answers,
     including a problem that needs the log-domain hand-over and masked padding."""
@@ -474,21 +479,22 @@ def test_two_programs_give_the_answer_of_one(case, lockstep):
         )
 
 
+@pytest.mark.slow
 def test_second_program_compiled_only_when_needed(paper_features):
     source, target = paper_features["resnet18_supervised"]
-    before = unbalanced._rest_program._cache_size()
+    before = programs._rest_program._cache_size()
     out = uotsel.sinkhorn(uotsel.cosine_cost(source[:333], target[:77], 0.1))
     assert bool(out.converged)
-    assert unbalanced._rest_program._cache_size() == before
+    assert programs._rest_program._cache_size() == before
     uotsel.sinkhorn(_hard_for_the_kernel()[:9], tau_target=0.05)
-    assert unbalanced._rest_program._cache_size() == before + 1
+    assert programs._rest_program._cache_size() == before + 1
 
 
 # --- weights beyond the dtype's normal range ------------------------------------------------------
 
 
 def _cache_sizes():
-    return [p._cache_size() for p in (unbalanced.solve, unbalanced._first_program)]
+    return [p._cache_size() for p in (unbalanced.solve, programs._first_program)]
 
 
 @pytest.mark.parametrize("side", ["source_weights", "target_weights"])

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uotsel import _rounding
+from uotsel._products import col_sums, row_sums
 
 Array = jax.Array
 
@@ -41,6 +42,35 @@ REABSORB_AT = 16.0
 # Stop once this many iterations in a row have not lowered the error: the iteration has reached
 # the floating-point floor (about ulp(max |f|) / eps) above the requested threshold.
 STALL_PATIENCE = 50
+
+# Iterations between two tests of the stopping rule on accelerators, where every test of a while
+# loop's condition waits for the device and copies the predicate to the host.
+ACCELERATOR_CHECK_EVERY = 8
+
+
+class Form(NamedTuple):
+    """How the kernel loop is laid out (static: part of the compiled program).
+
+    Attributes:
+      check_every: iterations between two tests of the stopping rule. Each iteration is still
+        kept or masked by the state before it, so results are those of ``check_every = 1``;
+        only the decision to leave the loop is taken every ``check_every`` iterations.
+      products: the loop's matrix-vector products as ``"dot"`` (BLAS calls: fastest on CPU),
+        ``"reduce"`` (reductions that fuse the ``exp`` of the vector before them and the
+        ``log`` after them: one kernel per product on an accelerator), or ``"auto"``: chosen
+        per platform when the program is lowered (``dot`` on CPU, ``reduce`` elsewhere).
+    """
+
+    check_every: int = 1
+    products: str = "auto"
+
+
+def default_form() -> Form:
+    """The form for JAX's default backend: today's loop on CPU, the stop tested every
+    ``ACCELERATOR_CHECK_EVERY`` iterations elsewhere."""
+    if jax.default_backend() == "cpu":
+        return Form()
+    return Form(check_every=ACCELERATOR_CHECK_EVERY)
 
 
 class Problem(NamedTuple):
@@ -289,6 +319,7 @@ class Pass(NamedTuple):
     cols_ok: Array
     check: Array  # [4] rounding check of the best plan (uotsel._rounding), valid where check_ok
     check_ok: Array
+    tests: Array  # int32: tests of a loop condition so far (each a host round trip on a GPU)
 
 
 def _tiny(p: Problem) -> tuple[Array, Array]:
@@ -313,9 +344,10 @@ def absorb(p: Problem, f: Array, g: Array) -> tuple[Array, Array]:
     return jnp.exp(z - r[:, None]), r
 
 
-def kernel_pass(p: Problem, f: Array, g: Array, progress: Progress) -> Pass:
+def kernel_pass(p: Problem, f: Array, g: Array, progress: Progress, form: Form) -> Pass:
     """Absorb the kernel at ``(f, g)`` and iterate on it until the stopping rule fires, an
-    iteration is refused, or the potentials drift ``REABSORB_AT`` from the absorption point."""
+    iteration is refused, or the potentials drift ``REABSORB_AT`` from the absorption point.
+    The stopping rule is tested every ``form.check_every`` iterations (:class:`Form`)."""
     kernel, r = absorb(p, f, g)
     tiny_rows, tiny_cols = _tiny(p)
     # Potentials are tracked as deviations from the absorption point: f + eps * w and
@@ -326,9 +358,10 @@ def kernel_pass(p: Problem, f: Array, g: Array, progress: Progress) -> Pass:
     e = p.log_source_weights - f * p.inv_tau_source - r
     c = p.log_target_weights - g * p.inv_tau_target - top_r
 
-    def body(state):
-        w, lv_prev, top_u, progress, _, _ = state
-        s = jnp.exp(rel_r + w - top_u) @ kernel
+    def iterate(state, live):
+        """One iteration from ``state``, kept where it is ``live`` and not refused."""
+        w, lv_prev, top_u, progress, was_bad, was_far = state
+        s = col_sums(jnp.exp(rel_r + w - top_u), kernel, form.products)
         lv = jnp.where(p.target_mask, p.k_target * (c - jnp.log(s) - top_u), 0.0)
         g_new = g + p.eps * lv
         top_v, low_s, mass_target = reduce_many(
@@ -339,7 +372,7 @@ def kernel_pass(p: Problem, f: Array, g: Array, progress: Progress) -> Pass:
                 jnp.where(p.target_mask, p.log_target_weights - g_new * p.inv_tau_target, -jnp.inf),
             ),
         )
-        rv = kernel @ jnp.where(p.target_mask, jnp.exp(lv - top_v), 0.0)
+        rv = row_sums(kernel, jnp.where(p.target_mask, jnp.exp(lv - top_v), 0.0), form.products)
         w_new = jnp.where(p.source_mask, p.k_source * (e - jnp.log(rv) - top_v), 0.0)
         f_new = f + p.eps * w_new
         low_rv, step, mass_source = reduce_many(
@@ -358,26 +391,34 @@ def kernel_pass(p: Problem, f: Array, g: Array, progress: Progress) -> Pass:
         drift, top_next = reduce_many(
             ("max", jnp.abs(w_next)), ("max", jnp.where(p.source_mask, rel_r + w_next, -jnp.inf))
         )
-        keep = lambda new, old: jnp.where(bad, old, new)  # noqa: E731
+        take = live & ~bad
+        keep = lambda new, old: jnp.where(take, new, old)  # noqa: E731
         return (
             keep(w_next, w),
             keep(lv, lv_prev),
             keep(top_next, top_u),
             jax.tree.map(keep, updated, progress),
-            bad,
-            (drift > REABSORB_AT) & ~bad,
+            jnp.where(live, bad, was_bad),
+            jnp.where(live, (drift > REABSORB_AT) & ~bad, was_far),
         )
+
+    def go(state):
+        return keep_going(p, state[3]) & ~state[4] & ~state[5]
+
+    def body(state):
+        state, runs = state
+        return _iterations(iterate, go, form.check_every, state), runs + 1
 
     top_u = jnp.max(rel_r)
     zero = jnp.bool_(False)
     state = (jnp.zeros_like(f), jnp.zeros_like(g), top_u, progress, zero, zero)
-    w, lv, _, progress, bad, far = jax.lax.while_loop(
-        lambda s: keep_going(p, s[3]) & ~s[4] & ~s[5], body, state
+    (w, lv, _, progress, bad, far), runs = jax.lax.while_loop(
+        lambda s: go(s[0]), body, (state, jnp.int32(0))
     )
     # Column sums of the best plan, from this kernel: one more matrix-vector product.
     z = jnp.where(p.source_mask, rel_r + (progress.f - f) / p.eps, -jnp.inf)
     top = jnp.max(z)
-    s_best = jnp.exp(z - top) @ kernel
+    s_best = col_sums(jnp.exp(z - top), kernel, form.products)
     log_cols = (progress.g - g) / p.eps + jnp.log(s_best) + top + top_r
     cols_ok = jnp.all(~p.target_mask | ((s_best >= tiny_cols) & jnp.isfinite(log_cols)))
     # The rounding check of the returned plan, on the last pass only (no other follows).
@@ -385,7 +426,19 @@ def kernel_pass(p: Problem, f: Array, g: Array, progress: Progress) -> Pass:
         keep_going(p, progress),
         lambda: _rounding.unchecked(p.cost.dtype),
         lambda: _rounding.kernel_check(
-            p, kernel, r, rel_r, top_r, f, g, progress.f, progress.g, z, top, log_cols
+            p,
+            kernel,
+            r,
+            rel_r,
+            top_r,
+            f,
+            g,
+            progress.f,
+            progress.g,
+            z,
+            top,
+            log_cols,
+            form.products,
         ),
     )
     return Pass(
@@ -398,7 +451,17 @@ def kernel_pass(p: Problem, f: Array, g: Array, progress: Progress) -> Pass:
         cols_ok=cols_ok,
         check=check,
         check_ok=check_ok,
+        tests=runs + 1,
     )
+
+
+def _iterations(iterate, go, count: int, state):
+    """``count`` iterations ``iterate(state, live)`` from ``state`` (the loop's condition ``go``
+    having just held), each ``live`` only where ``go`` holds for the state before it: the same
+    iterates as ``count`` trips of the loop, with one test of its condition."""
+    if count == 1:
+        return iterate(state, jnp.bool_(True))
+    return jax.lax.fori_loop(0, count, lambda _, state: iterate(state, go(state)), state)
 
 
 def initial_pass(p: Problem, f: Array, progress: Progress) -> Pass:
@@ -413,10 +476,11 @@ def initial_pass(p: Problem, f: Array, progress: Progress) -> Pass:
         zeros,
         jnp.bool_(False),
         *_rounding.unchecked(p.cost.dtype),
+        jnp.int32(0),
     )
 
 
-def kernel_loop(p: Problem, last: Pass, stuck: Array) -> tuple[Pass, Array]:
+def kernel_loop(p: Problem, last: Pass, stuck: Array, form: Form) -> tuple[Pass, Array]:
     """Kernel passes continuing from ``last``, absorbing again as long as a pass asks for it.
 
     Returns:
@@ -427,11 +491,14 @@ def kernel_loop(p: Problem, last: Pass, stuck: Array) -> tuple[Pass, Array]:
     def body(state):
         last, _ = state
         before = last.progress.n_iters
-        last = kernel_pass(p, last.f, last.g, last.progress)
+        new = kernel_pass(p, last.f, last.g, last.progress, form)
+        # This pass's tests, and the test of ``more`` that led to it.
+        last = new._replace(tests=last.tests + new.tests + 1)
         return last, last.bad & (last.progress.n_iters == before)
 
     def more(state):
         last, stuck = state
         return last.again & ~stuck & keep_going(p, last.progress)
 
-    return jax.lax.while_loop(more, body, (last, stuck))
+    last, stuck = jax.lax.while_loop(more, body, (last, stuck))
+    return last._replace(tests=last.tests + 1), stuck

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uotsel import _products
+
 Array = jax.Array
 
 # exp and log are taken to be within 2u relative of the exact value (XLA's float32 exp and log
@@ -71,29 +73,26 @@ def row_sum_error(m: int) -> float:
     return float(m)
 
 
-def blocked_col_sums(x: Array, kernel: Array) -> Array:
-    """``sum_j x_jc K_ji`` ``[c, m]`` for ``x`` ``[n, c]`` and ``K`` ``[n, m]``: a batched
-    product over blocks of rows (contiguous, no copy when a block length divides ``n``), then
-    the sum of the block sums."""
+def blocked_col_sums(x: Array, kernel: Array, products: str = "dot") -> Array:
+    """``sum_j x_jc K_ji`` ``[c, m]`` for ``x`` ``[n, c]`` and ``K`` ``[n, m]``: products over
+    blocks of rows (contiguous, no copy when a block length divides ``n``), then the sum of the
+    block sums (``products``: :mod:`uotsel._products`)."""
     n, m = kernel.shape
     b, count = _blocks(n)
     pad = b * count - n
     if pad:
         x, kernel = jnp.pad(x, ((0, pad), (0, 0))), jnp.pad(kernel, ((0, pad), (0, 0)))
-    parts = jnp.einsum(
-        "kbc,kbm->kcm",
-        x.reshape(count, b, x.shape[1]),
-        kernel.reshape(count, b, m),
-        precision=jax.lax.Precision.HIGHEST,
+    parts = _products.block_col_sums(
+        x.reshape(count, b, x.shape[1]), kernel.reshape(count, b, m), products
     )
     return jnp.sum(parts, axis=0)
 
 
-def row_sums(kernel: Array, v: Array) -> Array:
+def row_sums(kernel: Array, v: Array, products: str = "dot") -> Array:
     """``sum_i K_ji v_ic`` ``[n, c]`` for ``v`` ``[m, c]``. Blocks over the columns would need a
     transposed copy of the matrix; the target side is the short one in the problems this
     library solves."""
-    return jnp.matmul(kernel, v, precision=jax.lax.Precision.HIGHEST)
+    return _products.row_sums_many(kernel, v, products)
 
 
 def _largest(mask: Array, *xs: Array) -> tuple[Array, ...]:
@@ -113,10 +112,11 @@ def unchecked(dtype: Any) -> tuple[Array, Array]:
     return jnp.full((4,), jnp.nan, dtype), jnp.bool_(False)
 
 
-def kernel_check(p, kernel, r, rel_r, top_r, f0, g0, f, g, z, top, log_cols):
+def kernel_check(p, kernel, r, rel_r, top_r, f0, g0, f, g, z, top, log_cols, products):
     """Check ``(f, g)`` ``[n], [m]`` with the kernel ``[n, m]`` absorbed at ``(f0, g0)`` (row
     maxima ``r``, ``rel_r = r - top_r``); ``z = rel_r + (f - f0) / eps`` with its maximum
-    ``top``; ``log_cols`` ``[m]`` are the column sums returned.
+    ``top``; ``log_cols`` ``[m]`` are the column sums returned; ``products`` as in
+    :mod:`uotsel._products`.
 
     The row sums are ``exp(r + w + top_v) K exp(lv - top_v)`` and the column sums
     ``exp(lv + top + top_r) exp(z - top) K``, with ``w = (f - f0) / eps`` and
@@ -144,9 +144,11 @@ def kernel_check(p, kernel, r, rel_r, top_r, f0, g0, f, g, z, top, log_cols):
     row_part = per_row + 2 * jnp.abs(w) + jnp.abs(rel_r) + jnp.abs(z) + jnp.abs(z - top)
     col_part = jnp.abs(g0) / p.eps + 2 * jnp.abs(lv) + jnp.abs(lv - top_v)
     col_sums = blocked_col_sums(
-        jnp.stack([x, x * jnp.where(rows_on, row_part, 0.0)], axis=1), kernel
+        jnp.stack([x, x * jnp.where(rows_on, row_part, 0.0)], axis=1), kernel, products
     )
-    row_sums_ = row_sums(kernel, jnp.stack([v, v * jnp.where(cols_on, col_part, 0.0)], axis=1))
+    row_sums_ = row_sums(
+        kernel, jnp.stack([v, v * jnp.where(cols_on, col_part, 0.0)], axis=1), products
+    )
     cols, rows = col_sums[0], row_sums_[:, 0]
     log_c, log_r = jnp.log(cols), jnp.log(rows)
     col_lse = lv + log_c + top + top_r
@@ -179,7 +181,7 @@ def kernel_check(p, kernel, r, rel_r, top_r, f0, g0, f, g, z, top, log_cols):
     return summary(p, f, g, log_cols, (row_lse, row_err, short[0]), (col_lse, col_err, short[1]))
 
 
-def log_check(p, f: Array, g: Array, log_cols: Array) -> Array:
+def log_check(p, f: Array, g: Array, log_cols: Array, products: str = "auto") -> Array:
     """Check ``(f, g)`` with log-sum-exps over the cost itself (any scale; one ``exp`` pass over
     the matrix per side). Returns the ``[4]`` check of :func:`summary`.
 
@@ -193,8 +195,11 @@ def log_check(p, f: Array, g: Array, log_cols: Array) -> Array:
     y = jnp.where(grid, (f[:, None] + g[None, :] - p.cost) / p.eps, -jnp.inf)
     row_top = _finite(jnp.max(y, axis=1))
     col_top = _finite(jnp.max(y, axis=0))
-    rows = row_sums(jnp.exp(y - row_top[:, None]), cols_on.astype(y.dtype)[:, None])[:, 0]
-    cols = blocked_col_sums(rows_on.astype(y.dtype)[:, None], jnp.exp(y - col_top[None, :]))[0]
+    rows = row_sums(jnp.exp(y - row_top[:, None]), cols_on.astype(y.dtype)[:, None], products)
+    cols = blocked_col_sums(
+        rows_on.astype(y.dtype)[:, None], jnp.exp(y - col_top[None, :]), products
+    )
+    rows, cols = rows[:, 0], cols[0]
     log_r, log_c = jnp.log(rows), jnp.log(cols)
     row_lse, col_lse = row_top + log_r, col_top + log_c
     f_abs, g_abs = jnp.abs(f) / p.eps, jnp.abs(g) / p.eps

@@ -99,8 +99,7 @@ def transport(
             matrix, uot, source_weights=source_weights, target_weights=target_weights, init=init
         )
     mesh = _mesh(shard, source, target, dtype)
-    put = costs.to_device if mesh is None else np.asarray
-    source, target = put(source, dtype), put(target, dtype)
+    source, target = _host_or_device(source, dtype), _host_or_device(target, dtype)
     if kind.uses_eps_c:
         costs.check_eps_c(uot.eps_c, source.dtype)
     (n, _), (m, _) = source.shape, target.shape
@@ -146,6 +145,11 @@ def _solve(kind, source, target, scale, chunk, settings, method, mesh):
     n = source.shape[0]
     if mesh is not None:
         source, target, settings = _on_mesh(source, target, settings, mesh)
+    else:
+        # Every host value (features, settings, scale) in one explicit transfer: nothing is
+        # copied implicitly when the programs are called.
+        source, target = jax.device_put([source, target])
+        scale, settings = unbalanced.device_scalar(scale), unbalanced.on_device(settings)
     chunk = chunk or source.shape[0]
     out, valid = _run(kind, source, target, scale, chunk, settings, method, False, mesh)
     if costs.needs_wide(kind, valid[:3]):
@@ -153,6 +157,14 @@ def _solve(kind, source, target, scale, chunk, settings, method, mesh):
     if mesh is not None:
         out = out._replace(f=out.f[:n], log_row_sums=out.log_row_sums[:n])
     return out, valid
+
+
+def _host_or_device(x: Any, dtype: Any) -> Any:
+    """Host arrays stay on the host in ``dtype`` (placed with everything else in one transfer,
+    or split over a mesh); device and traced arrays are cast where they are."""
+    if isinstance(x, np.ndarray):
+        return np.asarray(x, dtype)
+    return jnp.asarray(x, dtype)
 
 
 def _mesh(shard, source, target, dtype):

@@ -1,0 +1,136 @@
+"""The kernel loop's layouts (``uotsel._iterations.Form``): the stop tested every K iterations
+gives today's results bit for bit; products as reductions agree within the certified bounds;
+the accelerator program has no matrix products and tests its stop ceil(iterations / K) times."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import uotsel
+from uotsel import _iterations as it
+from uotsel import unbalanced
+
+
+def _problems():
+    """A paper-like cosine problem, one that absorbs its kernel again (cost / eps in the
+    hundreds), and one with masks and weights."""
+    rng = np.random.default_rng(3)
+    paper = uotsel.cosine_cost(rng.normal(size=(300, 16)), rng.normal(size=(40, 16)))
+    far = jnp.asarray(rng.random((120, 30)) * 600.0, jnp.float32)
+    masked = jnp.asarray(rng.random((50, 12)) * 5.0, jnp.float32)
+    return [
+        (paper, {}),
+        (far, {"eps": 1.0, "tau_source": 5.0, "tau_target": 50.0}),
+        (
+            masked,
+            {
+                "source_mask": rng.random(50) > 0.2,
+                "target_weights": rng.random(12).astype(np.float32) + 0.5,
+                "tau_target": math.inf,
+            },
+        ),
+    ]
+
+
+def _solve(cost, given, form, lockstep=False):
+    uot = uotsel.UOT()
+    lead, (n, m) = cost.shape[:-2], cost.shape[-2:]
+    settings = unbalanced.prepare(lead, n, m, cost.dtype, uot, **given)
+    return unbalanced.solve_staged(cost, settings, lockstep=lockstep, form=form).output
+
+
+def _equal(a, b) -> bool:
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("check_every", [2, 3, 8])
+def test_testing_the_stop_every_k_iterations_changes_no_bit(check_every):
+    for cost, given in _problems():
+        today = _solve(cost, given, it.Form(1, "dot"))
+        assert _equal(_solve(cost, given, it.Form(check_every, "dot")), today)
+
+
+def test_batches_in_lockstep_are_unchanged_by_k():
+    cost = jnp.stack([_problems()[0][0]] * 2 + [_problems()[0][0] * 3.0])
+    for lockstep in (False, True):
+        today = _solve(cost, {}, it.Form(1, "dot"), lockstep)
+        reduced = _solve(cost, {}, it.Form(8, "reduce"), lockstep)
+        assert _equal(reduced, _solve(cost, {}, it.Form(1, "reduce"), lockstep))
+        bound = np.asarray(today.error + today.rounding)[:, None]
+        diff = np.abs(np.expm1(np.asarray(reduced.log_row_sums - today.log_row_sums)))
+        assert np.all(diff <= 2 * bound)
+
+
+def test_products_as_reductions_agree_within_the_certified_bounds():
+    for cost, given in _problems():
+        dots = _solve(cost, given, it.Form(1, "dot"))
+        sums = _solve(cost, given, it.Form(8, "reduce"))
+        assert _equal(sums, _solve(cost, given, it.Form(1, "reduce")))
+        for out in (dots, sums):
+            assert bool(out.converged)
+        # Both are within error + rounding of the exact marginals, hence of each other.
+        bound = float(dots.error + dots.rounding + sums.error + sums.rounding)
+        keep = np.isfinite(np.asarray(dots.log_row_sums))
+        for a, b in (
+            (dots.log_row_sums, sums.log_row_sums),
+            (dots.log_col_sums, sums.log_col_sums),
+        ):
+            a, b = np.asarray(a), np.asarray(b)
+            fin = np.isfinite(a)
+            assert np.array_equal(fin, np.isfinite(b))
+            assert np.max(np.abs(np.expm1(a[fin] - b[fin]))) <= 1.01 * bound
+        assert keep.any()
+
+
+def test_the_stop_is_tested_ceil_iterations_over_k_times():
+    """Host condition tests of one solve: ceil(iterations / K) + 1 per kernel pass for the
+    inner loop and passes + 1 for the outer one; 3 + 2 at K = 8 on the paper's 2000 x 200
+    problem (one pass, 17 iterations), against 18 + 2 at K = 1."""
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(2000, 128)).astype(np.float32)
+    target = rng.normal(size=(200, 128)).astype(np.float32)
+    cost = uotsel.cosine_cost(source, target)
+    settings = unbalanced.prepare((), *cost.shape, cost.dtype)
+    counts = {}
+    for k in (1, 8):
+        solved, resume, _ = unbalanced.solve_first(cost, settings, form=it.Form(k, "reduce"))
+        counts[k] = int(solved.output.n_iters), int(resume.last.tests)
+    iters = counts[1][0]
+    assert counts[8][0] == iters > 8
+    assert counts[1][1] == iters + 1 + 2  # one pass
+    assert counts[8][1] == math.ceil(iters / 8) + 1 + 2
+
+
+def _lowered(platform):
+    cost = jnp.zeros((64, 16), jnp.float32)
+    return jax.jit(uotsel.sinkhorn).trace(cost).lower(lowering_platforms=(platform,)).as_text()
+
+
+def test_no_matrix_product_in_the_program_lowered_for_cuda():
+    """Lowered for a GPU (no GPU needed), the solver's products are reductions; for the CPU
+    they are dots (so the check can fail)."""
+    assert "dot_general" not in _lowered("cuda")
+    assert "dot_general" in _lowered("cpu")
+
+
+def test_default_form_is_todays_loop_on_cpu():
+    assert jax.default_backend() != "cpu" or it.default_form() == it.Form(1, "auto")
+
+
+def test_a_steady_transport_makes_no_implicit_transfer():
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(20, 8)).astype(np.float32)
+    target = rng.normal(size=(5, 8)).astype(np.float32)
+    weights = rng.random(20).astype(np.float32) + 0.5
+    first = uotsel.transport(source, target, source_weights=weights)
+    cost = np.asarray(uotsel.cosine_cost(source, target))
+    uotsel.sinkhorn(cost)
+    with jax.transfer_guard_host_to_device("disallow"):
+        again = uotsel.transport(source, target, source_weights=weights)
+        uotsel.sinkhorn(cost)
+    assert _equal(first, again)
