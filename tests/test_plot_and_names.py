@@ -136,6 +136,112 @@ def test_matplotlib_is_not_imported_with_uotsel():
     subprocess.run([sys.executable, "-c", script], check=True)
 
 
+def _figure(record, file_name="sel.json"):
+    pytest.importorskip("matplotlib")
+    from uotsel import plot
+
+    return plot.figure(plot.check_record(record, file_name, "SELECTION"), file_name)
+
+
+def _panels(fig):
+    """The scores, best-units and (when drawn) target-mass axes of a selection figure."""
+    return {ax.get_title().split(" ")[0]: ax for ax in fig.axes}
+
+
+def test_scale_rule():
+    from uotsel.plot import scale_rule
+
+    assert scale_rule(np.array([1.0, 100.0]))[0] is False
+    assert scale_rule(np.array([1.0, 100.5, np.nan]))[0] is True
+    assert scale_rule(np.array([0.0, 1e-9, 1.0])) == (
+        False,
+        "linear scale: not all values are positive",
+    )
+    assert "more than 2 decades" in scale_rule(np.array([1e-3, 1.0]))[1]
+    assert "at most 2 decades" in scale_rule(np.array([0.5, 1.0]))[1]
+
+
+def test_plot_title_names_target_strategy_and_settings_not_the_file(cub):
+    title = _figure(cub[1])._suptitle.get_text()
+    assert title.startswith("UOT selection for target cub (200 units) from imagenet (1000 units)")
+    assert "resnet18_supervised features" in title and "top 100 units" in title
+    for setting in ("cost cosine", "eps_c 0.01", "eps 1", "tau_source 1", "tau_target 100"):
+        assert setting in title
+    assert "converged in" in title and "sel.json" not in title and "max_iter" not in title
+
+
+def _shown(panels):
+    """The values each panel draws, with the axis they are drawn on."""
+    scores = next(line for line in panels["Scores"].get_lines() if line.get_label() == "all units")
+    heights = [p.get_height() for bars in panels["Mass"].containers for p in bars]
+    return [
+        (panels["Scores"], "y", scores.get_ydata()),
+        (panels["The"], "x", panels["The"].collections[0].get_offsets()[:, 0]),
+        (panels["Mass"], "y", np.asarray(heights)),
+    ]
+
+
+def test_every_axis_follows_the_scale_rule_and_says_so(cub):
+    from uotsel.plot import scale_rule
+
+    record = cub[1]
+    low = dict(record, target_mass=[1e-6] + record["target_mass"][1:])
+    for rec, mass_log in ((record, False), (low, True)):
+        panels = _panels(_figure(rec))
+        for ax, axis, values in _shown(panels):
+            log, rule = scale_rule(values)
+            scale = ax.get_yscale() if axis == "y" else ax.get_xscale()
+            label = ax.get_ylabel() if axis == "y" else ax.get_xlabel()
+            assert (scale == "log") == log and rule in label, (ax.get_title(), label)
+        assert (panels["Mass"].get_yscale() == "log") == mass_log
+
+
+def test_best_units_are_points_on_the_range_they_span(cub):
+    record = cub[1]
+    ax = _panels(_figure(record))["The"]
+    (points,) = ax.collections
+    shown = np.exp(np.asarray(record["log_scores"])[record["selected"][:20]])
+    np.testing.assert_allclose(points.get_offsets()[:, 0], shown, rtol=1e-12)
+    lo, hi = ax.get_xlim()
+    assert 0 < lo < shown.min() and hi > shown.max() and not ax.patches
+    assert "the range of the 20 shown, not from 0" in ax.get_xlabel()
+    assert [t.get_text() for t in ax.texts][:2] == [f"{v:.3g}" for v in shown[:2]]
+
+
+def test_plot_legends_are_off_the_data_and_name_what_is_drawn(cub, tmp_path, capsys):
+    fig = _figure(cub[1])
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    legends = [ax for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 2
+    for ax in legends:
+        box, frame = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert box.x0 > frame.x1, ax.get_title()
+        drawn = [a.get_label() for a in ax.get_lines() + ax.patches + ax.containers]
+        drawn = {label for label in drawn if label and not label.startswith("_")}
+        assert {t.get_text() for t in ax.get_legend().get_texts()} == drawn
+
+
+def test_plot_title_of_a_selection_without_a_target(cub):
+    record = dict(cub[1], strategy="random", settings={"seed": 3}, solver=None)
+    record["inputs"] = dict(record["inputs"], target=None)
+    record["target_mass"] = record["target_mass_total"] = None
+    title = _figure(record)._suptitle.get_text()
+    assert title.startswith("random selection (no target) from imagenet (1000 units)")
+    assert title.endswith("top 100 units; seed 3")
+    stopped = dict(cub[1], solver={"n_iters": 1000, "error": 0.0123456, "converged": False})
+    assert (
+        "; NOT converged after 1000 iterations (error 0.012)"
+        in _figure(stopped)._suptitle.get_text()
+    )
+    bare = {k: v for k, v in record.items() if k != "inputs"}
+    assert (
+        _figure(bare, "mine.json")
+        ._suptitle.get_text()
+        .startswith("random selection (no target) in mine.json")
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # target_mass
 

@@ -1,17 +1,29 @@
 """Pictures of a selection file (``uotsel plot``); matplotlib is imported only when drawing.
 
-:func:`check_record` checks the fields a picture needs; :func:`write_png` draws the panels of
-``docs/cli.md`` (``uotsel plot``) into a binary file object.
+:func:`check_record` checks the fields a picture needs; :func:`figure` draws the panels of
+``docs/cli.md`` (``uotsel plot``) and :func:`write_png` writes them into a binary file object.
+Every axis of scores or masses follows one rule (:func:`scale_rule`): logarithmic when the
+values it shows are positive and span more than two decades, linear otherwise, and its label
+says which.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
 
-__all__ = ["TOP_UNITS", "check_record", "require_matplotlib", "write_png"]
+__all__ = [
+    "TOP_UNITS",
+    "check_record",
+    "figure",
+    "heading",
+    "require_matplotlib",
+    "scale_rule",
+    "write_png",
+]
 
 TOP_UNITS = 20  # units named in the bar chart
 _NAME_CHARS = 32  # longest unit label drawn
@@ -107,6 +119,7 @@ def check_record(record: dict[str, Any], path: str, arg: str) -> dict[str, Any]:
         mass=mass,
         mass_total=mass_total,
         strategy=str(record.get("strategy", "")),
+        about={**{key: record.get(key) for key in _ABOUT}, "top_k": int(selected.size)},
     )
 
 
@@ -116,29 +129,120 @@ def _short(name: str) -> str:
     return first if len(first) <= _NAME_CHARS else first[: _NAME_CHARS - 1] + "\u2026"
 
 
-def _spans_decades(values: np.ndarray) -> bool:
-    finite = values[np.isfinite(values)]
-    return bool(
-        finite.size and finite.min() > 0 and np.log10(finite.max() / finite.min()) > _DECADES
-    )
+STRATEGIES = {
+    "uot": "UOT",
+    "greedy_ot": "greedy OT",
+    "nearest": "nearest-mean",
+    "random": "random",
+    "label": "label-matching",
+}
+_ABOUT = ("strategy", "budget_images", "images_used", "settings", "solver", "inputs")
+_MECHANICS = ("threshold", "max_iter", "method", "shard", "init")  # settings left out of titles
 
 
-def _score_axis(data: dict[str, Any]) -> tuple[np.ndarray, str, bool]:
-    """The plotted score of every unit (by id), its label and whether its axis is logarithmic."""
+def _units(inputs: Any, key: str) -> str:
+    """``cub (200 units)`` for an input of a selection record; ``""`` when absent."""
+    unit = inputs.get(key) if isinstance(inputs, dict) else None
+    if not isinstance(unit, dict) or not isinstance(unit.get("path"), str):
+        return ""
+    path = unit["path"]
+    if path.startswith("embedded:"):
+        name = path.rsplit("/", 1)[-1]
+    else:
+        name = os.path.splitext(os.path.basename(path))[0]
+    count = unit.get("units")
+    return f"{name} ({count} units)" if isinstance(count, int) else name
+
+
+def _features(inputs: Any) -> str:
+    """``resnet18_supervised features`` for embedded inputs; ``""`` otherwise."""
+    unit = inputs.get("source") if isinstance(inputs, dict) else None
+    path = unit.get("path") if isinstance(unit, dict) else None
+    if isinstance(path, str) and path.startswith("embedded:") and "/" in path:
+        return f", {path.removeprefix('embedded:').split('/')[0]} features"
+    return ""
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, list):
+        return str(value) if len(value) <= 4 else f"({len(value)} values)"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _settings(record: dict[str, Any]) -> str:
+    settings = record.get("settings")
+    if not isinstance(settings, dict):
+        return ""
+    shown = [
+        f"{key} {_value(value)}"
+        for key, value in settings.items()
+        if value is not None
+        and key not in _MECHANICS
+        and not (key == "eps_c" and settings.get("cost") != "cosine")
+    ]
+    return ", ".join(shown)
+
+
+def _solver(record: dict[str, Any]) -> str:
+    solver = record.get("solver")
+    if not isinstance(solver, dict) or "converged" not in solver:
+        return ""
+    n = solver.get("n_iters")
+    if solver["converged"]:
+        return f"converged in {n} iterations"
+    error = solver.get("error")
+    shown = f"{error:.2g}" if isinstance(error, (int, float)) else str(error)
+    return f"NOT converged after {n} iterations (error {shown})"
+
+
+def _size(record: dict[str, Any]) -> str:
+    if isinstance(record.get("budget_images"), int):
+        used = record.get("images_used")
+        return f"budget {record['budget_images']} images ({used} used)"
+    return f"top {record.get('top_k')} units"
+
+
+def heading(record: dict[str, Any], file_name: str = "") -> str:
+    """The two-line title of a selection record: strategy, target, source and features, then
+    the number selected, the settings and the solver's stop; ``file_name`` stands in for the
+    inputs where the record does not name them."""
+    strategy = str(record.get("strategy", ""))
+    inputs = record.get("inputs")
+    target, source = _units(inputs, "target"), _units(inputs, "source")
+    line = f"{STRATEGIES.get(strategy, strategy or 'a')} selection"
+    line += f" for target {target}" if target else " (no target)"
+    line += f" from {source}" if source else (f" in {file_name}" if file_name else "")
+    details = [_size(record), _settings(record), _solver(record)]
+    return line + _features(inputs) + "\n" + "; ".join(d for d in details if d)
+
+
+def scale_rule(values: np.ndarray) -> tuple[bool, str]:
+    """Whether an axis showing ``values`` is logarithmic, and the reason to print on it: log
+    when the finite values are all positive and the largest is more than ``10 ** 2`` times the
+    smallest, linear otherwise."""
+    finite = np.asarray(values, np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0 or finite.min() <= 0:
+        return False, "linear scale: not all values are positive"
+    if np.log10(finite.max() / finite.min()) > _DECADES:
+        return True, f"log scale: the values span more than {_DECADES:g} decades"
+    return False, f"linear scale: the values span at most {_DECADES:g} decades"
+
+
+def _score_values(data: dict[str, Any]) -> tuple[np.ndarray, str]:
+    """The plotted score of every unit (by id) and what it is."""
     values = data["values"]
-    if data["log"]:
-        mass = np.exp(values)
-        if np.all(mass[np.isfinite(values)] > 1e-300):
-            return mass, "mass sent, P 1 (log scale)", True
-        return values, "log P 1", False
-    if _spans_decades(values):
-        return values, "score (log scale)", True
-    return values, "score", False
+    if not data["log"]:
+        return values, "score"
+    mass = np.exp(values)
+    if np.all(mass[np.isfinite(values)] > 1e-300):
+        return mass, "mass sent, P 1"
+    return values, "ln P 1 (P 1 is below the float range)"
 
 
-def write_png(fh: Any, data: dict[str, Any], title: str = "") -> None:
-    """Draw the panels of a selection (``data`` from :func:`check_record`) as a PNG into the
-    binary file object ``fh``."""
+def figure(data: dict[str, Any], file_name: str = "") -> Any:
+    """The matplotlib ``Figure`` of a selection (``data`` from :func:`check_record`);
+    ``file_name`` stands in for the inputs in the title of a record that does not name them."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -148,76 +252,91 @@ def write_png(fh: Any, data: dict[str, Any], title: str = "") -> None:
     grid = fig.add_gridspec(2, 2, width_ratios=(1.15, 1))
     scores_ax = fig.add_subplot(grid[0, :])
     top_ax = fig.add_subplot(grid[1, 0] if with_mass else grid[1, :])
-    mass_ax = fig.add_subplot(grid[1, 1]) if with_mass else None
-    if title:
-        fig.suptitle(f"Selection {title}", fontsize=13)
-
-    values, label, log_axis = _score_axis(data)
-    _draw_scores(scores_ax, data, values[data["ranking"]], label, log_axis)
-    _draw_top(top_ax, data, values[data["selected"]], label, log_axis)
-    if mass_ax is not None:
-        _draw_mass(mass_ax, data)
-    fig.savefig(fh, format="png")
+    fig.suptitle(heading(data["about"], file_name), fontsize=12, wrap=True)
+    values, quantity = _score_values(data)
+    _draw_scores(scores_ax, data, values[data["ranking"]], quantity)
+    _draw_top(top_ax, data, values[data["selected"]], quantity)
+    if with_mass:
+        _draw_mass(fig.add_subplot(grid[1, 1]), data)
+    return fig
 
 
-def _draw_scores(
-    ax: Any, data: dict[str, Any], sorted_values: np.ndarray, label: str, log: bool
-) -> None:
-    k = sorted_values.size
-    top_k = data["selected"].size
-    ranks = np.arange(1, k + 1)
+def write_png(fh: Any, data: dict[str, Any], file_name: str = "") -> None:
+    """Draw the panels of a selection (``data`` from :func:`check_record`) as a PNG into the
+    binary file object ``fh`` (see :func:`figure`)."""
+    figure(data, file_name).savefig(fh, format="png")
+
+
+def _legend_outside(ax: Any, **kwargs: Any) -> None:
+    """A legend to the right of ``ax``, off its data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=9, **kwargs)
+
+
+def _draw_scores(ax: Any, data: dict[str, Any], sorted_values: np.ndarray, quantity: str) -> None:
+    k, top_k, groups = sorted_values.size, data["selected"].size, len(data["groups"])
     edges = np.cumsum([0] + [g.size for g in data["groups"]])
-    for i in range(len(data["groups"])):
-        if i % 2 == 0:
-            ax.axvspan(edges[i] + 0.5, edges[i + 1] + 0.5, color="0.93", lw=0)
-    ax.plot(ranks, sorted_values, color="tab:blue", lw=1.6, label="all units, best first")
-    if log:
-        ax.set_yscale("log")
-    ax.axvline(top_k + 0.5, color="tab:red", lw=1.4, ls="--", label=f"top-K cut-off (K = {top_k})")
-    ax.set_xlim(0.5, k + 0.5)
-    ax.set_xlabel("rank of the source unit")
-    ax.set_ylabel(label)
-    groups = len(data["groups"])
-    ax.set_title(
-        f"Scores of all {k} source units ({data['strategy'] or 'selection'}), "
-        f"in {groups} score groups (shaded bands)"
-        if groups
-        else f"Scores of all {k} source units",
-        fontsize=11,
-        pad=16,
-    )
+    for i in range(0, groups, 2):
+        ax.axvspan(edges[i] + 0.5, edges[i + 1] + 0.5, color="0.93", lw=0)
+    ax.plot(np.arange(1, k + 1), sorted_values, color="tab:blue", lw=1.6, label="all units")
+    ax.axvline(top_k + 0.5, color="tab:red", lw=1.4, ls="--", label=f"top-K cut-off, K = {top_k}")
+    log, rule = scale_rule(sorted_values)
+    ax.set_yscale("log" if log else "linear")
+    ax.set(xlim=(0.5, k + 0.5), xlabel="rank of the source unit, best first")
+    ax.set_ylabel(f"{quantity}\n({rule})")
+    shaded = f", shaded: the {groups} score groups" if groups else ""
+    ax.set_title(f"Scores of all {k} source units{shaded}", fontsize=11, pad=16 if groups else 6)
     if 0 < groups <= 20:
         for i in range(groups):
             ax.text(
                 (edges[i] + edges[i + 1] + 1) / 2,
                 1.01,
                 f"G{i + 1}",
-                transform=ax.get_xaxis_transform(),
                 ha="center",
                 va="bottom",
                 fontsize=8,
                 color="0.35",
+                transform=ax.get_xaxis_transform(),
             )
-    ax.legend(loc="upper right", fontsize=9)
+    _legend_outside(ax)
 
 
-def _draw_top(ax: Any, data: dict[str, Any], values: np.ndarray, label: str, log: bool) -> None:
+def _range(shown: np.ndarray, log: bool) -> tuple[float, float]:
+    """Axis limits around the finite ``shown`` values, with room for their printed values."""
+    finite = shown[np.isfinite(shown)]
+    if finite.size == 0:
+        return (0.0, 1.0)
+    lo, hi = (
+        (np.log10(finite.min()), np.log10(finite.max())) if log else (finite.min(), finite.max())
+    )
+    width = hi - lo if hi > lo else max(abs(hi), 1.0) * 0.1
+    lo, hi = lo - 0.08 * width, hi + 0.22 * width
+    return (10**lo, 10**hi) if log else (lo, hi)
+
+
+def _draw_top(ax: Any, data: dict[str, Any], values: np.ndarray, quantity: str) -> None:
     n = min(TOP_UNITS, values.size)
-    shown = values[:n]
-    names = data["names"][:n]
-    rows = np.arange(n)
-    finite = np.isfinite(shown)
-    if np.all(shown[finite] > 0):
-        ax.barh(rows, np.where(finite, shown, 0), color="tab:blue", height=0.7)
-        if log and _spans_decades(shown):
-            ax.set_xscale("log")
-    else:
-        ax.scatter(shown, rows, color="tab:blue", s=18, zorder=3)
-        ax.grid(axis="x", color="0.9")
-    ax.set_yticks(rows, names, fontsize=8.5)
+    shown, rows = values[:n], np.arange(n)
+    log, rule = scale_rule(shown)
+    ax.set_xscale("log" if log else "linear")
+    ax.scatter(shown, rows, color="tab:blue", s=26, zorder=3)
+    for row, value in zip(rows, shown, strict=True):
+        if np.isfinite(value):
+            ax.annotate(
+                f"{value:.3g}",
+                (value, row),
+                xytext=(6, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8,
+                color="0.25",
+            )
+    ax.set_xlim(*_range(shown, log))
+    ax.grid(axis="both", color="0.9")
+    ax.set_axisbelow(True)
+    ax.set_yticks(rows, data["names"][:n], fontsize=8.5)
     ax.set_ylim(n - 0.5, -0.5)
-    ax.set_xlabel(label.replace(" (log scale)", ""))
-    ax.set_title(f"Top {n} selected units", fontsize=11)
+    ax.set_xlabel(f"{quantity}: the range of the {n} shown, not from 0\n({rule})")
+    ax.set_title(f"The {n} best units", fontsize=11)
 
 
 def _draw_mass(ax: Any, data: dict[str, Any]) -> None:
@@ -225,18 +344,17 @@ def _draw_mass(ax: Any, data: dict[str, Any]) -> None:
     order = np.argsort(-mass, kind="stable")
     x = np.arange(1, mass.size + 1)
     width = 1.0 if mass.size > 40 else 0.8
-    ax.bar(x, total[order], width=width, color="0.8", label="from all source units")
-    ax.bar(x, mass[order], width=width, color="tab:orange", label="from the selected units")
-    if _spans_decades(np.concatenate([mass, total])) and (mass > 0).all():
-        ax.set_yscale("log")
+    ax.bar(x, total[order], width=width, color="0.8", label="from all\nsource units")
+    ax.bar(x, mass[order], width=width, color="tab:orange", label="from the\nselected units")
+    log, rule = scale_rule(np.concatenate([mass, total]))
+    ax.set_yscale("log" if log else "linear")
     ax.set_xlim(0.5, mass.size + 0.5)
-    ax.set_xlabel("target class (sorted by mass from the selected units)")
-    ax.set_ylabel("mass received, P\u1d40 1")
+    ax.set_xlabel("target class, by mass from the selected units")
+    ax.set_ylabel(f"mass received, P\u1d40 1\n({rule})")
     share = mass.sum() / total.sum() if total.sum() > 0 else math.nan
-    ax.set_title(f"Mass received by each of the {mass.size} target classes", fontsize=11)
-    ax.legend(
-        loc="lower left",
-        fontsize=9,
-        title=f"selected units: {share:.1%} of all mass received",
-        title_fontsize=9,
+    ax.set_title(
+        f"Mass received by each of the {mass.size} target classes\n"
+        f"the selected units send {share:.1%} of all mass received",
+        fontsize=11,
     )
+    _legend_outside(ax)

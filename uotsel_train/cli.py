@@ -201,10 +201,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     plot = sub.add_parser(
         "plot",
-        help="draw runs: loss, learning rate and accuracy against epochs",
-        description="Draw the loss terms, the learning rates and the test / validation top-1 "
-        "of one or more run folders against epochs, overlaid (needs matplotlib: "
-        "pip install 'uotsel[plot]').",
+        help="draw runs: accuracy and smoothed losses against epochs, by arm",
+        description="Draw the test (and validation, where recorded) top-1 and the loss terms "
+        "of one or more run folders against epochs, one colour per arm (runs that differ only "
+        "in their seed folder form one arm), and the learning rates where the runs' schedules "
+        "differ (needs matplotlib: pip install 'uotsel[plot]').",
     )
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
     plot.add_argument("--out", required=True, help="the picture to write (.png)")
