@@ -224,3 +224,32 @@ def test_kmeans_cli_shard_on_writes_the_same_clusters(tmp_path):
         outs[shard] = np.load(out)
     np.testing.assert_array_equal(outs["on"]["assignment"], outs["off"]["assignment"])
     np.testing.assert_allclose(outs["on"]["centroids"], outs["off"]["centroids"], atol=2e-5)
+
+
+def test_per_sample_scores_split_equal_one_device(features, tmp_path):
+    """Every chunk's rows over the 8 devices (a chunk of 37 rows padded to 40): the scores of
+    one device, and the same samples from the command line."""
+    from uotsel import per_sample
+
+    source, target = features
+    rng = np.random.default_rng(3)
+    samples_ = rng.normal(size=(500, source.shape[1])).astype(np.float32)
+    sel = uotsel.select(source, target, top_k=5, shard="off")
+    one = per_sample.sample_scores(samples_, target, sel, chunk_size=37, shard="off")
+    split = per_sample.sample_scores(samples_, target, sel, chunk_size=37, shard="on")
+    np.testing.assert_allclose(split, one, rtol=0, atol=1e-4)
+    ids = np.arange(500) % source.shape[0]
+    means = uotsel.class_means(samples_, ids, source.shape[0]).means
+    io.write_units(str(tmp_path / "s.npz"), means, assignment=ids)
+    np.save(tmp_path / "f.npy", samples_)
+    np.savez(tmp_path / "t.npz", means=target)
+    outs = {}
+    for shard in ("off", "on"):
+        argv = [sys.executable, "-m", "uotsel", "select", "--source", str(tmp_path / "s.npz")]
+        argv += ["--target", str(tmp_path / "t.npz"), "--features", str(tmp_path / "f.npy")]
+        argv += ["--per-sample", "--budget-images", "40", "--shard", shard]
+        argv += ["--out", str(tmp_path / f"{shard}.json")]
+        argv += ["--samples-out", str(tmp_path / f"{shard}.npy")]
+        subprocess.run(argv, check=True, capture_output=True)
+        outs[shard] = np.load(tmp_path / f"{shard}.npy")
+    np.testing.assert_array_equal(outs["on"], outs["off"])

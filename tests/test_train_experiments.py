@@ -20,6 +20,7 @@ def project(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", list(configs.NAMES))
+@pytest.mark.slow
 def test_each_experiment_config_trains_one_epoch_on_tiny_data(project, name, capsys):
     root, paths = project
     cfg = config.load(name)
@@ -55,6 +56,7 @@ def test_configs_command_lists_and_shows(capsys):
     assert "unexpected 'x'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_grid_selects_on_validation_and_reports_test(project, capsys):
     root, paths = project
     out = root / "grid"
@@ -79,3 +81,12 @@ def test_grid_selects_on_validation_and_reports_test(project, capsys):
     assert main(args) == 0
     record = json.loads((on_test / "grid.json").read_text())
     assert record["chosen"] == max(record["results"], key=lambda r: r["test_top1_mean"])
+
+
+def test_the_two_mocov2_finetune_baselines_differ_only_in_weight_decay():
+    """docs/finetune.md: Table 1(b)'s one MoCo-v2 fine-tuning baseline, from either config."""
+    labelled = config.load("table1_mocov2_labelled:finetune")
+    unlabelled = config.load("table1_mocov2_unlabelled:finetune")
+    differ = {k for k in config.FIELDS if getattr(labelled, k) != getattr(unlabelled, k)}
+    assert differ == {"weight_decay"}
+    assert (labelled.weight_decay, unlabelled.weight_decay) == (1e-4, 1e-5)

@@ -32,10 +32,12 @@ _EXPORTS = {
     "Cost": "uotsel.costs",
     "KMeansResult": "uotsel.clustering",
     "STRATEGIES": "uotsel.strategies",
+    "SampleSelection": "uotsel.per_sample",
     "Scores": "uotsel.strategies",
     "Selection": "uotsel.selection",
     "SinkhornOutput": "uotsel.unbalanced",
     "UOT": "uotsel.settings",
+    "best_samples": "uotsel.per_sample",
     "class_means": "uotsel.centroids",
     "cosine_cost": "uotsel.costs",
     "cost_matrix": "uotsel.costs",
@@ -46,7 +48,9 @@ _EXPORTS = {
     "kmeans": "uotsel.clustering",
     "l2_cost": "uotsel.costs",
     "rank": "uotsel.selection",
+    "sample_scores": "uotsel.per_sample",
     "select": "uotsel.selection",
+    "select_samples": "uotsel.per_sample",
     "sinkhorn": "uotsel.unbalanced",
     "split_groups": "uotsel.selection",
     "sqeuclidean_cost": "uotsel.costs",
@@ -61,10 +65,12 @@ __all__ = [
     "Cost",
     "KMeansResult",
     "STRATEGIES",
+    "SampleSelection",
     "Scores",
     "Selection",
     "SinkhornOutput",
     "UOT",
+    "best_samples",
     "class_means",
     "cosine_cost",
     "cost_matrix",
@@ -75,7 +81,9 @@ __all__ = [
     "kmeans",
     "l2_cost",
     "rank",
+    "sample_scores",
     "select",
+    "select_samples",
     "sinkhorn",
     "split_groups",
     "sqeuclidean_cost",
@@ -108,6 +116,7 @@ if TYPE_CHECKING:
     from uotsel.clustering import KMeansResult, kmeans
     from uotsel.costs import COSTS, Cost, cosine_cost, cost_matrix, l2_cost, sqeuclidean_cost
     from uotsel.feature_transport import transport
+    from uotsel.per_sample import SampleSelection, best_samples, sample_scores, select_samples
     from uotsel.selection import Selection, expand_to_samples, rank, select, split_groups
     from uotsel.settings import UOT
     from uotsel.strategies import STRATEGIES, Scores

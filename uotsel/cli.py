@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from uotsel import __version__, cache, commands, demo, paper
+from uotsel import __version__, cache, commands, demo, paper, per_sample
 from uotsel.centroids import class_means
 from uotsel.cli_kit import (
     OneLineParser,
@@ -63,8 +63,8 @@ def _add_select(sub: Any) -> argparse.ArgumentParser:
         "select",
         help="rank source units by similarity to a target and write a selection",
         description="Rank the source (pre-training) units by similarity to the target units and "
-        "write the top K (or the best units a budget in images holds) as a JSON selection "
-        "file. Unit files: .npz with 'means' [K, D] "
+        "write the top K (or the best units a budget in images holds; or, with --per-sample, "
+        "the best single samples) as a JSON selection file. Unit files: .npz with 'means' [K, D] "
         "(+ 'counts', 'names', 'assignment') or 'features' [N, D] + 'labels' [N]; .npy with "
         "means [K, D]; or embedded:<backbone>/<dataset> (see 'uotsel demo'). Defaults are the "
         "paper's settings.",
@@ -92,7 +92,8 @@ def _add_select(sub: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="instead of --top-k: the most images to select. Whole units are taken best first, "
         "and the first unit that does not fit ends the selection; unit sizes come from the "
-        "source file ('counts', else its 'labels' or 'assignment')",
+        "source file ('counts', else its 'labels' or 'assignment'). With --per-sample: the "
+        "number of samples to select",
     )
     sel.add_argument(
         "--cost",
@@ -123,9 +124,39 @@ def _add_select(sub: Any) -> argparse.ArgumentParser:
         help=f"split the ranking into this many equal groups (default: {paper.N_GROUPS}, or K "
         "if fewer)",
     )
+    _add_per_sample_flags(sel)
     _add_select_outputs(sel)
     _add_cluster_flags(sel)
     return sel
+
+
+def _add_per_sample_flags(sel: argparse.ArgumentParser) -> None:
+    """``--per-sample`` and the flags only it reads."""
+    sel.add_argument(
+        "--per-sample",
+        action="store_true",
+        help="score every sample by the unit-level uot solution (s(x) = LSE_j((g_j - C(x, "
+        "t_j)) / eps)) and select the --budget-images best samples instead of whole units; "
+        "needs per-sample features (a --source .npz with 'features' and 'labels', or "
+        "--features) and per-sample unit ids",
+    )
+    sel.add_argument(
+        "--features",
+        help="with --per-sample: [N, D] per-sample features, one row per sample of the "
+        "source file's per-sample unit ids: .npy (memory-mapped), .npz with 'features', or "
+        "a feature-shards index (.json)",
+    )
+    sel.add_argument(
+        "--chunk-size",
+        type=integer(1, MAX_CHUNK),
+        default=None,
+        help=f"with --per-sample: rows scored at a time (default: {per_sample.DEFAULT_CHUNK})",
+    )
+    sel.add_argument(
+        "--quiet",
+        action="store_true",
+        help="with --per-sample: no progress display while the samples are scored",
+    )
 
 
 def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
@@ -187,9 +218,13 @@ def _add_select_outputs(sel: argparse.ArgumentParser) -> None:
     )
     sel.add_argument(
         "--samples-out",
-        help="also write the samples of the selected units: their indices (.npy) or one sample "
-        "name (or index) a line (.txt); needs per-sample unit ids in the source file "
-        "('labels' or 'assignment')",
+        help="also write the samples of the selected units: their ascending indices (.npy) or "
+        "one sample name (or index) a line (.txt); needs per-sample unit ids in the source "
+        "file ('labels' or 'assignment'). With --per-sample: the selected samples, best first",
+    )
+    sel.add_argument(
+        "--scores-out",
+        help="with --per-sample: also write the score of every sample, in sample order (.npy)",
     )
 
 

@@ -26,6 +26,7 @@ from uotsel import (
     mesh,
     paper,
     plot,
+    sample_select,
     selection_file,
 )
 from uotsel.centroids import class_means
@@ -112,10 +113,12 @@ def cmd_select(args: argparse.Namespace) -> int:
         raise UsageError(f"--target: required by --strategy {args.strategy}")
     if args.strategy == "label" and args.matching is None:
         raise UsageError("--matching: required by --strategy label")
+    sample_select.check_flags(args)
     inputs = [
         ("--source", io.input_path(args.source)),
         ("--target", io.input_path(args.target)),
         ("--matching", _matching_file(args.matching)),
+        ("--features", args.features),
     ]
     lead = _join(args)
     with Outputs(inputs, writes=lead) as outputs:
@@ -124,6 +127,8 @@ def cmd_select(args: argparse.Namespace) -> int:
             outputs.add("--names-out", args.names_out, ("txt",))
         if args.samples_out is not None:
             outputs.add("--samples-out", args.samples_out, ("npy", "txt"))
+        if args.scores_out is not None:
+            outputs.add("--scores-out", args.scores_out, ("npy",))
 
         source = io.read_units(args.source, "--source")
         target = io.read_units(args.target, "--target") if args.target else None
@@ -133,6 +138,8 @@ def cmd_select(args: argparse.Namespace) -> int:
                 f"--target: feature dimension {target.means.shape[1]} does not match the "
                 f"source's {dim}"
             )
+        if args.per_sample:
+            return _select_samples(args, outputs, source, target, lead)
         if args.samples_out is not None and source.unit_ids is None:
             raise UsageError(
                 "--samples-out: the source file has no per-sample unit ids ('labels' or "
@@ -150,6 +157,24 @@ def cmd_select(args: argparse.Namespace) -> int:
         outputs.commit()
     if lead:
         _report_selection(args, selection)
+    return 0
+
+
+def _select_samples(
+    args: argparse.Namespace, outputs: Outputs, source: io.Units, target: io.Units, lead: bool
+) -> int:
+    """``select --per-sample`` inside the open ``outputs``: every sample scored, the
+    ``--budget-images`` best taken (:mod:`uotsel.sample_select`)."""
+    samples = sample_select.read_samples(args, source)
+    cost = args.cost or STRATEGIES["uot"].defaults["cost"]
+    _check_units_for_cost(source, "--source", cost)
+    _check_units_for_cost(target, "--target", cost)
+    picked = sample_select.run(args, source, target, samples, _strategy_settings(args, None))
+    sample_select.write_outputs(outputs, args, picked, source, target, samples, _unit_lines)
+    outputs.commit()
+    if lead:
+        line = sample_select.report(args, picked)
+        _report_line(args, picked.units.diagnostics, line)
     return 0
 
 
@@ -272,7 +297,19 @@ def _write_selection_outputs(
 
 def _report_selection(args: argparse.Namespace, selection: Any) -> None:
     """One line on stdout; a warning on stderr when the solver stopped short."""
-    diag = selection.diagnostics
+    used = ""
+    if selection.budget_images is not None:
+        used = f" ({selection.images_used} images of a budget of {selection.budget_images})"
+    line = (
+        f"selected {selection.selected.size} of {selection.ranking.size} units{used} with "
+        f"{args.strategy}"
+    )
+    _report_line(args, selection.diagnostics, line)
+
+
+def _report_line(args: argparse.Namespace, diag: dict, line: str) -> None:
+    """``line``, the solver's figures and the output on stdout; a warning on stderr when the
+    solver stopped short."""
     note = ""
     if diag:
         note = f"; solver: {diag['n_iters']} iterations, error {diag['error']:.2e}"
@@ -283,13 +320,7 @@ def _report_selection(args: argparse.Namespace, selection: Any) -> None:
                 f"{diag['error']:.2e}); raise --max-iter or --threshold",
                 file=sys.stderr,
             )
-    used = ""
-    if selection.budget_images is not None:
-        used = f" ({selection.images_used} images of a budget of {selection.budget_images})"
-    print(
-        f"selected {selection.selected.size} of {selection.ranking.size} units{used} with "
-        f"{args.strategy}{note} -> {args.out}"
-    )
+    print(f"{line}{note} -> {args.out}")
 
 
 def _unit_lines(source: Any, ids: np.ndarray) -> list[Any]:

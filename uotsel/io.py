@@ -15,7 +15,8 @@ Per-sample features split into parts (``uotsel.feature-shards/1`` JSON index, se
 :mod:`uotsel.shards`): :func:`read_features`, :func:`write_shards_index`.
 
 Text files (one name or id a line): :func:`read_names`, :func:`read_ids`, :func:`write_lines`.
-Sample indices: :func:`write_indices` (``.npy``). Selection files: :mod:`uotsel.selection_file`.
+Sample indices and scores: :func:`write_indices`, :func:`write_scores` (``.npy``). Selection
+files: :mod:`uotsel.selection_file`.
 Numpy files themselves, recognised by their first bytes and read without unpickling (each bad
 file its own one-line ``ValueError`` naming the argument): :mod:`uotsel.npfiles`.
 
@@ -53,6 +54,7 @@ __all__ = [
     "write_indices",
     "write_json",
     "write_lines",
+    "write_scores",
     "write_units",
 ]
 
@@ -453,6 +455,14 @@ def write_clusters(target: Any, result: Any, sample_names: Any = None) -> None:
 def write_indices(target: Any, indices: Any) -> None:
     """Sample indices ``[S]`` as an int64 ``.npy``."""
     _write_bytes(target, lambda fh: np.save(fh, np.asarray(indices, np.int64)))
+
+
+def write_scores(target: Any, scores: Any) -> None:
+    """Scores ``[N]`` as a float ``.npy`` of their own float dtype."""
+    scores = np.asarray(scores)
+    if scores.dtype.kind != "f":
+        scores = scores.astype(np.float64)
+    _write_bytes(target, lambda fh: np.save(fh, scores))
 
 
 def write_json(target: Any, record: dict[str, Any]) -> None:

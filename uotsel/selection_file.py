@@ -1,7 +1,14 @@
-"""Selection files (``uotsel.selection/1`` JSON): the record of a :class:`uotsel.Selection`
-with its inputs and solver figures (:func:`selection_record`), written by ``uotsel select``
-(:func:`write_selection`) and read by training and plotting (:func:`read_selection`).
-``docs/cli.md`` describes the fields.
+"""Selection files (JSON): the record of a :class:`uotsel.Selection` with its inputs and solver
+figures (:func:`selection_record`), written by ``uotsel select`` (:func:`write_selection`) and
+read by training and plotting (:func:`read_selection`). ``docs/cli.md`` describes the fields.
+
+Two formats, one home:
+
+- ``uotsel.selection/1``: units selected whole (``--top-k``, ``--budget-images``);
+- ``uotsel.selection/2``: ``/1`` plus ``"mode": "per_sample"`` and a ``per_sample`` block, for
+  samples chosen one by one (:func:`sample_selection_record`). Its ``selected`` lists the units
+  holding chosen samples, not units taken whole, so a reader that knows only ``/1`` refuses
+  the file instead of training on whole units.
 """
 
 from __future__ import annotations
@@ -13,24 +20,50 @@ import numpy as np
 
 from uotsel import io
 
-__all__ = ["SELECTION_FORMAT", "read_selection", "selection_record", "write_selection"]
+__all__ = [
+    "PER_SAMPLE",
+    "PER_SAMPLE_FORMAT",
+    "SAMPLE_ORDER",
+    "SAMPLE_SCORE",
+    "SELECTION_FORMAT",
+    "SELECTION_FORMATS",
+    "is_per_sample",
+    "read_selection",
+    "sample_selection_record",
+    "selection_record",
+    "write_selection",
+]
 
 
 SELECTION_FORMAT = "uotsel.selection/1"
+PER_SAMPLE_FORMAT = "uotsel.selection/2"
+SELECTION_FORMATS = (SELECTION_FORMAT, PER_SAMPLE_FORMAT)
+PER_SAMPLE = "per_sample"  # the "mode" of a per-sample record
+# How the samples of a per-sample record (and its --samples-out) are ordered.
+SAMPLE_ORDER = "best_first"
+SAMPLE_SCORE = "s(x) = LSE_j((g_j - C(x, t_j)) / eps)"
 
 
 def read_selection(path: str, arg: str = "selection") -> dict[str, Any]:
-    """The ``uotsel.selection/1`` record at ``path``, checked for the fields training reads:
-    ``selected`` and ``ranking`` lists of non-negative integers (booleans refused) and
-    ``groups`` a list of such lists.
+    """The selection record (either format) at ``path``, checked for the fields training
+    reads: ``selected`` and ``ranking`` lists of non-negative integers (booleans refused),
+    ``groups`` a list of such lists, and for a per-sample record its ``per_sample`` counts.
 
     Raises:
       ValueError: one line starting with ``arg``: a folder, a missing, empty or unreadable
         file, not JSON, or not a selection.
     """
     record = io.read_json(path, arg, "a uotsel selection file")
-    if not isinstance(record, dict) or record.get("format") != SELECTION_FORMAT:
+    if not isinstance(record, dict) or record.get("format") not in SELECTION_FORMATS:
         raise ValueError(f"{arg}: {path} is not a uotsel selection file")
+    if record["format"] == PER_SAMPLE_FORMAT:
+        block = record.get(PER_SAMPLE)
+        if (
+            record.get("mode") != PER_SAMPLE
+            or not isinstance(block, dict)
+            or not all(_count(block.get(k)) for k in ("samples", "selected_samples"))
+        ):
+            raise ValueError(f"{arg}: {path} is a per-sample selection without its sample counts")
     for key in ("selected", "ranking"):
         if not _id_list(record.get(key)):
             raise ValueError(f"{arg}: {path} has no valid list {key!r} of unit ids")
@@ -40,6 +73,15 @@ def read_selection(path: str, arg: str = "selection") -> dict[str, Any]:
     return record
 
 
+def is_per_sample(record: dict[str, Any]) -> bool:
+    """Whether a record from :func:`read_selection` chose samples one by one."""
+    return record.get("mode") == PER_SAMPLE
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _id_list(ids: Any) -> bool:
     return isinstance(ids, list) and all(
         isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in ids
@@ -47,9 +89,9 @@ def _id_list(ids: Any) -> bool:
 
 
 def write_selection(target: Any, record: dict[str, Any]) -> None:
-    """A selection file (``uotsel.selection/1``, see :func:`selection_record`)."""
-    if record.get("format") != SELECTION_FORMAT:
-        raise ValueError(f"record: not a {SELECTION_FORMAT} record")
+    """A selection file (see :func:`selection_record`, :func:`sample_selection_record`)."""
+    if record.get("format") not in SELECTION_FORMATS:
+        raise ValueError(f"record: not a {' or '.join(SELECTION_FORMATS)} record")
     io.write_json(target, record)
 
 
@@ -127,3 +169,55 @@ def _json_number(value: Any) -> Any:
     elif isinstance(value, np.integer):
         return int(value)
     return value
+
+
+def sample_selection_record(
+    picked: Any,
+    source: io.Units,
+    target: io.Units,
+    version: str,
+    target_mass_total: Any = None,
+    features: dict[str, Any] | None = None,
+) -> dict:
+    """The ``uotsel.selection/2`` record of a :class:`uotsel.per_sample.SampleSelection` made
+    with per-sample unit ids (see ``docs/cli.md``).
+
+    The unit-level fields are those of :func:`selection_record` for its ``units``, except
+    ``selected`` (and ``top_k``, ``selected_names``): the units holding chosen samples, in the
+    units' ranking order. ``budget_images`` and ``images_used`` count samples;
+    ``num_selected_samples`` is the number chosen. The ``per_sample`` block gives the score,
+    the order of the chosen samples, their number among all samples, the score range of all
+    samples and of the chosen ones (its low end is the cut), the chosen samples of each
+    selected unit and the ``features`` they came from (``path``, ``rows``, ``dim``).
+    ``target_mass_total`` (``[M]``, ``P^T 1``) is recorded when given.
+    """
+    held = picked.units_holding
+    if held is None:
+        raise ValueError("picked: a per-sample record needs the per-sample unit ids")
+    units = picked.units._replace(selected=held, sample_indices=None)
+    base = selection_record(units, source, target, version)
+    block = {
+        "score": SAMPLE_SCORE,
+        "order": SAMPLE_ORDER,
+        "samples": int(picked.scores.size),
+        "selected_samples": int(picked.samples.size),
+        "score_range": [_json_number(x) for x in picked.score_range],
+        "selected_score_range": [_json_number(x) for x in picked.selected_range],
+        "samples_per_unit": [int(picked.unit_counts[u]) for u in held],
+        "features": features,
+    }
+    head = {
+        "format": PER_SAMPLE_FORMAT,
+        "uotsel_version": version,
+        "mode": PER_SAMPLE,
+        "strategy": base["strategy"],
+        "top_k": base["top_k"],
+        "budget_images": int(picked.budget_images),
+        "images_used": int(picked.samples.size),
+    }
+    record = {**head, **{k: v for k, v in base.items() if k not in head}}
+    record["num_selected_samples"] = int(picked.samples.size)
+    if target_mass_total is not None:
+        record["target_mass_total"] = [_json_number(x) for x in np.asarray(target_mass_total)]
+    record[PER_SAMPLE] = block
+    return record

@@ -107,6 +107,11 @@ FIELDS: dict[str, Field] = {
         "uotsel.select's top_k",
     ),
     "group": Field(-1, "train on one score group of the file (Fig. 4b: 0-9); -1: by units"),
+    "samples": Field(
+        "",
+        "per-sample list: the pre-training sample indices 'uotsel select --per-sample "
+        "--samples-out' writes (.npy); train on those samples instead of whole units",
+    ),
     # evaluation, checkpoints, machinery
     "eval_every": Field(10, "epochs between evaluations"),
     "eval_schedule": Field(
@@ -134,7 +139,16 @@ STRATEGIES = ("", "uot", "greedy_ot", "nearest", "random", "label")
 UNITS = ("selected", "top_k")
 MAX_WORKERS = 256  # worker processes: beyond any host's useful count
 MAX_PREFETCH = 64
-_PATHS = ("weights", "target", "test", "pretrain", "data_dir", "selection", "unit_ids")
+_PATHS = (
+    "weights",
+    "target",
+    "test",
+    "pretrain",
+    "data_dir",
+    "selection",
+    "unit_ids",
+    "samples",
+)
 
 
 def default() -> ml_collections.ConfigDict:
@@ -391,6 +405,8 @@ def _check_data(cfg: ml_collections.ConfigDict) -> None:
     objective = objectives.get(cfg.objective)
     needs_source = objective.needs_source
     required = ["weights", "target"] + (["pretrain", "selection"] if needs_source else [])
+    if cfg.samples:
+        required = [key for key in required if key != "selection"]
     for key in required:
         if not cfg[key]:
             why = (
@@ -415,6 +431,12 @@ def _check_data(cfg: ml_collections.ConfigDict) -> None:
 def _check_combinations(cfg: ml_collections.ConfigDict) -> None:
     if cfg.units == "top_k" and cfg.group >= 0:
         raise ConfigError("units: top_k cannot be combined with group (pick one)")
+    if cfg.samples and (cfg.units != "selected" or cfg.group >= 0):
+        chosen = "units=top_k" if cfg.units != "selected" else f"group={cfg.group}"
+        raise ConfigError(
+            f"samples: a per-sample list is trained on as it is; it cannot be combined with "
+            f"{chosen} (pick one)"
+        )
     objective = objectives.get(cfg.objective)
     if cfg.bn_group_size:
         views = len(objective.source_views)

@@ -2,8 +2,8 @@
 
 - :func:`load_inputs`: opens the data a config names and decides which samples train: the target
   subset (all, a per-class fraction for Fig. 3b, or a long tail for Table 3), the validation
-  share held out of it, and the pre-training samples of the selected units
-  (:mod:`uotsel_train.selected`). The test set must have the target's classes, by name.
+  share held out of it, and the pre-training samples of the selected units, or of a per-sample
+  list (:mod:`uotsel_train.selected`). The test set must have the target's classes, by name.
 - :func:`steps`: the run's batches as a grain ``MapDataset`` indexed by step: two seeded
   streams (target, pre-training) each reshuffled at each of its own epochs, the views each
   objective asks for (:func:`uotsel_train.augment.view`), each process only its own rows.
@@ -96,12 +96,40 @@ def _check_test_classes(target: Any, test: Any) -> None:
 
 
 def _pretrain_samples(cfg: Any, pretrain: Any) -> tuple[np.ndarray, str]:
+    if cfg.samples:
+        return _sample_list(cfg, pretrain)
     record = selected.read(cfg.selection)
+    units = _unit_ids(cfg, pretrain)
+    _check_selection(cfg, units, record)
+    choice = selected.units(record, units=cfg.units, top_k=cfg.top_k, group=cfg.group)
+    indices = streams.selected_samples(units[0], choice.units)
+    return indices, f"{choice.what}: {choice.units.size} units, {indices.size} images"
+
+
+def _sample_list(cfg: Any, pretrain: Any) -> tuple[np.ndarray, str]:
+    """The samples of a per-sample list (``samples``), held against its selection file when
+    one is given too."""
+    choice = selected.samples(cfg.samples, len(pretrain))
+    if cfg.selection:
+        record = selected.read(cfg.selection)
+        selected.check_samples(record, choice.units, len(pretrain))
+        _check_selection(cfg, _unit_ids(cfg, pretrain), record)
+    return choice.units, f"{choice.what}: {choice.units.size} images"
+
+
+def _unit_ids(cfg: Any, pretrain: Any) -> tuple[np.ndarray, int, list | None]:
+    """Per-sample unit ids of the pre-training data (``unit_ids``, else its labels), the
+    number of units and their names (None for a unit-id file)."""
     if cfg.unit_ids:
         ids = selected.unit_ids(cfg.unit_ids, len(pretrain))
-        num_units, names = int(ids.max()) + 1 if ids.size else 0, None
-    else:
-        ids, num_units, names = pretrain.labels, len(pretrain.classes), list(pretrain.classes)
+        return ids, int(ids.max()) + 1 if ids.size else 0, None
+    return pretrain.labels, len(pretrain.classes), list(pretrain.classes)
+
+
+def _check_selection(cfg: Any, units: tuple, record: dict) -> None:
+    """The selection file against the pre-training data's units (from :func:`_unit_ids`;
+    :func:`selected.check_against`)."""
+    _, num_units, names = units
     selected.check_against(
         record,
         strategy=cfg.selection_strategy,
@@ -109,9 +137,6 @@ def _pretrain_samples(cfg: Any, pretrain: Any) -> tuple[np.ndarray, str]:
         unit_names=names,
         unit_file=cfg.unit_ids,
     )
-    choice = selected.units(record, units=cfg.units, top_k=cfg.top_k, group=cfg.group)
-    indices = streams.selected_samples(ids, choice.units)
-    return indices, f"{choice.what}: {choice.units.size} units, {indices.size} images"
 
 
 def load_inputs(cfg: Any) -> Inputs:

@@ -8,6 +8,12 @@ config expects, the number of units, the unit names where both sides name them i
 vocabulary, and the checksum of the unit file when the per-sample unit ids come from the very
 file the selection was made from (``uotsel kmeans`` clusters). A selection made from other
 pre-training data is refused with one line.
+
+A per-sample selection (``uotsel select --per-sample``; see
+:func:`uotsel.selection_file.is_per_sample`) chooses samples one by one: its list of sample
+indices (the ``--samples-out`` file) is read by :func:`samples` and held against the selection
+by :func:`check_samples`; its ``selected`` (the units holding chosen samples) is never trained
+on as whole units.
 """
 
 from __future__ import annotations
@@ -17,11 +23,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from uotsel import paper
-from uotsel.io import sha256_file
+from uotsel.io import read_ids, sha256_file
 from uotsel.npfiles import read_array
-from uotsel.selection_file import read_selection
+from uotsel.selection_file import PER_SAMPLE, is_per_sample, read_selection
 
-__all__ = ["Choice", "check_against", "read", "unit_ids", "units"]
+__all__ = ["Choice", "check_against", "check_samples", "read", "samples", "unit_ids", "units"]
 
 
 class Choice(NamedTuple):
@@ -55,6 +61,12 @@ def units(
       ValueError: an unknown ``units``, ``top_k`` below 1 or beyond the ranking, or ``group``
         beyond the groups.
     """
+    if group < 0 and units == "selected" and is_per_sample(record):
+        raise ValueError(
+            "selection: chose samples one by one (uotsel select --per-sample); set samples= to "
+            "its --samples-out file, or units=top_k or group to train on whole units of its "
+            "ranking"
+        )
     if group >= 0:
         groups = record["groups"]
         if group >= len(groups):
@@ -68,6 +80,61 @@ def units(
     if not 1 <= top_k <= len(ranking):
         raise ValueError(f"top_k: {top_k} is not between 1 and the {len(ranking)} ranked units")
     return Choice(np.asarray(ranking[:top_k], np.int64), f"top {top_k} of the ranking")
+
+
+def samples(path: str, num_samples: int) -> Choice:
+    """The pre-training samples of a per-sample list: ``units`` holds their ascending indices
+    ``[S]`` (the list's order, best first, does not matter to a shuffled stream).
+
+    Args:
+      path: ``.npy`` (or ``.npz``, or text with one index a line) of sample indices, as
+        ``uotsel select --per-sample --samples-out`` writes.
+      num_samples: images of the pre-training data.
+
+    Raises:
+      ValueError: starting with ``samples:`` for an unreadable file, fractional or
+        non-numeric values, an empty list, an index outside the pre-training data or one
+        listed twice.
+    """
+    ids = read_ids(path, "samples")
+    if ids.size == 0:
+        raise ValueError(f"samples: {path} lists no samples")
+    if ids.min() < 0 or ids.max() >= num_samples:
+        bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+        raise ValueError(
+            f"samples: {path} lists sample {bad}, outside the {num_samples} pre-training images"
+        )
+    ordered = np.sort(ids)
+    twice = ordered[1:][ordered[1:] == ordered[:-1]]
+    if twice.size:
+        raise ValueError(f"samples: {path} lists sample {int(twice[0])} more than once")
+    return Choice(ordered, f"per-sample list {path}")
+
+
+def check_samples(record: dict[str, Any], chosen: np.ndarray, num_samples: int) -> None:
+    """Refuse a per-sample list that does not belong to the selection ``record`` given with it.
+
+    Raises:
+      ValueError: one line starting with ``samples:`` (the record is not a per-sample
+        selection, was made for another number of pre-training images, or chose another
+        number of samples).
+    """
+    if not is_per_sample(record):
+        raise ValueError(
+            "samples: the selection file chose whole units, not samples (make it with "
+            "uotsel select --per-sample), or leave selection empty"
+        )
+    block = record[PER_SAMPLE]
+    if block["samples"] != num_samples:
+        raise ValueError(
+            f"samples: the selection scored {block['samples']} samples, the pre-training data "
+            f"has {num_samples} images; was it made from other data?"
+        )
+    if block["selected_samples"] != chosen.size:
+        raise ValueError(
+            f"samples: the list holds {chosen.size} samples, the selection chose "
+            f"{block['selected_samples']}; were both written by one uotsel select command?"
+        )
 
 
 def unit_ids(path: str, num_samples: int) -> np.ndarray:
