@@ -91,6 +91,9 @@ def test_bad_overrides_are_one_line_naming_the_key(pair, message):
         ({"units": "ranking"}, "units: unknown 'ranking'; valid: selected, top_k"),
         ({"units": "top_k", "top_k": 0}, "top_k: must be between 1 and 10^7, got 0"),
         ({"units": "top_k", "group": 3}, "units: top_k cannot be combined with group (pick one)"),
+        ({"pretrain_fraction": 0.0}, "pretrain_fraction: must be in (0, 1), got 0.0"),
+        ({"pretrain_fraction": 1.5}, "pretrain_fraction: must be in (0, 1), got 1.5"),
+        ({"units": "all", "group": 3}, "units: all cannot be combined with group (pick one)"),
     ],
 )
 def test_settings_out_of_range_are_refused_by_name(changes, message):
@@ -170,7 +173,8 @@ def test_a_user_file_with_get_config(tmp_path):
 def test_every_shipped_config_loads_and_validates(name):
     cfg = config.load(name)
     config.validate(cfg, check_files=False)
-    assert cfg.selection_strategy == "uot"
+    # Every shipped experiment trains on UOT's selection, but the one that reads none.
+    assert cfg.selection_strategy == ("" if cfg.units == "all" else "uot")
 
 
 def test_shipped_configs_follow_the_paper():

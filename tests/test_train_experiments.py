@@ -32,6 +32,8 @@ def test_each_experiment_config_trains_one_epoch_on_tiny_data(project, name, cap
         extra["top_k"] = 3  # of the 10 ranked pre-training classes
     if cfg.target_fraction < 1 or cfg.long_tail > 1:
         extra["batch_size"] = 2
+    if cfg.units == "all":
+        extra["selection"] = ""  # reads no selection
     out = root / name
     args = ["finetune", "--config", name, "--out-dir", str(out), *tiny_overrides(paths, **extra)]
     assert main(args) == 0, capsys.readouterr().err

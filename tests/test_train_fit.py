@@ -68,8 +68,8 @@ def _records(run_dir, kind):
     ("objective", "terms"),
     [
         ("vanilla", {"target_ce"}),
-        ("labelled", {"target_ce", "source_ce"}),
-        ("unlabelled", {"target_ce", "pseudo_ce", "mask_rate"}),
+        pytest.param("labelled", {"target_ce", "source_ce"}, marks=pytest.mark.slow),
+        pytest.param("unlabelled", {"target_ce", "pseudo_ce", "mask_rate"}, marks=pytest.mark.slow),
     ],
 )
 def test_each_objective_trains_logs_and_reports_last_and_best(tmp_path, memory, objective, terms):
@@ -95,6 +95,7 @@ def test_each_objective_trains_logs_and_reports_last_and_best(tmp_path, memory, 
         assert all(x["mask_rate"] == 1.0 for x in train_records)
 
 
+@pytest.mark.slow
 def test_milestones_follow_target_epochs_and_heads_get_ten_times(tmp_path, memory):
     # 8 target images / 4 = 2 steps an epoch; the pre-training stream (6 images / 2 = 3 steps a
     # pass) runs alongside and does not move the milestones.
@@ -105,6 +106,7 @@ def test_milestones_follow_target_epochs_and_heads_get_ten_times(tmp_path, memor
     np.testing.assert_allclose([x["lr_head"] for x in lines], [0.5, 0.05, 0.005])
 
 
+@pytest.mark.slow
 def test_resume_after_an_interruption_is_bit_identical(tmp_path, memory):
     whole = _fit(memory, tmp_path / "whole")
     _fit(memory, tmp_path / "split", until_epoch=1)
@@ -138,6 +140,7 @@ def _poison_from_step(monkeypatch, first):
     monkeypatch.setattr(input_pipeline.Pipeline, "next", next_)
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_naming_step_and_epoch_with_the_checkpoint_intact(
     tmp_path, memory, monkeypatch
 ):
@@ -153,6 +156,7 @@ def test_a_nan_loss_stops_naming_step_and_epoch_with_the_checkpoint_intact(
     assert resumed.step == 6
 
 
+@pytest.mark.slow
 def test_the_command_exits_3_on_divergence(tmp_path, monkeypatch, capsys):
     from uotsel_train.cli import main
 
@@ -168,6 +172,7 @@ def test_the_command_exits_3_on_divergence(tmp_path, monkeypatch, capsys):
     )
 
 
+@pytest.mark.slow
 def test_finetune_reads_a_real_selection_and_its_saved_config_repeats_the_run(tmp_path, capsys):
     from uotsel_train.cli import main
 
@@ -200,6 +205,7 @@ def _load(paths, **changes):
     return input_pipeline.load_inputs(cfg)
 
 
+@pytest.mark.slow
 def test_the_selection_file_is_consumed_whole_and_checked(tmp_path):
     paths = tiny_project(tmp_path, pretrain_classes=4)
     record = json.loads(open(paths["selection"]).read())
@@ -227,6 +233,26 @@ def test_the_selection_file_is_consumed_whole_and_checked(tmp_path):
         _load(paths, selection=str(tmp_path / "renamed.json"))
 
 
+@pytest.mark.slow
+def test_every_unit_or_a_share_of_every_unit_without_a_selection(tmp_path):
+    """units=all reads no selection; pretrain_fraction keeps a seeded share of every unit (the
+    sec44_every_class config)."""
+    paths = tiny_project(tmp_path, pretrain_classes=4, per_class=4)
+    labels = np.asarray(data.ImageFolder(paths["pretrain"]).labels)
+    every = _load(paths, units="all", selection="").pretrain_indices
+    np.testing.assert_array_equal(every, np.arange(labels.size))
+    half = _load(paths, units="all", selection="", pretrain_fraction=0.5).pretrain_indices
+    assert np.bincount(labels[half]).tolist() == [2, 2, 2, 2]
+    again = _load(paths, units="all", selection="", pretrain_fraction=0.5).pretrain_indices
+    np.testing.assert_array_equal(half, again)
+    record = json.loads(open(paths["selection"]).read())
+    chosen = _load(paths, pretrain_fraction=0.5).pretrain_indices
+    assert set(labels[chosen]) == set(record["selected"])
+    with pytest.raises(config.ConfigError, match=r"units: all .* reads no selection"):
+        _load(paths, units="all")
+
+
+@pytest.mark.slow
 def test_cluster_selections_are_checked_against_their_unit_file(tmp_path):
     paths = tiny_project(tmp_path)
     ids = np.asarray(data.ImageFolder(paths["pretrain"]).labels)
@@ -243,6 +269,7 @@ def test_cluster_selections_are_checked_against_their_unit_file(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_target_subsets_and_the_validation_split(tmp_path):
     paths = tiny_project(tmp_path, target_per_class=10)
     labels = data.ImageFolder(paths["target"]).labels
@@ -256,6 +283,7 @@ def test_target_subsets_and_the_validation_split(tmp_path):
     assert len(split.train_indices) + len(split.val_indices) == 20
 
 
+@pytest.mark.slow
 def test_a_test_set_with_other_classes_is_refused(tmp_path, capsys):
     from uotsel_train.cli import main
 
@@ -269,6 +297,7 @@ def test_a_test_set_with_other_classes_is_refused(tmp_path, capsys):
     assert len(err) == 1 and "error: test: its 3 classes are not the target's 2" in err[0]
 
 
+@pytest.mark.slow
 def test_file_problems_are_one_line_and_touch_nothing(tmp_path, capsys):
     from uotsel_train.cli import main
 
@@ -339,6 +368,7 @@ def test_without_the_train_extra_the_command_says_what_to_install(module):
     )
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings(tmp_path, memory):
     _fit(memory, tmp_path, until_epoch=1)
     with pytest.raises(ValueError, match=r"lam: the run being resumed used 0.5, not 0.7"):
@@ -347,12 +377,14 @@ def test_resume_refuses_changed_settings(tmp_path, memory):
         _fit(memory, tmp_path)
 
 
+@pytest.mark.slow
 def test_bfloat16_trains_with_float32_parameters(tmp_path, memory):
     out = _fit(memory, tmp_path, _cfg(precision="bfloat16", epochs=1, milestones=""))
     assert out.step == 2
     assert {x.dtype for x in jax.tree.leaves(out.state.params)} == {jnp.dtype(jnp.float32)}
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_replaced_within_the_batch(tmp_path):
     root = image_folder(tmp_path / "target", 2, 4, 3)
     (tmp_path / "target" / "c1" / "9.png").write_bytes(b"not an image")
@@ -366,6 +398,7 @@ def test_unreadable_images_are_replaced_within_the_batch(tmp_path):
     assert out.step == 6
 
 
+@pytest.mark.slow
 def test_progress_on_a_terminal_in_a_log_and_quiet(tmp_path, memory, monkeypatch):
     class Terminal(io.StringIO):
         def isatty(self):
@@ -411,6 +444,7 @@ def _events(run_dir):
     return tags
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_hold_every_curve(tmp_path, memory):
     pytest.importorskip("tensorboardX")
     _fit(memory, tmp_path, _cfg(objective="unlabelled", log_every_steps=1))

@@ -59,7 +59,10 @@ FIELDS: dict[str, Field] = {
     # what is trained
     "arch": Field("resnet18", "backbone: resnet18, resnet34, resnet50 (tiny: tests, demo)"),
     "weights": Field("", "Flax weights from 'uotsel-train convert' (the backbone is loaded)"),
-    "objective": Field("labelled", "vanilla, labelled (eq. 6) or unlabelled (eq. 7)"),
+    "objective": Field(
+        "labelled",
+        "vanilla, labelled (eq. 6), unlabelled (eq. 7) or co_tuning (the Co-Tuning baseline)",
+    ),
     "lam": Field(0.3, "lambda, weight of the pre-training term"),
     "min_confidence": Field(
         0.0, "eq. 7: least confidence of a pseudo-label for its image to count; 0: every image"
@@ -99,7 +102,7 @@ FIELDS: dict[str, Field] = {
     "units": Field(
         "selected",
         "the file's units to train on: selected (its 'selected' list) or top_k (the first "
-        "top_k of its ranking)",
+        "top_k of its ranking); all: every pre-training unit, no selection file",
     ),
     "top_k": Field(
         paper.TOP_K_CLASSES,
@@ -107,6 +110,11 @@ FIELDS: dict[str, Field] = {
         "uotsel.select's top_k",
     ),
     "group": Field(-1, "train on one score group of the file (Fig. 4b: 0-9); -1: by units"),
+    "pretrain_fraction": Field(
+        1.0,
+        "share of every pre-training unit's images trained on, drawn with subset_seed (with "
+        "units=all and 0.5: half of every ImageNet class, the paper's section 4.4)",
+    ),
     "samples": Field(
         "",
         "per-sample list: the pre-training sample indices 'uotsel select --per-sample "
@@ -136,7 +144,7 @@ STRONG_VIEWS = ("released", "wide")
 EVAL_SCHEDULES = ("every", "released")
 ARCHS = ("resnet18", "resnet34", "resnet50", "tiny")
 STRATEGIES = ("", "uot", "greedy_ot", "nearest", "random", "label")
-UNITS = ("selected", "top_k")
+UNITS = ("selected", "top_k", "all")
 MAX_WORKERS = 256  # worker processes: beyond any host's useful count
 MAX_PREFETCH = 64
 _PATHS = (
@@ -367,6 +375,7 @@ def _check_ranges(cfg: ml_collections.ConfigDict) -> None:
         ("min_confidence", 0.0, 1.0, True),
         ("target_fraction", 0.0, 1.0, False),
         ("val_fraction", 0.0, 1.0, True),
+        ("pretrain_fraction", 0.0, 1.0, False),
     ):
         value = cfg[key]
         ok = math.isfinite(value) and (low <= value if closed else low < value) and value <= high
@@ -405,7 +414,7 @@ def _check_data(cfg: ml_collections.ConfigDict) -> None:
     objective = objectives.get(cfg.objective)
     needs_source = objective.needs_source
     required = ["weights", "target"] + (["pretrain", "selection"] if needs_source else [])
-    if cfg.samples:
+    if cfg.samples or cfg.units == "all":
         required = [key for key in required if key != "selection"]
     for key in required:
         if not cfg[key]:
@@ -429,8 +438,10 @@ def _check_data(cfg: ml_collections.ConfigDict) -> None:
 
 
 def _check_combinations(cfg: ml_collections.ConfigDict) -> None:
-    if cfg.units == "top_k" and cfg.group >= 0:
-        raise ConfigError("units: top_k cannot be combined with group (pick one)")
+    if cfg.units != "selected" and cfg.group >= 0:
+        raise ConfigError(f"units: {cfg.units} cannot be combined with group (pick one)")
+    if cfg.units == "all" and cfg.selection:
+        raise ConfigError("units: all trains on every pre-training unit; it reads no selection")
     if cfg.samples and (cfg.units != "selected" or cfg.group >= 0):
         chosen = "units=top_k" if cfg.units != "selected" else f"group={cfg.group}"
         raise ConfigError(

@@ -96,8 +96,21 @@ def _check_test_classes(target: Any, test: Any) -> None:
 
 
 def _pretrain_samples(cfg: Any, pretrain: Any) -> tuple[np.ndarray, str]:
+    """The pre-training samples that train, with a note, after ``pretrain_fraction``."""
+    indices, line = _chosen_samples(cfg, pretrain)
+    if cfg.pretrain_fraction < 1:
+        ids = _unit_ids(cfg, pretrain)[0][indices]
+        indices = indices[streams.class_fraction(ids, cfg.pretrain_fraction, cfg.subset_seed)]
+        line += f", of which {cfg.pretrain_fraction:g} of every unit: {indices.size} images"
+    return indices, line
+
+
+def _chosen_samples(cfg: Any, pretrain: Any) -> tuple[np.ndarray, str]:
     if cfg.samples:
         return _sample_list(cfg, pretrain)
+    if cfg.units == "all":
+        indices = np.arange(len(pretrain), dtype=np.int64)
+        return indices, f"every unit: {indices.size} images"
     record = selected.read(cfg.selection)
     units = _unit_ids(cfg, pretrain)
     _check_selection(cfg, units, record)
@@ -181,7 +194,7 @@ def _plan(cfg: Any, inputs: Inputs, mesh: Any) -> loader.StepPlan:
         source_views=tuple(
             augment.view(v, size, scale, cfg.strong_view) for v in objective.source_views
         ),
-        source_labels=objective.source_head,
+        source_labels=objective.source_labels,
     )
 
 
@@ -220,7 +233,7 @@ class Pipeline:
         self.sizes = {"target_images": b, "target_labels": b}
         for view in objective.source_views:
             self.sizes[f"source_{view}_images"] = s
-        if objective.source_head:
+        if objective.source_labels:
             self.sizes["source_labels"] = s
         self.per_step = (b, s if objective.needs_source else 0)
         self.skipped = 0

@@ -2,9 +2,10 @@
 
 ``uotsel-train configs`` lists them; ``uotsel-train finetune --config NAME:ARG`` runs one, and
 every setting can still be overridden (``--config.lr=0.01``). ``ARG`` picks the arm (``uot``,
-``greedy_ot``, ``random``, or ``finetune`` for the target data alone), the paper setting where
-the experiment allows several (``resnet18``, ``mocov2_labelled``, ``mocov2_unlabelled``) and the
-experiment's own number, comma-separated in any order (``fig3b_low_data:0.2,finetune``).
+``greedy_ot``, ``random``, ``finetune`` for the target data alone, or ``co_tuning`` for the
+Co-Tuning baseline), the paper setting where the experiment allows several (``resnet18``,
+``mocov2_labelled``, ``mocov2_unlabelled``) and the experiment's own number, comma-separated in
+any order (``fig3b_low_data:0.2,finetune``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ NAMES: dict[str, str] = {
     "fig3b_low_data": "Fig. 3b: share of each target class (0.2-1); ARG fraction[,arm][,setting]",
     "table3_long_tail": "Table 3: long-tailed targets, imbalance 10; ARG arm[,setting]",
     "fig4b_domain_gap": "Fig. 4b: one of the 10 UOT score groups (0-9); ARG group[,setting]",
+    "sec44_every_class": "Section 4.4: a share of every pre-training class, no selection; "
+    "ARG fraction[,setting]",
 }
 
 
