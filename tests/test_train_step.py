@@ -35,9 +35,11 @@ def _forward(model, state, images):
 
 
 @pytest.mark.parametrize("objective", list(objectives.REGISTRY))
+@pytest.mark.slow
 def test_one_step_changes_parameters_and_reports_the_hand_computed_loss(objective):
     rng = np.random.default_rng(0)
-    model, tx, state = _setup(num_source=7 if objective == "labelled" else 0)
+    model, tx, state = _setup(num_source=7 if objectives.get(objective).source_head else 0)
+    relationship = rng.dirichlet(np.ones(7), size=3).astype(np.float32)  # co_tuning: [C_t, C_s]
     batch = {
         "target_images": jnp.asarray(rng.normal(size=(4, 16, 16, 3)), jnp.float32),
         "target_labels": jnp.array([0, 1, 2, 1]),
@@ -57,7 +59,12 @@ def test_one_step_changes_parameters_and_reports_the_hand_computed_loss(objectiv
         q = np.asarray(jax.nn.softmax(t[4:6]), np.float64)
         logp = np.asarray(jax.nn.log_softmax(t[6:8]), np.float64)
         expected += 0.5 * np.mean(-(q * logp).sum(1))
-    fn = jax.jit(step.train_step(model, tx, objective, objectives.Settings(lam=0.5)))
+    if objective == "co_tuning":
+        logp = np.asarray(jax.nn.log_softmax(s[:4]), np.float64)
+        soft = relationship[np.asarray(batch["target_labels"])]
+        expected += 0.5 * np.mean(-(soft * logp).sum(1))
+    settings = objectives.Settings(lam=0.5, relationship=relationship)
+    fn = jax.jit(step.train_step(model, tx, objective, settings))
     new, metrics = fn(state, batch)
     np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-5)
     assert int(new.step) == 1 and bool(metrics["finite"])
@@ -78,6 +85,7 @@ def test_unknown_objective():
     groups=st.integers(1, 4),
     per_group=st.lists(st.integers(1, 3), min_size=1, max_size=3),
 )
+@pytest.mark.slow
 def test_interleave_puts_a_share_of_every_part_in_each_group_and_inverts(groups, per_group):
     sizes = [groups * n for n in per_group]
     parts = [jnp.arange(n) + 100 * i for i, n in enumerate(sizes)]
@@ -93,6 +101,7 @@ def test_interleave_puts_a_share_of_every_part_in_each_group_and_inverts(groups,
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_grouped_batch_norm_step_equals_two_separate_half_batches():
     """bn_groups=2 on target + source: the loss is that of each half (half the target and half
     the source images) normalised on its own, computed here by two bn_groups=1 passes."""

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from uotsel.io import write_json
-from uotsel_train import config, initialise, input_pipeline, train
+from uotsel_train import config, initialise, input_pipeline, objectives, train
 
 __all__ = ["AXES", "search"]
 
@@ -56,7 +56,8 @@ def search(
         raise ValueError("test: selecting on test accuracy needs a test set")
     axes = {k: list(values.get(k) or [base[k]]) for k in AXES}
     inputs = input_pipeline.load_inputs(base)
-    backbone = initialise.load_backbone(base.weights)
+    keeps_head = objectives.get(base.objective).pretrained_head
+    backbone = initialise.load_backbone(base.weights, with_head=keeps_head)
     rows = []
     for combo in itertools.product(*axes.values()):
         point = dict(zip(AXES, combo, strict=True))

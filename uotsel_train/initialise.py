@@ -3,7 +3,9 @@
 The heads (target, and source when the objective has one) are drawn anew from the run's seed
 with the paper's initialiser (N(0, sqrt(2 / 2048)), zero bias); everything under ``backbone``
 comes from the weights file (:func:`uotsel_train.convert.load_variables`) or from variables in
-memory. The one place where a backbone meets new heads.
+memory. The one exception is Co-Tuning's source head: the pre-trained classifier (the
+checkpoint's ``fc``), loaded with the backbone (``load_backbone(path, with_head=True)``) and
+kept, never drawn. The one place where a backbone meets new heads.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ def fresh(model: Any, seed: int, size: int = 32) -> Any:
     return jax.jit(model.init)(key, jnp.zeros((1, size, size, 3)))
 
 
-def load_backbone(path: str) -> dict[str, Any]:
-    """``{"params", "batch_stats"}`` of the backbone in the weights file ``path``.
+def load_backbone(path: str, with_head: bool = False) -> dict[str, Any]:
+    """``{"params", "batch_stats"}`` of the backbone in the weights file ``path``; with
+    ``with_head`` also ``"source_head"``: the pre-trained classifier ``{"kernel" [D, C_s],
+    "bias" [C_s]}`` (the checkpoint's ``fc``, e.g. torchvision's 1000-way ImageNet head).
 
     Raises:
-      ValueError: starting with ``weights:`` for an unreadable file, a file without a backbone,
-        or non-finite values.
+      ValueError: starting with ``weights:`` for an unreadable file, a file without a backbone
+        (or, with ``with_head``, without a classifier), or non-finite values.
     """
     from uotsel_train import convert
 
@@ -43,7 +47,26 @@ def load_backbone(path: str) -> dict[str, Any]:
     for leaf in jax.tree.leaves(backbone):
         if not np.all(np.isfinite(leaf)):
             raise ValueError(f"weights: {path} holds non-finite values")
-    return {"params": backbone["params"], "batch_stats": backbone.get("batch_stats", {})}
+    loaded = {"params": backbone["params"], "batch_stats": backbone.get("batch_stats", {})}
+    if with_head:
+        loaded["source_head"] = _classifier(weights.get("fc"), path)
+    return loaded
+
+
+def _classifier(fc: Any, path: str) -> dict[str, np.ndarray]:
+    """``fc`` as ``{"kernel" [D, C_s], "bias" [C_s]}``, or a one-line ``weights:`` error."""
+    if not fc or "kernel" not in fc or "bias" not in fc:
+        raise ValueError(
+            f"weights: {path} holds no pre-trained classifier (fc/kernel and fc/bias), which "
+            "Co-Tuning keeps; convert a checkpoint that has fc.weight and fc.bias"
+        )
+    kernel, bias = np.asarray(fc["kernel"]), np.asarray(fc["bias"])
+    if kernel.ndim != 2 or bias.shape != kernel.shape[1:]:
+        raise ValueError(
+            f"weights: the classifier in {path} has kernel {list(kernel.shape)} and bias "
+            f"{list(bias.shape)}; expected [D, C] and [C]"
+        )
+    return {"kernel": kernel, "bias": bias}
 
 
 def check_fits(backbone: dict[str, Any], arch: str) -> None:
@@ -73,14 +96,32 @@ def check_fits(backbone: dict[str, Any], arch: str) -> None:
 
 def variables(model: models.FineTuner, backbone: dict[str, Any], seed: int) -> dict[str, Any]:
     """Variables of ``model``: ``backbone`` (``{"params", "batch_stats"}``) under
-    ``backbone``, heads drawn from ``seed``.
+    ``backbone``, heads drawn from ``seed``, except that a ``"source_head"`` in ``backbone``
+    (:func:`load_backbone` with ``with_head``) replaces the drawn source head.
 
     Raises:
-      ValueError: starting with ``weights:`` when the backbone does not fit ``model.arch``.
+      ValueError: starting with ``weights:`` when the backbone does not fit ``model.arch`` or
+        the loaded source head does not fit the model's.
     """
     check_fits(backbone, model.arch)
     heads = fresh(model, seed)["params"]
+    if "source_head" in backbone:
+        heads = {**heads, "source_head": _fitting_head(backbone["source_head"], heads)}
     return {
         "params": {**heads, "backbone": backbone["params"]},
         "batch_stats": {"backbone": backbone["batch_stats"]},
     }
+
+
+def _fitting_head(loaded: dict[str, Any], drawn: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The ``loaded`` source head, checked against the shapes of the ``drawn`` heads."""
+    if "source_head" not in drawn:
+        raise ValueError("weights: a pre-trained classifier was given to a model without one")
+    want = tuple(drawn["source_head"]["kernel"].shape)
+    got = tuple(np.shape(loaded["kernel"]))
+    if got != want:
+        raise ValueError(
+            f"weights: the pre-trained classifier has kernel {list(got)}; the model's source "
+            f"head needs {list(want)}"
+        )
+    return {"kernel": np.asarray(loaded["kernel"]), "bias": np.asarray(loaded["bias"])}

@@ -1,7 +1,8 @@
-"""The losses of the training objectives, on logits (paper eq. 6 and 7).
+"""The losses of the training objectives, on logits (paper eq. 6 and 7, and Co-Tuning).
 
-The per-objective functions (:func:`vanilla`, :func:`labelled`, :func:`unlabelled`) take the
-logits of every batch part and are what :data:`uotsel_train.objectives.REGISTRY` names.
+The per-objective functions (:func:`vanilla`, :func:`labelled`, :func:`unlabelled`,
+:func:`co_tuning`) take the logits of every batch part and are what
+:data:`uotsel_train.objectives.REGISTRY` names.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "co_tuning",
+    "co_tuning_loss",
     "cross_entropy",
     "labelled",
     "labelled_loss",
@@ -54,6 +57,26 @@ def unlabelled_loss(
     return t + lam * u, {"target_ce": t, "pseudo_ce": u, "mask_rate": kept / mask.size}
 
 
+def co_tuning_loss(target_logits, target_labels, source_logits, relationship, lam):
+    """Co-Tuning's loss: the target head's cross-entropy plus ``lam`` times the mean soft
+    cross-entropy of the pre-trained head against the soft source labels ``relationship[y]``.
+
+    Args:
+      target_logits: ``[B, C_t]`` target-head logits.
+      target_labels: ``[B]`` integer target labels.
+      source_logits: ``[B, C_s]`` pre-trained-head logits of the same images.
+      relationship: ``[C_t, C_s]``, row ``y`` the distribution ``p(y_s | y_t = y)``.
+      lam: weight of the second term.
+
+    Returns:
+      ``(loss, {"target_ce", "source_ce"})``, scalars.
+    """
+    t = cross_entropy(target_logits, target_labels)
+    soft = jnp.asarray(relationship, source_logits.dtype)[target_labels]
+    s = jnp.mean(soft_cross_entropy(source_logits, soft))
+    return t + lam * s, {"target_ce": t, "source_ce": s}
+
+
 def vanilla(logits: dict, batch: dict, s):
     """Target cross-entropy only."""
     loss = cross_entropy(logits["target"][0], batch["target_labels"])
@@ -80,4 +103,18 @@ def unlabelled(logits: dict, batch: dict, s):
         logits["source_weak"][0],
         s.lam,
         s.min_confidence,
+    )
+
+
+def co_tuning(logits: dict, batch: dict, s):
+    """Co-Tuning on the part ``target``: both heads see the target images.
+
+    Raises:
+      ValueError: when ``s.relationship`` is None.
+    """
+    if s.relationship is None:
+        raise ValueError("co_tuning: the objective needs settings.relationship, p(y_s | y_t)")
+    target_logits, source_logits = logits["target"]
+    return co_tuning_loss(
+        target_logits, batch["target_labels"], source_logits, s.relationship, s.lam
     )

@@ -33,6 +33,7 @@ from uotsel.progress import Progress
 from uotsel_train import (
     checkpoints,
     config,
+    cotuning,
     evaluate,
     initialise,
     input_pipeline,
@@ -283,7 +284,7 @@ def _start(cfg: Any, inputs, backbone, out_dir: str, resume: bool, log: Callable
         milestones=cfg.milestones,
         lr_decay=cfg.lr_decay,
     )
-    model = build_model(cfg, len(inputs.target.classes), inputs.num_source_classes)
+    model = build_model(cfg, len(inputs.target.classes), _source_width(objective, inputs, backbone))
     store = checkpoints.Store(out_dir)
     state = step.init_state(initialise.variables(model, backbone, cfg.seed), tx)
     positions = (0, 0)
@@ -292,6 +293,46 @@ def _start(cfg: Any, inputs, backbone, out_dir: str, resume: bool, log: Callable
         if jax.process_index() == 0:
             log(f"resumed at step {int(state.step)}")
     return mesh, model, tx, parallel.replicate(mesh, state), positions, store, rates
+
+
+def _source_width(objective: objectives.Objective, inputs, backbone: dict[str, Any]) -> int:
+    """The source head's width: the pre-trained classifier's for Co-Tuning, else the
+    pre-training data's class count.
+
+    Raises:
+      ValueError: starting with ``weights:`` when the objective keeps a pre-trained classifier
+        that ``backbone`` lacks.
+    """
+    if not objective.pretrained_head:
+        return inputs.num_source_classes
+    if "source_head" not in backbone:
+        raise ValueError(
+            f"weights: the {objective.name} objective keeps the pre-trained classifier; load "
+            "the weights with initialise.load_backbone(path, with_head=True)"
+        )
+    return int(np.shape(backbone["source_head"]["kernel"])[1])
+
+
+def _settings(cfg: Any, inputs, backbone: dict[str, Any], out_dir: str, lead: bool, log):
+    """The objective's settings; for Co-Tuning with ``p(y_s | y_t)`` estimated from the
+    pre-trained classifier on the training samples (:func:`uotsel_train.cotuning.estimate`)
+    and written to ``out_dir/relationship.npy`` ``[C_t, C_s]``."""
+    settings = objectives.Settings(cfg.lam, cfg.min_confidence)
+    if not objectives.get(cfg.objective).pretrained_head:
+        return settings
+    rel = cotuning.estimate(
+        backbone,
+        backbone["source_head"],
+        cfg.arch,
+        inputs.target,
+        inputs.train_indices,
+        image_size=cfg.image_size,
+        workers=cfg.workers,
+    )
+    if lead:
+        np.save(os.path.join(out_dir, "relationship.npy"), rel)
+        log(f"co_tuning: p(y_s | y_t) {list(rel.shape)} from {inputs.train_indices.size} images")
+    return settings._replace(relationship=rel)
 
 
 def fit(
@@ -304,7 +345,8 @@ def fit(
     until_epoch: int | None = None,
     log: Callable[[str], None] = print,
 ) -> FitResult:
-    """Fine-tune from ``backbone`` (``{"params", "batch_stats"}``) with fresh heads.
+    """Fine-tune from ``backbone`` (``{"params", "batch_stats"}``, plus ``"source_head"``,
+    the pre-trained classifier, for Co-Tuning) with fresh heads.
 
     Args:
       cfg: a validated config (:func:`uotsel_train.config.validate`).
@@ -328,7 +370,7 @@ def fit(
         _write(os.path.join(out_dir, "config.json"), {"config": config.to_dict(cfg), **extra})
     objective = objectives.get(cfg.objective)
     replicated = NamedSharding(mesh, PartitionSpec())
-    settings = objectives.Settings(cfg.lam, cfg.min_confidence)
+    settings = _settings(cfg, inputs, backbone, out_dir, lead, log)
     spe = inputs.train_indices.size // cfg.batch_size
     end_epoch = cfg.epochs if until_epoch is None else min(cfg.epochs, until_epoch)
     start = int(state.step)
@@ -464,7 +506,9 @@ def run(
 ) -> FitResult:
     """Load what ``cfg`` names (data, selection, weights) and :func:`fit`."""
     prepare_out_dir(out_dir, resume, create=False)
-    backbone = initialise.load_backbone(cfg.weights)
+    backbone = initialise.load_backbone(
+        cfg.weights, with_head=objectives.get(cfg.objective).pretrained_head
+    )
     inputs = input_pipeline.load_inputs(cfg)
     if jax.process_index() == 0:
         for note in inputs.notes:

@@ -14,7 +14,10 @@ Settings (per setting: lr, weight decay, lambda; common: Nesterov SGD 0.9, 256 +
 Arms: ``uot`` (the paper's), ``greedy_ot``, ``random`` and ``label`` train on a selection file
 that strategy made (checked: ``selection_strategy``; ``label``: Table 1's label-based selection,
 ``uotsel select --strategy label --matching concept:bird`` for CUB, ``concept:dog`` for Dogs);
-``finetune`` trains on the target data alone.
+``finetune`` trains on the target data alone; ``co_tuning`` (``resnet18`` only) is the Co-Tuning
+baseline of Table 1 (You et al. 2020): target data alone, plus a loss through the kept
+pre-trained 1000-way classifier against ``p(y_s | y_t)`` (:mod:`uotsel_train.cotuning`), at
+``lam`` = :data:`CO_TUNING_LAM`; it reads no pre-training data and no selection.
 """
 
 from __future__ import annotations
@@ -37,7 +40,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 # replicas whose separate BatchNorm statistics the released runs had (0: the whole batch)
 RELEASED_REPLICAS = {"resnet18": 0, "mocov2_labelled": 4, "mocov2_unlabelled": 4}
-ARMS = ("uot", "greedy_ot", "random", "label", "finetune")
+ARMS = ("uot", "greedy_ot", "random", "label", "finetune", "co_tuning")
+# Co-Tuning's trade-off: the default of the Co-Tuning example of thuml's Transfer-Learning-Library
+CO_TUNING_LAM = 2.3
+# settings whose weights carry a supervised ImageNet classifier for Co-Tuning to keep
+CO_TUNING_SETTINGS = ("resnet18",)
 
 
 def parse(arg: str | None, default_setting: str) -> tuple[str, str, str | None]:
@@ -72,10 +79,21 @@ def _is_number(token: str) -> bool:
 
 
 def config(setting: str, arm: str) -> dict[str, Any]:
-    """The settings of ``setting`` for ``arm``, as a mapping of config keys."""
+    """The settings of ``setting`` for ``arm``, as a mapping of config keys.
+
+    Raises:
+      ValueError: ``co_tuning`` for a setting without a supervised classifier (MoCo-v2).
+    """
     out = dict(SETTINGS[setting])
     if arm == "finetune":
         out |= {"objective": "vanilla", "lam": 0.0}
+    elif arm == "co_tuning":
+        if setting not in CO_TUNING_SETTINGS:
+            raise ValueError(
+                f"co_tuning: keeps a supervised ImageNet classifier, which the {setting} "
+                f"weights lack; use it with {', '.join(CO_TUNING_SETTINGS)}"
+            )
+        out |= {"objective": "co_tuning", "lam": CO_TUNING_LAM}
     else:
         out["selection_strategy"] = arm
     replicas = RELEASED_REPLICAS[setting]

@@ -8,9 +8,10 @@
 ARG: the arm, ``uot`` (default), ``greedy_ot``, ``random`` or ``label`` (a selection file made
 with ``uotsel select --strategy`` of that name; Greedy-OT with its default l2 cost, as in Table
 1; ``label``: ``--matching concept:bird`` for CUB, ``concept:dog`` for Dogs, the ImageNet
-classes of the target's concept), or ``finetune`` (target data only). Paper, 8-data-set average
-top-1: fine-tune 78.98, random 79.32, Greedy-OT 79.84, UOT 80.15 (best of 3 trials, lr / wd /
-lambda searched per data set).
+classes of the target's concept), ``finetune`` (target data only) or ``co_tuning`` (the Co-Tuning
+baseline: target data only, the weights' 1000-way ``fc`` kept; no ``pretrain``, no
+``selection``). Paper, 8-data-set average top-1: fine-tune 78.98, Co-Tuning 79.34, random 79.32,
+Greedy-OT 79.84, UOT 80.15 (best of 3 trials, lr / wd / lambda searched per data set).
 """
 
 from uotsel_train.configs import common
