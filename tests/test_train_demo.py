@@ -6,7 +6,7 @@ from PIL import Image
 
 pytest.importorskip("orbax.checkpoint")
 
-from uotsel_train import data, demo, synthetic
+from uotsel_train import data, demo, demo_report, paired, synthetic
 from uotsel_train.cli import main
 
 
@@ -31,6 +31,84 @@ def test_synthetic_sets_are_seeded_and_labelled():
         synthetic.draw("blob", "plain", 1, np.random.default_rng(0))
     with pytest.raises(ValueError, match="domain: unknown 'waves'"):
         synthetic.target_set(1, seed=0, domain="waves")
+
+
+def test_the_target_domain_cycles_with_the_data_seed_unless_named():
+    seeds = range(len(demo.TARGET_DOMAINS) + 1)
+    drawn = [demo.target_domain(s) for s in seeds]
+    assert drawn == [*demo.TARGET_DOMAINS, demo.TARGET_DOMAINS[0]]
+    assert set(demo.TARGET_DOMAINS) < set(synthetic.DOMAINS)
+    assert demo.target_domain(1, "plain") == "plain"
+    # the default experiment runs every world it ships, with at least 5 fine-tuning seeds
+    settings = demo.DemoSettings()
+    assert sorted(demo.target_domain(s) for s in settings.data_seeds) == sorted(demo.TARGET_DOMAINS)
+    assert len(settings.seeds) >= 5
+
+
+def test_paired_differences_by_hand():
+    # 2 worlds x 3 seeds
+    d = paired.compare("b", [[0.10, -0.05, 0.20], [0.30, 0.00, 0.05]])
+    assert d.mean == pytest.approx(0.60 / 6)
+    assert (d.low, d.high) == (-0.05, 0.30)
+    assert (d.positive, d.negative, d.n) == (4, 1, 6)
+    # the tie drops out: 4 of 5 signs alike, p = 2 * (C(5,4) + C(5,5)) / 2^5 = 12 / 32
+    assert d.sign_p == pytest.approx(0.375)
+    assert d.world_means == pytest.approx([0.25 / 3, 0.35 / 3])
+    assert d.low <= d.interval[0] <= d.mean <= d.interval[1] <= d.high
+    assert d.verdict == "not shown"
+    assert paired.sign_test(6, 0) == pytest.approx(2 / 64)
+    assert paired.sign_test(0, 0) == 1.0
+    with pytest.raises(ValueError, match="differences: expected"):
+        paired.compare("b", [0.1, 0.2])
+
+
+def test_the_claims_are_computed_from_the_runs():
+    ahead = {  # arm -> [worlds][seeds]
+        "target only": [[0.50, 0.52, 0.49, 0.50], [0.60, 0.58, 0.61, 0.60]],
+        "+ UOT classes": [[0.70, 0.71, 0.69, 0.70], [0.75, 0.74, 0.76, 0.70]],
+        "+ random classes": [[0.60, 0.62, 0.61, 0.69], [0.66, 0.65, 0.70, 0.61]],
+    }
+    claims = demo_report.compare(ahead)
+    assert set(claims) == {
+        "UOT classes - target only",
+        "random classes - target only",
+        "UOT classes - random classes",
+    }
+    uot_random = claims["UOT classes - random classes"]
+    # 0.10 + 0.09 + 0.08 + 0.01 + 0.09 + 0.09 + 0.06 + 0.09 = 0.61 over 8 pairs, all positive:
+    # p = 2 / 2^8, below 0.05 / 3 comparisons
+    assert uot_random["mean"] == pytest.approx(0.61 / 8)
+    assert uot_random["sign_p"] == pytest.approx(2 / 256)
+    assert uot_random["level"] == pytest.approx(0.05 / 3)
+    assert uot_random["verdict"] == "holds"
+    assert uot_random["claim"].startswith("UOT classes beat random classes (mean +0.076,")
+    assert "8 of 8 pairs positive" in uot_random["claim"]
+    assert "ahead in 2 of 2 worlds" in uot_random["claim"]
+    # the same runs with the two arms swapped: the claim turns round
+    swapped = dict(ahead, **{"+ UOT classes": ahead["+ random classes"]})
+    swapped["+ random classes"] = ahead["+ UOT classes"]
+    turned = demo_report.compare(swapped)["UOT classes - random classes"]
+    assert turned["verdict"] == "reversed" and "did worse than random classes" in turned["claim"]
+    # half the pairs ahead, half behind: not shown
+    mixed = dict(ahead, **{"+ random classes": [[0.60, 0.62, 0.61, 0.69], [0.80] * 4]})
+    split = demo_report.compare(mixed)["UOT classes - random classes"]
+    assert split["verdict"] == "not shown" and "not shown at this size" in split["claim"]
+    # 7 of 8 ahead gives p = 0.07: not shown either, though the mean is well above 0
+    almost = dict(
+        ahead, **{"+ random classes": [[0.60, 0.62, 0.61, 0.75], [0.66, 0.65, 0.70, 0.61]]}
+    )
+    assert demo_report.compare(almost)["UOT classes - random classes"]["verdict"] == "not shown"
+
+
+def test_the_progress_total_counts_every_training_image():
+    s = demo.DemoSettings.quick()
+    # pre-training: 40 classes x 12 images = 480, 5 batches of 96, 2 epochs; fine-tuning:
+    # 3 epochs of 4 steps, 10 target images per step (+ 30 pre-training images in the three
+    # labelled arms)
+    assert demo.progress_total(s) == 2 * 480 + 3 * 4 * (10 + 3 * 40)
+    bigger = demo.DemoSettings(data_seeds=(0, 1), seeds=(0, 1, 2), unlabelled=True)
+    pre = 2000 // 96 * 96
+    assert demo.progress_total(bigger) == 2 * (20 * pre + 3 * 15 * 4 * (10 + 4 * 40))
 
 
 def test_target_classes_are_not_pretraining_classes():
@@ -106,56 +184,69 @@ def test_cluster_images_are_taken_down_the_ranking():
     assert set(unit_ids[picked]) == {1, 2} and np.sum(unit_ids[picked] == 2) == 3
 
 
+@pytest.mark.slow
 def test_quick_demo_reports_what_the_runs_measured(tmp_path, capsys):
     import uotsel
+    from uotsel_train import metrics
 
     assert main(["demo", "--quick", "--out-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert f"curves of the seed 0 runs: {tmp_path / 'curves.png'}" in out
+    captured = capsys.readouterr()
+    out = captured.out
+    settings = demo.DemoSettings.quick()
+    total = demo.progress_total(settings)
+    assert f"demo {total}/{total} (100%)" in captured.err  # the bar reached its total
+    assert f"curves of every run, by arm: {tmp_path / 'curves.png'}" in out
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     record = json.loads((tmp_path / "demo.json").read_text())
-    settings = demo.DemoSettings.quick()
-    domain = record["world"]["target_domain"]
-    assert domain == demo.target_domain(settings)
-    assert not set(record["world"]["target_shapes"]) & set(record["world"]["pretrain_shapes"])
+    (world,) = record["worlds"]
+    domain = world["target_domain"]
+    assert domain == demo.target_domain(0)
+    assert not set(world["target_shapes"]) & set(world["pretrain_shapes"])
 
     # The selections, from the class names: UOT finds the target's domain, the bottom of its
     # ranking avoids it.
-    uot, least = record["selected"]["uot"], record["selected"]["least_similar"]
+    uot, least = world["selected"]["uot"], world["selected"]["least_similar"]
     assert len(uot) == len(least) == 8 and not set(uot) & set(least)
     assert all(synthetic.class_domain(c) == domain for c in uot)
     assert not any(synthetic.class_domain(c) == domain for c in least)
     # ... and they are what UOT makes of the class means the run computed.
-    means = np.load(tmp_path / "means.npz")
+    means = np.load(tmp_path / "world0" / "means.npz")
     classes = means["pretrain_classes"].tolist()
     again = uotsel.select(means["pretrain"], means["target"], top_k=8)
     assert [classes[u] for u in again.selected] == uot
     assert [classes[u] for u in again.ranking[::-1][:8]] == least
 
     # Every arm that uses pre-training data had the same number of images.
-    pre = synthetic.pretraining_set(settings.pretrain_per_class, settings.data_seed)
-    for names in (uot, least, record["selected"]["random"]["0"]):
+    pre = synthetic.pretraining_set(settings.pretrain_per_class, 0)
+    for names in (uot, least, world["selected"]["random"]["0"]):
         count = np.isin(pre.labels, [pre.classes.index(c) for c in names]).sum()
-        assert count == record["pretrain_images_per_arm"] == 8 * settings.pretrain_per_class
+        assert count == world["pretrain_images_per_arm"] == 8 * settings.pretrain_per_class
+    assert world["distinct_shapes"]["random"]["0"] == 8  # one class per shape
 
-    # The figures are the ones the runs wrote, and the runs had the same schedule.
-    from uotsel_train import metrics
-
-    assert (
-        metrics.read(str(tmp_path / "pretrain"), "eval")[-1]["test_top1"] == record["pretrain_top1"]
-    )
+    # The figures are the ones the runs wrote, evaluated several times, on one schedule.
+    pretrain_evals = metrics.read(str(tmp_path / "world0" / "pretrain"), "eval")
+    assert pretrain_evals[-1]["test_top1"] == world["pretrain_top1"]
+    assert record["arms"] == demo.arm_names(settings) and len(record["arms"]) == 4
     schedules = set()
-    assert set(record["top1"]) == set(demo.ARMS) - {"+ UOT clusters, no labels"}
-    for arm, folder in demo.ARMS.items():
-        if arm not in record["top1"]:
-            continue
-        run = tmp_path / "seed0" / folder
-        last = metrics.read(str(run), "eval")[-1]
-        assert last["test_top1"] == record["top1"][arm][0]
-        assert last["test_mean_class_acc"] == record["mean_class_acc"][arm][0]
+    for arm in record["arms"]:
+        run = tmp_path / "world0" / "seed0" / demo.ARMS[arm]
+        evals = metrics.read(str(run), "eval")
+        assert [e["epoch"] for e in evals] == [1, 2, 3]
+        assert evals[-1]["test_top1"] == record["top1"][arm][0][0]
+        assert evals[-1]["test_mean_class_acc"] == record["mean_class_acc"][arm][0][0]
         config = json.loads((run / "config.json").read_text())["config"]
         schedules.add(tuple(str(config[k]) for k in ("epochs", "lr", "lam", "batch_size", "seed")))
-        assert f"{arm}" in out and f"{record['mean_top1'][arm]:6.3f}" in out
     assert len(schedules) == 1
+
+    # The paired differences and claims are those of the recorded accuracies.
+    top1 = record["top1"]
+    uot_random = record["paired"]["UOT classes - random classes"]
+    diff = top1["+ UOT classes"][0][0] - top1["+ random classes"][0][0]
+    assert uot_random["differences"] == [[pytest.approx(diff)]]
+    assert uot_random["verdict"] == "not shown"  # one pair shows nothing
+    assert record["paired"] == json.loads(json.dumps(demo_report.compare(top1)))
+    for d in record["paired"].values():
+        assert f"- {d['claim']}" in out
     assert "seeds: data 0" in out
     assert main(["demo", "--quick", "--seeds", "x", "--out-dir", str(tmp_path)]) == 2
+    assert main(["demo", "--quick", "--data-seeds", "1,1", "--out-dir", str(tmp_path)]) == 2

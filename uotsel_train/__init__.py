@@ -22,7 +22,8 @@ Training, in the order a run goes through it:
 - :mod:`uotsel_train.augment`: the weak and strong (RandAugment + cutout) views of eq. 7.
 - :mod:`uotsel_train.initialise`: a checkpoint's backbone with fresh heads.
 - :mod:`uotsel_train.objectives`, :mod:`uotsel_train.losses`: the vanilla / labelled (eq. 6) /
-  unlabelled (eq. 7) objectives as a registry, and their losses.
+  unlabelled (eq. 7) / Co-Tuning objectives as a registry, and their losses;
+  :mod:`uotsel_train.cotuning`: Co-Tuning's category relationship.
 - :mod:`uotsel_train.optim`, :mod:`uotsel_train.step`: the paper's optimiser (Nesterov SGD,
   coupled weight decay, 10x heads, x0.1 at epochs 60 and 80) and a pure train step.
 - :mod:`uotsel_train.train`: ``fit`` (one config) and ``run`` (load, then fit).
@@ -42,7 +43,9 @@ Models, weights and features:
   train / eval crops as uint8.
 - :mod:`uotsel_train.extract`: per-class mean features for ``uotsel select``.
 - :mod:`uotsel_train.synthetic`, :mod:`uotsel_train.demo`: generated images and the CPU
-  demonstration (``uotsel-train demo``).
+  demonstration (``uotsel-train demo``), with :mod:`uotsel_train.demo_runs` (its pre-training
+  and fine-tuning runs), :mod:`uotsel_train.demo_report` (its tables, claims and curves) and
+  :mod:`uotsel_train.paired` (paired differences, sign test and bootstrap interval).
 """
 
 __version__ = "0.1.0"

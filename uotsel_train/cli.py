@@ -214,13 +214,21 @@ def _build_parser() -> argparse.ArgumentParser:
         help="the whole method on generated images, on CPU in a few minutes",
         description="Draw a pre-training set and a small target set of synthetic images, "
         "pre-train a tiny ResNet, select pre-training classes with uotsel and as baselines, "
-        "fine-tune with each and without, and print the test accuracies.",
+        "fine-tune with each and without, in every world and with every seed, and print the "
+        "test accuracies, the paired differences with their spread and the claims that hold.",
     )
     demo.add_argument("--out-dir", help="folder for the runs and demo.json (default: a new one)")
-    demo.add_argument("--seeds", help="fine-tuning seeds (default: 0,1,2; --quick: 0)")
+    demo.add_argument("--seeds", help="fine-tuning seeds (default: 0,1,2,3,4; --quick: 0)")
     demo.add_argument(
-        "--data-seed", type=integer(0, MAX_SEED), default=0, help="image seed (default: 0)"
+        "--data-seeds", help="worlds, one per data seed (default: 0,1,2,3; --quick: 0)"
     )
+    demo.add_argument(
+        "--data-seed", type=integer(0, MAX_SEED), help="one world only: --data-seeds N"
+    )
+    demo.add_argument(
+        "--unlabelled", action="store_true", help="add the eq. 7 arm (UOT clusters, no labels)"
+    )
+    demo.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     demo.add_argument("--quick", action="store_true", help="a few seconds' smoke run")
     return parser
 

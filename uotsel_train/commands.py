@@ -158,12 +158,21 @@ def plot_command(args: argparse.Namespace, pairs: list[str]) -> int:
 def demo_command(args: argparse.Namespace, pairs: list[str]) -> int:
 
     settings = demo.DemoSettings.quick() if args.quick else demo.DemoSettings()
-    if args.seeds is not None:
-        seeds = tuple(numbers(args.seeds, "--seeds", int, maximum=MAX_SEED))
-        if not seeds:
-            raise ValueError("--seeds: give at least one seed")
-        settings = dataclasses.replace(settings, seeds=seeds)
-    settings = dataclasses.replace(settings, data_seed=args.data_seed)
+    changes: dict[str, Any] = {"unlabelled": args.unlabelled}
+    for flag, key, given in (
+        ("--seeds", "seeds", args.seeds),
+        ("--data-seeds", "data_seeds", args.data_seeds),
+    ):
+        if given is not None:
+            seeds = tuple(numbers(given, flag, int, maximum=MAX_SEED))
+            if not seeds or len(set(seeds)) < len(seeds):
+                raise ValueError(f"{flag}: give distinct seeds, at least one")
+            changes[key] = seeds
+    if args.data_seed is not None:
+        if args.data_seeds is not None:
+            raise ValueError("--data-seed: give --data-seed or --data-seeds, not both")
+        changes["data_seeds"] = (args.data_seed,)
+    settings = dataclasses.replace(settings, **changes)
     if args.out_dir:
         if os.path.isfile(args.out_dir):
             raise ValueError(f"--out-dir: is a file, expected a folder: {args.out_dir}")
@@ -171,7 +180,7 @@ def demo_command(args: argparse.Namespace, pairs: list[str]) -> int:
         out_dir = args.out_dir
     else:
         out_dir = tempfile.mkdtemp(prefix="uotsel-train-demo-")
-    demo.run(out_dir, settings, log=lambda line: print(line, flush=True))
+    demo.run(out_dir, settings, log=lambda line: print(line, flush=True), progress=not args.quiet)
     return 0
 
 

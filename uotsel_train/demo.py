@@ -1,27 +1,32 @@
-"""``uotsel-train demo``: the whole method on CPU in a few minutes, on generated images.
+"""``uotsel-train demo``: the whole method on CPU in a few minutes, on generated images, as an
+experiment whose claims are stated with their spread.
 
 The world (:mod:`uotsel_train.synthetic`): a pre-training set that labels every pair of 8
 shapes and 5 *domains* (a background texture and a colour range), and a small target task of 5
 *other* shapes, never drawn in pre-training, on one of those domains. No target class is a
 pre-training class; what the target shares with 8 of the 40 pre-training classes is its domain
 only. Every shape and texture is mirror-symmetric, so the training transform's flip and crop
-keep every image in its own class and domain.
+keep every image in its own class and domain. Each data seed draws one world (its images,
+and the target's domain, cycled through :data:`TARGET_DOMAINS`).
+
+In every world:
 
 1. Pre-trains the tiny ResNet on the pre-training set.
 2. Computes the class means of both sets under that backbone and ranks the pre-training
    classes with ``uotsel.select`` (UOT, the paper's settings).
 3. Selects, with the same number of classes (``top_k``) and so the same number of images:
    the top of the UOT ranking; the bottom of it (the least similar classes); a random draw
-   (a new one for every seed). Without labels: spherical k-means clusters of the pre-training
-   features, ranked with UOT, taken from the top until they hold as many images.
+   of one class per shape on random domains (a new one for every seed). With ``unlabelled``:
+   spherical k-means clusters of the pre-training features, ranked with UOT, taken from the
+   top until they hold as many images.
 4. Fine-tunes from the pre-trained backbone with the same schedule for every arm, once per
-   seed: on the target set alone; with each class selection (eq. 6, labelled); with the
-   cluster images, labels unused (eq. 7).
-5. Prints the test accuracies per seed and on average, and how often UOT's classes did better
-   than the random and the least similar ones; writes ``demo.json``.
+   fine-tuning seed: on the target set alone; with each class selection (eq. 6, labelled);
+   with the cluster images, labels unused (eq. 7).
 
-:func:`domain_gap` measures how different the domains are for the skill the target needs: a
-classifier of the pre-training shapes trained on one domain, tested on every domain.
+Then it compares UOT's classes with every other arm pair by pair (same world, same seed;
+:mod:`uotsel_train.paired`), prints the paired differences with their spread and the claims
+that hold beyond it, and writes ``demo.json`` and ``curves.png``
+(:mod:`uotsel_train.demo_report`).
 
 Nothing is tuned to flatter a method: every arm has the same schedule and the same number of
 pre-training images, the seeds are stated, and what is printed is what was measured.
@@ -29,17 +34,25 @@ pre-training images, the seeds are stated, and what is printed is what was measu
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["ARMS", "TARGET_DOMAINS", "DemoSettings", "domain_gap", "run", "target_domain"]
+from uotsel_train.demo_runs import Schedule, compilation_cache, domain_gap, finetune, pretrain
+
+__all__ = [
+    "ARMS",
+    "TARGET_DOMAINS",
+    "DemoSettings",
+    "domain_gap",
+    "progress_total",
+    "run",
+    "target_domain",
+]
 
 # The domains a target task is drawn on, cycled by the data seed: the textured ones ("plain"
 # is a pre-training domain only).
@@ -53,179 +66,81 @@ ARMS = {
     "+ least similar classes": "least-similar-classes",
     "+ UOT clusters, no labels": "uot-clusters-unlabelled",
 }
+UOT_ARM = "+ UOT classes"
+PRETRAIN_BATCH = 96
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoSettings:
-    """The demonstration's sizes and schedules (``quick`` shrinks them for tests)."""
+    """The demonstration's worlds, seeds, sizes and schedules (``quick`` shrinks them for
+    tests)."""
 
-    data_seed: int = 0
-    seeds: tuple[int, ...] = (0, 1, 2)
+    data_seeds: tuple[int, ...] = (0, 1, 2, 3)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     top_k: int = 8
     image_size: int = 32
-    pretrain_per_class: int = 100
+    pretrain_per_class: int = 50
     target_per_class: int = 8
     test_per_class: int = 200
     pretrain_test_per_class: int = 10
-    pretrain_epochs: int = 30
-    finetune_epochs: int = 30
+    pretrain_epochs: int = 20
+    finetune_epochs: int = 15
+    evaluations: int = 3  # test evaluations per fine-tuning run, evenly spaced
     lam: float = 1.0
     pretrain_lr: float = 0.05
     finetune_lr: float = 0.03
-    unlabelled: bool = True  # the eq. 7 arm
-    domain: str = ""  # the target's domain; "" : TARGET_DOMAINS[data_seed % 4]
+    unlabelled: bool = False  # the eq. 7 arm
+    domain: str = ""  # the target's domain in every world; "" : cycled by the data seed
 
     @classmethod
     def quick(cls) -> DemoSettings:
         return cls(
+            data_seeds=(0,),
             seeds=(0,),
             pretrain_per_class=12,
             test_per_class=10,
             pretrain_test_per_class=2,
             pretrain_epochs=2,
             finetune_epochs=3,
-            unlabelled=False,
+        )
+
+    def schedule(self) -> Schedule:
+        return Schedule(
+            self.finetune_epochs, self.evaluations, self.finetune_lr, self.lam, self.image_size
         )
 
 
-def target_domain(settings: DemoSettings) -> str:
-    """The domain of the target task of ``settings``."""
-    return settings.domain or TARGET_DOMAINS[settings.data_seed % len(TARGET_DOMAINS)]
+def target_domain(data_seed: int, domain: str = "") -> str:
+    """The domain of the target task of world ``data_seed`` (``domain`` when given)."""
+    return domain or TARGET_DOMAINS[data_seed % len(TARGET_DOMAINS)]
 
 
-_COMMON = {"arch": "tiny", "crop_scale": "0.35,1", "workers": 0, "progress": False}
+def arm_names(s: DemoSettings) -> list[str]:
+    """The arms ``s`` runs, in order."""
+    return [a for a in ARMS if s.unlabelled or a != "+ UOT clusters, no labels"]
 
 
-def _config(**settings: Any) -> Any:
-    from uotsel_train import config
+def _images_per_epoch(s: DemoSettings) -> tuple[int, dict[str, int]]:
+    """Training images per epoch: of pre-training, and of fine-tuning in each arm."""
+    sched = s.schedule()
+    from uotsel_train import synthetic
 
-    cfg = config.override(
-        config.default(), [f"{k}={v}" for k, v in {**_COMMON, **settings}.items()]
-    )
-    config.validate(cfg, check_files=False)
-    return cfg
-
-
-def _inputs(target: Any, test: Any, pretrain: Any = None, indices: Any = None, heads: int = 0):
-    from uotsel_train import input_pipeline
-
-    return input_pipeline.Inputs(
-        target=target,
-        train_indices=np.arange(len(target)),
-        val_indices=np.zeros(0, np.int64),
-        test=test,
-        pretrain=pretrain,
-        pretrain_indices=indices,
-        num_source_classes=heads,
-    )
-
-
-def _train(
-    source: Any,
-    tests: dict[str, Any],
-    num_classes: int,
-    folder: str,
-    *,
-    epochs: int,
-    lr: float,
-    seed: int,
-    size: int,
-) -> tuple[dict[str, Any], dict[str, float]]:
-    """Train the tiny ResNet from scratch on the classes of ``source``; return its backbone
-    variables and its top-1 on each of ``tests`` (the first one is also in the run's
-    ``metrics.jsonl``)."""
-    from uotsel_train import evaluate, initialise, models, train
-
-    cfg = _config(
-        objective="vanilla",
-        lr=lr,
-        epochs=epochs,
-        milestones=max(1, epochs * 2 // 3),
-        batch_size=96,
-        eval_every=epochs,
-        checkpoint_every=epochs,
-        seed=seed,
-        image_size=size,
-    )
-    first, *others = tests
-    fresh = initialise.fresh(models.backbone("tiny"), seed, size)
-    out = train.fit(cfg, _inputs(source, tests[first]), fresh, folder, log=lambda line: None)
-    variables = {"params": out.state.params, "batch_stats": out.state.batch_stats}
-    top1 = {first: out.last["test_top1"]}
-    predict = evaluate.predictor(train.build_model(cfg, num_classes, 0))
-    for name in others:
-        top1[name] = evaluate.accuracy(predict, variables, tests[name], image_size=size)["top1"]
-    params, stats = out.state.params, out.state.batch_stats
-    return {"params": params["backbone"], "batch_stats": stats["backbone"]}, top1
-
-
-def _finetune(
-    s: DemoSettings,
-    objective: str,
-    seed: int,
-    backbone: dict[str, Any],
-    target: Any,
-    test: Any,
-    pretrain: Any,
-    indices: np.ndarray | None,
-    folder: str,
-) -> dict[str, float]:
-    """Fine-tune from ``backbone`` (fresh heads) with ``objective`` on ``target`` (+ the
-    pre-training images at ``indices``); return the test top-1 and mean per-class accuracy."""
-    from uotsel_train import train
-
-    e = s.finetune_epochs
-    cfg = _config(
-        objective=objective,
-        lr=s.finetune_lr,
-        lam=s.lam,
-        epochs=e,
-        milestones=f"{max(1, e * 3 // 5)},{max(1, e * 4 // 5)}",
-        batch_size=10,
-        source_batch_size=30,
-        eval_every=e,
-        checkpoint_every=e,
-        seed=seed,
-        image_size=s.image_size,
-    )
-    inputs = _inputs(
-        target,
-        test,
-        pretrain if indices is not None else None,
-        indices,
-        len(pretrain.classes) if indices is not None else 0,
-    )
-    out = train.fit(cfg, inputs, backbone, folder, log=lambda line: None)
-    return {"top1": out.last["test_top1"], "mean_class_acc": out.last["test_mean_class_acc"]}
-
-
-@contextlib.contextmanager
-def _compilation_cache() -> Iterator[None]:
-    """Every run of the demo compiles the same few steps; a persistent compilation cache in a
-    temporary folder compiles each once (unless the caller set up a cache of their own). The
-    previous settings are restored afterwards."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache
-
-    if jax.config.jax_compilation_cache_dir:
-        yield
-        return
-    names = {
-        "jax_compilation_cache_dir": None,
-        "jax_persistent_cache_min_compile_time_secs": 0.0,
-        "jax_persistent_cache_min_entry_size_bytes": 0,
+    classes = len(synthetic.SHAPES) * len(synthetic.DOMAINS)
+    pre = s.pretrain_per_class * classes // PRETRAIN_BATCH * PRETRAIN_BATCH
+    steps = s.target_per_class * len(synthetic.TARGET_SHAPES) // sched.batch_size
+    arms = {
+        arm: steps * (sched.batch_size + (sched.source_batch_size if arm != "target only" else 0))
+        for arm in arm_names(s)
     }
-    before = {name: getattr(jax.config, name) for name in names}
-    with tempfile.TemporaryDirectory(prefix="uotsel-demo-xla-") as folder:
-        try:
-            for name, value in names.items():
-                jax.config.update(name, folder if value is None else value)
-            compilation_cache.reset_cache()
-            yield
-        finally:
-            for name, value in before.items():
-                jax.config.update(name, value)
-            compilation_cache.reset_cache()
+    return pre, arms
+
+
+def progress_total(s: DemoSettings) -> int:
+    """The training images of the whole demo (every world, seed, arm and epoch): the progress
+    bar's total."""
+    pre, arms = _images_per_epoch(s)
+    per_world = s.pretrain_epochs * pre + len(s.seeds) * s.finetune_epochs * sum(arms.values())
+    return len(s.data_seeds) * per_world
 
 
 def _first_images(ranking: np.ndarray, unit_ids: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -238,17 +153,6 @@ def _first_images(ranking: np.ndarray, unit_ids: np.ndarray, count: int, seed: i
     return np.sort(order[:count])
 
 
-def run(
-    out_dir: str,
-    settings: DemoSettings = DemoSettings(),
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Run the demonstration, writing every run under ``out_dir``, the class means to
-    ``out_dir/means.npz`` and the figures to ``out_dir/demo.json``; returns that record."""
-    with _compilation_cache():
-        return _run(out_dir, settings, log)
-
-
 class _World(NamedTuple):
     """The drawn data sets (as sources) and the target's domain."""
 
@@ -258,16 +162,17 @@ class _World(NamedTuple):
     test: Any
     held_out: Any
     domain: str
+    data_seed: int
 
 
-def _world(s: DemoSettings, log: Callable[[str], None]) -> _World:
+def _world(s: DemoSettings, data_seed: int, log: Callable[[str], None]) -> _World:
     from uotsel_train import data, synthetic
 
-    size, domain = s.image_size, target_domain(s)
-    pre = synthetic.pretraining_set(s.pretrain_per_class, s.data_seed, size)
-    target = synthetic.target_set(s.target_per_class, s.data_seed, size, domain=domain)
-    test = synthetic.target_set(s.test_per_class, s.data_seed + 1000, size, domain=domain)
-    held = synthetic.pretraining_set(s.pretrain_test_per_class, s.data_seed + 1000, size)
+    size, domain = s.image_size, target_domain(data_seed, s.domain)
+    pre = synthetic.pretraining_set(s.pretrain_per_class, data_seed, size)
+    target = synthetic.target_set(s.target_per_class, data_seed, size, domain=domain)
+    test = synthetic.target_set(s.test_per_class, data_seed + 1000, size, domain=domain)
+    held = synthetic.pretraining_set(s.pretrain_test_per_class, data_seed + 1000, size)
     world = _World(
         pre,
         data.ArraySource(pre.images, pre.labels, pre.classes),
@@ -275,9 +180,10 @@ def _world(s: DemoSettings, log: Callable[[str], None]) -> _World:
         data.ArraySource(test.images, test.labels, test.classes),
         data.ArraySource(held.images, held.labels, held.classes),
         domain,
+        data_seed,
     )
     log(
-        f"world (data seed {s.data_seed}): pre-training {len(world.pretrain)} images in "
+        f"world (data seed {data_seed}): pre-training {len(world.pretrain)} images in "
         f"{len(pre.classes)} classes ({len(synthetic.SHAPES)} shapes x "
         f"{len(synthetic.DOMAINS)} domains: {', '.join(synthetic.DOMAINS)})"
     )
@@ -319,6 +225,20 @@ def _describe(w: _World, k: int):
     return names, on_domain, shapes, line
 
 
+def _random_classes(w: _World, k: int, seed: int) -> np.ndarray:
+    """``k`` pre-training classes drawn at random, of ``k`` different shapes (each shape on a
+    random domain), so that the random arm teaches as many shapes as UOT's selection usually
+    does and differs from it by the domain; a new draw per fine-tuning ``seed``."""
+    rng = np.random.default_rng([w.data_seed, seed, 7])
+    by_shape: dict[str, list[int]] = {}
+    for unit, name in enumerate(w.pre.classes):
+        by_shape.setdefault(name.partition("/")[0], []).append(unit)
+    shapes = list(by_shape.values())
+    if k > len(shapes):
+        raise ValueError(f"top_k: at most {len(shapes)} (one class per shape), got {k}")
+    return np.asarray([rng.choice(shapes[i]) for i in rng.permutation(len(shapes))[:k]])
+
+
 def _select(s: DemoSettings, w: _World, backbone: Any, out_dir: str, log) -> _Selections:
     """Class means under ``backbone``; UOT, least similar, random class selections and, with
     ``s.unlabelled``, the images of the UOT-ranked k-means clusters."""
@@ -340,17 +260,12 @@ def _select(s: DemoSettings, w: _World, backbone: Any, out_dir: str, log) -> _Se
     )
     k = s.top_k
     uot = uotsel.select(pre_out.means, target_means, top_k=k)
-    randoms = {
-        seed: uotsel.select(
-            pre_out.means, target_means, strategy="random", top_k=k, seed=1000 * s.data_seed + seed
-        ).selected
-        for seed in s.seeds
-    }
+    randoms = {seed: _random_classes(w, k, seed) for seed in s.seeds}
     line = _describe(w, k)[3]
     log(f"UOT selects {line(uot.selected)}")
     log(f"least similar (bottom of the UOT ranking): {line(uot.ranking[::-1][:k])}")
     for seed, units in randoms.items():
-        log(f"random (seed {seed}) selects {line(units)}")
+        log(f"random (seed {seed}; one class per shape) selects {line(units)}")
     clusters = None
     if s.unlabelled:
         # Without labels: spherical k-means clusters of the per-image features (twice as many
@@ -358,9 +273,9 @@ def _select(s: DemoSettings, w: _World, backbone: Any, out_dir: str, log) -> _Se
         # represented by its members' mean feature (section 3.2), ranked with UOT and taken
         # from the top until they hold as many images as a class arm.
         count = int(np.isin(w.pre.labels, uot.selected).sum())
-        km = uotsel.kmeans(pre_out.features, 2 * len(w.pre.classes), seed=s.data_seed)
+        km = uotsel.kmeans(pre_out.features, 2 * len(w.pre.classes), seed=w.data_seed)
         ranked = uotsel.select(km.means, target_means, top_k=None)
-        picked = _first_images(ranked.ranking, km.assignment, count, s.data_seed)
+        picked = _first_images(ranked.ranking, km.assignment, count, w.data_seed)
         used = [int(c) for c in ranked.ranking if np.any(km.assignment[picked] == c)]
         share = float(np.mean(w.pre.domain[picked] == synthetic.DOMAINS.index(w.domain)))
         clusters = {"indices": picked, "clusters": used, "share_on_domain": share}
@@ -390,174 +305,92 @@ def _arms(w: _World, sel: _Selections) -> dict[str, tuple[str, Callable]]:
     return arms
 
 
-def _versus(top1: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
-    """UOT classes minus each other class arm, per seed, on average, and seeds better/worse."""
-    uot_top1 = np.asarray(top1["+ UOT classes"])
-    versus = {}
-    for other in ("target only", "+ random classes", "+ least similar classes"):
-        diff = uot_top1 - np.asarray(top1[other])
-        versus[other] = {
-            "differences": diff.tolist(),
-            "mean_difference": float(diff.mean()),
-            "seeds_better": int(np.sum(diff > 0)),
-            "seeds_worse": int(np.sum(diff < 0)),
-        }
-    return versus
+class _Outcome(NamedTuple):
+    """One world's runs: its data, selections, pre-trained top-1 and each arm's results (one
+    per fine-tuning seed)."""
+
+    world: _World
+    selections: _Selections
+    pretrain_top1: float
+    results: dict[str, list[dict[str, float]]]
 
 
-def _record(s, w: _World, sel: _Selections, pretrain_top1, results, seconds) -> dict[str, Any]:
-    """Everything demo.json holds."""
-    from uotsel_train import synthetic
-
-    names, on_domain, shapes, _ = _describe(w, s.top_k)
-    top1 = {arm: [r["top1"] for r in rs] for arm, rs in results.items()}
-    kinds = {"uot": sel.uot, "least_similar": sel.least}
-
-    def per_kind(fn):
-        return {
-            **{k: fn(v) for k, v in kinds.items()},
-            "random": {seed: fn(u) for seed, u in sel.randoms.items()},
-        }
-
-    clusters = sel.clusters
-    return {
-        "settings": dataclasses.asdict(s),
-        "world": {
-            "pretrain_shapes": list(synthetic.SHAPES),
-            "domains": list(synthetic.DOMAINS),
-            "target_shapes": list(w.target.classes),
-            "target_domain": w.domain,
-            "pretrain_images": len(w.pretrain),
-            "target_train_images": len(w.target),
-            "target_test_images": len(w.test),
-        },
-        "pretrain_top1": pretrain_top1,
-        "selected": per_kind(names) | {"uot_clusters": clusters and clusters["clusters"]},
-        "on_target_domain": per_kind(on_domain)
-        | {"uot_cluster_images": clusters and clusters["share_on_domain"]},
-        "distinct_shapes": per_kind(shapes),
-        "pretrain_images_per_arm": int(np.isin(w.pre.labels, sel.uot).sum()),
-        "top1": top1,
-        "mean_class_acc": {arm: [r["mean_class_acc"] for r in rs] for arm, rs in results.items()},
-        "mean_top1": {arm: float(np.mean(v)) for arm, v in top1.items()},
-        "uot_classes_versus": _versus(top1),
-        "runs": {arm: [f"seed{seed}/{ARMS[arm]}" for seed in s.seeds] for arm in results},
-        "seconds": seconds,
-    }
+def run(
+    out_dir: str,
+    settings: DemoSettings = DemoSettings(),
+    log: Callable[[str], None] = print,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the demonstration, writing every world's runs and class means (``means.npz``) under
+    ``out_dir/world<data seed>``, and the record to ``out_dir/demo.json``; returns that
+    record. ``progress`` shows a bar (on stderr) over the training images of every world,
+    seed, arm and epoch, with its ETA."""
+    with compilation_cache():
+        return _run(out_dir, settings, log, progress)
 
 
-def _table(s: DemoSettings, w: _World, record: dict, log: Callable[[str], None]) -> None:
-    top1 = record["top1"]
-    width = max(len(a) for a in top1)
-    log("")
-    log(
-        f"test top-1 on {len(w.test)} target images ({len(w.target)} training images, "
-        f"{s.finetune_epochs} epochs; {record['pretrain_images_per_arm']} pre-training images "
-        "in every arm that uses them):"
-    )
-    log(f"{'':{width}}  {'  '.join(f'seed {x}' for x in s.seeds)}    mean")
-    for arm, accs in top1.items():
-        cells = "  ".join(f"{a:6.3f}" for a in accs)
-        log(f"{arm:{width}}  {cells}  {np.mean(accs):6.3f}")
-    for other, v in record["uot_classes_versus"].items():
-        log(
-            f"UOT classes - {other.removeprefix('+ ')}: {v['mean_difference']:+.3f} on average; "
-            f"better on {v['seeds_better']}, worse on {v['seeds_worse']} of {len(s.seeds)} seeds"
-        )
-    log(
-        f"seeds: data {s.data_seed} (images, pre-training, k-means); fine-tuning "
-        f"{', '.join(map(str, s.seeds))} (heads, data order, augmentation, random draw)"
-    )
+def _ticker(bar: Any, images: int, **fields: Any) -> Callable[[str], None]:
+    """The per-epoch callback of a run: ``images`` more done on ``bar``."""
+    shown = {k: str(v) for k, v in fields.items()}
+    return lambda line: bar.update(images, **shown)
 
 
-def _run(out_dir: str, s: DemoSettings, log: Callable[[str], None]) -> dict[str, Any]:
-    from uotsel.io import write_json
-
-    start = time.perf_counter()
-    w = _world(s, log)
-    log(f"pre-training the tiny ResNet for {s.pretrain_epochs} epochs ...")
-    backbone, accuracy = _train(
+def _one_world(s: DemoSettings, data_seed: int, folder: str, say, bar) -> _Outcome:
+    w = _world(s, data_seed, say)
+    pre_images, arm_images = _images_per_epoch(s)
+    say(f"pre-training the tiny ResNet for {s.pretrain_epochs} epochs ...")
+    backbone, accuracy = pretrain(
         w.pretrain,
         {"held-out": w.held_out},
         len(w.pre.classes),
-        os.path.join(out_dir, "pretrain"),
+        os.path.join(folder, "pretrain"),
         epochs=s.pretrain_epochs,
         lr=s.pretrain_lr,
-        seed=s.data_seed,
+        seed=data_seed,
         size=s.image_size,
+        on_epoch=_ticker(bar, pre_images, world=data_seed, run="pre-training"),
     )
-    log(f"pre-trained: top-1 {accuracy['held-out']:.3f} on {len(w.held_out)} held-out images")
-    sel = _select(s, w, backbone, out_dir, log)
+    say(f"pre-trained: top-1 {accuracy['held-out']:.3f} on {len(w.held_out)} held-out images")
+    sel = _select(s, w, backbone, folder, say)
     arms = _arms(w, sel)
     results: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
     for seed in s.seeds:  # the same schedule for every arm
         for arm, (objective, chosen) in arms.items():
-            folder = os.path.join(out_dir, f"seed{seed}", ARMS[arm])
-            got = _finetune(
-                s, objective, seed, backbone, w.target, w.test, w.pretrain, chosen(seed), folder
+            tick = _ticker(bar, arm_images[arm], world=data_seed, run=f"seed {seed} {ARMS[arm]}")
+            run_dir = os.path.join(folder, f"seed{seed}", ARMS[arm])
+            sets = (w.target, w.test, w.pretrain)
+            got = finetune(
+                s.schedule(), objective, seed, backbone, sets, chosen(seed), run_dir, tick
             )
             results[arm].append(got)
-            log(f"seed {seed}: {arm}: test top-1 {got['top1']:.3f}")
-    record = _record(s, w, sel, accuracy["held-out"], results, time.perf_counter() - start)
-    write_json(os.path.join(out_dir, "demo.json"), record)
-    _table(s, w, record, log)
-    log(f"({record['seconds']:.0f} s; runs, means.npz and demo.json in {out_dir})")
-    picture = _draw(out_dir, s.seeds[0], list(arms))
-    if picture:
-        log(f"curves of the seed {s.seeds[0]} runs: {picture}")
-    return record
+    means = ", ".join(f"{a} {np.mean([r['top1'] for r in rs]):.3f}" for a, rs in results.items())
+    seeds = f"{len(s.seeds)} seed{'s' * (len(s.seeds) > 1)}"
+    say(f"world {data_seed} ({w.domain}), mean test top-1 over {seeds}: {means}")
+    return _Outcome(w, sel, accuracy["held-out"], results)
 
 
-def _draw(out_dir: str, seed: int, arms: list[str]) -> str:
-    """``curves.png`` of one seed's runs beside demo.json, when matplotlib is installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is None:
-        return ""
-    from uotsel_train import plot
-
-    path = os.path.join(out_dir, "curves.png")
-    runs = [os.path.join(out_dir, f"seed{seed}", ARMS[arm]) for arm in arms]
-    plot.curves(runs, path, names=[arm.removeprefix("+ ") for arm in arms])
-    return path
-
-
-def domain_gap(
-    out_dir: str,
-    *,
-    per_class: int = 100,
-    test_per_class: int = 50,
-    epochs: int = 20,
-    seed: int = 0,
-    log: Callable[[str], None] = print,
-) -> dict[str, dict[str, float]]:
-    """How far apart the domains are: for every domain, a tiny ResNet trained from scratch to
-    tell the pre-training shapes apart on that domain alone (``per_class`` images per shape),
-    tested on every domain (``test_per_class`` per shape). Returns (and writes to
-    ``out_dir/domain_gap.json``) ``{trained on: {tested on: top-1}}``."""
+def _run(out_dir: str, s: DemoSettings, log: Callable[[str], None], progress: bool):
     from uotsel.io import write_json
-    from uotsel_train import data, synthetic
+    from uotsel.progress import Progress
+    from uotsel_train import demo_report
 
-    def shapes_on(domain: str, count: int, offset: int) -> Any:
-        drawn = synthetic.pretraining_set(count, seed + offset, domains=(domain,))
-        return data.ArraySource(drawn.images, drawn.labels, list(synthetic.SHAPES))
+    start = time.perf_counter()
+    bar = Progress(progress_total(s), "demo", unit="img", enabled=progress)
 
-    gap: dict[str, dict[str, float]] = {}
-    with _compilation_cache():
-        tests = {d: shapes_on(d, test_per_class, 1000) for d in synthetic.DOMAINS}
-        for domain in synthetic.DOMAINS:
-            _, top1 = _train(
-                shapes_on(domain, per_class, 0),
-                {domain: tests[domain], **tests},
-                len(synthetic.SHAPES),
-                os.path.join(out_dir, f"trained-on-{domain}"),
-                epochs=epochs,
-                lr=0.05,
-                seed=seed,
-                size=32,
-            )
-            gap[domain] = {d: top1[d] for d in synthetic.DOMAINS}
-            cells = "  ".join(f"{d} {v:.3f}" for d, v in gap[domain].items())
-            log(f"trained on {domain}: {cells}")
-    write_json(os.path.join(out_dir, "domain_gap.json"), {"seed": seed, "top1": gap})
-    return gap
+    def say(line: str) -> None:
+        bar.clear()
+        log(line)
+
+    with bar:
+        outcomes = [
+            _one_world(s, ds, os.path.join(out_dir, f"world{ds}"), say, bar) for ds in s.data_seeds
+        ]
+    record = demo_report.record(s, outcomes, time.perf_counter() - start)
+    write_json(os.path.join(out_dir, "demo.json"), record)
+    demo_report.report(record, log)
+    log(f"({record['seconds']:.0f} s; runs, means.npz and demo.json in {out_dir})")
+    picture = demo_report.draw(out_dir, record)
+    if picture:
+        log(f"curves of every run, by arm: {picture}")
+    return record
