@@ -234,11 +234,30 @@ def _add_plot(sub: Any) -> argparse.ArgumentParser:
         help="draw a selection file as a PNG",
         description="Draw a selection file: the scores of all units sorted, with the top-K "
         "cut-off and the score groups; the top units by name; and, when the file has it, the "
-        "mass each target class receives from the selected units. Needs matplotlib "
-        "(pip install 'uotsel[plot]').",
+        "mass each target class receives from the selected units. A selection by "
+        "--budget-images also shows where the budget cuts the ranking; a --per-sample "
+        "selection shows the samples of each unit holding chosen samples (their score "
+        "distribution and the cut with --scores). Needs matplotlib (pip install "
+        "'uotsel[plot]').",
     )
     parser.add_argument("selection", metavar="SELECTION", help="selection file (.json)")
     parser.add_argument("--out", required=True, help="picture to write (.png)")
+    parser.add_argument(
+        "--scores",
+        metavar="F",
+        help="with a --per-sample selection: the score of every sample (.npy), as 'uotsel "
+        "select --per-sample --scores-out F' wrote it; draws each unit's score distribution "
+        "and the cut. The samples' units are read from the source file the selection names "
+        "(its 'labels' or 'assignment'), so nothing else is needed while that file is where "
+        "it was",
+    )
+    parser.add_argument(
+        "--unit-ids",
+        metavar="F",
+        help="with --scores: the unit id of every sample, when the selection's source file "
+        "has moved: a unit file (.npz with 'assignment' or 'labels'), a .npy, or one id a "
+        "line (default: the selection's source file)",
+    )
     return parser
 
 

@@ -26,6 +26,7 @@ from uotsel import (
     mesh,
     paper,
     plot,
+    plot_budget,
     sample_select,
     selection_file,
 )
@@ -335,15 +336,37 @@ def _unit_lines(source: Any, ids: np.ndarray) -> list[Any]:
 
 def cmd_plot(args: argparse.Namespace) -> int:
 
-    with Outputs([("SELECTION", args.selection)]) as outputs:
+    if args.unit_ids is not None and args.scores is None:
+        raise UsageError("--unit-ids: read only with --scores")
+    inputs = [
+        ("SELECTION", args.selection),
+        ("--scores", args.scores),
+        ("--unit-ids", args.unit_ids),
+    ]
+    with Outputs(inputs) as outputs:
         outputs.add("--out", args.out, ("png",))
         plot.require_matplotlib("--out")
         record = selection_file.read_selection(args.selection, "SELECTION")
         data = plot.check_record(record, args.selection, "SELECTION")
+        if args.scores is not None:
+            data = _with_sample_scores(args, record, data)
         outputs.write("--out", plot.write_png, data, os.path.basename(args.selection))
         outputs.commit()
     print(f"drew {args.selection} -> {args.out}")
     return 0
+
+
+def _with_sample_scores(args: argparse.Namespace, record: dict, data: dict) -> dict:
+    """``data`` with the per-sample scores of ``--scores`` (a per-sample selection only)."""
+    if data["per_sample"] is None:
+        raise UsageError(
+            f"--scores: {args.selection} selects whole units; per-sample scores go with a "
+            f"per-sample selection ({selection_file.PER_SAMPLE_FORMAT})"
+        )
+    scores = plot_budget.read_sample_scores(
+        record, data, args.scores, args.unit_ids, args.selection
+    )
+    return {**data, "sample_scores": scores}
 
 
 def cmd_embedded(args: argparse.Namespace) -> int:

@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from uotsel import plot_budget
+from uotsel.selection_file import is_per_sample
+
 __all__ = [
     "TOP_UNITS",
     "check_record",
@@ -77,12 +80,8 @@ def check_record(record: dict[str, Any], path: str, arg: str) -> dict[str, Any]:
     if k == 0 or np.unique(ranking).size != k or ranking.max() >= k:
         raise ValueError(f"{arg}: {path} has a 'ranking' that is not a permutation of unit ids")
     selected = np.asarray(record["selected"], np.int64)
-    if (
-        selected.size == 0
-        or selected.size > k
-        or not np.array_equal(selected, ranking[: selected.size])
-    ):
-        raise ValueError(f"{arg}: {path} has a 'selected' list that does not start 'ranking'")
+    per_sample = is_per_sample(record)
+    _check_selected(selected, ranking, per_sample, path, arg)
     groups = [np.asarray(g, np.int64) for g in record["groups"]]
     if groups and not np.array_equal(np.concatenate(groups), ranking):
         raise ValueError(f"{arg}: {path} has 'groups' that do not split 'ranking'")
@@ -120,7 +119,33 @@ def check_record(record: dict[str, Any], path: str, arg: str) -> dict[str, Any]:
         mass_total=mass_total,
         strategy=str(record.get("strategy", "")),
         about={**{key: record.get(key) for key in _ABOUT}, "top_k": int(selected.size)},
+        per_sample=plot_budget.check_samples(record, selected, path, arg) if per_sample else None,
+        unit_images=None
+        if per_sample
+        else plot_budget.check_unit_images(record, selected, k, path, arg),
+        sample_scores=None,
     )
+
+
+def _check_selected(
+    selected: np.ndarray, ranking: np.ndarray, per_sample: bool, path: str, arg: str
+) -> None:
+    """Units taken whole (``/1``) are the first ``len(selected)`` of the ranking; the units
+    holding chosen samples (``/2``) appear in the ranking's order, not necessarily first."""
+    k = ranking.size
+    if selected.size == 0 or selected.size > k:
+        raise ValueError(f"{arg}: {path} has a 'selected' list of {selected.size} of {k} units")
+    if not per_sample:
+        if not np.array_equal(selected, ranking[: selected.size]):
+            raise ValueError(f"{arg}: {path} has a 'selected' list that does not start 'ranking'")
+        return
+    rank = np.empty(k, np.int64)
+    rank[ranking] = np.arange(k)
+    if selected.max() >= k or np.any(np.diff(rank[selected]) <= 0):
+        raise ValueError(
+            f"{arg}: {path} has a 'selected' list that is not in the order of 'ranking' (a "
+            "per-sample selection lists the units holding chosen samples, best first)"
+        )
 
 
 def _short(name: str) -> str:
@@ -136,7 +161,7 @@ STRATEGIES = {
     "random": "random",
     "label": "label-matching",
 }
-_ABOUT = ("strategy", "budget_images", "images_used", "settings", "solver", "inputs")
+_ABOUT = ("strategy", "mode", "budget_images", "images_used", "settings", "solver", "inputs")
 _MECHANICS = ("threshold", "max_iter", "method", "shard", "init")  # settings left out of titles
 
 
@@ -196,6 +221,8 @@ def _solver(record: dict[str, Any]) -> str:
 
 
 def _size(record: dict[str, Any]) -> str:
+    if is_per_sample(record):
+        return f"the {record.get('budget_images')} best samples, chosen one by one"
     if isinstance(record.get("budget_images"), int):
         used = record.get("images_used")
         return f"budget {record['budget_images']} images ({used} used)"
@@ -247,17 +274,27 @@ def figure(data: dict[str, Any], file_name: str = "") -> Any:
     from matplotlib.figure import Figure
 
     with_mass = data["mass"] is not None
-    fig = Figure(figsize=(14, 10 if with_mass else 9.5), dpi=100, layout="constrained")
+    with_budget = data["unit_images"] is not None
+    per_sample = data["per_sample"] is not None
+    height = (11.0 if per_sample else 10.0 if with_mass else 9.5) + (4.5 if with_budget else 0.0)
+    fig = Figure(figsize=(14, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(2, 2, width_ratios=(1.15, 1))
+    rows = 3 if with_budget else 2
+    heights = (1, 1.4) if per_sample else (1,) * rows
+    grid = fig.add_gridspec(rows, 2, width_ratios=(1.15, 1), height_ratios=heights)
     scores_ax = fig.add_subplot(grid[0, :])
-    top_ax = fig.add_subplot(grid[1, 0] if with_mass else grid[1, :])
+    bottom_ax = fig.add_subplot(grid[-1, 0] if with_mass else grid[-1, :])
     fig.suptitle(heading(data["about"], file_name), fontsize=12, wrap=True)
     values, quantity = _score_values(data)
     _draw_scores(scores_ax, data, values[data["ranking"]], quantity)
-    _draw_top(top_ax, data, values[data["selected"]], quantity)
+    if with_budget:
+        plot_budget.draw_budget(fig.add_subplot(grid[1, :]), data)
+    if per_sample:
+        plot_budget.draw_samples(bottom_ax, data, scale_rule)
+    else:
+        _draw_top(bottom_ax, data, values[data["selected"]], quantity)
     if with_mass:
-        _draw_mass(fig.add_subplot(grid[1, 1]), data)
+        _draw_mass(fig.add_subplot(grid[-1, 1]), data)
     return fig
 
 
@@ -278,7 +315,13 @@ def _draw_scores(ax: Any, data: dict[str, Any], sorted_values: np.ndarray, quant
     for i in range(0, groups, 2):
         ax.axvspan(edges[i] + 0.5, edges[i + 1] + 0.5, color="0.93", lw=0)
     ax.plot(np.arange(1, k + 1), sorted_values, color="tab:blue", lw=1.6, label="all units")
-    ax.axvline(top_k + 0.5, color="tab:red", lw=1.4, ls="--", label=f"top-K cut-off, K = {top_k}")
+    if data["per_sample"] is None:
+        cut = "budget" if data["unit_images"] is not None else "top-K"
+        ax.axvline(
+            top_k + 0.5, color="tab:red", lw=1.4, ls="--", label=f"{cut} cut-off, K = {top_k}"
+        )
+    else:
+        _mark_holding(ax, data, sorted_values)
     log, rule = scale_rule(sorted_values)
     ax.set_yscale("log" if log else "linear")
     ax.set(xlim=(0.5, k + 0.5), xlabel="rank of the source unit, best first")
@@ -298,6 +341,21 @@ def _draw_scores(ax: Any, data: dict[str, Any], sorted_values: np.ndarray, quant
                 transform=ax.get_xaxis_transform(),
             )
     _legend_outside(ax)
+
+
+def _mark_holding(ax: Any, data: dict[str, Any], sorted_values: np.ndarray) -> None:
+    """The units holding chosen samples, as points on the ranked scores."""
+    rank = np.empty(data["ranking"].size, np.int64)
+    rank[data["ranking"]] = np.arange(data["ranking"].size)
+    at = rank[data["selected"]]
+    ax.plot(
+        at + 1,
+        sorted_values[at],
+        "o",
+        color="tab:orange",
+        ms=4,
+        label=f"the {at.size} units holding\nchosen samples",
+    )
 
 
 def _range(shown: np.ndarray, log: bool) -> tuple[float, float]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from uotsel import io
+from uotsel import budget, io
 
 __all__ = [
     "PER_SAMPLE",
@@ -106,7 +106,9 @@ def selection_record(
 
     ``selected_wnids`` is added for the embedded ImageNet classes, ``target_mass`` /
     ``target_mass_total`` when ``target_mass`` (a :class:`uotsel.plan.TargetMass`) is given,
-    and ``budget_images`` / ``images_used`` for a selection taken by a budget in images.
+    and ``budget_images`` / ``images_used`` / ``unit_images`` (the images of every unit, by
+    id, from the source's ``counts`` or per-sample unit ids) for a selection taken by a budget
+    in images.
     """
 
     def ids(a: np.ndarray) -> list[int]:
@@ -132,6 +134,8 @@ def selection_record(
     if selection.budget_images is not None:
         record["budget_images"] = int(selection.budget_images)
         record["images_used"] = int(selection.images_used)
+        if source.counts is not None or source.unit_ids is not None:
+            record["unit_images"] = ids(_unit_images(source))
     record["selected"] = ids(selection.selected)
     if source.names is not None:
         record["selected_names"] = [str(source.names[i]) for i in selection.selected]
@@ -153,6 +157,11 @@ def selection_record(
     if selection.sample_indices is not None:
         record["num_selected_samples"] = int(selection.sample_indices.size)
     return record
+
+
+def _unit_images(source: io.Units) -> np.ndarray:
+    """``[K]`` images of every unit of ``source``, as a budget counted them."""
+    return budget.unit_sizes(source.means.shape[0], counts=source.counts, unit_ids=source.unit_ids)
 
 
 def _json_number(value: Any) -> Any:
