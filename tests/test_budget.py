@@ -257,6 +257,7 @@ def _select(tmp, source, out, *extra):
     ]
 
 
+@pytest.mark.slow
 def test_the_cli_budget_is_a_recorded_prefix_within_the_budget(unit_files, capsys):
     tmp, counts = unit_files
     records = {}
@@ -279,6 +280,7 @@ def test_the_cli_budget_is_a_recorded_prefix_within_the_budget(unit_files, capsy
     assert len(set(map(str, chosen.values()))) == 1, chosen
 
 
+@pytest.mark.slow
 def test_the_whole_set_as_budget_takes_every_unit(unit_files, capsys):
     tmp, counts = unit_files
     argv = _select(tmp, "labels.npz", "all.json", "--budget-images", int(counts.sum()))
@@ -291,6 +293,7 @@ def test_the_whole_set_as_budget_takes_every_unit(unit_files, capsys):
     assert (tmp / "all.txt").read_text().split() == [str(u) for u in record["selected"]]
 
 
+@pytest.mark.slow
 def test_fine_tuning_reads_a_budget_selection_as_any_other(unit_files, capsys):
     from uotsel_train import selected
 
@@ -300,6 +303,7 @@ def test_fine_tuning_reads_a_budget_selection_as_any_other(unit_files, capsys):
     assert selected.units(record).units.tolist() == record["selected"]
 
 
+@pytest.mark.slow
 def test_the_documented_example(tmp_path, capsys):
     """docs/cli.md: 100 000 images of ImageNet for CUB-200 on the embedded ResNet18 means."""
     counts = embedded.load("resnet18_supervised", "imagenet").counts
@@ -318,6 +322,7 @@ def test_the_documented_example(tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_budget_below_the_best_unit_naming_its_size(unit_files, capsys):
     tmp, counts = unit_files
     code, _, _ = _run(_select(tmp, "counts.npz", "ref.json", "--top-k", 1), capsys)

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 from uotsel import cache
 
@@ -29,6 +30,7 @@ def _run(folder):
     return used, int(compiled), int(hits), score
 
 
+@pytest.mark.slow
 def test_a_second_process_reads_the_programs_back(tmp_path):
     folder = tmp_path / "cache"
     used, compiled, hits, score = _run(folder)

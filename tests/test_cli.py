@@ -163,6 +163,7 @@ def test_centroids_then_select(tmp_path, rng, capsys, monkeypatch):
     assert code == 0
 
 
+@pytest.mark.slow
 def test_kmeans_then_select_expands_to_sample_names(tmp_path, rng, capsys, monkeypatch):
     monkeypatch.setattr("uotsel.progress.LOG_EVERY_S", 0.0)  # a line for every step
     centres = rng.normal(size=(6, 8))
@@ -236,6 +237,7 @@ def test_kmeans_then_select_expands_to_sample_names(tmp_path, rng, capsys, monke
     assert set(labels[np.isin(assignment, selected)].tolist()) == {0, 1}
 
 
+@pytest.mark.slow
 def test_select_reads_the_cluster_means_not_the_centroids(tmp_path, rng, capsys):
     means = rng.normal(size=(40, 6)).astype(np.float32)
     centroids = rng.normal(size=(40, 6)).astype(np.float32)
@@ -321,6 +323,7 @@ def test_greedy_ot_uses_l2_unless_a_cost_is_given(files, capsys):
     assert code == 0 and json.loads((tmp / "n.json").read_text())["settings"]["cost"] == "cosine"
 
 
+@pytest.mark.slow
 def test_quiet_commands_write_nothing_on_stderr(tmp_path, rng, capsys):
     np.save(tmp_path / "f.npy", rng.normal(size=(100, 4)).astype(np.float32))
     np.save(tmp_path / "l.npy", np.arange(100) % 3)
@@ -357,6 +360,7 @@ def test_kmeans_bad_inputs(tmp_path, capsys):
     assert code == 2 and "--features: row 0 is all zeros" in err
 
 
+@pytest.mark.slow
 def test_embedded_source(tmp_path, capsys):
     code, _, _ = _run(
         [
@@ -523,6 +527,7 @@ def test_help(command, capsys):
     assert "usage: uotsel" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compilation_cache_is_kept_between_runs(tmp_path):
     cache = tmp_path / "cache"
     env = dict(os.environ, UOTSEL_CACHE_DIR=str(cache))
@@ -638,6 +643,7 @@ def test_documented_input_and_output_forms(tmp_path, capsys):
         assert not m["means"][3:].any()
 
 
+@pytest.mark.slow
 def test_kmeans_streamed_from_disk_writes_the_same_clusters(tmp_path, rng, capsys):
     x = rng.normal(size=(230, 6)).astype(np.float32)
     np.save(tmp_path / "f.npy", x)
@@ -750,6 +756,7 @@ def test_a_writer_killed_mid_write_leaves_nothing_after_the_next_write(tmp_path)
     assert (tmp_path / "keep.npy").read_bytes() == b"earlier output"
 
 
+@pytest.mark.slow
 def test_select_takes_the_papers_count_of_clusters_or_classes_by_default(tmp_path, rng, capsys):
     from uotsel import io, paper
 

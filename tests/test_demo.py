@@ -3,6 +3,7 @@ import pytest
 from uotsel import demo
 
 
+@pytest.mark.slow
 def test_demo_reproduces_table_4(capsys):
     rows = demo.run(top=5)
     got = {(r.method, r.cost, r.backbone): r.matches for r in rows}
@@ -36,6 +37,7 @@ def test_demo_reproduces_table_4(capsys):
     ]
 
 
+@pytest.mark.slow
 def test_demo_says_compilation_only_when_it_compiled(capsys):
     demo.run(top=1)
     capsys.readouterr()

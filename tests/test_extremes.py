@@ -190,6 +190,7 @@ taus = st.one_of(st.just(math.inf), st.floats(-6.0, 8.0).map(lambda e: 10.0**e))
     source_exponent=st.floats(-45.0, 30.0),
     target_exponent=st.floats(-45.0, 30.0),
 )
+@pytest.mark.slow
 def test_costs_match_float64_or_name_the_argument(seed, kind, source_exponent, target_exponent):
     source = features(seed, (7, 5), source_exponent)
     target = features(seed + 1, (4, 5), target_exponent)
@@ -279,6 +280,7 @@ def test_features_without_dimensions_are_named():
     weighted=st.booleans(),
     method=st.sampled_from(uotsel.unbalanced.METHODS),
 )
+@pytest.mark.slow
 def test_sinkhorn_matches_float64_or_names_the_argument(
     seed, exponent, log_eps, tau_s, tau_t, weighted, method
 ):
@@ -322,6 +324,7 @@ def test_sinkhorn_matches_float64_or_names_the_argument(
     tau_s=taus,
     tau_t=taus,
 )
+@pytest.mark.slow
 def test_select_matches_float64_or_names_the_argument(
     seed, kind, exponent, log_eps, log_eps_c, tau_s, tau_t
 ):
@@ -347,6 +350,7 @@ def test_select_matches_float64_or_names_the_argument(
     check_solution(sel.log_scores, None, error, ref, c64, eps, cost_error)
 
 
+@pytest.mark.slow
 def test_tiny_eps_is_refused_with_the_smallest_that_works():
     rng = np.random.default_rng(3)
     source, target = rng.normal(size=(20, 8)), rng.normal(size=(5, 8))
@@ -363,6 +367,7 @@ def test_tiny_eps_is_refused_with_the_smallest_that_works():
         uotsel.sinkhorn(np.ones((2, 2), np.float32), eps=1e-40)
 
 
+@pytest.mark.slow
 def test_balanced_problem_with_unequal_masses_is_explained_in_the_users_terms():
     source, target = np.eye(4)[:, :3] + 0.1, np.eye(3)
     with pytest.raises(
@@ -391,6 +396,7 @@ def test_label_without_matching_names_matching_before_top_k():
         uotsel.select(np.ones((5, 2)), None, strategy="label")  # default top_k=100 > 5
 
 
+@pytest.mark.slow
 def test_subnormal_class_means_select_like_their_direction():
     rng = np.random.default_rng(4)
     target = rng.normal(size=(3, 6)).astype(np.float32)

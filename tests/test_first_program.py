@@ -60,6 +60,7 @@ def _transport_args(rng, n, m, d, dtype=np.float32, **settings):
         (64, 40, 4096, {"source_weights": np.linspace(0.5, 2.0, 64, dtype=np.float32)}),
     ],
 )
+@pytest.mark.slow
 def test_transport_first_program_equals_the_default_compilation(n, m, d, settings):
     args = _transport_args(np.random.default_rng(n + d), n, m, d, **settings)
     ours = feature_transport._transport_first(*args)
@@ -110,6 +111,7 @@ def test_solver_first_program_equals_the_default_compilation(lockstep):
     _assert_same_bits(ours, theirs)
 
 
+@pytest.mark.slow
 def test_options_remove_the_reduce_window_kernels():
     args = _transport_args(np.random.default_rng(0), 2000, 200, 128)
     ours = feature_transport._transport_first.lower(*args).compile().as_text()

@@ -226,7 +226,14 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("name, call, arg", CASES)
+# the cases that take seconds each on a 2-core CPU
+SLOW_CASES = {"source NaN", "source inf", "cost NaN", "cost -inf", "cost inf row"}
+
+
+@pytest.mark.parametrize(
+    "name, call, arg",
+    [pytest.param(*c, marks=pytest.mark.slow) if c[0] in SLOW_CASES else c for c in CASES],
+)
 def test_bad_argument_names_itself(name, call, arg):
     if arg is None:
         result = call()
@@ -304,6 +311,7 @@ def test_unreadable_unit_files(files, case):
     assert "pickle" not in message and "\n" not in message
 
 
+@pytest.mark.slow
 def test_units_written_are_read_back(tmp_path):
     path = str(tmp_path / "u.npz")
     io.write_units(path, S, counts=np.ones(6, int), names=list("abcdef"), assignment=[0, 5, 1])

@@ -1,5 +1,9 @@
+import importlib
+import pkgutil
 import subprocess
 import sys
+
+import pytest
 
 HEAVY = [
     "flax",
@@ -51,3 +55,18 @@ def test_the_package_and_the_cli_kit_load_without_jax():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("package", ["uotsel", "uotsel_train"])
+def test_every_module_imports(package):
+    """Every module of both packages, found on disk; ``__main__`` runs the command line and is
+    run by ``python -m uotsel`` in tests/test_cli.py."""
+    root = importlib.import_module(package)
+    names = [
+        info.name
+        for info in pkgutil.walk_packages(root.__path__, f"{package}.")
+        if not info.name.endswith(".__main__")
+    ]
+    assert f"{package}.cli" in names
+    for name in names:
+        importlib.import_module(name)

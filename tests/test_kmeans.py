@@ -22,6 +22,7 @@ def planted(rng, n_per=150, k=8, d=16, spread=0.05, spherical=True):
 
 
 @pytest.mark.parametrize("spherical", [True, False])
+@pytest.mark.slow
 def test_recovers_planted_clusters(spherical):
     x, labels = planted(np.random.default_rng(0), spherical=spherical)
     res = kmeans(x, 8, spherical=spherical, seed=0)
@@ -40,6 +41,7 @@ def test_spherical_centroids_have_unit_norm_and_objective_is_cosine():
     np.testing.assert_allclose(res.objective, np.sum(1 - cos.max(axis=1)), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_euclidean_objective_within_one_percent_of_sklearn():
     rng = np.random.default_rng(2)
     x = np.concatenate([rng.normal(size=(2000, 10)), 3 + rng.normal(size=(1000, 10))])
@@ -52,6 +54,7 @@ def test_euclidean_objective_within_one_percent_of_sklearn():
         np.testing.assert_allclose(ours.objective, d2.min(1).sum(), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_spherical_objective_within_one_percent_of_sklearn_on_unit_vectors():
     rng = np.random.default_rng(4)
     x, _ = planted(rng, n_per=200, k=12, d=24, spread=0.4)
@@ -84,6 +87,7 @@ def spherical_objective(unit, centres):
 
 
 @pytest.mark.parametrize("sigma, data_seed", [(0.1, 0), (0.05, 1)])
+@pytest.mark.slow
 def test_default_seeding_within_one_percent_of_sklearn_median_on_planted_sphere(sigma, data_seed):
     """50 planted clusters, 20000 x 32 unit vectors: with default settings every seed ends
     within 1% of the median objective of scikit-learn's default k-means (greedy k-means++ on
@@ -110,6 +114,7 @@ def groupby_mean(x, assignment, k):
 
 
 @pytest.mark.parametrize("spherical", [True, False])
+@pytest.mark.slow
 def test_means_are_the_raw_member_means(spherical):
     rng = np.random.default_rng(12)
     x, _ = planted(rng, n_per=120, k=6, d=10, spread=0.3, spherical=spherical)
@@ -124,6 +129,7 @@ def test_means_are_the_raw_member_means(spherical):
         assert np.all(np.abs(np.linalg.norm(res.means, axis=1) - 1.0) > 0.5)
 
 
+@pytest.mark.slow
 def test_means_of_float64_and_memory_mapped_features(tmp_path):
     rng = np.random.default_rng(13)
     x = rng.normal(size=(700, 5)) * 1e3 + 1e4  # float64 rows
@@ -132,6 +138,7 @@ def test_means_of_float64_and_memory_mapped_features(tmp_path):
     np.testing.assert_allclose(res.means, groupby_mean(x, res.assignment, 4), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_cluster_left_empty_keeps_its_centroid_as_mean():
     # Three distinct points for five clusters: two clusters end without samples.
     x = np.repeat(np.array([[1.0, 0.0], [0.0, 2.0], [-3.0, -1.0]], np.float32), 10, axis=0)
@@ -156,6 +163,7 @@ def test_same_seed_same_result_and_chunking_does_not_matter():
     np.testing.assert_allclose(a.means, c.means, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_restarts_keep_the_best():
     x, _ = planted(np.random.default_rng(6), k=10, spread=0.5)
     res = kmeans(x, 10, n_init=4, seed=0, max_iter=5)
@@ -215,6 +223,7 @@ def test_zero_rows_are_fine_for_euclidean():
     assert res.assignment[0] == res.assignment[1] != res.assignment[2]
 
 
+@pytest.mark.slow
 def test_clusters_of_class_means_select_and_expand_to_classes():
     """End to end on the embedded data: cluster the self-supervised ImageNet class means into
     200 clusters, represent each cluster by the mean of its members' raw features (the paper,
@@ -233,6 +242,7 @@ def test_clusters_of_class_means_select_and_expand_to_classes():
     assert birds.mean() > 0.5 and birds.sum() >= 40
 
 
+@pytest.mark.slow
 def test_default_seeding_candidates_shrink_with_k():
 
     ks = (1, 50, 256, 257, 512, 1000, 2000, 5000)
@@ -253,6 +263,7 @@ def _planted(n=1501, k=9, d=12, seed=0):
 
 
 @pytest.mark.parametrize("spherical", [True, False])
+@pytest.mark.slow
 def test_streamed_kmeans_equals_loaded(tmp_path, spherical, monkeypatch):
     """Features left on disk, read 400 rows at a time (1501 rows: a short last block): the
     clustering of the loaded run; the device never gets more rows than a block or the
@@ -280,6 +291,7 @@ def test_streamed_kmeans_equals_loaded(tmp_path, spherical, monkeypatch):
     assert streamed.n_iters == loaded.n_iters
 
 
+@pytest.mark.slow
 def test_streamed_steps_reseed_empty_clusters_alike():
     from uotsel import samples
 

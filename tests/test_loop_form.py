@@ -49,12 +49,14 @@ def _equal(a, b) -> bool:
 
 
 @pytest.mark.parametrize("check_every", [2, 3, 8])
+@pytest.mark.slow
 def test_testing_the_stop_every_k_iterations_changes_no_bit(check_every):
     for cost, given in _problems():
         today = _solve(cost, given, it.Form(1, "dot"))
         assert _equal(_solve(cost, given, it.Form(check_every, "dot")), today)
 
 
+@pytest.mark.slow
 def test_batches_in_lockstep_are_unchanged_by_k():
     cost = jnp.stack([_problems()[0][0]] * 2 + [_problems()[0][0] * 3.0])
     for lockstep in (False, True):
@@ -66,6 +68,7 @@ def test_batches_in_lockstep_are_unchanged_by_k():
         assert np.all(diff <= 2 * bound)
 
 
+@pytest.mark.slow
 def test_products_as_reductions_agree_within_the_certified_bounds():
     for cost, given in _problems():
         dots = _solve(cost, given, it.Form(1, "dot"))
@@ -87,6 +90,7 @@ def test_products_as_reductions_agree_within_the_certified_bounds():
         assert keep.any()
 
 
+@pytest.mark.slow
 def test_the_stop_is_tested_ceil_iterations_over_k_times():
     """Host condition tests of one solve: ceil(iterations / K) + 1 per kernel pass for the
     inner loop and passes + 1 for the outer one; 3 + 2 at K = 8 on the paper's 2000 x 200
@@ -122,6 +126,7 @@ def test_default_form_is_todays_loop_on_cpu():
     assert jax.default_backend() != "cpu" or it.default_form() == it.Form(1, "auto")
 
 
+@pytest.mark.slow
 def test_a_steady_transport_makes_no_implicit_transfer():
     rng = np.random.default_rng(0)
     source = rng.normal(size=(20, 8)).astype(np.float32)

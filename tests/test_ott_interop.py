@@ -81,6 +81,7 @@ def paper_like():
     return x, y, prob, ours, theirs
 
 
+@pytest.mark.slow
 def test_paper_like_problem_matches_ott(paper_like):
     x, y, prob, ours, theirs = paper_like
     converted = oi.from_problem(prob)
@@ -104,6 +105,7 @@ def test_paper_like_problem_matches_ott(paper_like):
     assert same_ranking(ours.row_sums, rows)
 
 
+@pytest.mark.slow
 def test_uniform_weights_are_carried_over(paper_like):
     x, y, _, _, _ = paper_like
     geom = pointcloud.PointCloud(
@@ -131,6 +133,7 @@ def test_uniform_weights_are_carried_over(paper_like):
     assert rel(ours.col_sums, factor * np.asarray(unit.col_sums, np.float64)) <= 2e-5
 
 
+@pytest.mark.slow
 def test_naive_ott_defaults_are_far_off(paper_like):
     """ott at its defaults (cost 1 - cos, epsilon relative to the cost, weights 1 / n) is
     another problem: its row sums are 99 % below the paper problem's, and its top 100 differ."""
@@ -147,6 +150,7 @@ def test_naive_ott_defaults_are_far_off(paper_like):
     assert top(rows) != top(ours.row_sums)
 
 
+@pytest.mark.slow
 def test_warm_starts_both_ways(paper_like):
     _, _, prob, ours, theirs = paper_like
     cold = ott_solve(prob, threshold=1e-3)
@@ -157,6 +161,7 @@ def test_warm_starts_both_ways(paper_like):
     assert bool(again.converged) and int(again.n_iters) <= 2
 
 
+@pytest.mark.slow
 def test_warm_start_in_kernel_mode():
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(150, 8)).astype(np.float32))
@@ -230,6 +235,7 @@ def test_cost_mapping(points, name, scale):
         ("cosine-subclass", 1.0),
     ],
 )
+@pytest.mark.slow
 def test_cost_mapping_solves_like_ott(points, name, scale):
     make, _ = COST_FNS[name]
     geom = pointcloud.PointCloud(*points, cost_fn=make(), scale_cost=scale, epsilon=0.1)
@@ -241,6 +247,7 @@ def test_cost_mapping_solves_like_ott(points, name, scale):
     assert rel(ours.col_sums, theirs.marginal(0)) <= 3e-5
 
 
+@pytest.mark.slow
 def test_cosine_scale_is_eps_c(points):
     x, y = points
     geom = pointcloud.PointCloud(x, y, cost_fn=ott_costs.Cosine(), scale_cost=0.05)
@@ -252,6 +259,7 @@ def test_cosine_scale_is_eps_c(points):
     assert oi.from_geometry(pointcloud.PointCloud(x, y)).eps_c is None
 
 
+@pytest.mark.slow
 def test_cost_matrix_and_kernel_geometries(points):
     cost = jnp.asarray(np.random.default_rng(2).random((50, 20)).astype(np.float32)) * 3
     for scale in SCALES:
@@ -287,6 +295,7 @@ def test_epsilon_rules(points):
 
 
 @pytest.mark.parametrize("tau_a, tau_b", [(1.0, 0.99), (0.5, 1.0), (1.0, 1.0)])
+@pytest.mark.slow
 def test_balanced_sides(points, tau_a, tau_b):
     geom = pointcloud.PointCloud(*points, scale_cost="mean", epsilon=0.05)
     prob = linear_problem.LinearProblem(geom, tau_a=tau_a, tau_b=tau_b)
@@ -305,6 +314,7 @@ def test_balanced_sides(points, tau_a, tau_b):
         np.testing.assert_allclose(ours.col_sums, prob.b, rtol=2e-5)
 
 
+@pytest.mark.slow
 def test_zero_weights_are_masked(points):
     geom = pointcloud.PointCloud(*points, scale_cost="mean", epsilon=0.1)
     a = jnp.ones(120).at[jnp.array([3, 50])].set(0.0)
@@ -322,6 +332,7 @@ def test_zero_weights_are_masked(points):
         oi.solve(prob, source_mask=keep)
 
 
+@pytest.mark.slow
 def test_float64_potentials_are_ott_potentials(points):
     """In float64 the two solvers agree far below float32 rounding: the same problem, the
     same potentials, no offset. (ott solves on the converted matrix: its own cosine, evaluated
@@ -346,6 +357,7 @@ def test_float64_potentials_are_ott_potentials(points):
             assert rel(ours.row_sums, theirs.marginal(1)) <= 1e-11
 
 
+@pytest.mark.slow
 def test_paper_settings_through_a_geometry(points):
     """A geometry alone is solved with uotsel's defaults (paper taus, unit weights)."""
     x, y = points
@@ -357,6 +369,7 @@ def test_paper_settings_through_a_geometry(points):
     assert bool(relaxed.converged)
 
 
+@pytest.mark.slow
 def test_solve_inside_jit(points):
     """Traced geometries are converted too (a traced point cloud through its cost matrix, its
     ``Cosine`` ridge cannot be checked)."""
@@ -367,6 +380,7 @@ def test_solve_inside_jit(points):
         assert rel(traced, oi.solve(obj).row_sums) <= 5e-6
 
 
+@pytest.mark.slow
 def test_errors(points):
     x, y = points
     geom = pointcloud.PointCloud(x, y)
@@ -425,6 +439,7 @@ def test_is_ott_object(points):
         assert not oi.is_ott_object(x)
 
 
+@pytest.mark.slow
 def test_ott_stays_unimported():
     code = (
         "import sys, uotsel\n"
@@ -460,6 +475,7 @@ def test_tau_round_trip(tau, eps):
     assert oi.tau_to_ott(back, eps) == pytest.approx(tau_a, rel=4 * np.finfo(float).eps)
 
 
+@pytest.mark.slow
 def test_pot_names_in_the_table():
     """POT's conventions as docs/solver.md lists them, next to ott's: ``reg_type="entropy"``
     is uotsel's problem with ``f = reg * logu``; the default ``"kl"`` is uotsel's with the cost
@@ -514,6 +530,7 @@ def _cloud(seed=11, n=120, m=9, d=8):
     return x, y
 
 
+@pytest.mark.slow
 def test_sinkhorn_transport_and_select_take_a_point_cloud():
     from ott.geometry import costs as ott_costs
     from ott.geometry import pointcloud
@@ -532,6 +549,7 @@ def test_sinkhorn_transport_and_select_take_a_point_cloud():
     assert uotsel.select(cloud, eps_c=0.05, top_k=5).settings["eps_c"] == 0.05
 
 
+@pytest.mark.slow
 def test_select_takes_a_cost_matrix_geometry_for_every_strategy():
     from ott.geometry import geometry
 
@@ -543,6 +561,7 @@ def test_select_takes_a_cost_matrix_geometry_for_every_strategy():
         np.testing.assert_array_equal(got.ranking, want.ranking)
 
 
+@pytest.mark.slow
 def test_sinkhorn_takes_a_linear_problem_with_its_weights_and_taus():
     from ott.geometry import geometry
     from ott.problems.linear import linear_problem

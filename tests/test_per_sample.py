@@ -574,6 +574,7 @@ def _bad_inputs(tmp, features):
     ]
 
 
+@pytest.mark.slow
 def test_bad_per_sample_inputs_are_one_line_naming_the_flag(sample_files, capsys):
     tmp, features, _ = sample_files
     (tmp / "old.json").write_text("old\n")

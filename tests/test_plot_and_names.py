@@ -113,6 +113,7 @@ def test_plot_inconsistent_selection(cub, tmp_path, capsys):
     assert not (tmp_path / "p.png").exists()
 
 
+@pytest.mark.slow
 def test_plot_without_matplotlib(cub, tmp_path):
     script = (
         "import sys; sys.modules['matplotlib'] = None; from uotsel.cli import main; "
@@ -128,6 +129,7 @@ def test_plot_without_matplotlib(cub, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_matplotlib_is_not_imported_with_uotsel():
     script = (
         "import sys, uotsel, uotsel.cli, uotsel.plot, uotsel.plan; "
@@ -253,6 +255,7 @@ def _small_problem():
     return source, target
 
 
+@pytest.mark.slow
 def test_column_mass_matches_pot():
     """Column sums over chosen rows of our plan against POT float64 on the same cost: within
     1e-4 relative (the solver stops at a certified 1e-5 relative error of the marginals)."""
@@ -267,6 +270,7 @@ def test_column_mass_matches_pot():
     )
 
 
+@pytest.mark.slow
 def test_select_records_target_mass(tmp_path, capsys):
     """``target_mass`` in the selection file against POT float64 on the same cost, 1e-4
     relative."""
@@ -288,6 +292,7 @@ def test_select_records_target_mass(tmp_path, capsys):
     np.testing.assert_allclose(mass.total, record["target_mass_total"], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_selection_mass_reuses_the_solve():
     """From the selection's own solver output: the figures of solving again, one solve fewer."""
     import uotsel
@@ -344,6 +349,7 @@ def test_wnids_are_sorted_so_label_ids_are_folder_order():
     assert wnid.size == 1000 and list(wnid) == sorted(wnid)
 
 
+@pytest.mark.slow
 def test_names_out_keeps_plain_names_for_other_sources(tmp_path, capsys):
     means = np.random.default_rng(1).normal(size=(6, 3)).astype(np.float32)
     np.savez(tmp_path / "s.npz", means=means, names=np.array([f"c{i}" for i in range(6)]))

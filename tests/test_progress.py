@@ -3,6 +3,7 @@ import itertools
 import time
 
 import numpy as np
+import pytest
 
 from uotsel import clustering
 from uotsel.progress import Progress, format_seconds
@@ -50,6 +51,7 @@ def test_rate_and_eta_count_from_when_the_work_began():
     assert Progress(None, "y", stream=io.StringIO()).eta() is None
 
 
+@pytest.mark.slow
 def test_kmeans_reports_every_seeding_and_lloyd_step():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 8)) * 5
@@ -85,6 +87,7 @@ def test_without_log_start_a_short_job_writes_nothing():
     assert [line.split()[1] for line in out.getvalue().splitlines()] == ["1/4", "4/4"]
 
 
+@pytest.mark.slow
 def test_kmeans_progress_bars_in_a_log():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(300, 4)).astype(np.float32)

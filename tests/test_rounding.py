@@ -155,6 +155,7 @@ def test_point_clouds_like_pot_and_ott(scale, eps, tau_s, tau_t):
     log_taus=st.tuples(st.floats(-1.0, 2.0), st.floats(-1.0, 2.0)),
     exact=st.sampled_from(["none", "source", "target"]),
 )
+@pytest.mark.slow
 def test_bound_holds_over_cost_scales(seed, log2_scale, log_eps, log_taus, exact):
     eps = 10.0**log_eps
     tau_s, tau_t = (10.0**t for t in log_taus)
@@ -173,6 +174,7 @@ def test_log_method_and_hand_over():
     check_bound(hard, 1.0, 1.0, 0.05)
 
 
+@pytest.mark.slow
 def test_bound_covers_sums_that_float32_addition_loses():
     # Every column has one row at cost 0 and 1999 rows whose kernel entries (0.9 u) vanish
     # when added one by one to it: float32 column sums lose about 1e-4 of their mass.
@@ -183,6 +185,7 @@ def test_bound_covers_sums_that_float32_addition_loses():
     assert true > error  # the certificate alone does not cover it
 
 
+@pytest.mark.slow
 def test_bound_covers_potentials_far_from_zero():
     # Unequal total masses with strong marginal penalties: |f| / eps near 6.6e3, whose float32
     # rounding is far above the certified error of the converged iteration.
@@ -193,6 +196,7 @@ def test_bound_covers_potentials_far_from_zero():
     assert error <= 1e-5 < 100 * error < true
 
 
+@pytest.mark.slow
 def test_paper_like_problem_is_bounded_within_10x():
     rng = np.random.default_rng(0)
     source, target = rng.normal(size=(2000, 512)), rng.normal(size=(200, 512))
@@ -342,6 +346,7 @@ def test_blocked_column_sums_stay_within_their_bound(n, products):
     assert np.all(relative <= _rounding.row_sum_error(n) * U)
 
 
+@pytest.mark.slow
 def test_select_reports_rounding_in_diagnostics_and_record():
     rng = np.random.default_rng(4)
     source = rng.normal(size=(60, 8)).astype(np.float32)
@@ -397,6 +402,7 @@ def test_weight_range_is_refused_in_batches_and_float64():
 
 
 @pytest.mark.parametrize("tau_s, tau_t", [(1.0, 100.0), (math.inf, 10.0), (10.0, math.inf)])
+@pytest.mark.slow
 def test_extreme_normal_weights_are_solved(tau_s, tau_t):
     low, high = unbalanced.weight_range(np.float32)
     rng = np.random.default_rng(1)

@@ -15,6 +15,7 @@ def units(rng):
     return rng.normal(size=(60, 10)).astype(np.float32), rng.normal(size=(6, 10)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_uot_ranks_by_pot_row_sums(units):
     source, target = units
     ref_rows, _ = pot_marginals(cosine_cost64(source, target, 0.05), 1.0, 1.0, 100.0)
@@ -147,6 +148,7 @@ def test_groups_split_the_ranking_evenly(units):
     np.testing.assert_array_equal(np.concatenate(sel.groups), sel.ranking)
 
 
+@pytest.mark.slow
 def test_sample_indices_expand_selected_units(units):
     source, target = units
     unit_ids = np.random.default_rng(0).integers(0, 60, size=500)
@@ -173,6 +175,7 @@ def test_unknown_strategy_and_settings(units):
         uotsel.select(source, target[:, :3], top_k=5)
 
 
+@pytest.mark.slow
 def test_balanced_source_side_is_accepted(units):
     source, target = units
     sel = uotsel.select(source, target, top_k=5, tau_source=math.inf)
@@ -182,6 +185,7 @@ def test_balanced_source_side_is_accepted(units):
 
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10_000))
+@pytest.mark.slow
 def test_property_permuting_source_permutes_scores(seed):
     rng = np.random.default_rng(seed)
     source = rng.normal(size=(25, 6)).astype(np.float32)
@@ -195,6 +199,7 @@ def test_property_permuting_source_permutes_scores(seed):
 
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10_000), k=st.integers(1, 25), groups=st.integers(1, 25))
+@pytest.mark.slow
 def test_property_selection_invariants(seed, k, groups):
     rng = np.random.default_rng(seed)
     source = rng.normal(size=(25, 6)).astype(np.float32)

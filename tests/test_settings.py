@@ -147,6 +147,7 @@ def test_keywords_override_the_value_and_none_keeps_it():
         resolve(None, tau=1.0)
 
 
+@pytest.mark.slow
 def test_the_value_and_the_keywords_solve_the_same_problem():
     source, target = _features()
     by_value = uotsel.transport(source, target, UOT(tau_target=20.0, eps=0.5))
@@ -180,6 +181,7 @@ def test_cost_registry_dispatches_by_object():
         uotsel.cost_matrix(np.ones((2, 2)), np.ones((2, 2)), 3)
 
 
+@pytest.mark.slow
 def test_a_cost_object_computes_what_its_name_does():
     source, target = _features(2)
     for name, cost in costs.COSTS.items():
@@ -202,6 +204,7 @@ def test_a_new_registered_cost_family_member():
     np.testing.assert_allclose(got, want, rtol=2e-5)
 
 
+@pytest.mark.slow
 def test_a_function_cost_equals_the_same_matrix():
     source, target = _features(4)
     manhattan = lambda s, t: jnp_abs_sum(s, t)  # noqa: E731
@@ -231,6 +234,7 @@ def test_a_function_cost_with_a_bad_result_is_named():
         uotsel.cost_matrix(source, target, lambda s, t: (s @ t.T) / 0.0)
 
 
+@pytest.mark.slow
 def test_kmeans_takes_its_geometry_from_the_cost():
     x = np.random.default_rng(6).normal(size=(120, 6))
     default = uotsel.kmeans(x, 3, seed=0)

@@ -39,6 +39,7 @@ def test_padded_size():
     assert [meshes.padded_size(n, mesh) for n in (1, 8, 9, 203)] == [8, 8, 16, 208]
 
 
+@pytest.mark.slow
 def test_mesh_of_one_device_equals_no_mesh():
     source, target = features()
     one = uotsel.transport(source, target, shard="off")
@@ -53,6 +54,7 @@ def _env(devices):
     return {**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": path}
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one():
     """tests/multidevice_cases.py in a process that sees 8 CPU devices."""
     cases = os.path.join(HERE, "multidevice_cases.py")
@@ -73,6 +75,7 @@ def _free_port():
         return str(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_device(tmp_path):
     out, port = tmp_path / "rows.npz", _free_port()
     worker = os.path.join(HERE, "sharded_worker.py")
@@ -93,6 +96,7 @@ def test_two_processes_match_one_device(tmp_path):
     np.testing.assert_allclose(got["objective"], clusters.objective, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_on_two_processes_writes_what_one_process_writes(tmp_path):
     """``uotsel kmeans`` and ``uotsel select`` with ``--distributed --shard on`` on 2 processes
     of 2 devices each: process 0 writes the same clusters and selection as one process."""

@@ -133,6 +133,7 @@ def test_not_json_after_a_brace(tmp_path):
         io.read_features(str(path), "--features")
 
 
+@pytest.mark.slow
 def test_commands_read_parts_as_the_single_file(tmp_path):
     path, whole = _write(tmp_path, [200, 0, 301], d=8)
     np.save(tmp_path / "all.npy", whole)
@@ -168,6 +169,7 @@ def test_commands_read_parts_as_the_single_file(tmp_path):
             np.testing.assert_array_equal(a[key], b[key])
 
 
+@pytest.mark.slow
 def test_python_api_takes_parts_as_the_single_array(tmp_path):
     import uotsel
 

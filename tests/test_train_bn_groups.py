@@ -56,6 +56,7 @@ def train_apply(model, variables, x, capture=False):
     )(variables, x)
 
 
+@pytest.mark.slow
 def test_grouped_forward_equals_each_group_run_alone(variables):
     x = images(8)
     grouped = models.FineTuner("tiny", num_target=5, num_source=7, bn_groups=2)
@@ -77,6 +78,7 @@ def test_grouped_forward_equals_each_group_run_alone(variables):
 
 
 @pytest.mark.parametrize("groups", [2, 4])
+@pytest.mark.slow
 def test_running_statistics_by_hand(variables, groups):
     x = images(8, seed=2)
     model = models.FineTuner("tiny", num_target=5, bn_groups=groups)
@@ -101,6 +103,7 @@ def test_running_statistics_by_hand(variables, groups):
     np.testing.assert_allclose(bn_out, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_one_group_is_flax_batchnorm_bit_for_bit(variables):
     x = images(6, seed=3)
     default = models.FineTuner("tiny", num_target=5, num_source=7)
@@ -125,6 +128,7 @@ def test_one_group_is_flax_batchnorm_bit_for_bit(variables):
     )
 
 
+@pytest.mark.slow
 def test_variables_and_evaluation_do_not_depend_on_groups(variables):
     key, x = jax.random.key(4), jnp.zeros((4, SIZE, SIZE, 3))
     trees = []
@@ -185,6 +189,7 @@ def test_group_batchnorm_module_against_numpy(dtype):
     np.testing.assert_allclose(y_eval, want_eval, rtol=tol, atol=tol)
 
 
+@pytest.mark.slow
 def test_bn_groups_errors(variables):
     model = models.FineTuner("tiny", num_target=5, num_source=7, bn_groups=4)
     with pytest.raises(ValueError, match=r"^bn_groups: a batch of 6 does not split into 4"):
@@ -195,6 +200,7 @@ def test_bn_groups_errors(variables):
             broken.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
 
 
+@pytest.mark.slow
 def test_bfloat16_grouped_model_keeps_float32_state(variables):
     model = models.FineTuner("tiny", num_target=5, num_source=7, dtype=jnp.bfloat16, bn_groups=2)
     (target, _, feats), updates = train_apply(model, variables, images(4, seed=7))

@@ -74,7 +74,7 @@ def test_train_transform_shapes_ranges_and_seeding():
     assert len(crops) == 5
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_batches_keep_order_and_skip_unreadable_images(folder, workers):
     (folder / "cat" / "broken.png").write_bytes(b"not a png")
     src = data.ImageFolder(str(folder))
@@ -107,6 +107,7 @@ def _tiny_variables(rng_seed=0):
     return {"backbone": model.init(jax.random.key(rng_seed), jnp.zeros((1, 32, 32, 3)))}
 
 
+@pytest.mark.slow
 def test_extracted_class_means_equal_direct_computation(folder, tmp_path):
     src = data.ImageFolder(str(folder))
     variables = _tiny_variables()
@@ -152,6 +153,7 @@ def _extract_argv(folder, weights):
     ]
 
 
+@pytest.mark.slow
 def test_extract_command_writes_a_file_uotsel_select_reads(folder, tmp_path, capsys):
     from uotsel.cli import main as uotsel_main
     from uotsel_train.cli import main
@@ -222,6 +224,7 @@ def test_extract_command_writes_a_file_uotsel_select_reads(folder, tmp_path, cap
     assert not (tmp_path / "x.npz").exists()
 
 
+@pytest.mark.slow
 def test_extract_features_as_parts_read_back_as_the_single_file(folder, tmp_path):
     """``--features-out x.json`` from one process: an index and one part, read by
     ``uotsel.io.read_features`` (and so by ``uotsel kmeans``) as the ``.npy`` run's array."""
@@ -268,6 +271,7 @@ def test_tfds_sources_read_mock_data_without_tensorflow():
         data.TfdsSource("no_such_dataset", "train")
 
 
+@pytest.mark.slow
 def test_extract_command_reads_tfds(tmp_path, capsys):
     tfds = pytest.importorskip("tensorflow_datasets")
     from uotsel_train.cli import main
@@ -318,6 +322,7 @@ def test_extract_command_reads_tfds(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("features, number", [("f.json", 2), ("f.json", 3), ("f.npy", 2)])
+@pytest.mark.slow
 def test_extract_outputs_all_or_nothing_when_a_write_fails(
     folder, tmp_path, tmp_path_factory, monkeypatch, capsys, features, number
 ):

@@ -3,6 +3,7 @@
 import io
 import json
 import re
+import subprocess
 import sys
 
 import numpy as np
@@ -352,19 +353,53 @@ def test_file_problems_are_one_line_and_touch_nothing(tmp_path, capsys):
     assert "--until-epoch: must be between 1 and 2, got 3" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", ["flax", "tensorboardX", "tqdm"])
-def test_without_the_train_extra_the_command_says_what_to_install(module):
-    import subprocess
+def _train_extra() -> set[str]:
+    """The pip names of the ``train`` extra in setup.cfg, without their version bounds."""
+    import configparser
+    import pathlib
 
+    cfg = configparser.ConfigParser()
+    cfg.read(pathlib.Path(__file__).parents[1] / "setup.cfg")
+    lines = cfg["options.extras_require"]["train"].split("\n")
+    names = (re.match(r"[A-Za-z0-9_.-]+", line.strip()) for line in lines)
+    return {m[0].lower().replace("_", "-") for m in names if m}
+
+
+def test_the_missing_extra_check_covers_every_package_of_the_train_extra():
+    from uotsel_train.cli import _NEEDS
+
+    assert {pip.lower().replace("_", "-") for pip in _NEEDS.values()} == _train_extra()
+
+
+def _without(modules: list[str]) -> subprocess.CompletedProcess:
     code = (
-        f"import sys\nsys.modules[{module!r}] = None\n"
+        f"import sys\nfor m in {modules!r}:\n    sys.modules[m] = None\n"
         "from uotsel_train.cli import main\nsys.exit(main(['--help']))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    "module,pip",
+    [("flax", "flax"), ("orbax", "orbax-checkpoint"), ("tensorboardX", "tensorboardX")],
+)
+def test_without_the_train_extra_the_command_says_what_to_install(module, pip):
+    done = _without([module])
     assert done.returncode == 2
     assert done.stderr.strip() == (
         "uotsel-train: error: the training side needs the 'train' extra: "
-        f"pip install 'uotsel[train]' (missing: {module})"
+        f"pip install 'uotsel[train]' (missing: {pip})"
+    )
+
+
+def test_without_any_of_the_train_extra_the_command_names_every_package():
+    from uotsel_train.cli import _NEEDS
+
+    done = _without([name.split(".")[0] for name in _NEEDS])
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "uotsel-train: error: the training side needs the 'train' extra: "
+        f"pip install 'uotsel[train]' (missing: {', '.join(_NEEDS.values())})"
     )
 
 

@@ -95,6 +95,7 @@ def test_a_step_batch_is_its_seeded_views_of_its_stream_positions(memory, object
         assert ("source_labels" in got) == (objective == "labelled")
 
 
+@pytest.mark.slow
 def test_batches_are_the_same_whatever_the_workers_and_the_first_step(memory):
     cfg = memory_cfg(objective="unlabelled")
     ds = input_pipeline.steps(cfg, _inputs(memory, cfg), parallel.data_mesh())
@@ -105,6 +106,7 @@ def test_batches_are_the_same_whatever_the_workers_and_the_first_step(memory):
         _same(got, want)
 
 
+@pytest.mark.slow
 def test_a_resume_with_other_workers_and_prefetch_is_bit_identical(tmp_path, memory):
     def fit(out, cfg, **kw):
         backbone = models.backbone("tiny").init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))
@@ -118,6 +120,7 @@ def test_a_resume_with_other_workers_and_prefetch_is_bit_identical(tmp_path, mem
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_is_named_with_its_image_and_the_run_resumes(tmp_path, memory):
     armed = tmp_path / "armed"
     target = KillingSource(memory[0], victim=5, armed=armed)

@@ -123,7 +123,14 @@ def flax_logits(converted, arch, images_nhwc):
     return np.asarray(feats @ fc["kernel"] + fc["bias"], np.float64)
 
 
-@pytest.mark.parametrize("arch, size", [("tiny", 29), ("resnet18", 64), ("resnet18", 50)])
+@pytest.mark.parametrize(
+    "arch, size",
+    [
+        ("tiny", 29),
+        pytest.param("resnet18", 64, marks=pytest.mark.slow),
+        pytest.param("resnet18", 50, marks=pytest.mark.slow),
+    ],
+)
 def test_converted_resnet_matches_reference(arch, size):
     rng = np.random.default_rng(0)
     sd = random_state_dict(arch, rng)
@@ -135,6 +142,7 @@ def test_converted_resnet_matches_reference(arch, size):
     assert np.max(np.abs(got - ref)) <= 1e-4
 
 
+@pytest.mark.slow
 def test_resnet50_bottleneck_matches_reference():
     rng = np.random.default_rng(1)
     sd = random_state_dict("resnet50", rng)
@@ -188,6 +196,7 @@ def test_mismatched_checkpoints_list_every_problem():
     assert "wrong shape 1: params/layer1_0/conv2/kernel: (5, 5, 8, 8) != (3, 3, 8, 8)" in message
 
 
+@pytest.mark.slow
 def test_fine_tuner_heads():
     model = models.FineTuner("tiny", num_target=5, num_source=1000)
     variables = model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)))

@@ -70,6 +70,7 @@ def _same_training(a, b):
     assert ea["test_top1"] == pytest.approx(eb["test_top1"], abs=1 / 8 + 1e-9)
 
 
+@pytest.mark.slow
 def test_two_devices_train_like_one(one_device):
     folders, out = one_device
     two = out.parent / "two_devices"
@@ -77,6 +78,7 @@ def test_two_devices_train_like_one(one_device):
     _same_training(out, two)
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(one_device):
     folders, out = one_device
     two = out.parent / "two_processes"
@@ -102,6 +104,7 @@ def _extract_run(folder, out, devices, processes=1):
     return [np.load(f"{out}-{i}.npz") for i in range(processes)]
 
 
+@pytest.mark.slow
 def test_extraction_over_devices_and_processes_matches_one_device(tmp_path):
     """Batches of 3 over 2 devices (one blank padding image per batch), and two processes
     each extracting its own half: the class means and every image's features of one device."""
@@ -121,6 +124,7 @@ def test_extraction_over_devices_and_processes_matches_one_device(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["npy", "json"])
+@pytest.mark.slow
 def test_extract_command_on_two_processes_writes_the_features(tmp_path, kind):
     """``uotsel-train extract --distributed`` on 2 processes: process 0 writes the class means,
     both processes their rows of one features file (``.npy``) or each its own part beside an

@@ -66,6 +66,7 @@ def test_array_record_source_reads_images_and_labels(prepared):
         data.TfdsSource("uotsel_test_images", "test", data_dir=prepared)
 
 
+@pytest.mark.slow
 def test_selected_pretraining_stream_over_array_record(prepared):
     src = data.TfdsSource("uotsel_test_images", "train", data_dir=prepared)
     chosen = streams.selected_samples(src.labels, [1, 3])
@@ -85,6 +86,7 @@ def test_selected_pretraining_stream_over_array_record(prepared):
     assert set(np.concatenate([b.labels for b in out]).tolist()) <= {1, 3}
 
 
+@pytest.mark.slow
 def test_extraction_over_array_record_matches_direct_computation(prepared):
     import jax
     import jax.numpy as jnp

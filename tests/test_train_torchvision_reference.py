@@ -86,7 +86,13 @@ def relative_error(got, want):
     return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
 
 
-@pytest.fixture(scope="module", params=sorted(reference.ARCHS))
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(a, marks=[] if a == "resnet18" else [pytest.mark.slow])
+        for a in sorted(reference.ARCHS)
+    ],
+)
 def case(request, tmp_path_factory):
     arch = request.param
     state = reference.random_state_dict(arch)
@@ -104,6 +110,7 @@ def case(request, tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_torchvision_reference_is_reproduced(case):
     """The numpy draw still gives the weights and images the reference was made from, so a
     failure below is the model's, not the generator's."""

@@ -216,6 +216,7 @@ def test_extract_refuses_weights_with_nan():
         run_extract({"backbone": backbone})
 
 
+@pytest.mark.slow
 def test_extract_refuses_non_finite_features():
     # Finite weights so large that the forward pass overflows.
     backbone = tiny_backbone()
@@ -225,6 +226,7 @@ def test_extract_refuses_non_finite_features():
         run_extract({"backbone": backbone})
 
 
+@pytest.mark.slow
 def test_extract_refuses_all_zero_class_means():
     zeros = jax.tree_util.tree_map(np.zeros_like, tiny_backbone())
     zeros["batch_stats"] = jax.tree_util.tree_map(np.ones_like, zeros["batch_stats"])
@@ -232,6 +234,7 @@ def test_extract_refuses_all_zero_class_means():
         run_extract({"backbone": zeros})
 
 
+@pytest.mark.slow
 def test_extract_refuses_missing_parts_and_unreadable_data():
     with pytest.raises(ValueError, match=r"^weights: the weights have no backbone"):
         run_extract({"backbone": None})
@@ -244,6 +247,7 @@ def test_extract_refuses_missing_parts_and_unreadable_data():
         run_extract({"backbone": tiny_backbone()}, source=Images(n=0))
 
 
+@pytest.mark.slow
 def test_extract_names_an_empty_class_unless_allowed():
     source = Images(n=4, classes=2)
     source.classes = ["c0", "c1", "c2"]  # no image of class 2
@@ -256,6 +260,7 @@ def test_extract_names_an_empty_class_unless_allowed():
     assert np.all(np.any(res.means[:2] != 0, axis=1))
 
 
+@pytest.mark.slow
 def test_extract_refuses_weights_of_another_arch_by_name():
     other = models.backbone("resnet18").init(jax.random.key(0), np.zeros((1, 32, 32, 3)))
     with pytest.raises(ValueError, match=r"^weights: the backbone does not fit arch 'tiny' \("):

@@ -8,6 +8,7 @@ from uotsel import feature_transport as transport_module
 
 
 @pytest.mark.parametrize("cost", uotsel.COSTS)
+@pytest.mark.slow
 def test_transport_equals_cost_then_sinkhorn(rng, cost):
     source = rng.normal(size=(120, 16)).astype(np.float32)
     target = rng.normal(size=(9, 16)).astype(np.float32)
@@ -20,6 +21,7 @@ def test_transport_equals_cost_then_sinkhorn(rng, cost):
     np.testing.assert_allclose(fused.log_col_sums, split.log_col_sums, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_transport_does_not_recompile_for_settings(rng):
     source = rng.normal(size=(40, 5)).astype(np.float32)
     target = rng.normal(size=(7, 5)).astype(np.float32)
@@ -39,6 +41,7 @@ def test_transport_does_not_recompile_for_settings(rng):
     assert [program._cache_size() for program in programs] == before
 
 
+@pytest.mark.slow
 def test_transport_hands_over_like_sinkhorn():
     """Costs the absorbed kernel cannot carry (see test_unbalanced): the second program runs
     and gives the answer of the one-program solve."""
@@ -56,8 +59,20 @@ def test_transport_hands_over_like_sinkhorn():
 @pytest.mark.parametrize(
     "source, target, kwargs, match",
     [
-        (np.zeros((3, 2)), np.ones((2, 2)), {}, "source: 3 row.s. have zero norm"),
-        (np.ones((3, 2)), np.array([[np.inf, 1.0]]), {}, "target: contains 1 NaN or inf"),
+        pytest.param(
+            np.zeros((3, 2)),
+            np.ones((2, 2)),
+            {},
+            "source: 3 row.s. have zero norm",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            np.ones((3, 2)),
+            np.array([[np.inf, 1.0]]),
+            {},
+            "target: contains 1 NaN or inf",
+            marks=pytest.mark.slow,
+        ),
         (np.ones((3, 2)), np.ones((2, 3)), {}, "target: feature dimension 3"),
         (np.ones((3, 2)), np.ones((2, 2)), {"cost": "cos"}, "cost: unknown cost 'cos'"),
         (np.ones((3, 2)), np.ones((2, 2)), {"eps_c": 0}, "eps_c: must be > 0"),

@@ -30,6 +30,7 @@ def _check_against(out, ref_rows, ref_cols=None, rtol=1e-4, floor=1e-6):
 
 
 @pytest.mark.parametrize("backbone", ["resnet18_supervised", "mocov2_resnet50"])
+@pytest.mark.slow
 def test_paper_features_match_pot_float64(paper_features, backbone):
     source, target = paper_features[backbone]
     cost64 = cosine_cost64(source, target)
@@ -41,6 +42,7 @@ def test_paper_features_match_pot_float64(paper_features, backbone):
 
 
 @pytest.mark.parametrize("kind", ["random", "clustered"])
+@pytest.mark.slow
 def test_synthetic_costs_match_pot_float64(kind):
     rng = np.random.default_rng(7)
     if kind == "random":
@@ -67,6 +69,7 @@ def test_synthetic_costs_match_pot_float64(kind):
         (math.inf, math.inf),
     ],
 )
+@pytest.mark.slow
 def test_tau_sweep_matches_pot(tau_source, tau_target):
     rng = np.random.default_rng(3)
     n = m = 40 if math.isinf(tau_source) and math.isinf(tau_target) else None
@@ -84,6 +87,7 @@ def test_tau_sweep_matches_pot(tau_source, tau_target):
     _check_against(out, ref_rows, ref_cols, rtol=2e-5)
 
 
+@pytest.mark.slow
 def test_weights_match_pot_entropic_form():
     rng = np.random.default_rng(5)
     cost = rng.uniform(0, 6, size=(90, 30))
@@ -101,6 +105,7 @@ def test_weights_match_pot_entropic_form():
     _check_against(out, ref_rows, ref_cols)
 
 
+@pytest.mark.slow
 def test_float32_safe_for_huge_costs():
     rng = np.random.default_rng(11)
     cost = rng.uniform(0.0, 1e4, size=(200, 30))
@@ -114,6 +119,7 @@ def test_float32_safe_for_huge_costs():
     np.testing.assert_allclose(np.asarray(out.log_col_sums, np.float64), ref_cols, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_paper_tail_log_scores_are_accurate(paper_features):
     source, target = paper_features["mocov2_resnet50"]
     ref_rows, _ = log_domain_marginals(cosine_cost64(source, target))
@@ -122,6 +128,7 @@ def test_paper_tail_log_scores_are_accurate(paper_features):
     assert np.abs(np.asarray(out.log_row_sums, np.float64) - ref_rows).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_certificate_bounds_true_error_float64():
     rng = np.random.default_rng(2)
     source, target = clustered_features(rng, 300, 60)
@@ -137,6 +144,7 @@ def test_certificate_bounds_true_error_float64():
             assert float(out.error) <= threshold
 
 
+@pytest.mark.slow
 def test_stalling_at_the_float32_floor_stops_early():
     rng = np.random.default_rng(0)
     cost = ((1 - np.clip(rng.normal(size=(300, 50)) * 0.3, -1, 1)) / 0.05).astype(np.float32)
@@ -198,6 +206,7 @@ def test_kernel_hands_over_to_the_log_domain_when_out_of_range():
 
 
 @pytest.mark.parametrize("backbone", ["resnet18_supervised", "mocov2_resnet50"])
+@pytest.mark.slow
 def test_methods_agree_on_paper_features(paper_features, backbone):
     source, target = paper_features[backbone]
     cost = uotsel.cosine_cost(source, target)
@@ -208,6 +217,7 @@ def test_methods_agree_on_paper_features(paper_features, backbone):
     assert top(auto) == top(log)
 
 
+@pytest.mark.slow
 def test_non_convergence_is_reported_as_data():
     cost = np.random.default_rng(0).uniform(0, 50, size=(60, 20)).astype(np.float32)
     out = uotsel.sinkhorn(cost, max_iter=2, threshold=1e-8)
@@ -217,6 +227,7 @@ def test_non_convergence_is_reported_as_data():
 
 
 @pytest.mark.parametrize("method", uotsel.unbalanced.METHODS)
+@pytest.mark.slow
 def test_jit_matches_eager(method):
     rng = np.random.default_rng(4)
     cost = rng.uniform(0, 20, size=(70, 15)).astype(np.float32)
@@ -228,6 +239,7 @@ def test_jit_matches_eager(method):
     np.testing.assert_allclose(jitted.log_col_sums, eager.log_col_sums, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_no_recompilation_when_settings_change():
     rng = np.random.default_rng(9)
     source = rng.normal(size=(50, 8)).astype(np.float32)
@@ -299,6 +311,7 @@ def test_warm_start_needs_fewer_iterations():
     np.testing.assert_allclose(warm.log_row_sums, fresh.log_row_sums, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_plan_marginals_match_outputs():
     rng = np.random.default_rng(10)
     cost = rng.uniform(0, 5, size=(40, 10)).astype(np.float32)
@@ -351,6 +364,7 @@ def test_infinite_costs_forbid_pairs():
     assert bool(out.converged)
 
 
+@pytest.mark.slow
 def test_bad_costs():
     with pytest.raises(ValueError, match="cost: contains 1 NaN"):
         uotsel.sinkhorn(np.array([[0.0, np.nan]]))
@@ -369,6 +383,7 @@ costs_strategy = st.integers(min_value=0, max_value=2**31 - 1).map(
 
 @settings(max_examples=25, deadline=None)
 @given(cost=costs_strategy, seed=st.integers(0, 1000))
+@pytest.mark.slow
 def test_property_permuting_rows_permutes_scores(cost, seed):
     perm = np.random.default_rng(seed).permutation(cost.shape[0])
     base = uotsel.sinkhorn(cost, threshold=1e-6)
@@ -380,6 +395,7 @@ def test_property_permuting_rows_permutes_scores(cost, seed):
 
 @settings(max_examples=25, deadline=None)
 @given(cost=costs_strategy, seed=st.integers(0, 1000))
+@pytest.mark.slow
 def test_property_permuting_columns_keeps_row_scores(cost, seed):
     perm = np.random.default_rng(seed).permutation(cost.shape[1])
     base = uotsel.sinkhorn(cost, threshold=1e-6)
@@ -392,6 +408,7 @@ def test_property_permuting_columns_keeps_row_scores(cost, seed):
 
 @settings(max_examples=25, deadline=None)
 @given(cost=costs_strategy, scale=st.floats(0.1, 10.0))
+@pytest.mark.slow
 def test_property_scaling_cost_eps_and_tau_together_keeps_the_plan(cost, scale):
     base = uotsel.sinkhorn(cost, eps=1.0, tau_source=1.0, tau_target=100.0, threshold=1e-6)
     scaled = uotsel.sinkhorn(
@@ -460,6 +477,7 @@ def _staged_cases():
 
 @pytest.mark.parametrize("lockstep", [False, True])
 @pytest.mark.parametrize("case", _staged_cases(), ids=lambda c: c[0])
+@pytest.mark.slow
 def test_two_programs_give_the_answer_of_one(case, lockstep):
     """solve_first (+ solve_rest when asked) is solve split in two programs: same iterations,
     same scores; the first alone finishes an easy problem."""
@@ -527,6 +545,7 @@ def test_weight_range_is_refused_in_batches_and_float64():
         unbalanced.prepare((), 10, 4, np.float64, target_weights=np.full(4, 1e-310))
 
 
+@pytest.mark.slow
 def test_the_smallest_normal_weights_are_solved_as_pot_does_in_float64():
     low, _ = unbalanced.weight_range(np.float32)
     rng = np.random.default_rng(1)
