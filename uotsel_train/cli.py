@@ -38,11 +38,12 @@ from uotsel_train.errors import WorkerDied
 
 __all__ = ["main"]
 
-# What the training side needs beyond jax and numpy (import name -> pip name).
+# What the training side needs beyond jax and numpy (import name -> pip name): every package of
+# the ``train`` extra in setup.cfg, so that no command runs with a part of it silently missing.
 _NEEDS = {
     "flax": "flax",
     "optax": "optax",
-    "orbax": "orbax-checkpoint",
+    "orbax.checkpoint": "orbax-checkpoint",
     "ml_collections": "ml_collections",
     "PIL": "pillow",
     "grain": "grain",
@@ -54,9 +55,17 @@ _NEEDS = {
 
 def _missing_extra() -> list[str]:
     def absent(name: str) -> bool:
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            if prefix in sys.modules and sys.modules[prefix] is None:
+                return True  # an import blocked on purpose
         if name in sys.modules:
-            return sys.modules[name] is None  # an import blocked on purpose
-        return importlib.util.find_spec(name) is None
+            return False
+        try:
+            return importlib.util.find_spec(name) is None
+        except (ImportError, ValueError):  # a missing parent package (orbax of orbax.checkpoint)
+            return True
 
     return [pip for name, pip in _NEEDS.items() if absent(name)]
 

@@ -393,4 +393,6 @@ def _run(out_dir: str, s: DemoSettings, log: Callable[[str], None], progress: bo
     picture = demo_report.draw(out_dir, record)
     if picture:
         log(f"curves of every run, by arm: {picture}")
+    else:
+        log("no curves.png: drawing needs matplotlib (pip install 'uotsel[plot]')")
     return record
