@@ -4,28 +4,12 @@ warm start for ott's ``Sinkhorn``.
 ott-jax is an optional peer: ``import uotsel`` never imports ``ott``; the conversions live in
 :mod:`uotsel.ott_convert`, which imports it only inside the functions handed ott objects.
 
-The two libraries solve the same problem, with other names and defaults (docs/solver.md,
-section "Problem"):
-
-- **unbalancedness**: ott's ``tau_a`` is uotsel's ``k_source = tau_source / (tau_source + eps)``,
-  so ``tau_source = eps * tau_a / (1 - tau_a)`` and ``tau_a = 1`` is ``tau_source = inf`` (a side
-  held exactly); likewise ``tau_b`` and ``tau_target``. The mapping depends on the ``eps`` the
-  problem is solved with.
-- **weights**: ott's default weights are uniform, ``1 / n`` and ``1 / m``; uotsel's (and the
-  paper's) are 1 per unit. Scaling the weights by ``alpha`` (source) and ``beta`` (target)
-  multiplies the whole plan by ``exp((k_s (1 - k_t) log alpha + k_t (1 - k_s) log beta) /
-  (1 - k_s k_t))``: the ranking stays, the masses do not. The weights are always carried over
-  as ott has them.
-- **epsilon**: ott's default ``epsilon`` is relative to the cost (``0.05`` times the standard
-  deviation of the cost matrix); the paper's ``eps`` is 1, absolute. Only an ``epsilon`` set on
-  the geometry is carried over.
-- **cost**: ott divides its cost by ``scale_cost``; ``Cosine`` is ``1 - cos``, so a point cloud
-  with ``scale_cost = eps_c`` has uotsel's cosine cost ``(1 - cos) / eps_c``.
-- **potentials**: both write the plan ``P = exp((f_i + g_j - C_ij) / eps)`` without the weights
-  in the kernel, and both run the same update (ott's ``lse_mode`` iteration, uotsel's
-  ``method="log"``), so they share the fixed point: uotsel's ``f``, ``g`` are ott's potentials,
-  and either library's potentials warm-start the other (:func:`to_ott_init`; ott's ``f`` as
-  uotsel's ``init``). ott marks units of zero weight with potential ``-inf``; uotsel masks them.
+The two libraries solve the same problem with other names and defaults (ott's ``tau_a`` is
+uotsel's ``tau_source / (tau_source + eps)``; ott's weights are ``1 / n``, uotsel's 1 per
+unit; ott's default epsilon is relative to the cost): :mod:`uotsel.ott_convert` states the
+whole mapping and docs/solver.md tabulates it. Both write the plan without the weights in the
+kernel and share the fixed point, so either library's potentials warm-start the other
+(:func:`to_ott_init`; ott's ``f`` as uotsel's ``init``).
 """
 
 from __future__ import annotations
