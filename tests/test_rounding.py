@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import uotsel
-from uotsel import _rounding, programs, selection_file, unbalanced
+from uotsel import _rounding, selection_file, unbalanced
 from uotsel import io as uio
 
 U = 2.0**-24
@@ -362,43 +362,6 @@ def test_select_reports_rounding_in_diagnostics_and_record():
         sel, units(source, "s.npz"), units(target, "t.npz"), "x"
     )
     assert record["solver"]["rounding"] == sel.diagnostics["rounding"]
-
-
-# --- weights ------------------------------------------------------------------------------------
-
-
-def _cache_sizes():
-    return [p._cache_size() for p in (unbalanced.solve, programs._first_program)]
-
-
-@pytest.mark.parametrize("side", ["source_weights", "target_weights"])
-@pytest.mark.parametrize("value", [1.2e-39, 1e-45, 1e-38])
-def test_subnormal_weight_is_refused_before_tracing(side, value):
-    cost = np.random.default_rng(0).uniform(0, 5, (100, 100)).astype(np.float32)
-    weights = np.ones(100, np.float32)
-    weights[17] = value
-    before = _cache_sizes()
-    with pytest.raises(ValueError, match=rf"^{side}: .*\(unit 17\).*\[1\.18e-38, 3\.4e\+38\]"):
-        uotsel.sinkhorn(cost, **{side: weights})
-    assert _cache_sizes() == before
-
-
-def test_weight_range_is_refused_in_batches_and_float64():
-    weights = np.ones((2, 10))
-    weights[1, 3] = 1e-40
-    with pytest.raises(ValueError, match=r"^source_weights: 1e-40 \(unit 3\)"):
-        unbalanced.prepare((2,), 10, 4, np.float32, source_weights=weights)
-    weights[1, 3] = 1e39  # finite in float64, beyond float32
-    with pytest.raises(ValueError, match=r"^source_weights: 1e\+39 .*largest float32"):
-        unbalanced.prepare((2,), 10, 4, np.float32, source_weights=weights)
-    # A masked unit is not solved: its weight is not checked.
-    mask = np.ones((2, 10), bool)
-    mask[1, 3] = False
-    unbalanced.prepare((2,), 10, 4, np.float32, source_weights=weights, source_mask=mask)
-    low, _ = unbalanced.weight_range(np.float64)
-    assert low == float(np.finfo(np.float64).tiny)
-    with pytest.raises(ValueError, match=r"^target_weights: .*\[2\.23e-308, 1\.8e\+308\]"):
-        unbalanced.prepare((), 10, 4, np.float64, target_weights=np.full(4, 1e-310))
 
 
 @pytest.mark.parametrize("tau_s, tau_t", [(1.0, 100.0), (math.inf, 10.0), (10.0, math.inf)])
