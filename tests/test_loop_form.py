@@ -54,6 +54,12 @@ def test_testing_the_stop_every_k_iterations_changes_no_bit(check_every):
     for cost, given in _problems():
         today = _solve(cost, given, it.Form(1, "dot"))
         assert _equal(_solve(cost, given, it.Form(check_every, "dot")), today)
+    # The packed state keeps float64 scalars and vectors bit for bit too.
+    with jax.enable_x64(True):
+        cost = jnp.asarray(_problems()[1][0], jnp.float64)
+        today = _solve(cost, _problems()[1][1], it.Form(1, "dot"))
+        assert today.f.dtype == jnp.float64
+        assert _equal(_solve(cost, _problems()[1][1], it.Form(check_every, "dot")), today)
 
 
 @pytest.mark.slow

@@ -261,3 +261,21 @@ def test_the_exports_are_complete_and_resolve():
 def test_submodules_load_as_attributes():
     assert uotsel.unbalanced.sinkhorn is uotsel.sinkhorn
     assert uotsel.lloyd.assign is not None
+
+
+def test_plain_settings_are_validated_once_per_shape_and_dtype():
+    from uotsel import unbalanced
+
+    first = unbalanced.prepare((), 7, 3, np.float32, UOT(eps=0.5))
+    assert unbalanced.prepare((), 7, 3, np.float32, UOT(eps=0.5)) is first
+    assert unbalanced.prepare((), 7, 3, np.float64, UOT(eps=0.5)) is not first
+    assert unbalanced.prepare((), 7, 4, np.float32, UOT(eps=0.5)) is not first
+    weighted = unbalanced.prepare((), 7, 3, np.float32, UOT(eps=0.5), source_weights=np.ones(7))
+    assert weighted is not first and weighted.source_weights is not None
+    # An array field is validated every time; equal values of other types are told apart.
+    arrayed = unbalanced.prepare((), 7, 3, np.float32, UOT(eps=np.array(0.5)))
+    assert arrayed is not unbalanced.prepare((), 7, 3, np.float32, UOT(eps=np.array(0.5)))
+    as_float = unbalanced.prepare((), 7, 3, np.float32, UOT(eps=1.0))
+    assert unbalanced.prepare((), 7, 3, np.float32, UOT(eps=1)) is not as_float
+    with pytest.raises(ValueError, match="eps"):
+        unbalanced.prepare((), 7, 3, np.float32, UOT(eps=-1.0))

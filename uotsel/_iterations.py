@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uotsel import _check_every as check_every
 from uotsel import _rounding
 from uotsel._products import col_sums, row_sums
 
@@ -407,7 +408,7 @@ def kernel_pass(p: Problem, f: Array, g: Array, progress: Progress, form: Form) 
 
     def body(state):
         state, runs = state
-        return _iterations(iterate, go, form.check_every, state), runs + 1
+        return check_every.run(iterate, go, form.check_every, state), runs + 1
 
     top_u = jnp.max(rel_r)
     zero = jnp.bool_(False)
@@ -453,45 +454,6 @@ def kernel_pass(p: Problem, f: Array, g: Array, progress: Progress, form: Form) 
         check_ok=check_ok,
         tests=runs + 1,
     )
-
-
-def _iterations(iterate, go, count: int, state):
-    """``count`` iterations ``iterate(state, live)`` from ``state`` (the loop's condition ``go``
-    having just held), each ``live`` only where ``go`` holds for the state before it: the same
-    iterates as ``count`` trips of the loop, with one test of its condition."""
-    if count == 1:
-        return iterate(state, jnp.bool_(True))
-    leaves, tree = jax.tree.flatten(state)
-    groups = _groups(leaves)
-
-    def one(_, packed):
-        state = jax.tree.unflatten(tree, _unpack(packed, groups, len(leaves)))
-        return _pack(jax.tree.leaves(iterate(state, go(state))), groups)
-
-    packed = jax.lax.fori_loop(0, count, one, _pack(leaves, groups))
-    return jax.tree.unflatten(tree, _unpack(packed, groups, len(leaves)))
-
-
-def _groups(leaves) -> list[list[int]]:
-    """Indices of the leaves of one shape and dtype, one list per kind."""
-    kinds: dict = {}
-    for i, leaf in enumerate(leaves):
-        kinds.setdefault((jnp.shape(leaf), jnp.result_type(leaf)), []).append(i)
-    return list(kinds.values())
-
-
-def _pack(leaves, groups):
-    """The loop state as one stacked array per kind of leaf: the state's selects then fuse into
-    a few kernels instead of one per leaf."""
-    return [jnp.stack([leaves[i] for i in group]) for group in groups]
-
-
-def _unpack(packed, groups, size):
-    leaves = [None] * size
-    for stacked, group in zip(packed, groups, strict=True):
-        for row, i in enumerate(group):
-            leaves[i] = stacked[row]
-    return leaves
 
 
 def initial_pass(p: Problem, f: Array, progress: Progress) -> Pass:

@@ -146,9 +146,14 @@ def _solve(kind, source, target, scale, chunk, settings, method, mesh):
     if mesh is not None:
         source, target, settings = _on_mesh(source, target, settings, mesh)
     else:
-        # Every host value (features, settings, scale) in one explicit transfer: nothing is
-        # copied implicitly when the programs are called.
-        source, target = jax.device_put([source, target])
+        # Host features in one explicit transfer, the settings' scalars from a cache of device
+        # constants: nothing is copied implicitly when the programs are called.
+        hosted = [x for x in (source, target) if isinstance(x, np.ndarray)]
+        if hosted:
+            placed = iter(jax.device_put(hosted))
+            source, target = (
+                next(placed) if isinstance(x, np.ndarray) else x for x in (source, target)
+            )
         scale, settings = unbalanced.device_scalar(scale), unbalanced.on_device(settings)
     chunk = chunk or source.shape[0]
     out, valid = _run(kind, source, target, scale, chunk, settings, method, False, mesh)

@@ -269,6 +269,9 @@ def prepare(
     :func:`sinkhorn` for problems of shape ``lead + [n, m]`` in ``dtype``, before anything is
     traced.
 
+    Settings given as plain hashable values (no arrays) with no per-problem data are
+    validated once per shape and dtype: later calls get the same :class:`SolverSettings`.
+
     Returns:
       The :class:`SolverSettings` that :func:`solve` takes.
 
@@ -276,6 +279,41 @@ def prepare(
       ValueError, TypeError: naming the bad argument.
     """
     uot = resolve(settings, **overrides)
+    data = (source_weights, target_weights, source_mask, target_mask, init)
+    key = _plain_key(uot) if all(x is None for x in data) else None
+    if key is not None:
+        return _prepare_plain(tuple(int(k) for k in lead), int(n), int(m), np.dtype(dtype).str, key)
+    return _prepare(lead, n, m, dtype, uot, *data)
+
+
+def _plain_key(uot: UOT) -> tuple | None:
+    """``uot`` as a hashable key that tells each field's type (``1``, ``1.0`` and ``True``
+    differ), or None when a field cannot be hashed (an array, a traced value)."""
+    key = tuple((type(v), v) for v in uot)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+@functools.lru_cache(maxsize=64)
+def _prepare_plain(lead, n, m, dtype, key) -> SolverSettings:
+    return _prepare(lead, n, m, np.dtype(dtype), UOT(*(v for _, v in key)))
+
+
+def _prepare(
+    lead,
+    n,
+    m,
+    dtype,
+    uot,
+    source_weights=None,
+    target_weights=None,
+    source_mask=None,
+    target_mask=None,
+    init=None,
+) -> SolverSettings:
     eps, tau_source, tau_target = uot.eps, uot.tau_source, uot.tau_target
     threshold, max_iter, method = uot.threshold, uot.max_iter, uot.method
     _checks.check_positive_scalar(eps, "eps")
