@@ -169,6 +169,8 @@ def _host_or_device(x: Any, dtype: Any) -> Any:
     or split over a mesh); device and traced arrays are cast where they are."""
     if isinstance(x, np.ndarray):
         return np.asarray(x, dtype)
+    if isinstance(x, jax.Array) and x.dtype == dtype:
+        return x
     return jnp.asarray(x, dtype)
 
 
