@@ -31,8 +31,9 @@ NOISE = 0.5  # times the typical class-mean norm / sqrt(D), per coordinate
 
 def write_features(path: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The synthetic features in a ``.npy`` at ``path``, block by block; returns the class
-    means and the per-sample labels."""
-    from uotsel import embedded
+    means of the features written (what ``uotsel centroids`` makes of them, and what
+    :func:`uotsel.select_samples` holds them against) and the per-sample labels."""
+    from uotsel import ClassMeanAccumulator, embedded
 
     units = embedded.load("resnet18_supervised", "imagenet")
     means, counts = units.means.astype(np.float32), units.counts
@@ -42,13 +43,15 @@ def write_features(path: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     n, d = labels.size, means.shape[1]
     scale = NOISE * float(np.median(np.linalg.norm(means, axis=1))) / np.sqrt(d)
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    written = ClassMeanAccumulator(means.shape[0], d)
     for lo in range(0, n, 65536):
         hi = min(n, lo + 65536)
         noise = rng.standard_normal(size=(hi - lo, d), dtype=np.float32)
         out[lo:hi] = means[labels[lo:hi]] + scale * noise
+        written.update(out[lo:hi], labels[lo:hi])
     out.flush()
     del out
-    return means, labels
+    return written.result().means, labels
 
 
 def chunk_memory_mb(chunk: int, d: int, m: int) -> float:

@@ -8,6 +8,22 @@ import json
 import os
 import sys
 
+# The run's settings (the samples worker, tests/samples_fit_worker.py, trains with them too).
+SETTINGS = [
+    "arch=tiny",
+    "objective=labelled",
+    "lr=0.05",
+    "lam=0.5",
+    "epochs=2",
+    "milestones=1",
+    "batch_size=4",
+    "source_batch_size=4",
+    "image_size=16",
+    "eval_every=1",
+    "workers=2",
+    "progress=false",
+]
+
 
 def main(argv):
     target_root, pretrain_root, out = argv[:3]
@@ -23,23 +39,7 @@ def main(argv):
     from uotsel_train import config, data, input_pipeline, models, parallel, streams, train
 
     target, pretrain = data.ImageFolder(target_root), data.ImageFolder(pretrain_root)
-    cfg = config.override(
-        config.default(),
-        [
-            "arch=tiny",
-            "objective=labelled",
-            "lr=0.05",
-            "lam=0.5",
-            "epochs=2",
-            "milestones=1",
-            "batch_size=4",
-            "source_batch_size=4",
-            "image_size=16",
-            "eval_every=1",
-            "workers=2",
-            "progress=false",
-        ],
-    )
+    cfg = config.override(config.default(), SETTINGS)
     config.validate(cfg, check_files=False)
     inputs = input_pipeline.Inputs(
         target=target,

@@ -253,3 +253,8 @@ def test_per_sample_scores_split_equal_one_device(features, tmp_path):
         subprocess.run(argv, check=True, capture_output=True)
         outs[shard] = np.load(tmp_path / f"{shard}.npy")
     np.testing.assert_array_equal(outs["on"], outs["off"])
+    # rows in another order: the unit sums made on the split chunks refuse them too
+    np.save(tmp_path / "f.npy", samples_[rng.permutation(500)])
+    refused = subprocess.run(argv[:-2], capture_output=True, text=True)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.startswith("uotsel select: error: --features: the mean of unit ")

@@ -549,6 +549,7 @@ def _bad_inputs(tmp, features):
     zero = features.copy()
     zero[17] = 0.0
     np.save(tmp / "zero.npy", zero)
+    np.save(tmp / "shuffled.npy", features[np.random.default_rng(3).permutation(len(features))])
     f = ["--features", tmp / "features.npy"]
     return [
         ("labels.npz", ["--top-k", 3], "--top-k: cannot be combined with --per-sample"),
@@ -568,6 +569,11 @@ def _bad_inputs(tmp, features):
             "--features: row 17 ",
         ),
         ("means.npz", ["--budget-images", 5, "--features", tmp / "none.npy"], "--features: "),
+        (
+            "means.npz",
+            ["--budget-images", 5, "--features", tmp / "shuffled.npy"],
+            "--features: the mean of unit ",
+        ),
         ("means.npz", ["--budget-images", 5, "--scores-out", tmp / "s.txt", *f], "--scores-out: "),
         ("means.npz", ["--budget-images", 5, "--chunk-size", 0, *f], "--chunk-size: must be >= 1"),
         ("means.npz", ["--budget-images", 5, "--n-groups", 6, *f], "--n-groups: 6 is more than "),

@@ -10,12 +10,13 @@ import pytest
 pytest.importorskip("orbax.checkpoint")
 
 import jax
-from train_helpers import image_folder
+from train_helpers import image_folder, recorded
 
 from uotsel import io
 from uotsel_train import parallel
 
 WORKER = os.path.join(os.path.dirname(__file__), "fit_worker.py")
+SAMPLES_WORKER = os.path.join(os.path.dirname(__file__), "samples_fit_worker.py")
 
 
 def test_single_process_placement():
@@ -37,14 +38,14 @@ def _free_port():
         return str(s.getsockname()[1])
 
 
-def _launch(args, env_extra=None, processes=1):
+def _launch(args, env_extra=None, processes=1, worker=WORKER):
     env = {**os.environ, **(env_extra or {})}
     if processes == 1:
-        procs = [subprocess.Popen([sys.executable, WORKER, *args], env=env)]
+        procs = [subprocess.Popen([sys.executable, worker, *args], env=env)]
     else:
         port = _free_port()
         procs = [
-            subprocess.Popen([sys.executable, WORKER, *args, str(i), str(processes), port], env=env)
+            subprocess.Popen([sys.executable, worker, *args, str(i), str(processes), port], env=env)
             for i in range(processes)
         ]
     codes = [p.wait(timeout=600) for p in procs]
@@ -84,6 +85,40 @@ def test_two_processes_train_like_one(one_device):
     two = out.parent / "two_processes"
     _launch([*folders, str(two)], {"XLA_FLAGS": ""}, processes=2)
     _same_training(out, two)
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_a_per_sample_list_like_one(tmp_path):
+    """The ``samples`` setting (a ``--samples-out`` list, best first) on two processes: each
+    trains on the listed samples, loads pre-training images only from them (its own rows of
+    every batch: together, the images one process loads), and both end with the parameters
+    of the one-process run."""
+    folders = (
+        image_folder(tmp_path / "target", 2, 4, 0),
+        image_folder(tmp_path / "pretrain", 3, 3, 1),
+    )
+    listed = np.array([7, 1, 4, 8])  # of the 9 pre-training images, in no order
+    np.save(tmp_path / "ps.npy", listed)
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = [*folders, str(tmp_path / "ps.npy")]
+    _launch([*args, str(one)], {"XLA_FLAGS": ""}, worker=SAMPLES_WORKER)
+    _launch([*args, str(two)], {"XLA_FLAGS": ""}, processes=2, worker=SAMPLES_WORKER)
+    for out, process in ((one, 0), (two, 0), (two, 1)):
+        trained = np.load(out / f"pretrain-{process}.npy")
+        np.testing.assert_array_equal(trained, np.sort(listed))
+    alone = recorded(one / "loads-0.txt")
+    assert alone.size == 4 * 4  # 2 epochs of 2 steps, 4 pre-training images a step
+    assert set(alone.tolist()) == set(listed.tolist())  # the stream passes over the list
+    halves = [recorded(two / f"loads-{i}.txt") for i in range(2)]
+    assert [h.size for h in halves] == [8, 8]  # each process loads its 2 rows of every step
+    for half in halves:
+        assert set(half.tolist()) <= set(listed.tolist())
+    np.testing.assert_array_equal(np.sort(np.concatenate(halves)), np.sort(alone))
+    _same_training(one, two)
+    p0, p1 = np.load(two / "params.npz"), np.load(two / "params-1.npz")
+    assert sorted(p0.files) == sorted(p1.files)
+    for k in p0.files:  # one replicated state: the same on both processes
+        np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
 
 
 EXTRACT_WORKER = os.path.join(os.path.dirname(__file__), "extract_worker.py")

@@ -159,3 +159,37 @@ def spawned_children():
         if int(fields[1]) == os.getpid() and (b"spawn_main" in cmd or fields[0] == "Z"):
             found.append(int(entry))
     return found
+
+
+class RecordingSource:
+    """A source that appends every index it loads, one a line, to the file ``log`` (from
+    whichever process loads it: grain's worker processes too)."""
+
+    def __init__(self, source, log):
+        self.source, self.log = source, str(log)
+        self.labels, self.classes = source.labels, source.classes
+
+    def __len__(self):
+        return len(self.source)
+
+    def load(self, index):
+        import os
+
+        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{int(index)}\n".encode())
+        finally:
+            os.close(fd)
+        return self.source.load(index)
+
+    def where(self, index):
+        return self.source.where(index)
+
+
+def recorded(log):
+    """``[n]`` int64 indices a :class:`RecordingSource` wrote to ``log`` (none when absent)."""
+    import os
+
+    if not os.path.exists(log):
+        return np.zeros(0, np.int64)
+    return np.loadtxt(log, dtype=np.int64, ndmin=1)

@@ -19,7 +19,9 @@ a sample equal to its unit's mean gets the ``s`` from which its unit's ``log(P 1
   through one compiled program (the last chunk padded, so it compiles once); memory-mapped
   ``.npy`` files and feature parts (:class:`uotsel.shards.RowShards`) are read chunk by chunk.
 - :func:`best_samples`: the ``S`` best samples, best first.
-- :func:`select_samples`: both after solving the unit-level problem, as :func:`uotsel.select`.
+- :func:`select_samples`: both after solving the unit-level problem, as :func:`uotsel.select`;
+  with ``unit_ids`` it also checks, from sums made while the chunks are scored, that the rows
+  of each unit average to that unit's feature (:mod:`uotsel.member_means`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uotsel import _checks, costs
+from uotsel import _checks, costs, member_means
 from uotsel import mesh as meshes
 from uotsel.selection import Selection, expand_to_samples, select
 from uotsel.settings import UOT
@@ -227,6 +229,20 @@ def sample_scores(
       >>> bool(s[0] > s[1])
       True
     """
+    return _scores(features, target, solution, settings, chunk_size, shard, progress)
+
+
+def _scores(
+    features: Any,
+    target: Any,
+    solution: Any,
+    settings: UOT | None,
+    chunk_size: int,
+    shard: Any,
+    progress: Callable[[int], Any] | None,
+    sums: member_means.MemberSums | None = None,
+) -> np.ndarray:
+    """:func:`sample_scores`, each chunk also added to ``sums`` when given."""
     n, d = _check_features(features)
     target = _checks.as_float_array(target, "target", 2)
     _checks.check_nonempty(target, "target", 0, "units")
@@ -242,7 +258,7 @@ def sample_scores(
         _checks.check_nonzero_rows(np.asarray(target), "target")
     _checks.check_finite(target, "target")
     scorer = _Scorer(problem, np.asarray(target, dtype), dtype, min(chunk_size, n), mesh)
-    return scorer.run(features, progress)
+    return scorer.run(features, progress, sums)
 
 
 class _Scorer:
@@ -266,14 +282,21 @@ class _Scorer:
             return jax.device_put(rows)
         return meshes.place_rows(rows, self.mesh)
 
-    def run(self, features: Any, progress: Callable[[int], Any] | None) -> np.ndarray:
+    def run(
+        self,
+        features: Any,
+        progress: Callable[[int], Any] | None,
+        sums: member_means.MemberSums | None = None,
+    ) -> np.ndarray:
         n = features.shape[0]
         scores = np.empty(n, self.dtype)
         pending = None
         for lo in range(0, n, self.chunk):
             hi = min(n, lo + self.chunk)
-            rows = _padded(np.asarray(features[lo:hi]), self.chunk, self.dtype)
-            result = _score_chunk(self.problem.kind, self._place(rows), *self.args)
+            rows = self._place(_padded(np.asarray(features[lo:hi]), self.chunk, self.dtype))
+            result = _score_chunk(self.problem.kind, rows, *self.args)
+            if sums is not None:
+                sums.add(rows, self._place(sums.ids(lo, hi, self.chunk)))
             if pending is not None:
                 self._collect(features, scores, *pending, progress)
             pending = (lo, hi, result)
@@ -398,6 +421,7 @@ def select_samples(
     n_groups: int | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     progress: Callable[[int], Any] | None = None,
+    check_means: bool = True,
     **options: Any,
 ) -> SampleSelection:
     """Solve the ``uot`` problem between the source and target units, score every sample by
@@ -411,10 +435,14 @@ def select_samples(
       settings: a :class:`uotsel.UOT` (default ``UOT()``, the paper's), as :func:`uotsel.select`.
       budget_images: how many samples to take, from 1 to ``N`` (each sample is one image).
       unit_ids: optional ``[N]`` unit id of every sample, in ``[0, K)``; fills
-        ``unit_counts``.
+        ``unit_counts``, and the mean of each unit's rows must be its ``source`` row.
       n_groups: equal groups of the unit ranking, as :func:`uotsel.select`.
       chunk_size: rows scored at a time (:func:`sample_scores`).
       progress: called with the number of rows scored after every chunk.
+      check_means: with ``unit_ids``, refuse ``features`` whose rows of a unit do not
+        average to its ``source`` row (:mod:`uotsel.member_means`: features of another
+        backbone or in another order); False for units that are not the plain means of
+        ``features`` (means of normalised rows, medoids, units of a larger sample).
       **options: the ``uot`` settings of :func:`uotsel.select` (``cost``, ``eps_c``,
         ``eps``, ``tau_source``, ``tau_target``, ``source_weights``, ``target_weights``,
         ``shard``, ...); ``shard`` also splits the scoring.
@@ -424,7 +452,9 @@ def select_samples(
 
     Raises:
       ValueError, TypeError: naming the argument, before anything is solved (a bad row of
-        ``features`` once its chunk is scored).
+        ``features`` once its chunk is scored; features that are not those of ``source``,
+        ``features: the mean of unit 3's 40 rows differs from the unit's feature by ...``,
+        once every chunk is scored).
 
     Example:
       >>> import numpy as np, uotsel
@@ -454,16 +484,24 @@ def select_samples(
         expand_to_samples(np.zeros(0, np.int64), unit_ids, source.shape[0])  # validates
     budget = _check_budget(budget_images, n)
     chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
+    if not isinstance(check_means, (bool, np.bool_)):
+        raise TypeError(f"check_means: expected True or False, got {check_means!r}")
     units = select(source, target, settings, top_k=None, n_groups=n_groups, **options)
-    scores = sample_scores(
+    sums = None
+    if unit_ids is not None and check_means:
+        sums = member_means.MemberSums(unit_ids, source.shape[0])
+    scores = _scores(
         features,
         target,
         units,
         _used_settings(settings, options),
-        chunk_size=chunk_size,
-        shard=options.get("shard", "auto"),
-        progress=progress,
+        chunk_size,
+        options.get("shard", "auto"),
+        progress,
+        sums,
     )
+    if sums is not None:
+        sums.check(source)
     samples = best_samples(scores, budget)
     counts = None
     if unit_ids is not None:

@@ -2,7 +2,8 @@
 the per-sample features and unit ids, check them against the unit file, score every sample by
 the unit-level ``uot`` solution (:func:`uotsel.per_sample.select_samples`) and write the
 outputs. Bad input raises :class:`uotsel.cli_kit.UsageError` naming the flag, before anything
-is solved.
+is solved; features that are not those the units were computed from (:mod:`uotsel.member_means`)
+once every sample is scored, before anything is written.
 """
 
 from __future__ import annotations
