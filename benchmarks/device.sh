@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark's --device mode on the accelerator JAX finds (the first three steps in about
-# 6 minutes, all eight in about 19 minutes): each writes its own "... on <device>" section of
+# 6 minutes, all nine in about 19 minutes): each writes its own "... on <device>" section of
 # docs/benchmarks.md and benchmarks/results/<name>_device.json.
 # Every step has its own time limit, so that one slow step cannot take the others' time.
 #
@@ -23,8 +23,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 
 status=0
 # "solver" names the solver's steps (at most 8 minutes): the Sinkhorn peers at 2000 x 200, the
-# batch of 64 problems and the first calls.
-only=" ${*/solver/sinkhorn_peers batched first_call} "
+# batch of 64 problems, a call's cost around its programs and the first calls.
+only=" ${*/solver/sinkhorn_peers batched call_overhead first_call} "
 # step LIMIT NAME ARGS...: benchmarks.NAME --device ARGS, at most LIMIT seconds; with names
 # given on the command line, only those steps run.
 step() {
@@ -47,7 +47,8 @@ step 420 train_throughput --archs tiny,resnet18,resnet50 --batch 256 --precision
 step 150 scaling --repeats 3
 step 150 kmeans --iters 10 --sizes 1280000 --ks 2000 --whole-sizes 200000
 step 60 batched --repeats 5
+step 30 call_overhead --rounds 3 --calls 100
 step 60 end_to_end --repeats 3
-step 300 first_call --repeats 3
+step 280 first_call --repeats 3
 step 200 sharded --devices 1 --repeats 3
 exit $status

@@ -141,7 +141,11 @@ def test_a_steady_transport_makes_no_implicit_transfer():
     first = uotsel.transport(source, target, source_weights=weights)
     cost = np.asarray(uotsel.cosine_cost(source, target))
     uotsel.sinkhorn(cost)
+    on_device = jax.device_put([source, target, weights])
     with jax.transfer_guard_host_to_device("disallow"):
         again = uotsel.transport(source, target, source_weights=weights)
         uotsel.sinkhorn(cost)
+        # Device features: not even the features are copied, so nothing else is either.
+        placed = uotsel.transport(on_device[0], on_device[1], source_weights=on_device[2])
     assert _equal(first, again)
+    assert _equal(first, placed)

@@ -7,6 +7,7 @@ program (on a 2-core CPU this saves no time: see ``sinkhorn_peers`` in docs/benc
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -146,22 +147,25 @@ def _solve(kind, source, target, scale, chunk, settings, method, mesh):
     if mesh is not None:
         source, target, settings = _on_mesh(source, target, settings, mesh)
     else:
-        # Host features in one explicit transfer, the settings' scalars from a cache of device
-        # constants: nothing is copied implicitly when the programs are called.
-        hosted = [x for x in (source, target) if isinstance(x, np.ndarray)]
-        if hosted:
-            placed = iter(jax.device_put(hosted))
-            source, target = (
-                next(placed) if isinstance(x, np.ndarray) else x for x in (source, target)
-            )
         scale, settings = unbalanced.device_scalar(scale), unbalanced.on_device(settings)
     chunk = chunk or source.shape[0]
-    out, valid = _run(kind, source, target, scale, chunk, settings, method, False, mesh)
-    if costs.needs_wide(kind, valid[:3]):
-        out, valid = _run(kind, source, target, scale, chunk, settings, method, True, mesh)
+    with _features_to_device(source, target):
+        out, valid = _run(kind, source, target, scale, chunk, settings, method, False, mesh)
+        if costs.needs_wide(kind, valid[:3]):
+            out, valid = _run(kind, source, target, scale, chunk, settings, method, True, mesh)
     if mesh is not None:
         out = out._replace(f=out.f[:n], log_row_sums=out.log_row_sums[:n])
     return out, valid
+
+
+def _features_to_device(source: Any, target: Any):
+    """Host features are copied to the device by the program call itself, the one transfer a
+    call makes, allowed by name under any transfer guard: on a small problem an explicit
+    ``jax.device_put`` costs more than the whole solve. The settings are device constants
+    (:func:`uotsel.unbalanced.on_device`) and are never copied implicitly."""
+    if isinstance(source, np.ndarray) or isinstance(target, np.ndarray):
+        return jax.transfer_guard_host_to_device("allow")
+    return contextlib.nullcontext()
 
 
 def _host_or_device(x: Any, dtype: Any) -> Any:
