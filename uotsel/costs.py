@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uotsel import _checks, paper
+from uotsel import _exact_scaling as exact
 
 __all__ = [
     "COSTS",
@@ -159,54 +160,6 @@ def to_device(x: Any, dtype: Any) -> Any:
     return jnp.asarray(x, dtype)
 
 
-def _int_type(dtype: Any) -> Any:
-    return jnp.int64 if np.dtype(dtype).itemsize == 8 else jnp.int32
-
-
-def _pow2(e: Array, dtype: Any) -> Array:
-    """Exactly ``2 ** e`` for integer ``e`` in the normal range of ``dtype``, from its bits."""
-    info = np.finfo(dtype)
-    itype = _int_type(dtype)
-    bits = (e.astype(itype) + (info.maxexp - 1)) << info.nmant
-    return jax.lax.bitcast_convert_type(bits, dtype)
-
-
-def _times_pow2(x: Array, e: Array, steps: int = 2) -> Array:
-    """``x * 2 ** e`` for ``|e| <= 64 * steps``, in ``steps`` exact multiplications (every
-    factor a normal number)."""
-    out = x
-    for part in range(steps):
-        out = out * _pow2((e + part) // steps, x.dtype)
-    return out
-
-
-def _exponent(top: Array) -> Array:
-    """int32 ``e`` with ``top < 2 ** e`` for a normal, finite ``top``; 0 otherwise."""
-    _, e = jnp.frexp(top)
-    usable = jnp.isfinite(top) & (top >= np.finfo(top.dtype).tiny)
-    return jnp.where(usable, e, 0).astype(jnp.int32)
-
-
-def _exact_rows(x: Array) -> Array:
-    """``x`` ``[r, d]`` with every row scaled by a power of two so that its largest magnitude
-    lies in ``[2^p, 2^(p+1))`` (``p`` the mantissa bits), read from the bits: exact for
-    subnormal entries too. All-zero rows stay zero."""
-    info = np.finfo(x.dtype)
-    itype = _int_type(x.dtype)
-    bits = jax.lax.bitcast_convert_type(x, itype)
-    magnitude = bits & jnp.asarray(np.iinfo(np.dtype(itype)).max, itype)
-    field = magnitude >> info.nmant
-    fraction = magnitude & ((1 << info.nmant) - 1)
-    significand = jnp.where(field > 0, fraction | (1 << info.nmant), fraction)
-    # value = significand * 2 ** (max(field, 1) - bias - nmant)
-    power = jnp.where(significand > 0, jnp.maximum(field, 1), jnp.iinfo(itype).min // 2)
-    shift = power - jnp.max(power, axis=1, keepdims=True)
-    smallest = -(info.maxexp - 2)
-    factor = jnp.where(shift >= smallest, _pow2(jnp.maximum(shift, smallest), x.dtype), 0.0)
-    value = significand.astype(x.dtype) * factor
-    return jnp.where(bits < 0, -value, value)
-
-
 def _row_norms(x: Array) -> tuple[Array, Array]:
     """Row norms ``[n]``, computed as max|x| * |x / max|x||| so that tiny or huge rows neither
     under- nor overflow when squared, and whether every row is finite and non-zero (False also
@@ -227,8 +180,8 @@ def _cos_block(
 ) -> Array:
     """``1 - cos`` ``[r, m]``. Not ``wide`` (norms in ``[2^-40, 2^40]``): the dot products are
     scaled by the norms afterwards (no normalised copies of the inputs); ``wide``: both sides
-    are first rescaled exactly (:func:`_exact_rows`) and normalised; None: the first when the
-    norms allow it, else the second."""
+    are first rescaled exactly (:func:`uotsel._exact_scaling.exact_rows`) and normalised;
+    None: the first when the norms allow it, else the second."""
 
     def scale_after(rows, target):
         dots = jnp.matmul(rows, target.T, precision=_HIGHEST)
@@ -236,7 +189,7 @@ def _cos_block(
 
     def rescale_first(rows, target):
         def unit(x):
-            x = _exact_rows(x)
+            x = exact.exact_rows(x)
             norms = jnp.sqrt(jnp.sum(x * x, axis=1, keepdims=True))
             return x / jnp.where(norms > 0, norms, 1.0)
 
@@ -322,10 +275,10 @@ def pairwise(
         source_ok = jnp.all(jnp.isfinite(source))
         target_ok = jnp.all(jnp.isfinite(target))
         top = jnp.maximum(jnp.max(jnp.abs(source)), jnp.max(jnp.abs(target)))
-        e = _exponent(top)  # features / 2^e lie in (-1, 1): nothing below can overflow
+        e = exact.exponent(top)  # features / 2^e lie in (-1, 1): nothing below can overflow
         power = kind.power
         unit = power * e  # the cost of the scaled features is in units of 2^unit
-        scaled_target = _times_pow2(target, -e)
+        scaled_target = exact.times_pow2(target, -e)
         mean = jnp.mean(scaled_target, axis=0)
         # |s - t| < 2 sqrt(d) for the scaled features: the cost fits when this bound does.
         bound = math.ceil(math.log2(2.0 * math.sqrt(d)) * power)
@@ -333,9 +286,9 @@ def pairwise(
         exponent = jnp.int32(0) if rescale else unit
 
         def block(rows, _):
-            d2 = _sq_block(_times_pow2(rows, -e), scaled_target, mean)
+            d2 = _sq_block(exact.times_pow2(rows, -e), scaled_target, mean)
             c = jnp.sqrt(d2) if power == 1 else d2 if power == 2 else d2 ** (power / 2)
-            return _times_pow2(c, unit, 2 * power) if rescale else c
+            return exact.times_pow2(c, unit, 2 * power) if rescale else c
 
         extra = jnp.zeros(n, dtype)
     if chunk_size >= n:

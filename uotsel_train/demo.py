@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from uotsel_train import demo_report
 from uotsel_train.demo_runs import Schedule, compilation_cache, domain_gap, finetune, pretrain
 
 __all__ = [
@@ -202,29 +203,6 @@ class _Selections(NamedTuple):
     clusters: dict[str, Any] | None  # images of the UOT-ranked clusters, or None
 
 
-def _describe(w: _World, k: int):
-    """Functions of a class selection: names, how many on the target's domain, shapes, and
-    one line saying all three."""
-    from uotsel_train import synthetic
-
-    def names(units) -> list[str]:
-        return [w.pre.classes[u] for u in units]
-
-    def on_domain(units) -> int:
-        return sum(synthetic.class_domain(n) == w.domain for n in names(units))
-
-    def shapes(units) -> int:
-        return len({n.partition("/")[0] for n in names(units)})
-
-    def line(units) -> str:
-        return (
-            f"{', '.join(names(units))} ({on_domain(units)} of {k} on {w.domain}; "
-            f"{shapes(units)} distinct shapes)"
-        )
-
-    return names, on_domain, shapes, line
-
-
 def _random_classes(w: _World, k: int, seed: int) -> np.ndarray:
     """``k`` pre-training classes drawn at random, of ``k`` different shapes (each shape on a
     random domain), so that the random arm teaches as many shapes as UOT's selection usually
@@ -261,7 +239,7 @@ def _select(s: DemoSettings, w: _World, backbone: Any, out_dir: str, log) -> _Se
     k = s.top_k
     uot = uotsel.select(pre_out.means, target_means, top_k=k)
     randoms = {seed: _random_classes(w, k, seed) for seed in s.seeds}
-    line = _describe(w, k)[3]
+    line = demo_report.describe(w, k)[3]
     log(f"UOT selects {line(uot.selected)}")
     log(f"least similar (bottom of the UOT ranking): {line(uot.ranking[::-1][:k])}")
     for seed, units in randoms.items():
@@ -373,7 +351,6 @@ def _one_world(s: DemoSettings, data_seed: int, folder: str, say, bar) -> _Outco
 def _run(out_dir: str, s: DemoSettings, log: Callable[[str], None], progress: bool):
     from uotsel.io import write_json
     from uotsel.progress import Progress
-    from uotsel_train import demo_report
 
     start = time.perf_counter()
     bar = Progress(progress_total(s), "demo", unit="img", enabled=progress)
@@ -386,7 +363,7 @@ def _run(out_dir: str, s: DemoSettings, log: Callable[[str], None], progress: bo
         outcomes = [
             _one_world(s, ds, os.path.join(out_dir, f"world{ds}"), say, bar) for ds in s.data_seeds
         ]
-    record = demo_report.record(s, outcomes, time.perf_counter() - start)
+    record = demo_report.record(s, outcomes, time.perf_counter() - start, ARMS)
     write_json(os.path.join(out_dir, "demo.json"), record)
     demo_report.report(record, log)
     log(f"({record['seconds']:.0f} s; runs, means.npz and demo.json in {out_dir})")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from uotsel_train import demo, paired
+from uotsel_train import paired
 
 __all__ = ["COMPARISONS", "compare", "draw", "record", "report"]
 
@@ -51,11 +51,34 @@ def compare(top1: dict[str, list[list[float]]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def describe(w: Any, k: int):
+    """Functions of a class selection in the demo's world ``w``: names, how many on the
+    target's domain, shapes, and one line saying all three."""
+    from uotsel_train import synthetic
+
+    def names(units) -> list[str]:
+        return [w.pre.classes[u] for u in units]
+
+    def on_domain(units) -> int:
+        return sum(synthetic.class_domain(n) == w.domain for n in names(units))
+
+    def shapes(units) -> int:
+        return len({n.partition("/")[0] for n in names(units)})
+
+    def line(units) -> str:
+        return (
+            f"{', '.join(names(units))} ({on_domain(units)} of {k} on {w.domain}; "
+            f"{shapes(units)} distinct shapes)"
+        )
+
+    return names, on_domain, shapes, line
+
+
 def _world_record(s: Any, outcome: Any) -> dict[str, Any]:
     from uotsel_train import synthetic
 
     w, sel = outcome.world, outcome.selections
-    names, on_domain, shapes, _ = demo._describe(w, s.top_k)
+    names, on_domain, shapes, _ = describe(w, s.top_k)
     kinds = {"uot": sel.uot, "least_similar": sel.least}
 
     def per_kind(fn):
@@ -81,9 +104,9 @@ def _world_record(s: Any, outcome: Any) -> dict[str, Any]:
     }
 
 
-def record(s: Any, outcomes: list[Any], seconds: float) -> dict[str, Any]:
+def record(s: Any, outcomes: list[Any], seconds: float, folders: dict[str, str]) -> dict[str, Any]:
     """Everything demo.json holds; ``top1`` and ``mean_class_acc`` are ``arm ->
-    [worlds][seeds]``."""
+    [worlds][seeds]``; ``folders``: each arm's run folder name."""
     arms = list(outcomes[0].results)
 
     def table(key: str) -> dict[str, list[list[float]]]:
@@ -91,7 +114,7 @@ def record(s: Any, outcomes: list[Any], seconds: float) -> dict[str, Any]:
 
     top1 = table("top1")
     runs = {
-        arm: [f"world{ds}/seed{seed}/{demo.ARMS[arm]}" for ds in s.data_seeds for seed in s.seeds]
+        arm: [f"world{ds}/seed{seed}/{folders[arm]}" for ds in s.data_seeds for seed in s.seeds]
         for arm in arms
     }
     return {
