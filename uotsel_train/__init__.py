@@ -24,8 +24,12 @@ Training, in the order a run goes through it:
 - :mod:`uotsel_train.objectives`, :mod:`uotsel_train.losses`: the vanilla / labelled (eq. 6) /
   unlabelled (eq. 7) / Co-Tuning objectives as a registry, and their losses;
   :mod:`uotsel_train.cotuning`: Co-Tuning's category relationship.
+- :mod:`uotsel_train.softmax_regression`: the multinomial logistic regression without intercept
+  (L-BFGS), its C chosen on held-out images and its one-scalar calibration, for Co-Tuning's
+  reverse relationship.
 - :mod:`uotsel_train.optim`, :mod:`uotsel_train.step`: the paper's optimiser (Nesterov SGD,
-  coupled weight decay, 10x heads, x0.1 at epochs 60 and 80) and a pure train step.
+  coupled weight decay, 10x freshly drawn heads, x0.1 at epochs 60 and 80) and a pure train
+  step.
 - :mod:`uotsel_train.train`: ``fit`` (one config) and ``run`` (load, then fit).
 - :mod:`uotsel_train.evaluate`, :mod:`uotsel_train.checkpoints`: top-1 and mean per-class
   accuracy; orbax checkpoints with exact resume.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
+import jax
 import numpy as np
 
 from uotsel_train import step
@@ -58,7 +59,8 @@ class Store:
         """The latest checkpoint, shaped like ``template``.
 
         Raises:
-          ValueError: a damaged checkpoint, or one made with another seed.
+          ValueError: a damaged checkpoint, one laid out otherwise than ``template`` (an
+            earlier version's optimiser groups), or one made with another seed.
         """
         latest = self.latest()
         args = self._ocp.args.StandardRestore(_snapshot(template, seed, (0, 0)))
@@ -69,12 +71,18 @@ class Store:
             raise ValueError(
                 f"out_dir: the checkpoint at step {latest} in {self.path} cannot be read ({first})"
             ) from None
+        restored = step.TrainState(**got["state"])
+        if jax.tree.structure(restored) != jax.tree.structure(template):
+            raise ValueError(
+                f"out_dir: the checkpoint at step {latest} in {self.path} is laid out otherwise "
+                "than this run's state (an earlier version's optimiser groups); start a new run"
+            )
         if int(got["seed"]) != seed:
             raise ValueError(
                 f"seed: the checkpoint in {self.path} was made with seed {int(got['seed'])}"
             )
         positions = (int(got["target_position"]), int(got["source_position"]))
-        return Restored(step.TrainState(**got["state"]), positions)
+        return Restored(restored, positions)
 
     def save(self, state: step.TrainState, seed: int, positions: tuple[int, int]) -> None:
         """Write a checkpoint at ``state.step`` and wait until it is complete.

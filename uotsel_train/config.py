@@ -64,6 +64,11 @@ FIELDS: dict[str, Field] = {
         "vanilla, labelled (eq. 6), unlabelled (eq. 7) or co_tuning (the Co-Tuning baseline)",
     ),
     "lam": Field(0.3, "lambda, weight of the pre-training term"),
+    "co_tuning_relationship": Field(
+        "reverse",
+        "co_tuning's p(y_s | y_t): reverse (the Co-Tuning release's: a calibrated classifier "
+        "from source probabilities to target labels) or direct (per-class mean)",
+    ),
     "min_confidence": Field(
         0.0, "eq. 7: least confidence of a pseudo-label for its image to count; 0: every image"
     ),
@@ -74,7 +79,9 @@ FIELDS: dict[str, Field] = {
     "precision": Field("float32", "float32, or bfloat16 (mixed; float32 parameters)"),
     # optimiser
     "lr": Field(0.003, "backbone learning rate (heads: lr x head_lr_multiplier)"),
-    "head_lr_multiplier": Field(10.0, "learning-rate factor of the target and source heads"),
+    "head_lr_multiplier": Field(
+        10.0, "learning-rate factor of the freshly drawn heads (a kept pre-trained one: 1)"
+    ),
     "weight_decay": Field(1e-4, "L2 added to the gradient (coupled, torch style), all params"),
     "momentum": Field(0.9, "SGD momentum (Nesterov)"),
     "milestones": Field((60, 80), "epochs at which the learning rate is multiplied by lr_decay"),
@@ -145,6 +152,7 @@ EVAL_SCHEDULES = ("every", "released")
 ARCHS = ("resnet18", "resnet34", "resnet50", "tiny")
 STRATEGIES = ("", "uot", "greedy_ot", "nearest", "random", "label")
 UNITS = ("selected", "top_k", "all")
+CO_TUNING_RELATIONSHIPS = ("reverse", "direct")
 MAX_WORKERS = 256  # worker processes: beyond any host's useful count
 MAX_PREFETCH = 64
 _PATHS = (
@@ -404,6 +412,7 @@ def _check_choices(cfg: ml_collections.ConfigDict) -> None:
         ("long_tail_profile", LONG_TAIL_PROFILES),
         ("selection_strategy", STRATEGIES),
         ("units", UNITS),
+        ("co_tuning_relationship", CO_TUNING_RELATIONSHIPS),
     ):
         if cfg[key] not in valid:
             shown = ", ".join(v or "''" for v in valid)

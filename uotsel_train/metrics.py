@@ -5,7 +5,8 @@ Two kinds of record, both keyed by the global ``step`` and the (fractional) ``ep
 - ``train``, every ``log_every_steps`` steps and at the end of every epoch: the means since the
   last record of the loss and its terms (``target_ce``, ``source_ce`` or ``pseudo_ce`` and
   ``mask_rate``), ``grad_norm`` and ``step_s`` (seconds per step), the learning rates of the
-  backbone and of the heads at that step, and ``images_per_s``;
+  backbone (and of a kept pre-trained classifier) and of the freshly drawn heads at that step,
+  and ``images_per_s``;
 - ``eval``, at every evaluation: ``test_top1``, ``test_mean_class_acc`` (and ``val_...`` with
   a validation split), and the best of each so far (``best_test_top1``, ...).
 

@@ -29,6 +29,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from uotsel.io import write_json
+from uotsel.outputs import atomic_writer, first_line
 from uotsel.progress import Progress
 from uotsel_train import (
     checkpoints,
@@ -56,6 +57,8 @@ __all__ = [
 ]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Co-Tuning's p(y_s | y_t) in the run folder, [C_t, C_s]; a resumed run reads it back.
+RELATIONSHIP = "relationship.npy"
 
 # Settings that shape a run's course: a resumed run must keep them.
 SAME_ON_RESUME = tuple(
@@ -271,19 +274,7 @@ def _start(cfg: Any, inputs, backbone, out_dir: str, resume: bool, log: Callable
         parallel.check_divisible(mesh, key, cfg[key])
     prepare_out_dir(out_dir, resume)
     spe = inputs.train_indices.size // cfg.batch_size
-    rates = {
-        group: optim.learning_rate(cfg.lr * m, spe, cfg.milestones, cfg.lr_decay)
-        for group, m in (("backbone", 1.0), ("head", cfg.head_lr_multiplier))
-    }
-    tx = optim.sgd(
-        cfg.lr,
-        cfg.weight_decay,
-        spe,
-        head_lr_multiplier=cfg.head_lr_multiplier,
-        momentum=cfg.momentum,
-        milestones=cfg.milestones,
-        lr_decay=cfg.lr_decay,
-    )
+    tx, rates = _optimiser(cfg, spe)
     model = build_model(cfg, len(inputs.target.classes), _source_width(objective, inputs, backbone))
     store = checkpoints.Store(out_dir)
     state = step.init_state(initialise.variables(model, backbone, cfg.seed), tx)
@@ -293,6 +284,27 @@ def _start(cfg: Any, inputs, backbone, out_dir: str, resume: bool, log: Callable
         if jax.process_index() == 0:
             log(f"resumed at step {int(state.step)}")
     return mesh, model, tx, parallel.replicate(mesh, state), positions, store, rates
+
+
+def _optimiser(cfg: Any, steps_per_epoch: int) -> tuple[Any, dict[str, Callable]]:
+    """The optimiser of ``cfg`` (:func:`uotsel_train.optim.sgd`) and the learning-rate
+    schedule of each of its parameter groups (``{"backbone", "head"}``, logged as ``lr_<group>``).
+    The objective's ``pretrained_head`` puts a source head loaded pre-trained in the backbone's
+    group; freshly drawn heads learn at ``head_lr_multiplier`` times ``lr``."""
+    schedule = {
+        "head_lr_multiplier": cfg.head_lr_multiplier,
+        "milestones": cfg.milestones,
+        "lr_decay": cfg.lr_decay,
+    }
+    tx = optim.sgd(
+        cfg.lr,
+        cfg.weight_decay,
+        steps_per_epoch,
+        momentum=cfg.momentum,
+        pretrained_head=objectives.get(cfg.objective).pretrained_head,
+        **schedule,
+    )
+    return tx, optim.schedules(cfg.lr, steps_per_epoch, **schedule)
 
 
 def _source_width(objective: objectives.Objective, inputs, backbone: dict[str, Any]) -> int:
@@ -310,29 +322,123 @@ def _source_width(objective: objectives.Objective, inputs, backbone: dict[str, A
             f"weights: the {objective.name} objective keeps the pre-trained classifier; load "
             "the weights with initialise.load_backbone(path, with_head=True)"
         )
-    return int(np.shape(backbone["source_head"]["kernel"])[1])
+    return _head_width(backbone["source_head"])
 
 
-def _settings(cfg: Any, inputs, backbone: dict[str, Any], out_dir: str, lead: bool, log):
-    """The objective's settings; for Co-Tuning with ``p(y_s | y_t)`` estimated from the
-    pre-trained classifier on the training samples (:func:`uotsel_train.cotuning.estimate`)
-    and written to ``out_dir/relationship.npy`` ``[C_t, C_s]``."""
+def _settings(
+    cfg: Any, inputs, backbone: dict[str, Any], out_dir: str, lead: bool, log, *, resumed=False
+):
+    """The objective's settings; for Co-Tuning with ``p(y_s | y_t)`` ``[C_t, C_s]``.
+
+    A new run estimates it from the pre-trained classifier on the training samples by
+    ``cfg.co_tuning_relationship`` (:func:`uotsel_train.cotuning.estimate`, the reverse split
+    drawn from ``cfg.seed``; every process estimates the same array) and the lead process
+    writes it to ``out_dir/relationship.npy`` with how it was made in
+    ``out_dir/relationship.json``. A ``resumed`` run whose folder holds ``relationship.npy``
+    reads it back instead (every process, from the shared folder), so it trains on the array
+    it started with; without the file it estimates as a new run does.
+
+    Raises:
+      ValueError: starting with ``co_tuning:`` when the saved array cannot be read or is not
+        ``[C_t, C_s]`` for this run's target classes and source head.
+    """
     settings = objectives.Settings(cfg.lam, cfg.min_confidence)
     if not objectives.get(cfg.objective).pretrained_head:
         return settings
-    rel = cotuning.estimate(
+    path = os.path.join(out_dir, RELATIONSHIP)
+    if resumed and os.path.exists(path):
+        shape = (len(inputs.target.classes), _head_width(backbone["source_head"]))
+        relationship = _saved_relationship(path, shape)
+        if lead:
+            log(f"co_tuning: p(y_s | y_t) {list(shape)} reused from {path}")
+        return settings._replace(relationship=relationship)
+    made = cotuning.estimate(
         backbone,
         backbone["source_head"],
         cfg.arch,
         inputs.target,
         inputs.train_indices,
+        approach=cfg.co_tuning_relationship,
+        seed=cfg.seed,
         image_size=cfg.image_size,
         workers=cfg.workers,
     )
     if lead:
-        np.save(os.path.join(out_dir, "relationship.npy"), rel)
-        log(f"co_tuning: p(y_s | y_t) {list(rel.shape)} from {inputs.train_indices.size} images")
-    return settings._replace(relationship=rel)
+        _save_array(path, made.relationship)
+        _write(os.path.join(out_dir, "relationship.json"), _relationship_record(made))
+        log(_relationship_line(made))
+    return settings._replace(relationship=made.relationship)
+
+
+def _head_width(head: dict[str, Any]) -> int:
+    """The number of classes ``C_s`` of a classifier ``{"kernel" [D, C_s], "bias" [C_s]}``."""
+    return int(np.shape(head["kernel"])[1])
+
+
+def _save_array(path: str, array: np.ndarray) -> None:
+    """``array`` as an ``.npy`` at ``path``, written atomically (whole or absent).
+
+    Raises:
+      ValueError: starting with ``out_dir:`` when it cannot be written.
+    """
+    try:
+        with atomic_writer(path, "wb") as fh:
+            np.save(fh, array)
+    except OSError as err:
+        raise ValueError(f"out_dir: cannot write {path}: {err.strerror or err}") from None
+
+
+def _saved_relationship(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """The relationship ``[C_t, C_s]`` a run saved at ``path``, checked to have ``shape``
+    (the run's target classes, its source head's width) and finite values >= 0.
+
+    Raises:
+      ValueError: one line starting with ``co_tuning:`` naming ``path``.
+    """
+    try:
+        relationship = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"co_tuning: cannot read {path}: {first_line(err)}") from None
+    if relationship.shape != shape:
+        raise ValueError(
+            f"co_tuning: {path} holds p(y_s | y_t) {list(relationship.shape)}, but this run "
+            f"needs {list(shape)} (target classes x source head width)"
+        )
+    finite = relationship.dtype.kind == "f" and bool(np.all(np.isfinite(relationship)))
+    if not finite or np.any(relationship < 0):
+        raise ValueError(f"co_tuning: {path} must hold finite probabilities >= 0")
+    return relationship
+
+
+def _relationship_record(made: cotuning.Estimate) -> dict[str, Any]:
+    """What ``relationship.json`` holds: the approach, the logit scale, the images read and,
+    for ``reverse``, the C grid and the :class:`uotsel_train.cotuning.Diagnostics`."""
+    record = {"approach": made.approach, "logit_scale": cotuning.LOGIT_SCALE}
+    record["images"] = made.images
+    if made.diagnostics is not None:
+        record |= {"c_grid": list(cotuning.C_GRID), **made.diagnostics._asdict()}
+        record["accuracies"] = list(made.diagnostics.accuracies)
+    return record
+
+
+def _relationship_line(made: cotuning.Estimate) -> str:
+    """The run log's line about the relationship."""
+    line = (
+        f"co_tuning: p(y_s | y_t) {list(made.relationship.shape)} by the {made.approach} "
+        f"approach from {made.images} images"
+    )
+    d = made.diagnostics
+    if d is None:
+        return line
+    line += (
+        f" ({d.fit_images} fit, {d.val_images} held out): C {d.c:g} (held-out accuracy "
+        f"{d.val_accuracy:.3f}), scale {d.scale:.4g}"
+    )
+    if not d.converged:
+        line += "; L-BFGS stopped before converging"
+    if not d.calibrated:
+        line += "; the scale is at its bound"
+    return line
 
 
 def fit(
@@ -363,14 +469,14 @@ def fit(
     mesh, model, tx, state, positions, store, rates = _start(
         cfg, inputs, backbone, out_dir, resume, log
     )
-    lead = jax.process_index() == 0
-    last, best, best_scores = _history(out_dir, int(state.step) > 0, lead)
+    lead, resumed = jax.process_index() == 0, int(state.step) > 0
+    last, best, best_scores = _history(out_dir, resumed, lead)
     if lead:
         extra = {"devices": mesh.size, "processes": jax.process_count()}
         _write(os.path.join(out_dir, "config.json"), {"config": config.to_dict(cfg), **extra})
     objective = objectives.get(cfg.objective)
     replicated = NamedSharding(mesh, PartitionSpec())
-    settings = _settings(cfg, inputs, backbone, out_dir, lead, log)
+    settings = _settings(cfg, inputs, backbone, out_dir, lead, log, resumed=resumed)
     spe = inputs.train_indices.size // cfg.batch_size
     end_epoch = cfg.epochs if until_epoch is None else min(cfg.epochs, until_epoch)
     start = int(state.step)
