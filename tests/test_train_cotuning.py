@@ -353,12 +353,12 @@ def _refuse_estimate(*args, **kwargs):
 
 
 def _relationship_settings(out_dir, saved, *, resumed=True, lead=True, width=5):
-    """``train._settings`` of a 2-class Co-Tuning run with a ``width``-way source head whose
-    folder ``out_dir`` holds ``saved`` as ``relationship.npy`` (None: no file); ``(settings,
-    log lines)``."""
+    """``objective_settings.settings`` of a 2-class Co-Tuning run with a ``width``-way source
+    head whose folder ``out_dir`` holds ``saved`` as ``relationship.npy`` (None: no file);
+    ``(settings, log lines)``."""
     import types
 
-    from uotsel_train import train
+    from uotsel_train import objective_settings
 
     if saved is not None:
         np.save(out_dir / "relationship.npy", saved)
@@ -368,7 +368,7 @@ def _relationship_settings(out_dir, saved, *, resumed=True, lead=True, width=5):
     )
     head = {"kernel": np.zeros((8, width), np.float32), "bias": np.zeros(width, np.float32)}
     lines = []
-    got = train._settings(
+    got = objective_settings.settings(
         cfg, inputs, {"source_head": head}, str(out_dir), lead, lines.append, resumed=resumed
     )
     return got, lines

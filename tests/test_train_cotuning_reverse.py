@@ -19,7 +19,7 @@ import jax
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uotsel_train import config, cotuning, softmax_regression, train
+from uotsel_train import config, cotuning, objective_settings, softmax_regression
 
 N_FIT, N_VAL, D, K = 400, 100, 6, 3
 
@@ -375,7 +375,7 @@ def test_estimate_refuses_an_unknown_approach():
 
 @pytest.mark.parametrize("approach", ["reverse", "direct"])
 def test_settings_estimate_by_the_setting_and_record_it(tmp_path, monkeypatch, approach):
-    """``train._settings`` passes ``co_tuning_relationship`` and the run seed to
+    """``objective_settings.settings`` passes ``co_tuning_relationship`` and the run seed to
     ``cotuning.estimate``, saves the relationship and its record, and logs one line."""
     rel = np.full((2, 4), 0.25, np.float32)
     diagnostics = None
@@ -395,7 +395,8 @@ def test_settings_estimate_by_the_setting_and_record_it(tmp_path, monkeypatch, a
     inputs = types.SimpleNamespace(target=None, train_indices=np.arange(8))
     backbone = {"source_head": {}}
     lines = []
-    settings_ = train._settings(cfg, inputs, backbone, str(tmp_path), True, lines.append)
+    out = str(tmp_path)
+    settings_ = objective_settings.settings(cfg, inputs, backbone, out, True, lines.append)
     assert settings_.relationship is rel
     assert calls[0]["approach"] == approach and calls[0]["seed"] == 5
     assert calls[0]["indices"] is inputs.train_indices  # not the val_fraction hold-out
@@ -412,5 +413,5 @@ def test_settings_estimate_by_the_setting_and_record_it(tmp_path, monkeypatch, a
     else:
         assert "c" not in record and "held out" not in lines[0]
     lines.clear()
-    train._settings(cfg, inputs, backbone, str(tmp_path / "other"), False, lines.append)
+    objective_settings.settings(cfg, inputs, backbone, str(tmp_path / "other"), False, lines.append)
     assert not lines  # only the lead process writes and logs

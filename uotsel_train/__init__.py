@@ -30,7 +30,10 @@ Training, in the order a run goes through it:
 - :mod:`uotsel_train.optim`, :mod:`uotsel_train.step`: the paper's optimiser (Nesterov SGD,
   coupled weight decay, 10x freshly drawn heads, x0.1 at epochs 60 and 80) and a pure train
   step.
-- :mod:`uotsel_train.train`: ``fit`` (one config) and ``run`` (load, then fit).
+- :mod:`uotsel_train.objective_settings`: the objective's settings for a run (Co-Tuning's
+  relationship estimated and saved, or read back on resume).
+- :mod:`uotsel_train.train`: ``fit`` (one config) and ``run`` (load, then fit);
+  :mod:`uotsel_train.run_files`: the run folder's files, written whole or not at all.
 - :mod:`uotsel_train.evaluate`, :mod:`uotsel_train.checkpoints`: top-1 and mean per-class
   accuracy; orbax checkpoints with exact resume.
 - :mod:`uotsel_train.grid`: the search over lr, weight decay and lambda on a validation split.

@@ -28,21 +28,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from uotsel.io import write_json
-from uotsel.outputs import atomic_writer, first_line
 from uotsel.progress import Progress
 from uotsel_train import (
     checkpoints,
     config,
-    cotuning,
     evaluate,
     initialise,
     input_pipeline,
     metrics,
     models,
+    objective_settings,
     objectives,
     optim,
     parallel,
+    run_files,
     step,
 )
 
@@ -57,8 +56,6 @@ __all__ = [
 ]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# Co-Tuning's p(y_s | y_t) in the run folder, [C_t, C_s]; a resumed run reads it back.
-RELATIONSHIP = "relationship.npy"
 
 # Settings that shape a run's course: a resumed run must keep them.
 SAME_ON_RESUME = tuple(
@@ -130,13 +127,6 @@ def _open_run(cfg: Any, out_dir: str, resume: bool, store: checkpoints.Store) ->
                     "(start a new run to change it)"
                 )
     return resuming
-
-
-def _write(path: str, record: dict) -> None:
-    try:
-        write_json(path, record)
-    except OSError as err:
-        raise ValueError(f"out_dir: cannot write {path}: {err.strerror or err}") from None
 
 
 def _evaluate(predict, state, inputs, cfg) -> dict[str, float]:
@@ -275,7 +265,11 @@ def _start(cfg: Any, inputs, backbone, out_dir: str, resume: bool, log: Callable
     prepare_out_dir(out_dir, resume)
     spe = inputs.train_indices.size // cfg.batch_size
     tx, rates = _optimiser(cfg, spe)
-    model = build_model(cfg, len(inputs.target.classes), _source_width(objective, inputs, backbone))
+    model = build_model(
+        cfg,
+        len(inputs.target.classes),
+        objective_settings.source_width(objective, inputs, backbone),
+    )
     store = checkpoints.Store(out_dir)
     state = step.init_state(initialise.variables(model, backbone, cfg.seed), tx)
     positions = (0, 0)
@@ -305,140 +299,6 @@ def _optimiser(cfg: Any, steps_per_epoch: int) -> tuple[Any, dict[str, Callable]
         **schedule,
     )
     return tx, optim.schedules(cfg.lr, steps_per_epoch, **schedule)
-
-
-def _source_width(objective: objectives.Objective, inputs, backbone: dict[str, Any]) -> int:
-    """The source head's width: the pre-trained classifier's for Co-Tuning, else the
-    pre-training data's class count.
-
-    Raises:
-      ValueError: starting with ``weights:`` when the objective keeps a pre-trained classifier
-        that ``backbone`` lacks.
-    """
-    if not objective.pretrained_head:
-        return inputs.num_source_classes
-    if "source_head" not in backbone:
-        raise ValueError(
-            f"weights: the {objective.name} objective keeps the pre-trained classifier; load "
-            "the weights with initialise.load_backbone(path, with_head=True)"
-        )
-    return _head_width(backbone["source_head"])
-
-
-def _settings(
-    cfg: Any, inputs, backbone: dict[str, Any], out_dir: str, lead: bool, log, *, resumed=False
-):
-    """The objective's settings; for Co-Tuning with ``p(y_s | y_t)`` ``[C_t, C_s]``.
-
-    A new run estimates it from the pre-trained classifier on the training samples by
-    ``cfg.co_tuning_relationship`` (:func:`uotsel_train.cotuning.estimate`, the reverse split
-    drawn from ``cfg.seed``; every process estimates the same array) and the lead process
-    writes it to ``out_dir/relationship.npy`` with how it was made in
-    ``out_dir/relationship.json``. A ``resumed`` run whose folder holds ``relationship.npy``
-    reads it back instead (every process, from the shared folder), so it trains on the array
-    it started with; without the file it estimates as a new run does.
-
-    Raises:
-      ValueError: starting with ``co_tuning:`` when the saved array cannot be read or is not
-        ``[C_t, C_s]`` for this run's target classes and source head.
-    """
-    settings = objectives.Settings(cfg.lam, cfg.min_confidence)
-    if not objectives.get(cfg.objective).pretrained_head:
-        return settings
-    path = os.path.join(out_dir, RELATIONSHIP)
-    if resumed and os.path.exists(path):
-        shape = (len(inputs.target.classes), _head_width(backbone["source_head"]))
-        relationship = _saved_relationship(path, shape)
-        if lead:
-            log(f"co_tuning: p(y_s | y_t) {list(shape)} reused from {path}")
-        return settings._replace(relationship=relationship)
-    made = cotuning.estimate(
-        backbone,
-        backbone["source_head"],
-        cfg.arch,
-        inputs.target,
-        inputs.train_indices,
-        approach=cfg.co_tuning_relationship,
-        seed=cfg.seed,
-        image_size=cfg.image_size,
-        workers=cfg.workers,
-    )
-    if lead:
-        _save_array(path, made.relationship)
-        _write(os.path.join(out_dir, "relationship.json"), _relationship_record(made))
-        log(_relationship_line(made))
-    return settings._replace(relationship=made.relationship)
-
-
-def _head_width(head: dict[str, Any]) -> int:
-    """The number of classes ``C_s`` of a classifier ``{"kernel" [D, C_s], "bias" [C_s]}``."""
-    return int(np.shape(head["kernel"])[1])
-
-
-def _save_array(path: str, array: np.ndarray) -> None:
-    """``array`` as an ``.npy`` at ``path``, written atomically (whole or absent).
-
-    Raises:
-      ValueError: starting with ``out_dir:`` when it cannot be written.
-    """
-    try:
-        with atomic_writer(path, "wb") as fh:
-            np.save(fh, array)
-    except OSError as err:
-        raise ValueError(f"out_dir: cannot write {path}: {err.strerror or err}") from None
-
-
-def _saved_relationship(path: str, shape: tuple[int, int]) -> np.ndarray:
-    """The relationship ``[C_t, C_s]`` a run saved at ``path``, checked to have ``shape``
-    (the run's target classes, its source head's width) and finite values >= 0.
-
-    Raises:
-      ValueError: one line starting with ``co_tuning:`` naming ``path``.
-    """
-    try:
-        relationship = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"co_tuning: cannot read {path}: {first_line(err)}") from None
-    if relationship.shape != shape:
-        raise ValueError(
-            f"co_tuning: {path} holds p(y_s | y_t) {list(relationship.shape)}, but this run "
-            f"needs {list(shape)} (target classes x source head width)"
-        )
-    finite = relationship.dtype.kind == "f" and bool(np.all(np.isfinite(relationship)))
-    if not finite or np.any(relationship < 0):
-        raise ValueError(f"co_tuning: {path} must hold finite probabilities >= 0")
-    return relationship
-
-
-def _relationship_record(made: cotuning.Estimate) -> dict[str, Any]:
-    """What ``relationship.json`` holds: the approach, the logit scale, the images read and,
-    for ``reverse``, the C grid and the :class:`uotsel_train.cotuning.Diagnostics`."""
-    record = {"approach": made.approach, "logit_scale": cotuning.LOGIT_SCALE}
-    record["images"] = made.images
-    if made.diagnostics is not None:
-        record |= {"c_grid": list(cotuning.C_GRID), **made.diagnostics._asdict()}
-        record["accuracies"] = list(made.diagnostics.accuracies)
-    return record
-
-
-def _relationship_line(made: cotuning.Estimate) -> str:
-    """The run log's line about the relationship."""
-    line = (
-        f"co_tuning: p(y_s | y_t) {list(made.relationship.shape)} by the {made.approach} "
-        f"approach from {made.images} images"
-    )
-    d = made.diagnostics
-    if d is None:
-        return line
-    line += (
-        f" ({d.fit_images} fit, {d.val_images} held out): C {d.c:g} (held-out accuracy "
-        f"{d.val_accuracy:.3f}), scale {d.scale:.4g}"
-    )
-    if not d.converged:
-        line += "; L-BFGS stopped before converging"
-    if not d.calibrated:
-        line += "; the scale is at its bound"
-    return line
 
 
 def fit(
@@ -473,10 +333,14 @@ def fit(
     last, best, best_scores = _history(out_dir, resumed, lead)
     if lead:
         extra = {"devices": mesh.size, "processes": jax.process_count()}
-        _write(os.path.join(out_dir, "config.json"), {"config": config.to_dict(cfg), **extra})
+        run_files.write_record(
+            os.path.join(out_dir, "config.json"), {"config": config.to_dict(cfg), **extra}
+        )
     objective = objectives.get(cfg.objective)
     replicated = NamedSharding(mesh, PartitionSpec())
-    settings = _settings(cfg, inputs, backbone, out_dir, lead, log, resumed=resumed)
+    settings = objective_settings.settings(
+        cfg, inputs, backbone, out_dir, lead, log, resumed=resumed
+    )
     spe = inputs.train_indices.size // cfg.batch_size
     end_epoch = cfg.epochs if until_epoch is None else min(cfg.epochs, until_epoch)
     start = int(state.step)
@@ -587,7 +451,7 @@ def _report_eval(run: _Run, meter: _Meter, out_dir: str, step_: int, last, best)
     if run.writer.enabled:
         bests = {f"best_{k}": v for k, v in meter.best.items()}
         run.writer.write("eval", step_, last["epoch"], scores | bests)
-        _write(os.path.join(out_dir, "result.json"), {"last": last, "best": best})
+        run_files.write_record(os.path.join(out_dir, "result.json"), {"last": last, "best": best})
 
 
 def _epoch_line(epoch: int, epochs: int, train: dict, last: dict | None) -> str:
