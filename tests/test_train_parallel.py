@@ -163,12 +163,14 @@ def test_extraction_over_devices_and_processes_matches_one_device(tmp_path):
 def test_extract_command_on_two_processes_writes_the_features(tmp_path, kind):
     """``uotsel-train extract --distributed`` on 2 processes: process 0 writes the class means,
     both processes their rows of one features file (``.npy``) or each its own part beside an
-    index (``.json``); both equal a one-process run's."""
+    index (``.json``); both equal a one-process run's. The unreadable image (the last, in
+    process 1's share) has unit id -1 in the means file process 0 writes."""
     import jax.numpy as jnp
 
     from uotsel_train import convert, models
 
     folder = image_folder(tmp_path / "images", 3, 5, 3)
+    (tmp_path / "images" / "c2" / "broken.png").write_bytes(b"not a png")
     variables = {
         "backbone": models.backbone("tiny").init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
     }
@@ -198,10 +200,15 @@ def test_extract_command_on_two_processes_writes_the_features(tmp_path, kind):
     one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     np.testing.assert_allclose(two["means"], one["means"], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(two["counts"], one["counts"])
+    assert (
+        two["assignment"].tolist()
+        == one["assignment"].tolist()
+        == [0] * 5 + [1] * 5 + [2] * 5 + [-1]
+    )
     features = io.read_features(f"{tmp_path / 'two'}.{kind}", "--features")
     np.testing.assert_allclose(features[:], np.load(tmp_path / "one.npy"), rtol=1e-5, atol=1e-6)
     if kind == "json":
-        assert [p.shape[0] for p in features.parts] == [8, 7]
+        assert [p.shape[0] for p in features.parts] == [8, 8]
         parts = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("two-"))
         assert parts == ["two-00000-of-00002.npy", "two-00001-of-00002.npy"]
     left = [p.name for p in tmp_path.iterdir() if "partial" in p.name or p.name.startswith(".")]

@@ -124,6 +124,34 @@ def whole_numbers(values: Any, name: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+# The unit id of a sample in no unit: an image that could not be read when the units were
+# computed (``uotsel-train extract``). Such a sample counts in no unit, is expanded into no
+# selection, is left out of the member-means check and is never scored or chosen.
+NO_UNIT = -1
+
+
+def unit_ids(values: Any, name: str, num_units: int | None = None) -> np.ndarray:
+    """``values`` as ``[N]`` int64 per-sample unit ids, each in ``[0, K)`` (``K`` =
+    ``num_units``, when given) or :data:`NO_UNIT` (``-1``, a sample in no unit).
+
+    Raises:
+      ValueError: one line starting with ``name``: not a 1-d integer array, or an id below
+        ``-1`` or at least ``K``.
+    """
+    ids = np.asarray(values)
+    if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+        raise ValueError(f"{name}: expected a 1-d array of integer unit ids, one per sample")
+    if not ids.size:
+        return ids.astype(np.int64)
+    low, high = int(ids.min()), int(ids.max())
+    if low < NO_UNIT or (num_units is not None and high >= num_units):
+        span = "0 or more" if num_units is None else f"in [0, {num_units})"
+        raise ValueError(
+            f"{name}: ids must be {span}, or {NO_UNIT} (no unit); got range [{low}, {high}]"
+        )
+    return ids.astype(np.int64, copy=False)
+
+
 def check_rows(
     x: Any,
     name: str,

@@ -26,7 +26,8 @@ def unit_sizes(num_units: int, *, counts: Any = None, unit_ids: Any = None) -> n
     Args:
       num_units: ``K``, the number of units.
       counts: optional ``[K]`` non-negative whole numbers, the images of each unit.
-      unit_ids: optional ``[N]`` unit id of every sample, in ``[0, K)``.
+      unit_ids: optional ``[N]`` unit id of every sample, in ``[0, K)``, or -1 for a sample in
+        no unit (an unreadable image), which counts in none.
 
     Returns:
       ``[K]`` int64 sizes. With both arguments, they must agree.
@@ -34,10 +35,10 @@ def unit_sizes(num_units: int, *, counts: Any = None, unit_ids: Any = None) -> n
     Raises:
       ValueError: starting with ``unit_sizes`` (neither given, a bad shape or value, sizes
         that disagree with ``unit_ids``, or more than :data:`MAX_TOTAL_IMAGES` in all) or
-        ``unit_ids`` (ids outside ``[0, K)``).
+        ``unit_ids`` (ids outside ``[0, K)`` other than -1).
 
     Example:
-      >>> unit_sizes(3, unit_ids=[0, 2, 2, 0, 2]).tolist()
+      >>> unit_sizes(3, unit_ids=[0, 2, 2, 0, -1, 2]).tolist()
       [2, 0, 3]
     """
     if counts is None and unit_ids is None:
@@ -59,15 +60,9 @@ def unit_sizes(num_units: int, *, counts: Any = None, unit_ids: Any = None) -> n
 
 
 def _count(num_units: int, unit_ids: Any) -> np.ndarray:
-    ids = np.asarray(unit_ids)
-    if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
-        raise ValueError("unit_ids: expected a 1-d array of integer unit ids, one per sample")
-    if ids.size and (ids.min() < 0 or ids.max() >= num_units):
-        raise ValueError(
-            f"unit_ids: ids must be in [0, {num_units}), got range [{int(ids.min())}, "
-            f"{int(ids.max())}]"
-        )
-    return np.bincount(ids.astype(np.int64), minlength=num_units).astype(np.int64)
+    """``[K]`` int64 samples of every unit; a sample in no unit (id -1) counts in none."""
+    ids = _checks.unit_ids(unit_ids, "unit_ids", num_units)
+    return np.bincount(ids[ids != _checks.NO_UNIT], minlength=num_units).astype(np.int64)
 
 
 def _check_sizes(sizes: Any, name: str) -> np.ndarray:

@@ -224,7 +224,8 @@ def _add_select_outputs(sel: argparse.ArgumentParser) -> None:
     )
     sel.add_argument(
         "--scores-out",
-        help="with --per-sample: also write the score of every sample, in sample order (.npy)",
+        help="with --per-sample: also write the score of every sample, in sample order (.npy; "
+        "-inf for a sample in no unit, unit id -1)",
     )
 
 

@@ -5,9 +5,11 @@ Unit files (read by :func:`read_units`, written by :func:`write_units` and
 
 - ``.npz`` with ``means`` ``[K, D]`` (optional ``counts`` ``[K]``, ``names`` ``[K]`` strings,
   ``assignment`` ``[N]`` per-sample unit ids, ``sample_names`` ``[N]``), as written by
-  ``uotsel centroids`` (class means) and by ``uotsel kmeans`` (cluster means: the mean raw
-  feature of each cluster's members; its ``centroids`` and other keys are not read), or with
-  ``features`` ``[N, D]`` and ``labels`` ``[N]`` (the class means are computed);
+  ``uotsel centroids`` (class means), ``uotsel-train extract`` (class means; an image it could
+  not read has ``assignment`` -1, in no unit) and by ``uotsel kmeans`` (cluster means: the mean
+  raw feature of each cluster's members; its ``centroids`` and other keys are not read), or
+  with ``features`` ``[N, D]`` and ``labels`` ``[N]`` (the class means are computed; every
+  label a class, from 0);
 - ``.npy`` holding ``means`` ``[K, D]`` (memory-mapped);
 - ``embedded:<backbone>/<dataset>``: the paper's class means shipped with the package.
 
@@ -66,7 +68,8 @@ class Units(NamedTuple):
       means: ``[K, D]`` float32 unit features.
       counts: ``[K]`` int64 samples per unit, or None.
       names: ``[K]`` str unit names, or None.
-      unit_ids: ``[N]`` int64 unit id of every sample (labels or a cluster assignment), or None.
+      unit_ids: ``[N]`` int64 unit id of every sample (labels or a cluster assignment; -1 for
+        a sample in no unit), or None.
       sample_names: ``[N]`` str name of every sample (``sample_names`` key), or None.
       source: the path or ``embedded:`` spec it came from.
       sha256: hex digest of the file's bytes.
@@ -273,7 +276,7 @@ def read_units(spec: str, arg: str = "source") -> Units:
                 means = archive["means"]
                 counts = archive["counts"] if "counts" in keys else None
                 if "assignment" in keys:
-                    unit_ids = _unit_ids(archive["assignment"], path, arg)
+                    unit_ids = _unit_ids(archive["assignment"], path, arg, no_unit=True)
                 clusters = {"assignment", "centroids"} <= keys
             elif {"features", "labels"} <= keys:
                 means, counts, unit_ids = _means_from_samples(
@@ -319,12 +322,17 @@ def read_units(spec: str, arg: str = "source") -> Units:
     return Units(means, counts, names, unit_ids, sample_names, spec, digest, clusters)
 
 
-def _unit_ids(values: np.ndarray, path: str, arg: str) -> np.ndarray:
+def _unit_ids(values: np.ndarray, path: str, arg: str, no_unit: bool = False) -> np.ndarray:
+    """``[N]`` int64 ids from a file: whole numbers from 0, or with ``no_unit`` (an
+    ``assignment``) also -1, a sample in no unit (:func:`uotsel._checks.unit_ids`)."""
+    name = f"{arg}: per-sample unit ids in {path}"
     if values.ndim != 1:
-        raise ValueError(f"{arg}: per-sample unit ids in {path} must be 1-d, got {values.shape}")
-    ids = _checks.whole_numbers(values, f"{arg}: per-sample unit ids in {path}")
+        raise ValueError(f"{name} must be 1-d, got {values.shape}")
+    ids = _checks.whole_numbers(values, name)
+    if no_unit:
+        return _checks.unit_ids(ids, name)
     if ids.size and ids.min() < 0:
-        raise ValueError(f"{arg}: per-sample unit ids in {path} include {int(ids.min())} (< 0)")
+        raise ValueError(f"{name} include {int(ids.min())} (< 0)")
     return ids
 
 

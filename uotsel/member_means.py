@@ -9,7 +9,8 @@ are unit vectors, and Euclidean ones are the means of the assignment *before* th
 which moves samples even when k-means stops on ``tol`` (``tests/test_member_means.py``). So
 the rows whose unit id is ``k`` must average to unit ``k``'s feature; features of another
 backbone or in another row order do not (a reordering inside each unit keeps every mean and
-is not seen).
+is not seen). Rows whose unit id is -1 (in no unit: images ``uotsel-train extract`` could not
+read, whose rows are zeros and are not in any class mean) are left out.
 
 The relative difference of unit ``k`` (``n_k`` rows ``x_i``, unit feature ``u_k``) is
 
@@ -50,6 +51,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uotsel import _checks
+
 __all__ = ["TOLERANCE", "MemberSums", "check", "relative_differences", "tolerances"]
 
 # The share of the rows' mean norm a unit mean may differ by, besides the float32 sums' own
@@ -77,21 +80,25 @@ class MemberSums:
     """Per-unit sums of per-sample features, fed chunk by chunk as they are scored.
 
     Args:
-      unit_ids: ``[N]`` int unit id of every row, in ``[0, K)`` (checked by the caller).
+      unit_ids: ``[N]`` int unit id of every row, in ``[0, K)`` or -1 for a row in no unit,
+        left out (checked by the caller).
       num_units: ``K``.
     """
 
     def __init__(self, unit_ids: np.ndarray, num_units: int):
-        self.unit_ids = np.asarray(unit_ids, np.int64)
         self.num_units = int(num_units)
-        self.counts = np.bincount(self.unit_ids, minlength=self.num_units).astype(np.int64)
+        ids = np.asarray(unit_ids, np.int64)
+        self.unit_ids = np.where(ids == _checks.NO_UNIT, self.num_units, ids)  # K: left out
+        counts = np.bincount(self.unit_ids, minlength=self.num_units + 1)[:-1]
+        self.counts = counts.astype(np.int64)
         self.rows = 1  # rows summed at a time, at most
         self.chunks = 0  # chunks added
         self.roundoff = 0.0  # unit roundoff of the device sums
         self._totals: tuple[Any, Any] | None = None  # on the device
 
     def ids(self, lo: int, hi: int, size: int) -> np.ndarray:
-        """``[size]`` int32 unit ids of rows ``lo:hi``, padded with ``K`` (left out)."""
+        """``[size]`` int32 unit ids of rows ``lo:hi``, padded with ``K`` (left out, as rows in
+        no unit are)."""
         ids = np.full(size, self.num_units, np.int32)
         ids[: hi - lo] = self.unit_ids[lo:hi]
         return ids

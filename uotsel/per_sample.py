@@ -21,7 +21,9 @@ a sample equal to its unit's mean gets the ``s`` from which its unit's ``log(P 1
 - :func:`best_samples`: the ``S`` best samples, best first.
 - :func:`select_samples`: both after solving the unit-level problem, as :func:`uotsel.select`;
   with ``unit_ids`` it also checks, from sums made while the chunks are scored, that the rows
-  of each unit average to that unit's feature (:mod:`uotsel.member_means`).
+  of each unit average to that unit's feature (:mod:`uotsel.member_means`). A sample whose
+  unit id is -1 (in no unit: an image ``uotsel-train extract`` could not read, whose row is
+  zeros) is not scored: its score is ``-inf``, below every score, and it is never chosen.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class SampleSelection(NamedTuple):
       samples: ``[S]`` int64 indices of the chosen samples, best first (decreasing score,
         equal scores by increasing index).
       scores: ``[N]`` the score ``s(x)`` of every sample (the features' float dtype, float32
-        for float32 features).
+        for float32 features); ``-inf`` for a sample in no unit (unit id -1), never chosen.
       budget_images: ``S``, the number of samples asked for (each sample is one image).
       units: the unit-level ``uot`` :class:`~uotsel.Selection` whose solution scored the
         samples: its ``ranking``, ``scores``, ``log_scores``, ``groups`` and ``solver``; no
@@ -81,8 +83,10 @@ class SampleSelection(NamedTuple):
 
     @property
     def score_range(self) -> tuple[float, float]:
-        """``(lowest, highest)`` score of all samples."""
-        return float(np.min(self.scores)), float(np.max(self.scores))
+        """``(lowest, highest)`` score of all samples in a unit (those scored ``-inf``, in
+        no unit, left out)."""
+        scored = self.scores[self.scores > -np.inf]
+        return float(np.min(scored)), float(np.max(scored))
 
     @property
     def selected_range(self) -> tuple[float, float]:
@@ -241,8 +245,10 @@ def _scores(
     shard: Any,
     progress: Callable[[int], Any] | None,
     sums: member_means.MemberSums | None = None,
+    skip: np.ndarray | None = None,
 ) -> np.ndarray:
-    """:func:`sample_scores`, each chunk also added to ``sums`` when given."""
+    """:func:`sample_scores`, each chunk also added to ``sums`` when given; the rows ``skip``
+    (``[N]`` bool, when given) are not read into the cost and score ``-inf``."""
     n, d = _check_features(features)
     target = _checks.as_float_array(target, "target", 2)
     _checks.check_nonempty(target, "target", 0, "units")
@@ -258,7 +264,7 @@ def _scores(
         _checks.check_nonzero_rows(np.asarray(target), "target")
     _checks.check_finite(target, "target")
     scorer = _Scorer(problem, np.asarray(target, dtype), dtype, min(chunk_size, n), mesh)
-    return scorer.run(features, progress, sums)
+    return scorer.run(features, progress, sums, skip)
 
 
 class _Scorer:
@@ -267,6 +273,7 @@ class _Scorer:
 
     def __init__(self, problem: _Problem, target: np.ndarray, dtype: Any, chunk: int, mesh):
         self.problem, self.dtype, self.mesh = problem, dtype, mesh
+        self.stand_in = target[0]  # scored in place of a skipped row: finite, not zero
         self.chunk = chunk if mesh is None else meshes.padded_size(chunk, mesh)
         put = (lambda x: meshes.replicate(x, mesh)) if mesh is not None else jax.device_put
         self.args = [
@@ -287,29 +294,41 @@ class _Scorer:
         features: Any,
         progress: Callable[[int], Any] | None,
         sums: member_means.MemberSums | None = None,
+        skip: np.ndarray | None = None,
     ) -> np.ndarray:
         n = features.shape[0]
+        skip = np.zeros(n, bool) if skip is None else skip
         scores = np.empty(n, self.dtype)
         pending = None
         for lo in range(0, n, self.chunk):
             hi = min(n, lo + self.chunk)
-            rows = self._place(_padded(np.asarray(features[lo:hi]), self.chunk, self.dtype))
+            block = _stand_in(np.asarray(features[lo:hi]), skip[lo:hi], self.stand_in)
+            rows = self._place(_padded(block, self.chunk, self.dtype))
             result = _score_chunk(self.problem.kind, rows, *self.args)
             if sums is not None:
                 sums.add(rows, self._place(sums.ids(lo, hi, self.chunk)))
             if pending is not None:
-                self._collect(features, scores, *pending, progress)
+                self._collect(features, scores, skip, *pending, progress)
             pending = (lo, hi, result)
-        self._collect(features, scores, *pending, progress)
+        self._collect(features, scores, skip, *pending, progress)
+        scores[skip] = -np.inf
         return scores
 
-    def _collect(self, features, scores, lo, hi, result, progress) -> None:
+    def _collect(self, features, scores, skip, lo, hi, result, progress) -> None:
         values, valid = (meshes.to_host(x) for x in result)
         if not (valid[0] and valid[2]):  # the target's flag: checked once, on the host
-            _explain(features, lo, hi, self.problem.kind, valid)
+            _explain(features, lo, hi, self.problem.kind, valid, skip[lo:hi])
         scores[lo:hi] = values[: hi - lo]
         if progress is not None:
             progress(hi - lo)
+
+
+def _stand_in(rows: np.ndarray, skip: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """``rows`` ``[r, D]`` with the rows ``skip`` ``[r]`` (bool) replaced by ``row`` ``[D]``
+    (a copy; ``rows`` itself, often a memory map, is never written)."""
+    if not skip.any():
+        return rows
+    return np.where(skip[:, None], row, rows)
 
 
 def _padded(rows: np.ndarray, size: int, dtype: Any) -> np.ndarray:
@@ -339,19 +358,21 @@ def _score_chunk(kind, rows, target, g, keep, eps, eps_c) -> tuple[Array, Array]
     return top + jnp.log(jnp.sum(jnp.exp(z - top[:, None]), axis=1)), valid
 
 
-def _explain(features: Any, lo: int, hi: int, kind: Any, valid: np.ndarray) -> None:
-    """Raise naming the first bad row of ``features[lo:hi]``, whose chunk raised a flag; a
-    flag with no bad row behind it (rows of subnormal numbers, which the program's cosine
-    handles) passes."""
+def _explain(
+    features: Any, lo: int, hi: int, kind: Any, valid: np.ndarray, skip: np.ndarray
+) -> None:
+    """Raise naming the first bad row of ``features[lo:hi]`` (the rows ``skip`` ``[hi - lo]``
+    left out), whose chunk raised a flag; a flag with no bad row behind it (rows of subnormal
+    numbers, which the program's cosine handles) passes."""
     block = np.asarray(features[lo:hi])
     if block.dtype.kind == "b":
         block = block.astype(np.uint8)
-    finite = np.isfinite(block).all(axis=1)
+    finite = np.isfinite(block).all(axis=1) | skip
     if not finite.all():
         raise ValueError(
             f"features: row {lo + int(np.flatnonzero(~finite)[0])} contains NaN or inf"
         )
-    top = np.abs(block).max(axis=1)
+    top = np.where(skip, 1, np.abs(block).max(axis=1))
     limit = float(np.finfo(np.float32).max)
     if block.dtype.kind == "f" and block.dtype.itemsize > 4 and (top > limit).any():
         row = lo + int(np.flatnonzero(top > limit)[0])
@@ -375,8 +396,10 @@ def best_samples(scores: Any, budget_images: int) -> np.ndarray:
     (decreasing score, equal scores by increasing index, as :func:`uotsel.rank` orders units).
 
     Args:
-      scores: ``[N]`` scores (:func:`sample_scores`), no NaN.
-      budget_images: ``S``, from 1 to ``N`` (every sample is one image).
+      scores: ``[N]`` scores (:func:`sample_scores`), no NaN; ``-inf`` (a sample in no unit,
+        as :func:`select_samples` scores it) is never chosen.
+      budget_images: ``S``, from 1 to ``N`` (every sample is one image) less the samples
+        scored ``-inf``.
 
     Raises:
       TypeError: ``budget_images`` is not an integer.
@@ -393,7 +416,7 @@ def best_samples(scores: Any, budget_images: int) -> np.ndarray:
         )
     if np.isnan(scores).any():
         raise ValueError("scores: contains NaN")
-    budget = _check_budget(budget_images, scores.size)
+    budget = _check_budget(budget_images, scores.size, int(np.isneginf(scores).sum()))
     if budget == scores.size:
         chosen = np.arange(scores.size)
     else:
@@ -403,10 +426,15 @@ def best_samples(scores: Any, budget_images: int) -> np.ndarray:
     return chosen[np.lexsort((chosen, -scores[chosen]))].astype(np.int64)
 
 
-def _check_budget(budget_images: Any, num_samples: int) -> int:
+def _check_budget(budget_images: Any, num_samples: int, unscored: int = 0) -> int:
+    """``budget_images`` as an int, at most the ``num_samples`` samples less the ``unscored``
+    ones (in no unit)."""
     budget = _checks.check_positive_int(budget_images, "budget_images")
-    if budget > num_samples:
-        raise ValueError(f"budget_images: {budget} is more than the {num_samples} samples")
+    if budget > num_samples - unscored:
+        without = f" in a unit ({unscored} of {num_samples} are in none)" if unscored else ""
+        raise ValueError(
+            f"budget_images: {budget} is more than the {num_samples - unscored} samples{without}"
+        )
     return budget
 
 
@@ -433,8 +461,11 @@ def select_samples(
       source: ``[K, D]`` source unit features (class or cluster means of ``features``).
       target: ``[M, D]`` target unit features.
       settings: a :class:`uotsel.UOT` (default ``UOT()``, the paper's), as :func:`uotsel.select`.
-      budget_images: how many samples to take, from 1 to ``N`` (each sample is one image).
-      unit_ids: optional ``[N]`` unit id of every sample, in ``[0, K)``; fills
+      budget_images: how many samples to take, from 1 to ``N`` (each sample is one image),
+        less the samples in no unit.
+      unit_ids: optional ``[N]`` unit id of every sample, in ``[0, K)``, or -1 for a sample in
+        no unit (an image that could not be read: its row is not scored, its score is
+        ``-inf``, it is never chosen and is left out of the means check); fills
         ``unit_counts``, and the mean of each unit's rows must be its ``source`` row.
       n_groups: equal groups of the unit ranking, as :func:`uotsel.select`.
       chunk_size: rows scored at a time (:func:`sample_scores`).
@@ -474,6 +505,7 @@ def select_samples(
         raise ValueError(
             f"features: dimension {d} does not match the source units' {source.shape[1]}"
         )
+    skip = None
     if unit_ids is not None:
         unit_ids = np.asarray(unit_ids)
         if unit_ids.shape != (n,):
@@ -482,7 +514,8 @@ def select_samples(
                 f"{unit_ids.shape})"
             )
         expand_to_samples(np.zeros(0, np.int64), unit_ids, source.shape[0])  # validates
-    budget = _check_budget(budget_images, n)
+        skip = unit_ids == _checks.NO_UNIT
+    budget = _check_budget(budget_images, n, 0 if skip is None else int(skip.sum()))
     chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
     if not isinstance(check_means, (bool, np.bool_)):
         raise TypeError(f"check_means: expected True or False, got {check_means!r}")
@@ -499,6 +532,7 @@ def select_samples(
         options.get("shard", "auto"),
         progress,
         sums,
+        skip,
     )
     if sums is not None:
         sums.check(source)

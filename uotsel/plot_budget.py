@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from uotsel import io, npfiles
+from uotsel import _checks, io, npfiles
 from uotsel.per_sample import best_samples
 
 __all__ = [
@@ -151,6 +151,7 @@ def read_sample_scores(
     path = unit_ids_path or _recorded_source(record, selection_path)
     ids = _read_unit_ids(path, told.samples, data["ranking"].size)
     flag = "--unit-ids" if unit_ids_path else "--scores"
+    _check_unscored(scores, ids, path, flag)
     _check_counts(ids[chosen], data, path, flag)
     mask = np.zeros(scores.size, bool)
     mask[chosen] = True
@@ -158,7 +159,8 @@ def read_sample_scores(
 
 
 def _read_scores(path: str, n: int) -> np.ndarray:
-    """``[n]`` finite float scores from the ``.npy`` (or one-array ``.npz``) at ``path``."""
+    """``[n]`` float scores from the ``.npy`` (or one-array ``.npz``) at ``path``: finite, or
+    ``-inf`` for a sample in no unit."""
     values = np.asarray(npfiles.read_array(path, "--scores", mmap=False))
     if values.dtype.kind != "f":
         raise ValueError(
@@ -169,7 +171,7 @@ def _read_scores(path: str, n: int) -> np.ndarray:
             f"--scores: {path} holds {values.size} values (shape {values.shape}); the selection "
             f"scored {n} samples"
         )
-    bad = np.flatnonzero(~np.isfinite(values))
+    bad = np.flatnonzero(~np.isfinite(values) & ~np.isneginf(values))
     if bad.size:
         raise ValueError(f"--scores: {path} has NaN or inf (first at sample {int(bad[0])})")
     return values
@@ -193,8 +195,8 @@ def _recorded_source(record: dict[str, Any], selection_path: str) -> str:
 
 
 def _read_unit_ids(path: str, n: int, k: int) -> np.ndarray:
-    """``[n]`` unit ids in ``[0, k)``: ``assignment`` or ``labels`` of an ``.npz``, a ``.npy``,
-    or text with one id a line."""
+    """``[n]`` unit ids in ``[0, k)`` or -1 (no unit): ``assignment`` or ``labels`` of an
+    ``.npz``, a ``.npy``, or text with one id a line."""
     key = None
     if npfiles.kind_of(npfiles.read_head(path, "--unit-ids")) == "npz":
         keys = io.npz_keys(path, "--unit-ids") or []
@@ -208,10 +210,19 @@ def _read_unit_ids(path: str, n: int, k: int) -> np.ndarray:
         raise ValueError(
             f"--unit-ids: {path} holds {ids.size} unit ids for the {n} scores of --scores"
         )
-    if ids.size and (ids.min() < 0 or ids.max() >= k):
-        bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
-        raise ValueError(f"--unit-ids: {path} holds unit id {bad}, not one of the {k} units")
-    return ids
+    return _checks.unit_ids(ids, f"--unit-ids: {path}", k)
+
+
+def _check_unscored(scores: np.ndarray, ids: np.ndarray, path: str, flag: str) -> None:
+    """A score is ``-inf`` exactly where the unit id is -1 (a sample in no unit, never
+    scored), for ``scores`` ``[n]`` and ``ids`` ``[n]``; ``flag`` is named otherwise."""
+    odd = np.flatnonzero(np.isneginf(scores) != (ids == _checks.NO_UNIT))
+    if odd.size:
+        i = int(odd[0])
+        raise ValueError(
+            f"{flag}: sample {i} has score {float(scores[i]):.6g} and unit id {int(ids[i])} in "
+            f"{path}; a sample scores -inf exactly when its unit id is -1 (in no unit)"
+        )
 
 
 def _check_counts(chosen_ids: np.ndarray, data: dict[str, Any], path: str, flag: str) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from uotsel import embedded, io, paper, per_sample, selection_file
 from uotsel.cli_kit import UsageError
 from uotsel.outputs import Outputs
@@ -59,12 +61,12 @@ class Samples(NamedTuple):
 
 def read_samples(args: argparse.Namespace, source: io.Units) -> Samples:
     """The per-sample features (``--features``, else the ``features`` of a ``--source``
-    ``.npz``), checked against the source's per-sample unit ids and dimension, and
-    ``--budget-images`` against their number.
+    ``.npz``), checked against the source's per-sample unit ids and dimension
+    (``--budget-images`` is checked against the samples in a unit by :func:`run`, before
+    anything is solved).
 
     Raises:
-      UsageError: naming ``--per-sample``, ``--features``, ``--source``, ``--budget-images``
-        or ``--n-groups``.
+      UsageError: naming ``--per-sample``, ``--features``, ``--source`` or ``--n-groups``.
     """
     if args.features is not None:
         samples = Samples(
@@ -95,8 +97,6 @@ def read_samples(args: argparse.Namespace, source: io.Units) -> Samples:
             f"{samples.flag}: feature dimension {dim} does not match the source units' "
             f"{source.means.shape[1]}"
         )
-    if args.budget_images > rows:
-        raise UsageError(f"--budget-images: {args.budget_images} is more than the {rows} samples")
     num_units = source.means.shape[0]
     if args.n_groups is not None and args.n_groups > num_units:
         raise UsageError(f"--n-groups: {args.n_groups} is more than the {num_units} source units")
@@ -171,8 +171,10 @@ def report(args: argparse.Namespace, picked: per_sample.SampleSelection) -> str:
     low, high = picked.score_range
     cut = picked.selected_range[0]
     held = picked.units_holding.size
+    unscored = int(np.isneginf(picked.scores).sum())
+    none = f"; {unscored} in no unit, not scored" if unscored else ""
     return (
         f"selected {picked.samples.size} of {picked.scores.size} samples (from {held} of "
-        f"{picked.units.ranking.size} units) with uot per sample; scores {low:.6g} to "
+        f"{picked.units.ranking.size} units{none}) with uot per sample; scores {low:.6g} to "
         f"{high:.6g}, cut at {cut:.6g}"
     )

@@ -87,19 +87,10 @@ def split_groups(ranking: Any, n_groups: int) -> tuple[np.ndarray, ...]:
 
 
 def expand_to_samples(selected: Any, unit_ids: Any, num_units: int | None = None) -> np.ndarray:
-    """Ascending indices of the samples whose unit id (``unit_ids`` ``[N]``) is in ``selected``."""
-    unit_ids = np.asarray(unit_ids)
-    if unit_ids.ndim != 1 or (unit_ids.size and unit_ids.dtype.kind not in "iu"):
-        raise ValueError("unit_ids: expected a 1-d array of integer unit ids, one per sample")
-    if (
-        num_units is not None
-        and unit_ids.size
-        and (unit_ids.min() < 0 or unit_ids.max() >= num_units)
-    ):
-        raise ValueError(
-            f"unit_ids: ids must be in [0, {num_units}), got range "
-            f"[{int(unit_ids.min())}, {int(unit_ids.max())}]"
-        )
+    """Ascending indices of the samples whose unit id (``unit_ids`` ``[N]``, each in ``[0, K)``
+    with ``K`` = ``num_units`` when given, or -1 for a sample in no unit, never expanded) is in
+    ``selected``."""
+    unit_ids = _checks.unit_ids(unit_ids, "unit_ids", num_units)
     return np.flatnonzero(np.isin(unit_ids, np.asarray(selected))).astype(np.int64)
 
 
@@ -140,7 +131,9 @@ def select(
         ``counts``); by default counted from ``unit_ids``; both given must agree.
       n_groups: number of equal groups the ranking is split into; default
         ``min(paper.N_GROUPS, K)`` (the paper's domain-gap study uses 10).
-      unit_ids: optional ``[N]`` unit id of every pre-training sample; fills ``sample_indices``.
+      unit_ids: optional ``[N]`` unit id of every pre-training sample, or -1 for a sample in
+        no unit (an unreadable image: never in ``sample_indices``, counted in no unit); fills
+        ``sample_indices``.
       **options: the strategy's settings, the paper's by default. ``uot``: the fields of
         :class:`uotsel.UOT` (``cost``, ``eps_c``, ``eps``, ``tau_source``, ``tau_target``,
         ``threshold``, ``max_iter``, ``method``), ``source_weights``, ``target_weights``

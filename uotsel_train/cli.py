@@ -135,7 +135,7 @@ def _add_convert_and_extract(sub: Any) -> None:
         "--features-out",
         help="also write per-sample features: .npy (one file; with --distributed on a file "
         "system every process sees) or .json (an index, and NAME-00000-of-0000P.npy beside it "
-        "written by each of the P processes)",
+        "written by each of the P processes); zeros for an image that could not be read",
     )
     ext.add_argument(
         "--allow-empty-classes",
@@ -143,7 +143,12 @@ def _add_convert_and_extract(sub: Any) -> None:
         help="keep classes without images as zero rows (default: an error)",
     )
     ext.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
-    ext.add_argument("--out", required=True, help="class means .npz to write")
+    ext.add_argument(
+        "--out",
+        required=True,
+        help="class means .npz to write (means, counts, names, and every image's class as "
+        "assignment: -1, no unit, for an image that could not be read)",
+    )
     _distributed_options(ext)
 
 

@@ -268,7 +268,7 @@ def _write_extracted(outputs: Any, args: argparse.Namespace, source: Any, result
     import jax
 
     from uotsel import io, shards
-    from uotsel_train import parallel
+    from uotsel_train import extract, parallel
 
     count, n = jax.process_count(), len(source)
     parts = _in_parts(args.features_out)
@@ -279,7 +279,7 @@ def _write_extracted(outputs: Any, args: argparse.Namespace, source: Any, result
             result.means,
             counts=result.counts,
             names=source.classes,
-            assignment=source.labels,
+            assignment=extract.unit_ids(source.labels, result.skipped),
         )
     if lead and parts:
         names = [

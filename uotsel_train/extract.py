@@ -8,6 +8,11 @@ Every batch is split over all of the process's devices. Under ``jax.distributed`
 takes its own contiguous share of the images (:func:`uotsel_train.parallel.process_share`) and
 the per-class sums and counts are added across processes at the end, so every process returns
 the class means of the whole data set.
+
+An image that cannot be decoded is left out of the class means (with a warning); its row of
+the per-sample features is zeros and its per-sample unit id (:func:`unit_ids`, the
+``assignment`` the command writes) is -1, in no unit, so that ``uotsel select`` never counts,
+scores or selects it.
 """
 
 from __future__ import annotations
@@ -24,14 +29,15 @@ from uotsel import ClassMeanAccumulator
 from uotsel.progress import Progress
 from uotsel_train import data, initialise, loader, models, parallel
 
-__all__ = ["Extracted", "extract"]
+__all__ = ["Extracted", "extract", "unit_ids"]
 
 
 class Extracted(NamedTuple):
-    """``means`` ``[K, D]`` float32, ``counts`` ``[K]`` int64, ``skipped`` indices of unreadable
-    images, and per-sample ``features`` ``[S, D]`` of the images this process extracted
-    (``rows``, ``[S]`` indices into the data, contiguous and in order; all N images from one
-    process); None unless asked for; rows of skipped images are zeros."""
+    """``means`` ``[K, D]`` float32, ``counts`` ``[K]`` int64, ``skipped`` ascending indices of
+    the unreadable images of the whole data (every process's), and per-sample ``features``
+    ``[S, D]`` of the images this process extracted (``rows``, ``[S]`` indices into the data,
+    contiguous and in order; all N images from one process); None unless asked for; rows of
+    skipped images are zeros."""
 
     means: np.ndarray
     counts: np.ndarray
@@ -125,6 +131,7 @@ def extract(
         bar.update(len(batch.indices))
     bar.close()
     done = int(parallel.sum_over_processes(np.asarray([done]))[0])
+    skipped = _skipped_everywhere(skipped, len(source))
     if done == 0:
         raise ValueError(f"data: none of the {len(source)} images could be read")
     if jax.process_count() > 1:
@@ -149,6 +156,30 @@ def extract(
             f"{int(zero[0])}); the weights give zero features for the data"
         )
     return Extracted(result.means, result.counts, skipped, features, share)
+
+
+def unit_ids(labels: np.ndarray, skipped: list[int]) -> np.ndarray:
+    """``[N]`` int64 per-sample unit ids: the ``labels`` ``[N]``, with -1 (in no unit,
+    ``uotsel._checks.NO_UNIT``, which every reader of unit ids honours or refuses) for the
+    ``skipped`` images, which are in no class mean.
+
+    Example:
+      >>> unit_ids(np.array([0, 0, 1, 1]), [2]).tolist()
+      [0, 0, -1, 1]
+    """
+    ids = np.array(labels, np.int64)
+    ids[np.asarray(skipped, np.int64)] = -1
+    return ids
+
+
+def _skipped_everywhere(skipped: list[int], size: int) -> list[int]:
+    """The ascending indices of the images any process skipped (of ``size``): this process's
+    ``skipped`` with one process."""
+    if jax.process_count() == 1:
+        return sorted(skipped)
+    mask = np.zeros(size, np.int32)
+    mask[np.asarray(skipped, np.int64)] = 1
+    return np.flatnonzero(parallel.sum_over_processes(mask)).tolist()
 
 
 def _feature_dim(variables: Any, arch: str, moco: bool, image_size: int) -> int:

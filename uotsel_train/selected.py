@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from uotsel import paper
+from uotsel import _checks, paper
 from uotsel.io import read_ids, sha256_file
 from uotsel.npfiles import read_array
 from uotsel.selection_file import PER_SAMPLE, is_per_sample, read_selection
@@ -138,11 +138,13 @@ def check_samples(record: dict[str, Any], chosen: np.ndarray, num_samples: int) 
 
 
 def unit_ids(path: str, num_samples: int) -> np.ndarray:
-    """Per-sample unit ids ``[N]`` from a ``.npy`` or a ``.npz`` with ``assignment``.
+    """Per-sample unit ids ``[N]`` from a ``.npy`` or a ``.npz`` with ``assignment``; -1 (a
+    sample in no unit, as ``uotsel-train extract`` writes for an unreadable image) is kept:
+    such a sample belongs to no selected unit and is never drawn.
 
     Raises:
-      ValueError: starting with ``unit_ids:`` for an unreadable file, non-integer or negative
-        ids, or a count other than ``num_samples``.
+      ValueError: starting with ``unit_ids:`` for an unreadable file, non-integer ids or ids
+        below -1 (:func:`uotsel._checks.unit_ids`), or a count other than ``num_samples``.
     """
     key = "assignment" if path.endswith(".npz") else None
     ids = np.asarray(read_array(path, "unit_ids", key=key))
@@ -152,9 +154,7 @@ def unit_ids(path: str, num_samples: int) -> np.ndarray:
         raise ValueError(
             f"unit_ids: {path} holds {ids.size} ids for {num_samples} pre-training images"
         )
-    if ids.size and ids.min() < 0:
-        raise ValueError(f"unit_ids: {path} holds negative ids")
-    return ids.astype(np.int64)
+    return _checks.unit_ids(ids, f"unit_ids: {path}")
 
 
 def check_against(
