@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from uotsel import __version__, cache, commands, demo, paper, per_sample
+from uotsel import __version__, cache, commands, demo, paper, per_sample, select_command
 from uotsel.centroids import class_means
 from uotsel.cli_kit import (
     OneLineParser,
@@ -424,7 +424,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
 
 
 _COMMANDS = {
-    "select": commands.cmd_select,
+    "select": select_command.cmd_select,
     "plot": commands.cmd_plot,
     "embedded": commands.cmd_embedded,
     "centroids": commands.cmd_centroids,
