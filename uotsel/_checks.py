@@ -57,6 +57,8 @@ def check_positive_scalar(value: Any, name: str, allow_inf: bool = False) -> Non
     """Raise unless ``value`` (scalar or array) is > 0 (and finite unless ``allow_inf``)."""
     if not is_concrete(value):
         return
+    if isinstance(value, bool | np.bool_) or getattr(value, "dtype", None) == np.bool_:
+        raise TypeError(f"{name}: expected a positive number, got a bool ({value!r})")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as err:
