@@ -156,14 +156,20 @@ def write_outputs(
     if args.names_out is not None:
         outputs.write("--names-out", io.write_lines, unit_lines(source, picked.units_holding))
     if args.samples_out is not None:
-        if outputs.format("--samples-out") == "npy":
-            outputs.write("--samples-out", io.write_indices, picked.samples)
-        else:
-            names = source.sample_names
-            lines = (names[i] if names is not None else int(i) for i in picked.samples)
-            outputs.write("--samples-out", io.write_lines, lines)
+        write_sample_list(outputs, source, picked.samples)
     if args.scores_out is not None:
         outputs.write("--scores-out", io.write_scores, picked.scores)
+
+
+def write_sample_list(outputs: Outputs, source: io.Units, samples: np.ndarray) -> None:
+    """``--samples-out``: the sample indices ``[S]`` as a ``.npy``, or one a line (the sample's
+    name where the unit file has names), in their order."""
+    if outputs.format("--samples-out") == "npy":
+        outputs.write("--samples-out", io.write_indices, samples)
+    else:
+        names = source.sample_names
+        lines = (names[i] if names is not None else int(i) for i in samples)
+        outputs.write("--samples-out", io.write_lines, lines)
 
 
 def report(args: argparse.Namespace, picked: per_sample.SampleSelection) -> str:

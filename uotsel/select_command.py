@@ -264,15 +264,7 @@ def _write_selection_outputs(
     if args.names_out is not None:
         outputs.write("--names-out", io.write_lines, _unit_lines(source, selection.selected))
     if args.samples_out is not None:
-        if outputs.format("--samples-out") == "npy":
-            outputs.write("--samples-out", io.write_indices, selection.sample_indices)
-        else:
-            names = source.sample_names
-            outputs.write(
-                "--samples-out",
-                io.write_lines,
-                (names[i] if names is not None else int(i) for i in selection.sample_indices),
-            )
+        sample_select.write_sample_list(outputs, source, selection.sample_indices)
 
 
 def _report_selection(args: argparse.Namespace, selection: Any) -> None:
