@@ -59,7 +59,7 @@ def chunk_memory_mb(chunk: int, d: int, m: int) -> float:
     import jax
     import jax.numpy as jnp
 
-    from uotsel import costs, per_sample
+    from uotsel import chunk_scores, costs
 
     shapes = [
         jax.ShapeDtypeStruct((chunk, d), jnp.float32),
@@ -69,7 +69,7 @@ def chunk_memory_mb(chunk: int, d: int, m: int) -> float:
         jax.ShapeDtypeStruct((), jnp.float32),
         jax.ShapeDtypeStruct((), jnp.float32),
     ]
-    lowered = per_sample._score_chunk.lower(costs.COSTS["cosine"], *shapes)
+    lowered = chunk_scores.score_chunk.lower(costs.COSTS["cosine"], *shapes)
     stats = lowered.compile().memory_analysis()
     if stats is None:
         return float("nan")

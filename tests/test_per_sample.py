@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import uotsel
-from uotsel import costs, io, per_sample, selection_file
+from uotsel import chunk_scores, costs, io, per_sample, selection_file
 from uotsel.cli import main
 
 
@@ -235,11 +235,11 @@ def test_one_program_for_every_chunk(rng):
     """The last, shorter chunk is padded: scoring compiles once per chunk shape."""
     target = rng.normal(size=(3, 5)).astype(np.float32)
     sel = uotsel.select(rng.normal(size=(10, 5)), target, top_k=2)
-    per_sample._score_chunk.clear_cache()
+    chunk_scores.score_chunk.clear_cache()
     per_sample.sample_scores(rng.normal(size=(250, 5)), target, sel, chunk_size=64)
-    assert per_sample._score_chunk._cache_size() == 1
+    assert chunk_scores.score_chunk._cache_size() == 1
     per_sample.sample_scores(rng.normal(size=(190, 5)), target, sel, chunk_size=64)
-    assert per_sample._score_chunk._cache_size() == 1
+    assert chunk_scores.score_chunk._cache_size() == 1
 
 
 @pytest.mark.slow
