@@ -279,3 +279,18 @@ def test_plain_settings_are_validated_once_per_shape_and_dtype():
     assert unbalanced.prepare((), 7, 3, np.float32, UOT(eps=1)) is not as_float
     with pytest.raises(ValueError, match="eps"):
         unbalanced.prepare((), 7, 3, np.float32, UOT(eps=-1.0))
+
+
+def test_placed_settings_follow_their_values():
+    from uotsel import costs, unbalanced
+
+    plain = unbalanced.prepare((), 5, 2, np.float32, UOT(eps=0.25))
+    placed = unbalanced.on_device(plain)
+    assert unbalanced.on_device(plain) is placed and float(placed.eps) == 0.25
+    other = unbalanced.on_device(unbalanced.prepare((), 5, 2, np.float32, UOT(eps=0.5)))
+    assert float(other.eps) == 0.5 and float(unbalanced.on_device(plain).eps) == 0.25
+    # A refused eps_c is refused every time, though a valid one is checked once.
+    for _ in range(2):
+        with pytest.raises(ValueError, match="eps_c"):
+            costs.check_eps_c(0.0)
+        costs.check_eps_c(0.01)

@@ -61,6 +61,8 @@ def check_positive_scalar(value: Any, name: str, allow_inf: bool = False) -> Non
         raise TypeError(f"{name}: expected a positive number, got a bool ({value!r})")
     try:
         arr = np.asarray(value, dtype=np.float64)
+    except OverflowError:
+        raise ValueError(f"{name}: holds an integer beyond the float range") from None
     except (TypeError, ValueError) as err:
         raise TypeError(f"{name}: expected a positive number, got {value!r}") from err
     if arr.dtype.kind not in "fiu" or np.isnan(arr).any():

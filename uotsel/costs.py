@@ -143,7 +143,19 @@ def checked(source: Any, target: Any) -> tuple[Any, Any, Any]:
 
 def check_eps_c(eps_c: Any, dtype: Any = np.float32) -> None:
     """``eps_c`` must be a positive, finite, normal number of ``dtype`` (so that
-    ``2 / eps_c`` is finite)."""
+    ``2 / eps_c`` is finite). A Python number passes once per value and dtype."""
+    if type(eps_c) in (float, int):
+        _plain_eps_c_ok(type(eps_c), eps_c, np.dtype(dtype).str)
+    else:
+        _check_eps_c(eps_c, dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_eps_c_ok(kind: type, eps_c: float | int, dtype: str) -> None:
+    _check_eps_c(eps_c, np.dtype(dtype))
+
+
+def _check_eps_c(eps_c: Any, dtype: Any) -> None:
     _checks.check_positive_scalar(eps_c, "eps_c")
     tiny = float(np.finfo(dtype).tiny)
     if _checks.is_concrete(eps_c) and np.any(np.asarray(eps_c, np.float64) < tiny):

@@ -228,7 +228,26 @@ def _ott_problem(problem: Any, settings: UOT | None, **given: Any) -> SinkhornOu
 def on_device(settings: SolverSettings) -> SolverSettings:
     """``settings`` with every host value on the default device, explicitly: scalars from a
     cache of device constants (the same settings cost no transfer the next time), arrays in one
-    batched transfer. Traced and device values are left as they are."""
+    batched transfer. Traced and device values are left as they are. The same settings object
+    as the call before (plain settings come from :func:`prepare`'s cache) is placed once."""
+    last = _last_placed
+    if last is not None and last[0] is settings and last[2] == jax.config.jax_default_device:
+        return last[1]
+    placed = _place(settings)
+    _remember(settings, placed)
+    return placed
+
+
+# The last settings :func:`on_device` placed: (host settings, placed, default device).
+_last_placed: tuple | None = None
+
+
+def _remember(settings: SolverSettings, placed: SolverSettings) -> None:
+    global _last_placed
+    _last_placed = (settings, placed, jax.config.jax_default_device)
+
+
+def _place(settings: SolverSettings) -> SolverSettings:
     hosted = [k for k, v in settings._asdict().items() if isinstance(v, np.ndarray | np.generic)]
     scalars = {
         k: device_scalar(getattr(settings, k)) for k in hosted if np.ndim(getattr(settings, k)) == 0
