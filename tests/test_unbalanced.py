@@ -15,7 +15,7 @@ from reference import (
 )
 
 import uotsel
-from uotsel import programs, unbalanced
+from uotsel import _iterations, programs, unbalanced
 
 
 def _check_against(out, ref_rows, ref_cols=None, rtol=1e-4, floor=1e-6):
@@ -87,6 +87,28 @@ def test_tau_sweep_matches_pot(tau_source, tau_target):
     _check_against(out, ref_rows, ref_cols, rtol=2e-5)
 
 
+@pytest.mark.parametrize("tau", [100.0, 1000.0])
+@pytest.mark.parametrize("form", [_iterations.Form(1, "dot"), _iterations.Form(8, "reduce")])
+def test_large_taus_reach_the_default_threshold_in_float32(tau, form):
+    # Balanced-ish penalties on both sides put f near +0.66 tau and g near -0.66 tau: the first
+    # pass's dual translation moves f alone, so g's deviation from the next absorption point is
+    # as large. Unless that deviation also calls for absorbing again, its rounding (an ulp of
+    # 660 is 6e-5) holds the certified error above 1e-5 for good.
+    for seed in range(3):
+        cost = np.random.default_rng(seed).uniform(0, 8, size=(150, 40))
+        settings = unbalanced.prepare(
+            (), 150, 40, np.float32, uotsel.UOT(), tau_source=tau, tau_target=tau, max_iter=5000
+        )
+        out = unbalanced.solve_staged(jnp.asarray(cost, jnp.float32), settings, form=form).output
+        assert bool(out.converged), (seed, int(out.n_iters), float(out.error))
+        # The outputs are read from potentials near 660 in float32: their own rounding
+        # (``out.rounding``) comes on top of the certified error.
+        rows, cols = pot_marginals(cost, 1.0, tau, tau)
+        err_rows = np.abs(np.expm1(np.asarray(out.log_row_sums, np.float64) - np.log(rows)))
+        err_cols = np.abs(np.expm1(np.asarray(out.log_col_sums, np.float64) - np.log(cols)))
+        assert max(err_rows.max(), err_cols.max()) <= float(out.error) + float(out.rounding)
+
+
 @pytest.mark.slow
 def test_weights_match_pot_entropic_form():
     rng = np.random.default_rng(5)
@@ -148,7 +170,8 @@ def test_certificate_bounds_true_error_float64():
 def test_stalling_at_the_float32_floor_stops_early():
     rng = np.random.default_rng(0)
     cost = ((1 - np.clip(rng.normal(size=(300, 50)) * 0.3, -1, 1)) / 0.05).astype(np.float32)
-    # Potentials near 900: an ulp is 6e-5, so 1e-7 cannot be certified in float32.
+    # Potentials near 900, deviations from the absorption point up to 16 (an ulp: 2e-6 at most):
+    # 1e-7 cannot be certified in float32.
     out = uotsel.sinkhorn(cost, tau_source=1000.0, tau_target=1000.0, threshold=1e-7, max_iter=5000)
     assert not bool(out.converged)
     assert int(out.n_iters) < 500

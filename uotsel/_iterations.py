@@ -10,7 +10,7 @@ Two loops compute the same fixed point and share the stopping rule (see ``docs/s
   products plus O(n + m) work. Products are normalised by the largest scaling; an iteration
   whose row or column sums come close to the float range (where dropped underflowing terms
   could matter) is refused and the kernel absorbed again at the current potentials (also done
-  when the deviations grow past ``REABSORB_AT``); if an iteration is refused right after an
+  when either deviation grows past ``REABSORB_AT``); if an iteration is refused right after an
   absorption, the problem is handed to the log-domain loop.
 - ``log_loop``: log-sum-exp iterations over the cost itself: slower (an ``exp`` over the whole
   matrix per half-iteration) but exact for any cost scale; the fallback and the reference.
@@ -35,9 +35,9 @@ from uotsel._products import col_sums, row_sums
 
 Array = jax.Array
 
-# Absorb the kernel again once the potentials have moved this far (in units of eps) from the
-# point of the last absorption: steps are measured on the deviation, whose rounding then stays
-# below ~ulp(REABSORB_AT), far under the float32 stopping floor.
+# Absorb the kernel again once either potential has moved this far (in units of eps) from the
+# point of the last absorption: steps are measured on the deviations, whose rounding then stays
+# below ~ulp(REABSORB_AT), far under the float32 stopping threshold.
 REABSORB_AT = 16.0
 
 # Stop once this many iterations in a row have not lowered the error: the iteration has reached
@@ -365,13 +365,14 @@ def kernel_pass(p: Problem, f: Array, g: Array, progress: Progress, form: Form) 
         s = col_sums(jnp.exp(rel_r + w - top_u), kernel, form.products)
         lv = jnp.where(p.target_mask, p.k_target * (c - jnp.log(s) - top_u), 0.0)
         g_new = g + p.eps * lv
-        top_v, low_s, mass_target = reduce_many(
+        top_v, low_s, mass_target, drift_v = reduce_many(
             ("max", jnp.where(p.target_mask, lv, -jnp.inf)),
             ("min", jnp.where(p.target_mask, s, jnp.inf)),
             (
                 "lse",
                 jnp.where(p.target_mask, p.log_target_weights - g_new * p.inv_tau_target, -jnp.inf),
             ),
+            ("max", jnp.abs(lv)),
         )
         rv = row_sums(kernel, jnp.where(p.target_mask, jnp.exp(lv - top_v), 0.0), form.products)
         w_new = jnp.where(p.source_mask, p.k_source * (e - jnp.log(rv) - top_v), 0.0)
@@ -400,7 +401,7 @@ def kernel_pass(p: Problem, f: Array, g: Array, progress: Progress, form: Form) 
             keep(top_next, top_u),
             jax.tree.map(keep, updated, progress),
             jnp.where(live, bad, was_bad),
-            jnp.where(live, (drift > REABSORB_AT) & ~bad, was_far),
+            jnp.where(live, (jnp.maximum(drift, drift_v) > REABSORB_AT) & ~bad, was_far),
         )
 
     def go(state):
