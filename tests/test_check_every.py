@@ -43,6 +43,26 @@ def test_the_packed_state_round_trips_bit_for_bit(floats, ints, flag):
         assert _bits(new) == _bits(old)
 
 
+@settings(max_examples=20, deadline=None)
+@given(
+    ints=st.lists(st.integers(-(2**31), 2**31 - 1), min_size=3, max_size=3),
+    flags=st.lists(st.booleans(), min_size=3, max_size=3),
+)
+def test_vectors_of_counters_and_flags_round_trip_among_floats(ints, flags):
+    """A batch's state: its counters and flags are vectors too."""
+    leaves = [
+        jnp.asarray(_SPECIAL, jnp.float32),
+        jnp.asarray(ints, jnp.int32),
+        jnp.asarray(flags, jnp.bool_),
+        jnp.int32(ints[0]),
+    ]
+    layout = check_every.Layout.of(leaves)
+    packed = layout.pack(leaves)
+    assert [(x.shape, x.dtype) for x in packed] == [((13,), jnp.float32), ((1,), jnp.int32)]
+    for old, new in zip(leaves, layout.unpack(packed), strict=True):
+        assert new.dtype == old.dtype and _bits(new) == _bits(old)
+
+
 def test_float64_state_packs_its_scalars_in_int64():
     with jax.enable_x64(True):
         leaves = [jnp.asarray([np.nan, -0.0, 5e-324]), jnp.float64(-5e-324), jnp.int32(-7)]

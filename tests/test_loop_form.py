@@ -116,6 +116,21 @@ def test_the_stop_is_tested_ceil_iterations_over_k_times():
     assert counts[8][1] == math.ceil(iters / 8) + 1 + 2
 
 
+@pytest.mark.parametrize("lockstep", [False, True])
+def test_the_state_to_resume_from_travels_as_two_arrays(lockstep):
+    """The first program returns the state :func:`solve_rest` needs packed: two arrays instead
+    of fifteen, unpacked bit for bit (a batch's counters and flags are vectors)."""
+    cost = jnp.asarray(np.random.default_rng(0).random((3, 30, 8)) * 5.0, jnp.float32)
+    settings = unbalanced.prepare((3,), 30, 8, cost.dtype)
+    _, resume, _ = unbalanced.solve_first(cost, settings, lockstep=lockstep)
+    packed = unbalanced.pack_resume(resume)
+    assert len(packed) == 2 < len(jax.tree.leaves(resume)) == 15
+    back = unbalanced.unpack_resume(packed, cost, settings, lockstep=lockstep)
+    assert jax.tree.structure(back) == jax.tree.structure(resume)
+    for old, new in zip(jax.tree.leaves(resume), jax.tree.leaves(back), strict=True):
+        assert new.dtype == old.dtype and np.asarray(new).tobytes() == np.asarray(old).tobytes()
+
+
 def _lowered(platform):
     cost = jnp.zeros((64, 16), jnp.float32)
     return jax.jit(uotsel.sinkhorn).trace(cost).lower(lowering_platforms=(platform,)).as_text()

@@ -36,10 +36,12 @@ def run(iterate, go, count: int, state):
 
 
 class Layout(NamedTuple):
-    """The loop state packed into two arrays: the vector leaves end to end, and the scalar
-    leaves as the bits of one integer vector (a float's bits kept exactly; a counter or flag
-    converted), so that keeping or masking an iteration is two kernels whatever the number of
-    leaves. The vector leaves share one float dtype; scalars fit in its width."""
+    """A state packed into two arrays: the vector leaves end to end in one float dtype (a
+    vector of counters or flags converted to the integer of that width, its bits kept), and the
+    scalar leaves as the bits of one integer vector (a float's bits kept exactly; a counter or
+    flag converted), so that keeping or masking an iteration is two kernels whatever the number
+    of leaves, and a program returns the state as two arrays. The float leaves share one dtype;
+    integers fit in its width. ``leaves`` may be arrays or ``jax.ShapeDtypeStruct``."""
 
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[Any, ...]
@@ -54,12 +56,11 @@ class Layout(NamedTuple):
     def pack(self, leaves) -> list[Array]:
         """``[vectors [sum of the vector leaves' sizes], scalars [number of scalar leaves]]``."""
         parts = list(zip(leaves, self.shapes, self.dtypes, strict=True))
-        vectors = [jnp.ravel(x) for x, shape, _ in parts if shape]
+        vectors = [self._to_float(jnp.ravel(x), dtype) for x, shape, dtype in parts if shape]
         scalars = [self._to_bits(x, dtype) for x, shape, dtype in parts if not shape]
-        empty = jnp.zeros(0, self.bits)
         return [
-            jnp.concatenate(vectors) if vectors else empty,
-            jnp.stack(scalars) if scalars else empty,
+            jnp.concatenate(vectors) if vectors else jnp.zeros(0, self._float),
+            jnp.stack(scalars) if scalars else jnp.zeros(0, self.bits),
         ]
 
     def unpack(self, packed) -> list[Array]:
@@ -69,12 +70,27 @@ class Layout(NamedTuple):
         for shape, dtype in zip(self.shapes, self.dtypes, strict=True):
             if shape:
                 size = math.prod(shape)
-                leaves.append(vectors[at : at + size].reshape(shape))
+                leaves.append(self._from_float(vectors[at : at + size].reshape(shape), dtype))
                 at += size
             else:
                 leaves.append(self._from_bits(scalars[row], dtype))
                 row += 1
         return leaves
+
+    @property
+    def _float(self):
+        """The dtype of the packed vectors: the float leaves' (of the integer's width)."""
+        return jnp.dtype(f"float{8 * self.bits.itemsize}")
+
+    def _to_float(self, x: Array, dtype) -> Array:
+        if jnp.issubdtype(dtype, jnp.floating):
+            return x
+        return jax.lax.bitcast_convert_type(x.astype(self.bits), self._float)
+
+    def _from_float(self, x: Array, dtype) -> Array:
+        if jnp.issubdtype(dtype, jnp.floating):
+            return x
+        return self._from_bits(jax.lax.bitcast_convert_type(x, self.bits), dtype)
 
     def _to_bits(self, x: Array, dtype) -> Array:
         if jnp.issubdtype(dtype, jnp.floating):

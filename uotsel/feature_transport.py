@@ -221,11 +221,11 @@ def _run(kind, source, target, eps_c, chunk, settings, method, wide, mesh):
     concrete = _checks.is_concrete(source) and _checks.is_concrete(target)
     args = (kind, source, target, eps_c, chunk, settings, wide if concrete else None, mesh)
     if method == "auto" and concrete:
-        out, flags, resume = _transport_first(*args)
+        out, flags, packed = _transport_first(*args)
         flags = np.asarray(flags)  # one transfer: the [4] validity flags, then "more"
         valid = flags[:4]
         if flags[4] and valid[:3].all():
-            out, valid = _transport_rest(*args, resume)
+            out, valid = _transport_rest(*args, packed)
         return out, valid
     return _transport_one(*args, method=method)
 
@@ -248,17 +248,19 @@ def _transport_one(kind, source, target, eps_c, chunk_size, settings, wide, mesh
 def _transport_first(kind, source, target, eps_c, chunk_size, settings, wide, mesh):
     """Cost and :func:`~uotsel.unbalanced.solve_first` in one program: the output so far,
     ``[5]`` flags (those of :func:`_transport_one`, then whether to resume), and the state to
-    resume from."""
+    resume from, packed (:func:`~uotsel.unbalanced.pack_resume`)."""
     built = _cost(kind, source, target, eps_c, chunk_size, wide, mesh)
     solved, resume, more = unbalanced.solve_first(built.cost, settings)
     flags = jnp.concatenate([built.valid, solved.ok[None], more[None]])
-    return _gathered(solved.output, mesh), flags, resume
+    return _gathered(solved.output, mesh), flags, unbalanced.pack_resume(resume)
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "chunk_size", "wide", "mesh"))
-def _transport_rest(kind, source, target, eps_c, chunk_size, settings, wide, mesh, resume):
-    """The cost again and :func:`~uotsel.unbalanced.solve_rest`, for the problems that need it."""
+def _transport_rest(kind, source, target, eps_c, chunk_size, settings, wide, mesh, packed):
+    """The cost again and :func:`~uotsel.unbalanced.solve_rest` from the packed state of
+    :func:`_transport_first`, for the problems that need it."""
     built = _cost(kind, source, target, eps_c, chunk_size, wide, mesh)
+    resume = unbalanced.unpack_resume(packed, built.cost, settings)
     solved = unbalanced.solve_rest(built.cost, settings, resume)
     return _gathered(solved.output, mesh), jnp.concatenate([built.valid, solved.ok[None]])
 

@@ -49,10 +49,12 @@ from uotsel.programs import (
     SinkhornOutput,
     Solved,
     SolverSettings,
+    pack_resume,
     solve,
     solve_first,
     solve_rest,
     solve_staged,
+    unpack_resume,
 )
 from uotsel.settings import UOT, resolve
 from uotsel.solvable import eps_range, explain_failure, resolved_range, weight_range
@@ -70,11 +72,13 @@ __all__ = [
     "resolved_range",
     "on_device",
     "device_scalar",
+    "pack_resume",
     "sinkhorn",
     "solve",
     "solve_first",
     "solve_rest",
     "solve_staged",
+    "unpack_resume",
     "weight_range",
 ]
 
