@@ -205,6 +205,14 @@ def test_kmeans_split_reads_a_memory_map_and_checks_rows(tmp_path):
     io.write_shards_index(str(tmp_path / "p.json"), [(a, len(b)) for a, b in parts], 16, x.dtype)
     in_parts = io.read_features(str(tmp_path / "p.json"), "features")
     _same_clustering(one, uotsel.kmeans(in_parts, 5, seed=2, shard="on"))
+    # Rows left out (the zero rows of unreadable images): read in place, from the parts too.
+    dead = np.array([0, 200, 516])
+    live = np.delete(np.arange(len(x)), dead)
+    alone = uotsel.kmeans(x[live], 5, seed=2, shard="off")
+    for source in (mapped, in_parts):
+        left = uotsel.kmeans(source, 5, seed=2, shard="on", exclude=dead)
+        assert (left.assignment[dead] == -1).all()
+        _same_clustering(alone, left._replace(assignment=left.assignment[live]))
     x[300] = np.nan
     with pytest.raises(ValueError, match="features: row 300 contains NaN or inf"):
         uotsel.kmeans(x, 5, shard="on")

@@ -294,3 +294,111 @@ def test_extract_gives_unreadable_images_the_unit_id_minus_one():
 
     assert extract.unit_ids(np.array([0, 0, 1, 1]), [2]).tolist() == [0, 0, -1, 1]
     assert extract.unit_ids([2, 0], []).tolist() == [2, 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Clustering features with rows in no unit (uotsel kmeans --skip-zero-rows)
+
+
+def _with_zero_rows(rng, n=300, d=8):
+    x = (
+        rng.normal(size=(n, d)).astype(np.float32)
+        + 3.0 * np.eye(d, dtype=np.float32)[np.arange(n) % 4]
+    )
+    dead = np.array([0, 7, 150, n - 1])
+    x[dead] = 0.0
+    return x, dead
+
+
+@pytest.mark.parametrize("spherical", [True, False])
+@pytest.mark.parametrize("stream_rows", [None, 64])
+def test_kmeans_leaves_excluded_rows_in_no_cluster_and_the_rest_as_alone(
+    rng, tmp_path, spherical, stream_rows
+):
+    x, dead = _with_zero_rows(rng)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    live = np.delete(np.arange(len(x)), dead)
+    kw = {"spherical": spherical, "seed": 3, "stream_rows": stream_rows}
+    left = uotsel.kmeans(mapped, 4, exclude=dead, **kw)
+    alone = uotsel.kmeans(x[live], 4, **kw)
+    assert left.assignment.dtype == alone.assignment.dtype
+    np.testing.assert_array_equal(left.assignment[dead], -1)
+    np.testing.assert_array_equal(left.assignment[live], alone.assignment)
+    for name in ("centroids", "means", "sizes"):
+        np.testing.assert_array_equal(getattr(left, name), getattr(alone, name))
+    assert left.objective == alone.objective and int(left.sizes.sum()) == len(live)
+
+
+@pytest.mark.parametrize(
+    "exclude, match",
+    [
+        ([3, 300], r"^exclude: row indices must be in \[0, 300\), got range \[3, 300\]$"),
+        ([-1], r"^exclude: row indices must be in \[0, 300\)"),
+        ([0.5], r"^exclude: 0.5 is not a whole number$"),
+        (np.arange(300), r"^exclude: leaves none of the 300 rows to cluster$"),
+        (np.arange(297), r"^k: 4 clusters for only 3 samples$"),
+    ],
+)
+def test_kmeans_refuses_a_bad_exclude_in_one_line(rng, exclude, match):
+    x, _ = _with_zero_rows(rng)
+    with pytest.raises((ValueError, TypeError), match=match):
+        uotsel.kmeans(x, 4, exclude=exclude)
+
+
+def _kmeans_cli(x_path, out, *extra):
+    return uotsel_main(["kmeans", "--features", str(x_path), "--out", str(out), *map(str, extra)])
+
+
+def test_kmeans_command_refuses_zero_rows_naming_the_switch_or_skips_them(rng, tmp_path, capsys):
+    x, dead = _with_zero_rows(rng)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "c.npz"
+    assert _kmeans_cli(tmp_path / "x.npy", out, "--k", 4, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--features: row 0 is all zeros" in err
+    assert "--skip-zero-rows" in err and not out.exists()
+    for euclidean in ([], ["--euclidean"]):
+        args = ["--k", 4, "--quiet", "--skip-zero-rows", "--seed", 3, *euclidean]
+        assert _kmeans_cli(tmp_path / "x.npy", out, *args) == 0
+        said = capsys.readouterr().out
+        assert "4 clusters of 296 samples (4 all-zero rows in no cluster)" in said
+        with np.load(out) as c:
+            assignment, counts, means = c["assignment"], c["counts"], c["means"]
+        np.testing.assert_array_equal(np.flatnonzero(assignment == -1), dead)
+        assert counts.sum() == 296
+        live = assignment >= 0
+        expected = uotsel.class_means(x[live], assignment[live], 4).means
+        np.testing.assert_allclose(means, expected, rtol=1e-6, atol=1e-6)
+    # Euclidean without the switch clusters them as points, as before.
+    assert _kmeans_cli(tmp_path / "x.npy", out, "--k", 4, "--quiet", "--euclidean") == 0
+    assert (np.load(out)["assignment"] >= 0).all()
+
+
+def test_kmeans_command_needs_rows_left_after_skipping(rng, tmp_path, capsys):
+    x = np.zeros((5, 3), np.float32)
+    x[1] = 1.0
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "c.npz"
+    out.write_bytes(b"keep")
+    assert _kmeans_cli(tmp_path / "x.npy", out, "--k", 2, "--skip-zero-rows") == 2
+    assert "--k: 2 clusters for only 1 samples that are not all zeros" in capsys.readouterr().err
+    np.save(tmp_path / "z.npy", np.zeros((5, 3), np.float32))
+    assert _kmeans_cli(tmp_path / "z.npy", out, "--k", 1, "--skip-zero-rows") == 2
+    assert "--features: every row is all zeros; nothing to cluster" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep"
+
+
+@pytest.mark.slow
+def test_clusters_of_extracted_features_never_list_the_unreadable_image(
+    extracted, tmp_path, capsys
+):
+    root, broken = extracted["root"], extracted["broken"]
+    clusters = tmp_path / "clusters.npz"
+    args = ["--k", 3, "--skip-zero-rows", "--quiet"]
+    assert _kmeans_cli(root / "f.npy", clusters, *args) == 0
+    assert np.load(clusters)["assignment"][broken] == -1
+    argv = ["select", "--source", clusters, "--target", root / "t.npz", "--top-k", 3]
+    argv += ["--out", tmp_path / "s.json", "--samples-out", tmp_path / "s.npy", "--quiet"]
+    assert uotsel_main([str(a) for a in argv]) == 0
+    assert sorted(np.load(tmp_path / "s.npy").tolist()) == [i for i in range(10) if i != broken]

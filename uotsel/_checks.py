@@ -164,14 +164,18 @@ def check_rows(
     nonzero: bool = False,
     float32: bool = True,
     progress: Any = None,
-) -> None:
+) -> np.ndarray:
     """Scan a concrete ``[n, d]`` array (a ``np.memmap`` too) ``chunk_size`` rows at a time.
 
     Raises naming ``name`` and the first bad row when a row holds NaN or inf, a value beyond
     float32's range (``float32``), or only zeros (``nonzero``). ``progress``, when given, is
     called with the number of rows checked after every chunk.
+
+    Returns:
+      ``[Z]`` int64 ascending indices of the rows that hold only zeros.
     """
     limit = float(np.finfo(np.float32).max)
+    zeros = []
     for lo in range(0, x.shape[0], chunk_size):
         block = np.asarray(x[lo : lo + chunk_size])
         if block.dtype.kind == "b":
@@ -184,11 +188,13 @@ def check_rows(
         if float32 and block.dtype.kind in "fiu" and block.size and top.max() > limit:
             row = lo + int(np.flatnonzero(top > limit)[0])
             raise ValueError(f"{name}: row {row} holds a value beyond float32's range")
-        if nonzero and (top == 0).any():
-            row = lo + int(np.flatnonzero(top == 0)[0])
-            raise ValueError(f"{name}: row {row} is all zeros")
+        zero = lo + np.flatnonzero(top == 0)
+        if nonzero and zero.size:
+            raise ValueError(f"{name}: row {zero[0]} is all zeros")
+        zeros.append(zero)
         if progress is not None:
             progress(block.shape[0])
+    return np.concatenate(zeros).astype(np.int64) if zeros else np.zeros(0, np.int64)
 
 
 def is_ott_object(x: Any) -> bool:

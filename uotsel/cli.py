@@ -367,6 +367,13 @@ def _add_kmeans(sub: Any) -> argparse.ArgumentParser:
         help="leave the features on disk and read this many rows at a time in every "
         "iteration (for features larger than the device's memory; default: load them)",
     )
+    km.add_argument(
+        "--skip-zero-rows",
+        action="store_true",
+        help="leave all-zero rows (those of images 'uotsel-train extract' could not read) in no "
+        "cluster: assignment -1, in no count or mean (default: spherical k-means refuses them, "
+        "Euclidean k-means clusters them)",
+    )
     _add_shard_flag(km, "samples", "the float32 features take")
     km.add_argument("--quiet", action="store_true", help="no progress display")
     km.add_argument("--out", required=True, help=".npz to write")

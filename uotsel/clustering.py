@@ -97,7 +97,7 @@ class KMeansResult(NamedTuple):
         cluster by ``assignment``, summed in float64: the cluster's feature in the paper, what
         :func:`~uotsel.select` takes as a unit. A cluster left without samples (``sizes`` 0,
         only possible with duplicated rows) gets its centroid.
-      assignment: ``[N]`` int32 cluster of every sample.
+      assignment: ``[N]`` int32 cluster of every sample; -1 for a row left out (``exclude``).
       sizes: ``[K]`` int64 samples per cluster.
       objective: spherical: ``sum_i (1 - cos(x_i, c_{a_i}))``; Euclidean:
         ``sum_i |x_i - c_{a_i}|^2`` (scikit-learn's inertia).
@@ -148,6 +148,7 @@ def kmeans(
     progress: Callable[[KMeansStatus], None] | None = None,
     shard: Any = "auto",
     stream_rows: int | None = None,
+    exclude: Any = None,
 ) -> KMeansResult:
     """Cluster ``features`` into ``k`` clusters.
 
@@ -181,6 +182,10 @@ def kmeans(
         ``stream_rows`` rows at a time in every iteration, so the device holds one block of
         that many rows (plus the seeding samples, ``O(k)`` rows) whatever ``N``: the same
         clustering as with the features on the device. Rows are checked as they are read.
+      exclude: indices of rows that are samples in no cluster (their ``assignment`` is -1,
+        :data:`uotsel._checks.NO_UNIT`), such as the all-zero rows ``uotsel-train extract``
+        writes for images it could not read (``uotsel kmeans --skip-zero-rows``). The others
+        are clustered exactly as they would be alone; they are read in place.
 
     Returns:
       A :class:`KMeansResult`: ``centroids`` (unit rows when spherical), and ``means``, the
@@ -200,6 +205,27 @@ def kmeans(
       >>> sorted(np.round(res.means.astype(float), 2).tolist())
       [[0.01, 1.01], [3.01, 0.01]]
     """
+    if exclude is not None:
+        return _without(
+            features,
+            exclude,
+            functools.partial(
+                kmeans,
+                k=k,
+                cost=cost,
+                spherical=spherical,
+                n_init=n_init,
+                max_iter=max_iter,
+                tol=tol,
+                seed=seed,
+                init_sample=init_sample,
+                init_restarts=init_restarts,
+                chunk_size=chunk_size,
+                progress=progress,
+                shard=shard,
+                stream_rows=stream_rows,
+            ),
+        )
     features, k, settings = _checked(
         features, k, n_init, max_iter, tol, seed, init_sample, init_restarts, chunk_size
     )
@@ -234,6 +260,28 @@ def kmeans(
             best = result
     means = _member_means(features, best.assignment, best.centroids, max(chunk_size, 65536))
     return best._replace(means=means, restart_objectives=np.asarray(objectives))
+
+
+def _without(features: Any, exclude: Any, cluster: Callable[..., KMeansResult]) -> KMeansResult:
+    """``cluster`` run on the rows of ``features`` not in ``exclude``, its assignment spread
+    back over all rows with :data:`uotsel._checks.NO_UNIT` for the excluded ones."""
+    if not hasattr(features, "shape"):
+        features = _checks.as_float_array(features, "features", 2)
+    n = features.shape[0]
+    left_out = np.unique(_checks.whole_numbers(exclude, "exclude").ravel())
+    if left_out.size and (left_out[0] < 0 or left_out[-1] >= n):
+        raise ValueError(
+            f"exclude: row indices must be in [0, {n}), got range [{left_out[0]}, {left_out[-1]}]"
+        )
+    if left_out.size == n:
+        raise ValueError(f"exclude: leaves none of the {n} rows to cluster")
+    if not left_out.size:
+        return cluster(features)
+    rows = np.setdiff1d(np.arange(n), left_out, assume_unique=True)
+    result = cluster(samples.RowSubset(features, rows))
+    assignment = np.full(n, _checks.NO_UNIT, result.assignment.dtype)
+    assignment[rows] = result.assignment
+    return result._replace(assignment=assignment)
 
 
 def _checked(features, k, n_init, max_iter, tol, seed, init_sample, init_restarts, chunk_size):

@@ -193,17 +193,15 @@ def cmd_kmeans(args: argparse.Namespace) -> int:
         with Progress(
             n, "checking features", unit="rows", enabled=not quiet, log_start=False
         ) as bar:
-            _checks.check_rows(
-                features,
-                "--features",
-                chunk_size=args.chunk_size or 65536,
-                nonzero=not args.euclidean,
-                progress=bar.update,
+            zero = _checks.check_rows(
+                features, "--features", chunk_size=args.chunk_size or 65536, progress=bar.update
             )
+        exclude = _zero_rows(zero, n, args)
         with ProgressBars(enabled=not quiet) as bars:
             result = kmeans(
                 features,
                 args.k,
+                exclude=exclude,
                 cost="sqeuclidean" if args.euclidean else "cosine",
                 n_init=args.n_init,
                 max_iter=args.max_iter,
@@ -219,11 +217,35 @@ def cmd_kmeans(args: argparse.Namespace) -> int:
     if not lead:
         return 0
     state = "converged" if result.converged else "stopped at --max-iter"
+    left_out = "" if exclude is None else f" ({exclude.size} all-zero rows in no cluster)"
     print(
-        f"{args.k} clusters of {n} samples, objective {result.objective:.6g}, "
-        f"{result.n_iters} iterations ({state}) -> {args.out}"
+        f"{args.k} clusters of {n - (0 if exclude is None else exclude.size)} samples"
+        f"{left_out}, objective {result.objective:.6g}, {result.n_iters} iterations ({state}) "
+        f"-> {args.out}"
     )
     return 0
+
+
+def _zero_rows(zero: np.ndarray, n: int, args: argparse.Namespace) -> np.ndarray | None:
+    """The rows ``uotsel kmeans`` leaves out: the all-zero rows ``zero`` with
+    ``--skip-zero-rows``, else none (spherical k-means then refuses them)."""
+    if not zero.size:
+        return None
+    if args.skip_zero_rows:
+        if zero.size == n:
+            raise UsageError("--features: every row is all zeros; nothing to cluster")
+        if args.k > n - zero.size:
+            raise UsageError(
+                f"--k: {args.k} clusters for only {n - zero.size} samples that are not all zeros"
+            )
+        return zero
+    if not args.euclidean:
+        raise UsageError(
+            f"--features: row {zero[0]} is all zeros; spherical k-means needs a direction for "
+            "every sample (--skip-zero-rows leaves all-zero rows, such as those of images "
+            "uotsel-train extract could not read, in no cluster)"
+        )
+    return None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

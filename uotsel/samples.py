@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from uotsel import mesh as meshes
 
-__all__ = ["HostRows", "checked_rows", "on_device", "on_mesh", "take"]
+__all__ = ["HostRows", "RowSubset", "checked_rows", "on_device", "on_mesh", "take"]
 
 Array = jax.Array
 
@@ -46,7 +46,7 @@ def _checked(block: np.ndarray, lo: int | np.ndarray, spherical: bool) -> np.nda
         if zero.size:
             raise ValueError(
                 f"features: row {where(int(zero[0]))} is all zeros; spherical k-means needs "
-                "a direction for every sample"
+                "a direction for every sample (exclude= leaves rows in no cluster)"
             )
         block = block / top
         block /= np.linalg.norm(block, axis=1, keepdims=True)
@@ -110,6 +110,21 @@ class HostRows:
         block = np.empty((indices.size, self.shape[1]), np.float32)
         block[order] = np.asarray(self.features[indices[order]], np.float32)
         return jax.device_put(_checked(block, indices, self.spherical))
+
+
+class RowSubset:
+    """Rows ``rows`` (``[M]`` ascending indices) of ``features`` ``[N, D]`` as an ``[M, D]``
+    array that reads them on demand (a memory map stays on disk): what the placements above
+    read when some samples are left out."""
+
+    def __init__(self, features: Any, rows: np.ndarray):
+        self.features, self.rows = features, rows
+        self.shape = (rows.size, features.shape[1])
+        self.dtype = features.dtype
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """Rows ``key`` (a slice or an index array) of the subset."""
+        return np.asarray(self.features[self.rows[key]])
 
 
 def take(x: Any, indices: np.ndarray) -> Array:
