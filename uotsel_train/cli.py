@@ -41,6 +41,7 @@ __all__ = ["main"]
 # What the training side needs beyond jax and numpy (import name -> pip name): every package of
 # the ``train`` extra in setup.cfg, so that no command runs with a part of it silently missing.
 _NEEDS = {
+    "absl": "absl-py",
     "flax": "flax",
     "optax": "optax",
     "orbax.checkpoint": "orbax-checkpoint",
