@@ -187,6 +187,20 @@ def test_stalling_at_the_float32_floor_stops_early():
         assert bool(out64.converged)
 
 
+@pytest.mark.slow
+def test_a_slow_mode_float32_cannot_resolve_stops_early_and_says_so():
+    # One side held exactly, the other at tau = 1000 eps, costs up to 300 eps: the dual
+    # contracts by 1 - 1e-3 an iteration and, in float32, creeps below what the masses resolve.
+    cost = np.random.default_rng(3).uniform(0, 300, size=(60, 20))
+    given = {"tau_source": math.inf, "tau_target": 1000.0, "max_iter": 20000}
+    out = uotsel.sinkhorn(cost.astype(np.float32), **given)
+    assert not bool(out.converged) and int(out.n_iters) < 5000
+    assert 1e-5 < float(out.error) < 1e-4
+    with jax.enable_x64(True):
+        out64 = uotsel.sinkhorn(jnp.asarray(cost), **given)
+        assert bool(out64.converged) and int(out64.n_iters) > int(out.n_iters)
+
+
 def _hard_for_the_kernel():
     # Rows 5-9 are near the second target unit only, whose scaling under a strongly relaxed
     # target side (tau 0.05) is e^-95 of the first's: the absorbed kernel cannot carry it.
