@@ -175,7 +175,7 @@ def test_stalling_at_the_float32_floor_stops_early():
     out = uotsel.sinkhorn(cost, tau_source=1000.0, tau_target=1000.0, threshold=1e-7, max_iter=5000)
     assert not bool(out.converged)
     assert int(out.n_iters) < 500
-    assert 1e-7 < float(out.error) < 1e-3
+    assert 1e-7 < float(out.error) < 1e-5
     with jax.enable_x64(True):
         out64 = uotsel.sinkhorn(
             jnp.asarray(cost, jnp.float64),
