@@ -73,8 +73,8 @@ def test_float64_state_packs_its_scalars_in_int64():
             assert new.dtype == old.dtype and _bits(new) == _bits(old)
 
 
-@pytest.mark.parametrize("count", [1, 2, 3, 8])
-def test_masked_iterations_stop_where_the_loop_would(count):
+@pytest.mark.parametrize("count, unroll", [(1, 1), (2, 1), (3, 1), (8, 1), (8, 2), (3, 2)])
+def test_masked_iterations_stop_where_the_loop_would(count, unroll):
     """A loop that doubles ``x`` and counts its trips while ``x < 100``: with several
     iterations per test it reaches the same state, one test every ``count`` iterations."""
 
@@ -87,7 +87,7 @@ def test_masked_iterations_stop_where_the_loop_would(count):
 
     def body(state):
         state, tests = state
-        return check_every.run(iterate, go, count, state), tests + 1
+        return check_every.run(iterate, go, count, state, unroll), tests + 1
 
     (x, trips), tests = jax.jit(
         lambda s: jax.lax.while_loop(lambda s: go(s[0]), body, (s, jnp.int32(0)))

@@ -63,6 +63,22 @@ def test_testing_the_stop_every_k_iterations_changes_no_bit(check_every):
 
 
 @pytest.mark.slow
+def test_iterations_written_out_in_a_row_change_no_bit():
+    """``unroll`` (the accelerator's default is 2) changes the compiled body, not the results,
+    whether or not it divides K; the stop is tested as often."""
+    for cost, given in _problems():
+        for products in ("dot", "reduce"):
+            once = _solve(cost, given, it.Form(8, products))
+            for unroll in (2, 3):
+                assert _equal(_solve(cost, given, it.Form(8, products, unroll)), once)
+    cost = jnp.stack([_problems()[0][0]] * 2 + [_problems()[0][0] * 3.0])
+    assert _equal(
+        _solve(cost, {}, it.Form(8, "reduce", 2), True),
+        _solve(cost, {}, it.Form(8, "reduce"), True),
+    )
+
+
+@pytest.mark.slow
 def test_batches_in_lockstep_are_unchanged_by_k():
     cost = jnp.stack([_problems()[0][0]] * 2 + [_problems()[0][0] * 3.0])
     for lockstep in (False, True):
@@ -107,13 +123,14 @@ def test_the_stop_is_tested_ceil_iterations_over_k_times():
     cost = uotsel.cosine_cost(source, target)
     settings = unbalanced.prepare((), *cost.shape, cost.dtype)
     counts = {}
-    for k in (1, 8):
-        solved, resume, _ = unbalanced.solve_first(cost, settings, form=it.Form(k, "reduce"))
-        counts[k] = int(solved.output.n_iters), int(resume.last.tests)
-    iters = counts[1][0]
-    assert counts[8][0] == iters > 8
-    assert counts[1][1] == iters + 1 + 2  # one pass
-    assert counts[8][1] == math.ceil(iters / 8) + 1 + 2
+    for k, unroll in ((1, 1), (8, 1), (8, 2)):
+        form = it.Form(k, "reduce", unroll)
+        solved, resume, _ = unbalanced.solve_first(cost, settings, form=form)
+        counts[k, unroll] = int(solved.output.n_iters), int(resume.last.tests)
+    iters = counts[1, 1][0]
+    assert counts[8, 1][0] == counts[8, 2][0] == iters > 8
+    assert counts[1, 1][1] == iters + 1 + 2  # one pass
+    assert counts[8, 1][1] == counts[8, 2][1] == math.ceil(iters / 8) + 1 + 2
 
 
 @pytest.mark.parametrize("lockstep", [False, True])
@@ -144,7 +161,8 @@ def test_no_matrix_product_in_the_program_lowered_for_cuda():
 
 
 def test_default_form_is_todays_loop_on_cpu():
-    assert jax.default_backend() != "cpu" or it.default_form() == it.Form(1, "auto")
+    on_cpu = jax.default_backend() == "cpu"
+    assert it.default_form() == (it.Form(1, "auto") if on_cpu else it.Form(8, "auto", 2))
 
 
 @pytest.mark.slow

@@ -18,10 +18,11 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def run(iterate, go, count: int, state):
+def run(iterate, go, count: int, state, unroll: int = 1):
     """``count`` iterations ``iterate(state, live)`` from ``state`` (the loop's condition ``go``
     having just held), each ``live`` only where ``go`` holds for the state before it: the same
-    iterates as ``count`` trips of the loop, with one test of its condition."""
+    iterates as ``count`` trips of the loop, with one test of its condition. ``unroll`` of them
+    are written out one after another in the compiled body (``jax.lax.fori_loop``'s)."""
     if count == 1:
         return iterate(state, jnp.bool_(True))
     leaves, tree = jax.tree.flatten(state)
@@ -31,7 +32,7 @@ def run(iterate, go, count: int, state):
         state = jax.tree.unflatten(tree, layout.unpack(packed))
         return layout.pack(jax.tree.leaves(iterate(state, go(state))))
 
-    packed = jax.lax.fori_loop(0, count, one, layout.pack(leaves))
+    packed = jax.lax.fori_loop(0, count, one, layout.pack(leaves), unroll=unroll)
     return jax.tree.unflatten(tree, layout.unpack(packed))
 
 

@@ -47,6 +47,10 @@ STALL_PATIENCE = 50
 # Iterations between two tests of the stopping rule on accelerators, where every test of a while
 # loop's condition waits for the device and copies the predicate to the host.
 ACCELERATOR_CHECK_EVERY = 8
+# Of those, iterations written out one after another in the compiled loop body: the loop counter
+# and the copies of the packed state are then shared by two iterations, and XLA fuses across
+# them (kernels per iteration compiled for a GPU: benchmarks/gpu_programs.py).
+ACCELERATOR_UNROLL = 2
 
 
 class Form(NamedTuple):
@@ -60,18 +64,22 @@ class Form(NamedTuple):
         ``"reduce"`` (reductions that fuse the ``exp`` of the vector before them and the
         ``log`` after them: one kernel per product on an accelerator), or ``"auto"``: chosen
         per platform when the program is lowered (``dot`` on CPU, ``reduce`` elsewhere).
+      unroll: of the ``check_every`` iterations, how many are written out one after another
+        in the compiled loop body (more kernels fused, a longer compile; results unchanged).
     """
 
     check_every: int = 1
     products: str = "auto"
+    unroll: int = 1
 
 
 def default_form() -> Form:
     """The form for JAX's default backend: today's loop on CPU, the stop tested every
-    ``ACCELERATOR_CHECK_EVERY`` iterations elsewhere."""
+    ``ACCELERATOR_CHECK_EVERY`` iterations elsewhere, ``ACCELERATOR_UNROLL`` of them written
+    out in a row."""
     if jax.default_backend() == "cpu":
         return Form()
-    return Form(check_every=ACCELERATOR_CHECK_EVERY)
+    return Form(check_every=ACCELERATOR_CHECK_EVERY, unroll=ACCELERATOR_UNROLL)
 
 
 class Problem(NamedTuple):
@@ -409,7 +417,7 @@ def kernel_pass(p: Problem, f: Array, g: Array, progress: Progress, form: Form) 
 
     def body(state):
         state, runs = state
-        return check_every.run(iterate, go, form.check_every, state), runs + 1
+        return check_every.run(iterate, go, form.check_every, state, form.unroll), runs + 1
 
     top_u = jnp.max(rel_r)
     zero = jnp.bool_(False)
