@@ -26,9 +26,11 @@ from benchmarks import _common as C
 from uotsel import _iterations as it
 from uotsel import programs, unbalanced
 
+K, UNROLL = it.ACCELERATOR_CHECK_EVERY, it.ACCELERATOR_UNROLL
 FORMS = {
     "CPU (today's loop)": it.Form(1, "dot"),
-    f"accelerator, K = {it.ACCELERATOR_CHECK_EVERY}": it.Form(it.ACCELERATOR_CHECK_EVERY, "reduce"),
+    f"accelerator, K = {K}, none unrolled": it.Form(K, "reduce"),
+    f"accelerator, K = {K}, {UNROLL} unrolled (the GPU's default)": it.Form(K, "reduce", UNROLL),
 }
 # Operations of an optimised HLO body that are not kernels of their own.
 FREE = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast"}
@@ -48,8 +50,8 @@ def computations(text: str) -> dict[str, list[str]]:
     return comps
 
 
-def kernels_per_iteration(text: str) -> collections.Counter:
-    """Kernels of the innermost ``while`` body (the one holding no ``while`` itself)."""
+def inner_body(text: str) -> list[str]:
+    """The instructions of the innermost ``while`` body (the one holding no ``while`` itself)."""
     comps = computations(text)
     bodies = {
         m.group(1)
@@ -57,10 +59,14 @@ def kernels_per_iteration(text: str) -> collections.Counter:
         for line in lines
         if (m := re.search(r"\bwhile\(.*body=%?([\w.\-]+)", line))
     }
-    inner = [b for b in bodies if not any(re.search(r"\bwhile\(", x) for x in comps[b])]
-    (body,) = inner
+    (body,) = [b for b in bodies if not any(re.search(r"\bwhile\(", x) for x in comps[b])]
+    return comps[body]
+
+
+def kernels_per_iteration(text: str) -> collections.Counter:
+    """Kernels of the innermost ``while`` body."""
     ops = collections.Counter()
-    for line in comps[body]:
+    for line in inner_body(text):
         op = re.search(r"= (?:\([^)]*\)|\S+) ([\w\-]+)\(", line)
         if op and op.group(1) not in FREE:
             ops[op.group(1)] += 1
@@ -71,9 +77,9 @@ def measure(form: it.Form, cost: jax.Array, settings) -> dict:
     compiled = jax.jit(lambda c, s: programs.solve_first(c, s, form=form)).lower(cost, settings)
     ops = kernels_per_iteration(compiled.compile().as_text())
     solved, resume, _ = programs.solve_first(cost, settings, form=form)
-    return {
-        "kernels": sum(ops.values()),
-        "by_kind": dict(ops),
+    return {  # per iteration: the innermost body's over the iterations written out in it
+        "kernels": sum(ops.values()) / form.unroll,
+        "by_kind": {k: v / form.unroll for k, v in ops.items()},
         "iterations": int(solved.output.n_iters),
         "tests": int(resume.last.tests),
     }
@@ -90,8 +96,8 @@ def main() -> None:
     rows = [
         [
             name,
-            r["kernels"],
-            ", ".join(f"{k} {v}" for k, v in sorted(r["by_kind"].items())),
+            f"{r['kernels']:g}",
+            ", ".join(f"{k} {v:g}" for k, v in sorted(r["by_kind"].items())),
             r["iterations"],
             r["tests"],
         ]
@@ -103,10 +109,12 @@ def main() -> None:
             "",
             C.machine_line(C.machine()),
             "",
-            "Compiled for this CPU (`benchmarks/loop_kernels.py`): kernels in the innermost loop "
-            "body of XLA's optimised program, and tests of a loop condition per solve (each a "
-            "host round trip on a GPU). The accelerator form is what a GPU or TPU runs, here "
-            "compiled for the CPU, whose compiler fuses less than a GPU's.",
+            "Compiled for this CPU (`benchmarks/loop_kernels.py`): kernels per iteration in "
+            "the innermost loop body of XLA's optimised program (the body's over the iterations "
+            "written out in it), and tests of a loop condition per solve (each a host round "
+            "trip on a GPU). The accelerator form is what a GPU or TPU runs, here compiled for "
+            "the CPU, whose compiler fuses less than a GPU's: the same program compiled for a "
+            "GPU is counted in the next section.",
             "",
             C.table(
                 ["form", "kernels per iteration", "of which", "iterations", "condition tests"], rows

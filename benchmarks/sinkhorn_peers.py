@@ -31,6 +31,8 @@ from scipy.special import logsumexp
 
 import uotsel
 from benchmarks import _common as C
+from uotsel import _iterations as _it
+from uotsel import unbalanced
 
 PAPER = uotsel.UOT()
 EPS, TAU_S, TAU_T, EPS_C = PAPER.eps, PAPER.tau_source, PAPER.tau_target, PAPER.eps_c
@@ -279,6 +281,18 @@ def bench_problem(name, src, tgt, repeats):
     rec_auto["reported_error"] = float(auto(srcj, tgtj).error)
     split = uotsel_run(fused=False)
     record("uotsel cosine_cost + sinkhorn, two calls (f32)", lambda: split(srcj, tgtj), ours)
+    if jax.default_backend() != "cpu":
+        # The accelerator's loop with and without iterations written out in a row, same process.
+        cost = jax.block_until_ready(uotsel.cosine_cost(srcj, tgtj, EPS_C))
+        settings = unbalanced.prepare((), *cost.shape, cost.dtype, PAPER)
+        for unroll in sorted({1, _it.ACCELERATOR_UNROLL}):
+            form = _it.Form(_it.ACCELERATOR_CHECK_EVERY, "auto", unroll)
+            record(
+                f"uotsel sinkhorn of a device cost, K = {form.check_every}, "
+                f"{unroll} unrolled (f32)",
+                lambda: unbalanced.solve_staged(cost, settings, form=form).output,  # noqa: B023
+                ours,
+            )
     log_only = uotsel_run(method="log")
     record("uotsel transport method='log' (f32)", lambda: log_only(srcj, tgtj), ours)
     with jax.enable_x64(True):
