@@ -8,8 +8,8 @@ among implementations of matrix products). Counted here: the operations of the i
 body (each a kernel launch on the GPU), the ones that write an ``[n, m]`` buffer (a pass over
 the matrix beyond the two products' reads), the loops whose trip count XLA knows (no test of
 the condition on the host), and the matrix-product kernels in the whole program (each tuned on
-the device at its first compile). Problem: the paper's settings, float32, the first program
-of ``uotsel.sinkhorn`` (the one that finishes the paper's problems).
+the device at its first compile). Problem: the paper's settings, float32, the first programs
+of ``uotsel.sinkhorn`` and ``uotsel.transport`` (the ones that finish the paper's problems).
 
 Needs JAX's CUDA plugin of the installed JAX's version (no GPU, no CUDA driver):
 ``bash benchmarks/gpu_programs.sh`` makes an environment for it and runs this script.
@@ -29,13 +29,12 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import _common as C
 from benchmarks.loop_kernels import inner_body, kernels_per_iteration
 from uotsel import _iterations as it
-from uotsel import programs, unbalanced
+from uotsel import feature_transport, programs, unbalanced
 
 # Device descriptions (NVIDIA's published figures: SMs, L2, memory, bandwidth, boost clock)
 # for XLA's cost model and code generation; compute capability 9.0 for both.
@@ -72,10 +71,29 @@ TARGETS = {
     "h200": _HOPPER.format(name="NVIDIA H200", bandwidth=4_800_000_000_000, memory=150_754_820_096),
 }
 K, UNROLL = it.ACCELERATOR_CHECK_EVERY, it.ACCELERATOR_UNROLL
-FORMS = {
-    "CPU's loop (K = 1, dot)": it.Form(1, "dot"),
-    f"K = {K}, auto, none unrolled": it.Form(K, "auto"),
-    f"K = {K}, auto, {UNROLL} unrolled (the GPU's default)": it.Form(K, "auto", UNROLL),
+DIM = 512  # feature dimension of `transport`'s cost (ResNet-18 features)
+
+
+def _sinkhorn(form):
+    def lower(cost, features, settings):
+        return programs._first_program.lower(cost, settings, lockstep=False, form=form)
+
+    return lower
+
+
+def _transport(cost, features, settings):
+    source, target, eps_c = features
+    return feature_transport._transport_first.lower(
+        "cosine", source, target, eps_c, source.shape[0], settings, False, None
+    )
+
+
+# Programs compiled: a label, how to lower it, and the iterations written out per loop trip.
+PROGRAMS = {
+    "`sinkhorn`, the CPU's loop (K = 1, dot)": (_sinkhorn(it.Form(1, "dot")), 1),
+    f"`sinkhorn`, K = {K}, none unrolled": (_sinkhorn(it.Form(K, "reduce")), 1),
+    f"`sinkhorn`, the default (K = {K}, {UNROLL} unrolled)": (_sinkhorn(None), UNROLL),
+    f"`transport` (D = {DIM}), the default": (_transport, UNROLL),
 }
 SIZES = ((2000, 200), (1000, 200))
 
@@ -90,22 +108,21 @@ def compile_only_device(target: str) -> jax.Device:
     return topology.devices[0]
 
 
-def program_text(
-    device: jax.Device, n: int, m: int, form: it.Form, repeats: int = 3
-) -> tuple[str, float]:
-    """The optimised program of ``sinkhorn``'s first half at ``n x m`` and the median time of
-    ``repeats`` compiles."""
+def program_text(device: jax.Device, n: int, m: int, lower, repeats: int = 3) -> tuple[str, float]:
+    """The optimised program ``lower(cost, features, settings)`` lowers at ``n x m`` and the
+    median time of ``repeats`` compiles."""
     where = jax.sharding.SingleDeviceSharding(device)
 
     def spec(x):
         return jax.ShapeDtypeStruct(np.shape(x), np.result_type(x), sharding=where)
 
     settings = jax.tree.map(spec, unbalanced.prepare((), n, m, np.float32))
-    cost = jax.ShapeDtypeStruct((n, m), jnp.float32, sharding=where)
+    cost = spec(np.empty((n, m), np.float32))
+    features = tuple(spec(np.empty(s, np.float32)) for s in ((n, DIM), (m, DIM), ()))
     times = []
     for _ in range(repeats):
         jax.clear_caches()  # else a compile of the same program is taken from memory
-        lowered = programs._first_program.lower(cost, settings, lockstep=False, form=form)
+        lowered = lower(cost, features, settings)
         start = time.perf_counter()
         compiled = lowered.compile()
         times.append(time.perf_counter() - start)
@@ -123,15 +140,15 @@ def matrix_writes(body: list[str], n: int, m: int) -> int:
     )
 
 
-def measure(device: jax.Device, n: int, m: int, form: it.Form) -> dict:
-    """The figures of one program; per iteration: the innermost body's over ``form.unroll``."""
-    text, seconds = program_text(device, n, m, form)
+def measure(device: jax.Device, n: int, m: int, lower, unroll: int) -> dict:
+    """The figures of one program; per iteration: the innermost body's over ``unroll``."""
+    text, seconds = program_text(device, n, m, lower)
     ops = kernels_per_iteration(text)
     loops = re.findall(r"\bwhile\(.*", text)
     return {
-        "kernels": sum(ops.values()) / form.unroll,
-        "by_kind": {k: v / form.unroll for k, v in ops.items()},
-        "matrix_writes": matrix_writes(inner_body(text), n, m) / form.unroll,
+        "kernels": sum(ops.values()) / unroll,
+        "by_kind": {k: v / unroll for k, v in ops.items()},
+        "matrix_writes": matrix_writes(inner_body(text), n, m) / unroll,
         "loops": len(loops),
         "known_trip_count": sum("known_trip_count" in x for x in loops),
         "matrix_products": len(re.findall(r'"__triton[a-z_]*gemm[a-z_]*"|\$gemm"', text)),
@@ -145,7 +162,7 @@ def main() -> None:
     args = parser.parse_args()
     device = compile_only_device(args.target)
     results = {
-        f"{n}x{m}": {name: measure(device, n, m, form) for name, form in FORMS.items()}
+        f"{n}x{m}": {name: measure(device, n, m, *how) for name, how in PROGRAMS.items()}
         for n, m in SIZES
     }
     rows = [
@@ -171,17 +188,19 @@ def main() -> None:
             "",
             C.machine_line(C.machine()),
             "",
-            "The first program of `uotsel.sinkhorn` at the paper's settings in float32: kernels "
-            "per iteration in its innermost loop body (each a launch on the GPU; the body's "
-            "count over the iterations written out in it), those of them that write a "
-            "matrix-sized buffer, the loops whose trip count XLA knows (no test of a condition "
-            "on the host), the matrix-product kernels the autotuner tunes at the first compile "
-            "on a device, and the median of three compiles here (no autotuning).",
+            "The first programs of `uotsel.sinkhorn` and `uotsel.transport` at the paper's "
+            "settings in float32: kernels per iteration in the innermost loop body (each a "
+            "launch on the GPU; the body's count over the iterations written out in it), those "
+            "of them that write a matrix-sized buffer, the loops whose trip count XLA knows (no "
+            "test of a condition on the host), the matrix-product kernels the autotuner tunes at "
+            "the first compile on a device, and the median of three compiles here (no "
+            "autotuning). The "
+            "default is chosen when the program is lowered, as it is on a GPU.",
             "",
             C.table(
                 [
                     "problem",
-                    "form",
+                    "program",
                     "kernels per iteration",
                     "of which",
                     "matrix-sized writes per iteration",

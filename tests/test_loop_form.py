@@ -160,9 +160,18 @@ def test_no_matrix_product_in_the_program_lowered_for_cuda():
     assert "dot_general" in _lowered("cpu")
 
 
-def test_default_form_is_todays_loop_on_cpu():
-    on_cpu = jax.default_backend() == "cpu"
-    assert it.default_form() == (it.Form(1, "auto") if on_cpu else it.Form(8, "auto", 2))
+def test_the_platform_a_program_is_lowered_for_chooses_its_loop():
+    """``form=None`` (the default): lowered for CUDA on this machine the kernel pass has the
+    accelerator's loop of K iterations (one more ``while``) and no dot; for the CPU, the CPU's."""
+    cpu, cuda = _lowered("cpu"), _lowered("cuda")
+    assert cuda.count("stablehlo.while") == cpu.count("stablehlo.while") + 1
+    assert it.CPU_FORM == it.Form(1, "dot")
+    assert it.ACCELERATOR_FORM == it.Form(8, "reduce", 2)
+
+
+def test_the_default_form_on_cpu_is_the_cpu_form_bit_for_bit():
+    for cost, given in _problems()[1:]:
+        assert _equal(_solve(cost, given, None), _solve(cost, given, it.CPU_FORM))
 
 
 @pytest.mark.slow

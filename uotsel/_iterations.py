@@ -22,6 +22,7 @@ not lowered the error (rounding has taken over).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -73,13 +74,9 @@ class Form(NamedTuple):
     unroll: int = 1
 
 
-def default_form() -> Form:
-    """The form for JAX's default backend: today's loop on CPU, the stop tested every
-    ``ACCELERATOR_CHECK_EVERY`` iterations elsewhere, ``ACCELERATOR_UNROLL`` of them written
-    out in a row."""
-    if jax.default_backend() == "cpu":
-        return Form()
-    return Form(check_every=ACCELERATOR_CHECK_EVERY, unroll=ACCELERATOR_UNROLL)
+# The layouts a program gets with ``form=None``, chosen when it is lowered (see kernel_pass).
+CPU_FORM = Form(1, "dot")
+ACCELERATOR_FORM = Form(ACCELERATOR_CHECK_EVERY, "reduce", ACCELERATOR_UNROLL)
 
 
 class Problem(NamedTuple):
@@ -353,10 +350,30 @@ def absorb(p: Problem, f: Array, g: Array) -> tuple[Array, Array]:
     return jnp.exp(z - r[:, None]), r
 
 
-def kernel_pass(p: Problem, f: Array, g: Array, progress: Progress, form: Form) -> Pass:
+def kernel_pass(p: Problem, f: Array, g: Array, progress: Progress, form: Form | None) -> Pass:
     """Absorb the kernel at ``(f, g)`` and iterate on it until the stopping rule fires, an
     iteration is refused, or the potentials drift ``REABSORB_AT`` from the absorption point.
-    The stopping rule is tested every ``form.check_every`` iterations (:class:`Form`)."""
+    The stopping rule is tested every ``form.check_every`` iterations (:class:`Form`).
+
+    ``form`` None: ``CPU_FORM`` in a program lowered for the CPU, ``ACCELERATOR_FORM`` for
+    any other platform. The choice is made when the program is lowered
+    (``jax.lax.platform_dependent``), so a program lowered for CUDA on a machine without a GPU,
+    or exported for several platforms, gets each platform's loop.
+    """
+    if form is None:
+        return jax.lax.platform_dependent(
+            p,
+            f,
+            g,
+            progress,
+            cpu=functools.partial(_kernel_pass, form=CPU_FORM),
+            default=functools.partial(_kernel_pass, form=ACCELERATOR_FORM),
+        )
+    return _kernel_pass(p, f, g, progress, form)
+
+
+def _kernel_pass(p: Problem, f: Array, g: Array, progress: Progress, form: Form) -> Pass:
+    """:func:`kernel_pass` in a given form."""
     kernel, r = absorb(p, f, g)
     tiny_rows, tiny_cols = _tiny(p)
     # Potentials are tracked as deviations from the absorption point: f + eps * w and
@@ -481,8 +498,9 @@ def initial_pass(p: Problem, f: Array, progress: Progress) -> Pass:
     )
 
 
-def kernel_loop(p: Problem, last: Pass, stuck: Array, form: Form) -> tuple[Pass, Array]:
-    """Kernel passes continuing from ``last``, absorbing again as long as a pass asks for it.
+def kernel_loop(p: Problem, last: Pass, stuck: Array, form: Form | None) -> tuple[Pass, Array]:
+    """Kernel passes continuing from ``last``, absorbing again as long as a pass asks for it
+    (``form``: as :func:`kernel_pass` takes it).
 
     Returns:
       ``(last, stuck)``: the last :class:`Pass`; ``stuck`` says the problem must be finished

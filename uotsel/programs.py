@@ -195,7 +195,7 @@ def unpack_resume(packed: list[Array], cost: Array, settings: SolverSettings, **
     return jax.tree.unflatten(tree, check_every.Layout.of(leaves).unpack(packed))
 
 
-def _first_pass(p: _it.Problem, f0: Array, form: _it.Form) -> tuple[Solved, Resume, Array]:
+def _first_pass(p: _it.Problem, f0: Array, form: _it.Form | None) -> tuple[Solved, Resume, Array]:
     """One problem's kernel iterations (absorbing again as often as needed), its output, and
     whether it needs the rest: the log-domain hand-over or exact column sums."""
     last, stuck = _it.kernel_loop(p, *_from_start(p, f0), form)
@@ -203,7 +203,7 @@ def _first_pass(p: _it.Problem, f0: Array, form: _it.Form) -> tuple[Solved, Resu
     return _solved(p, last.progress, last.log_cols, last.check), Resume(last, stuck), more
 
 
-def _rest(p: _it.Problem, resume: Resume, form: _it.Form) -> Solved:
+def _rest(p: _it.Problem, resume: Resume, form: _it.Form | None) -> Solved:
     """One problem from ``resume`` to the end, with real branches for the hand-overs."""
     last, stuck = _it.kernel_loop(p, resume.last, resume.stuck, form)
     progress = jax.lax.cond(
@@ -214,10 +214,15 @@ def _rest(p: _it.Problem, resume: Resume, form: _it.Form) -> Solved:
     )
     check = jax.lax.cond(
         stuck | ~last.cols_ok | ~last.check_ok,
-        lambda: _rounding.log_check(p, progress.f, progress.g, log_cols, form.products),
+        lambda: _rounding.log_check(p, progress.f, progress.g, log_cols, _products(form)),
         lambda: last.check,
     )
     return _solved(p, progress, log_cols, check)
+
+
+def _products(form: _it.Form | None) -> str:
+    """The products' form of ``form`` outside the kernel loop (None: chosen per platform)."""
+    return "auto" if form is None else form.products
 
 
 def _log_only(p: _it.Problem, f0: Array) -> Solved:
@@ -232,7 +237,7 @@ def _from_start(p: _it.Problem, f0: Array) -> Resume:
     return Resume(_it.initial_pass(p, progress.f, progress), jnp.bool_(False))
 
 
-def _rest_vmapped(p: _it.Problem, resume: Resume, form: _it.Form) -> Solved:
+def _rest_vmapped(p: _it.Problem, resume: Resume, form: _it.Form | None) -> Solved:
     """A batch solved in lock-step (accelerators): vmapped loops, and hand-overs taken by a
     non-vmapped ``cond`` only when some problem needs them."""
     every = jax.vmap
@@ -323,9 +328,9 @@ def solve(
       lockstep: batches only: solve the problems in lock-step (``vmap``; the default on
         accelerators) rather than one after another inside the program (CPU: each problem
         stops on its own and keeps its kernel in cache).
-      form: the loop's layout (:class:`uotsel._iterations.Form`); None: the default
-        backend's (:func:`uotsel._iterations.default_form`). Results do not depend on
-        ``form.check_every``.
+      form: the loop's layout (:class:`uotsel._iterations.Form`); None: the one of the
+        platform the program is lowered for (:func:`uotsel._iterations.kernel_pass`). Results
+        do not depend on ``form.check_every`` or ``form.unroll``.
 
     Returns:
       :class:`Solved`.
@@ -337,7 +342,7 @@ def solve(
         solved = jax.vmap(_log_only)(p, f0) if lockstep else _each(_log_only, p, f0)
         return Solved(solved.output, jnp.all(solved.ok))
     if cost.ndim == 2:
-        return _rest(p, _from_start(p, f0), form or _it.default_form())
+        return _rest(p, _from_start(p, f0), form)
     return solve_rest(cost, settings, jax.vmap(_from_start)(p, f0), lockstep=lockstep, form=form)
 
 
@@ -353,7 +358,7 @@ def solve_first(
       ``solved`` is what :func:`solve` returns.
     """
     p, f0 = _problems(cost, settings)
-    first = functools.partial(_first_pass, form=form or _it.default_form())
+    first = functools.partial(_first_pass, form=form)
     if cost.ndim == 2:
         return first(p, f0)
     solved, resume, more = jax.vmap(first)(p, f0) if lockstep else _each(first, p, f0)
@@ -372,7 +377,6 @@ def solve_rest(
     ``resume``: the hand-over to the log domain where the kernel could not be kept in range,
     and exact column sums where its own were not. Traceable."""
     p, _ = _problems(cost, settings)
-    form = form or _it.default_form()
     if cost.ndim == 2:
         return _rest(p, resume, form)
     if lockstep:
