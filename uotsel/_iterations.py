@@ -12,8 +12,9 @@ Two loops compute the same fixed point and share the stopping rule (see ``docs/s
   could matter) is refused and the kernel absorbed again at the current potentials (also done
   when either deviation grows past ``REABSORB_AT``); if an iteration is refused right after an
   absorption, the problem is handed to the log-domain loop.
-- ``log_loop``: log-sum-exp iterations over the cost itself: slower (an ``exp`` over the whole
-  matrix per half-iteration) but exact for any cost scale; the fallback and the reference.
+- ``log_loop`` (:mod:`uotsel._log_loop`): log-sum-exp iterations over the cost itself:
+  slower (an ``exp`` over the whole matrix per half-iteration) but exact for any cost scale;
+  the fallback and the reference.
 
 Both keep the iterate with the smallest certified error and stop when the error is below the
 threshold, when ``max_iter`` is reached, or when ``STALL_PATIENCE`` iterations in a row have
@@ -173,27 +174,17 @@ def masked_lse(z: Array, mask: Array, axis: int) -> Array:
     return jnp.squeeze(top, axis) + jnp.log(total)
 
 
-def _grid(p: Problem) -> Array:
+def grid(p: Problem) -> Array:
     return p.source_mask[:, None] & p.target_mask[None, :]
 
 
-def g_update(p: Problem, f: Array) -> Array:
-    lse = masked_lse((f[:, None] - p.cost) / p.eps, _grid(p), axis=0)
-    return jnp.where(p.target_mask, p.k_target * p.eps * (p.log_target_weights - lse), 0.0)
-
-
-def f_update(p: Problem, g: Array) -> Array:
-    lse = masked_lse((g[None, :] - p.cost) / p.eps, _grid(p), axis=1)
-    return jnp.where(p.source_mask, p.k_source * p.eps * (p.log_source_weights - lse), 0.0)
-
-
-def _step_error(p: Problem, step: Array) -> Array:
+def step_error(p: Problem, step: Array) -> Array:
     """Certified error bound from one plain step ``f_new - f_old``."""
     delta = jnp.max(jnp.where(p.source_mask, jnp.abs(step), 0.0))
     return jnp.expm1(jnp.maximum(p.row_gain, p.col_gain) * delta)
 
 
-def _shift(p: Problem, mass_source: Array, mass_target: Array) -> Array:
+def dual_shift(p: Problem, mass_source: Array, mass_target: Array) -> Array:
     """Optimal translation of the dual given the log-masses of the current plan's marginals
     (``log sum P 1`` from the row side, ``log sum P^T 1`` from the column side), or 0 when their
     difference is within rounding (the gain can be large, and a shift made of rounding noise
@@ -208,7 +199,7 @@ def _shift(p: Problem, mass_source: Array, mass_target: Array) -> Array:
     return jnp.where(jnp.abs(diff) > noise, p.shift_gain * diff, 0.0)
 
 
-def _log_masses(p: Problem, f_new: Array, g: Array) -> tuple[Array, Array]:
+def log_masses(p: Problem, f_new: Array, g: Array) -> tuple[Array, Array]:
     """Log total masses implied by ``f_new`` (rows) and ``g`` (columns)."""
     rows = p.log_source_weights - f_new * p.inv_tau_source
     cols = p.log_target_weights - g * p.inv_tau_target
@@ -260,7 +251,7 @@ def reduce_many(*parts: tuple[str, Array]) -> tuple[Array, ...]:
     return tuple(results)
 
 
-def _record(progress: Progress, f_new: Array, g: Array, error: Array) -> Progress:
+def record(progress: Progress, f_new: Array, g: Array, error: Array) -> Progress:
     # The first iterate is always kept, so that the output is an iterate of the loop even when
     # no error bound is finite (the caller then reports the problem).
     better = (error < progress.error) | (progress.n_iters == 0)
@@ -292,27 +283,6 @@ def start(p: Problem, f0: Array) -> Progress:
     )
 
 
-def log_col_sums(p: Problem, progress: Progress) -> Array:
-    """``log(P^T 1)`` ``[m]`` of the plan of ``progress`` by a log-sum-exp pass over the cost."""
-    lse = masked_lse((progress.f[:, None] - p.cost) / p.eps, _grid(p), axis=0)
-    return lse + progress.g / p.eps
-
-
-def log_loop(p: Problem, f: Array, progress: Progress) -> Progress:
-    """Log-domain iterations from the input potential ``f`` until the stopping rule fires."""
-
-    def body(state):
-        f, progress = state
-        g = g_update(p, f)
-        f_new = f_update(p, g)
-        progress = _record(progress, f_new, g, _step_error(p, f_new - f))
-        f_next = jnp.where(p.source_mask, f_new + _shift(p, *_log_masses(p, f_new, g)), 0.0)
-        return f_next, progress
-
-    _, progress = jax.lax.while_loop(lambda s: keep_going(p, s[1]), body, (f, progress))
-    return progress
-
-
 class Pass(NamedTuple):
     """The end of one run of kernel iterations (see :func:`kernel_pass`)."""
 
@@ -339,13 +309,13 @@ def _tiny(p: Problem) -> tuple[Array, Array]:
 def first_g(p: Problem, f: Array) -> Array:
     """The eps = 0 transform of ``f``: absorbed at ``(f, first_g(f))`` every row and column of
     the kernel has its maximum at 1."""
-    g0 = jnp.min(jnp.where(_grid(p), p.cost - f[:, None], jnp.inf), axis=0)
+    g0 = jnp.min(jnp.where(grid(p), p.cost - f[:, None], jnp.inf), axis=0)
     return jnp.where(p.target_mask, g0, 0.0)
 
 
 def absorb(p: Problem, f: Array, g: Array) -> tuple[Array, Array]:
     """The kernel ``[n, m]`` absorbed at ``(f, g)`` with its row maxima ``r`` ``[n]`` taken out."""
-    z = jnp.where(_grid(p), (f[:, None] + g[None, :] - p.cost) / p.eps, -jnp.inf)
+    z = jnp.where(grid(p), (f[:, None] + g[None, :] - p.cost) / p.eps, -jnp.inf)
     r = jnp.where(p.source_mask, jnp.max(z, axis=1), 0.0)
     return jnp.exp(z - r[:, None]), r
 
@@ -413,8 +383,10 @@ def _kernel_pass(p: Problem, f: Array, g: Array, progress: Progress, form: Form)
         # Sums in range (NaN fails the comparison) also make both logarithms finite.
         bad = ~(low_s >= tiny_cols) | ~(low_rv >= tiny_rows)
         error = jnp.expm1(jnp.maximum(p.row_gain, p.col_gain) * (p.eps * step))
-        updated = _record(progress, f_new, g_new, error)
-        w_next = jnp.where(p.source_mask, w_new + _shift(p, mass_source, mass_target) / p.eps, 0.0)
+        updated = record(progress, f_new, g_new, error)
+        w_next = jnp.where(
+            p.source_mask, w_new + dual_shift(p, mass_source, mass_target) / p.eps, 0.0
+        )
         drift, top_next = reduce_many(
             ("max", jnp.abs(w_next)), ("max", jnp.where(p.source_mask, rel_r + w_next, -jnp.inf))
         )

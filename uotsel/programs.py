@@ -19,6 +19,7 @@ import numpy as np
 
 from uotsel import _check_every as check_every
 from uotsel import _iterations as _it
+from uotsel import _log_loop as _log
 from uotsel import _rounding
 from uotsel.solvable import MASS_RTOL, resolved_range
 
@@ -207,10 +208,10 @@ def _rest(p: _it.Problem, resume: Resume, form: _it.Form | None) -> Solved:
     """One problem from ``resume`` to the end, with real branches for the hand-overs."""
     last, stuck = _it.kernel_loop(p, resume.last, resume.stuck, form)
     progress = jax.lax.cond(
-        stuck, lambda pr: _it.log_loop(p, last.f, pr), lambda pr: pr, last.progress
+        stuck, lambda pr: _log.log_loop(p, last.f, pr), lambda pr: pr, last.progress
     )
     log_cols = jax.lax.cond(
-        stuck | ~last.cols_ok, lambda: _it.log_col_sums(p, progress), lambda: last.log_cols
+        stuck | ~last.cols_ok, lambda: _log.log_col_sums(p, progress), lambda: last.log_cols
     )
     check = jax.lax.cond(
         stuck | ~last.cols_ok | ~last.check_ok,
@@ -227,8 +228,8 @@ def _products(form: _it.Form | None) -> str:
 
 def _log_only(p: _it.Problem, f0: Array) -> Solved:
     progress = _it.start(p, f0)
-    progress = _it.log_loop(p, progress.f, progress)
-    log_cols = _it.log_col_sums(p, progress)
+    progress = _log.log_loop(p, progress.f, progress)
+    log_cols = _log.log_col_sums(p, progress)
     return _solved(p, progress, log_cols, _rounding.log_check(p, progress.f, progress.g, log_cols))
 
 
@@ -244,7 +245,7 @@ def _rest_vmapped(p: _it.Problem, resume: Resume, form: _it.Form | None) -> Solv
     last, stuck = every(functools.partial(_it.kernel_loop, form=form))(p, resume.last, resume.stuck)
 
     def finish_in_log_domain(progress):
-        done = every(_it.log_loop)(p, last.f, progress)
+        done = every(_log.log_loop)(p, last.f, progress)
         pick = lambda new, old: jnp.where(  # noqa: E731
             jnp.reshape(stuck, stuck.shape + (1,) * (new.ndim - 1)), new, old
         )
@@ -254,7 +255,7 @@ def _rest_vmapped(p: _it.Problem, resume: Resume, form: _it.Form | None) -> Solv
     exact_cols = stuck | ~last.cols_ok
     log_cols = jax.lax.cond(
         jnp.any(exact_cols),
-        lambda c: jnp.where(exact_cols[:, None], every(_it.log_col_sums)(p, progress), c),
+        lambda c: jnp.where(exact_cols[:, None], every(_log.log_col_sums)(p, progress), c),
         lambda c: c,
         last.log_cols,
     )
