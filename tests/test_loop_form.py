@@ -169,6 +169,22 @@ def test_the_platform_a_program_is_lowered_for_chooses_its_loop():
     assert it.ACCELERATOR_FORM == it.Form(8, "reduce", 2)
 
 
+def test_a_program_exported_for_cpu_and_cuda_holds_both_loops_and_runs_here():
+    cost = jnp.asarray(np.random.default_rng(0).random((64, 16)) * 5.0, jnp.float32)
+    exported = jax.export.export(jax.jit(uotsel.sinkhorn), platforms=("cpu", "cuda"))(cost)
+    # Both kernel passes (the CPU's one loop, the accelerator's two) beside the shared loops.
+    assert (
+        exported.mlir_module().count("stablehlo.while")
+        == _lowered("cpu").count("stablehlo.while") + 2
+    )
+    here, alone = exported.call(cost), jax.jit(uotsel.sinkhorn)(cost)
+    # The CPU's program compiled from either: the same iterates; the scalars of the
+    # certificate and the rounding bound are fused differently (last bits).
+    assert _equal(here[:5], alone[:5])
+    for name in ("error", "rounding"):
+        np.testing.assert_allclose(getattr(here, name), getattr(alone, name), rtol=1e-6)
+
+
 def test_the_default_form_on_cpu_is_the_cpu_form_bit_for_bit():
     for cost, given in _problems()[1:]:
         assert _equal(_solve(cost, given, None), _solve(cost, given, it.CPU_FORM))
