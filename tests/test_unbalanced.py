@@ -109,23 +109,30 @@ def test_large_taus_reach_the_default_threshold_in_float32(tau, form):
         assert max(err_rows.max(), err_cols.max()) <= float(out.error) + float(out.rounding)
 
 
+def _relaxed_cosine(seed, eps, **how):
+    """A 300 x 40 cosine problem (costs up to 200) at ``eps`` with ``tau = (1, 0.1)``, solved
+    in float32, after checking its output against a float64 log-domain reference."""
+    rng = np.random.default_rng(seed)
+    source = rng.normal(size=(300, 32)).astype(np.float32)
+    cost = np.asarray(uotsel.cosine_cost(source, rng.normal(size=(40, 32)).astype(np.float32)))
+    out = uotsel.sinkhorn(cost, eps=eps, tau_source=1.0, tau_target=0.1, **how)
+    rows, cols = log_domain_marginals(cost, eps, 1.0, 0.1)
+    err_rows = np.abs(np.expm1(np.asarray(out.log_row_sums, np.float64) - rows))
+    err_cols = np.abs(np.expm1(np.asarray(out.log_col_sums, np.float64) - cols))
+    assert max(err_rows.max(), err_cols.max()) <= float(out.error) + float(out.rounding)
+    return out
+
+
 @pytest.mark.parametrize("method", ["auto", "log"])
 def test_float32_log_domain_reaches_the_threshold_on_costs_of_thousands_of_eps(method):
-    # eps = 0.1 on cosine costs (up to 200, C / eps up to 2000): the kernel loop hands over
-    # to the log domain at once. Iterating on absolute potentials, the log domain's sums carry
-    # the rounding of |f| / eps, which held the certified error near 7e-5 for good (72
-    # iterations); on deviations from a base point it converges as float64 does (23).
+    # eps = 0.1 (C / eps up to 2,000): the kernel loop hands over to the log domain at once.
+    # Iterating on absolute potentials, the log domain's sums carry the rounding of |f| / eps,
+    # which held the certified error near 7e-5 for good (72 iterations); on deviations from a
+    # base point it converges as float64 does (23).
     for seed in range(3):
-        rng = np.random.default_rng(seed)
-        source = rng.normal(size=(300, 32)).astype(np.float32)
-        cost = np.asarray(uotsel.cosine_cost(source, rng.normal(size=(40, 32)).astype(np.float32)))
-        out = uotsel.sinkhorn(cost, eps=0.1, tau_source=1.0, tau_target=0.1, method=method)
+        out = _relaxed_cosine(seed, 0.1, method=method)
         assert bool(out.converged), (seed, int(out.n_iters), float(out.error))
         assert int(out.n_iters) < 40
-        rows, cols = log_domain_marginals(cost, 0.1, 1.0, 0.1)
-        err_rows = np.abs(np.expm1(np.asarray(out.log_row_sums, np.float64) - rows))
-        err_cols = np.abs(np.expm1(np.asarray(out.log_col_sums, np.float64) - cols))
-        assert max(err_rows.max(), err_cols.max()) <= float(out.error) + float(out.rounding)
 
 
 @pytest.mark.slow
@@ -135,16 +142,9 @@ def test_float32_log_domain_at_smaller_eps_stops_early_within_its_rounding():
     # iterations, and float32 stops above 1e-5, reported as such. The float32 rounding of
     # these problems is two orders of magnitude above either.
     for seed in range(3):
-        rng = np.random.default_rng(seed)
-        source = rng.normal(size=(300, 32)).astype(np.float32)
-        cost = np.asarray(uotsel.cosine_cost(source, rng.normal(size=(40, 32)).astype(np.float32)))
-        out = uotsel.sinkhorn(cost, eps=0.03, tau_source=1.0, tau_target=0.1)
+        out = _relaxed_cosine(seed, 0.03)
         assert not bool(out.converged) and 1e-5 < float(out.error) < 5e-5
         assert float(out.rounding) > 20 * float(out.error)
-        rows, cols = log_domain_marginals(cost, 0.03, 1.0, 0.1)
-        err_rows = np.abs(np.expm1(np.asarray(out.log_row_sums, np.float64) - rows))
-        err_cols = np.abs(np.expm1(np.asarray(out.log_col_sums, np.float64) - cols))
-        assert max(err_rows.max(), err_cols.max()) <= float(out.error) + float(out.rounding)
 
 
 @pytest.mark.slow
