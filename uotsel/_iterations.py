@@ -63,8 +63,8 @@ class Form(NamedTuple):
         kept or masked by the state before it, so results are those of ``check_every = 1``;
         only the decision to leave the loop is taken every ``check_every`` iterations.
       products: the loop's matrix-vector products as ``"dot"`` (BLAS calls: fastest on CPU),
-        ``"reduce"`` (reductions that fuse the ``exp`` of the vector before them and the
-        ``log`` after them: one kernel per product on an accelerator), or ``"auto"``: chosen
+        ``"reduce"`` (reductions the compiler fuses with the ``exp`` of the vector before
+        them and the ``log`` after them: for accelerators), or ``"auto"``: chosen
         per platform when the program is lowered (``dot`` on CPU, ``reduce`` elsewhere).
       unroll: of the ``check_every`` iterations, how many are written out one after another
         in the compiled loop body (more kernels fused, a longer compile; results unchanged).
