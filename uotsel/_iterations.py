@@ -414,13 +414,32 @@ def _kernel_pass(p: Problem, f: Array, g: Array, progress: Progress, form: Form)
     (w, lv, _, progress, bad, far), runs = jax.lax.while_loop(
         lambda s: go(s[0]), body, (state, jnp.int32(0))
     )
-    # Column sums of the best plan, from this kernel: one more matrix-vector product.
+    log_cols, cols_ok, check, check_ok = _best_plan(
+        p, progress, form, kernel, r, rel_r, top_r, f, g, tiny_cols
+    )
+    return Pass(
+        f=jnp.where(p.source_mask, f + p.eps * w, 0.0),
+        g=jnp.where(p.target_mask, g + p.eps * lv, 0.0),
+        progress=progress,
+        again=bad | far,
+        bad=bad,
+        log_cols=log_cols,
+        cols_ok=cols_ok,
+        check=check,
+        check_ok=check_ok,
+        tests=runs + 1,
+    )
+
+
+def _best_plan(p, progress, form, kernel, r, rel_r, top_r, f, g, tiny_cols):
+    """The column sums ``log_cols`` ``[m]`` of the best plan of ``progress`` from the kernel
+    absorbed at ``(f, g)`` (one more matrix-vector product), whether they are in range, and the
+    rounding check of that plan (``uotsel._rounding``), made on the last pass only."""
     z = jnp.where(p.source_mask, rel_r + (progress.f - f) / p.eps, -jnp.inf)
     top = jnp.max(z)
     s_best = col_sums(jnp.exp(z - top), kernel, form.products)
     log_cols = (progress.g - g) / p.eps + jnp.log(s_best) + top + top_r
     cols_ok = jnp.all(~p.target_mask | ((s_best >= tiny_cols) & jnp.isfinite(log_cols)))
-    # The rounding check of the returned plan, on the last pass only (no other follows).
     check, check_ok = jax.lax.cond(
         keep_going(p, progress),
         lambda: _rounding.unchecked(p.cost.dtype),
@@ -440,18 +459,7 @@ def _kernel_pass(p: Problem, f: Array, g: Array, progress: Progress, form: Form)
             form.products,
         ),
     )
-    return Pass(
-        f=jnp.where(p.source_mask, f + p.eps * w, 0.0),
-        g=jnp.where(p.target_mask, g + p.eps * lv, 0.0),
-        progress=progress,
-        again=bad | far,
-        bad=bad,
-        log_cols=log_cols,
-        cols_ok=cols_ok,
-        check=check,
-        check_ok=check_ok,
-        tests=runs + 1,
-    )
+    return log_cols, cols_ok, check, check_ok
 
 
 def initial_pass(p: Problem, f: Array, progress: Progress) -> Pass:
